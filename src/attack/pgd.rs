@@ -1,0 +1,193 @@
+//! PGD (Madry et al.) in L-inf and L2 with random restarts (per-point worst case).
+//!
+//! L-inf step: x <- Proj(x + alpha * sign(g)); L2 step: x <- Proj(x + alpha * g / ||g||_2);
+//! Proj = projection onto B_eps(x0) followed by clamping to [0,1].
+
+use super::{correct, input_grad, per_sample_l2, project, Attack, Classifier, ThreatNorm};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// Starting point of each restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// Uniform in B_eps(x) (L-inf: U(-eps,eps) per pixel; L2: uniform direction, radius eps*U^(1/d)).
+    Uniform,
+    /// x + 0.001 * N(0, I) (the TRADES start).
+    Normal,
+    /// x itself.
+    Zero,
+}
+
+/// Loss maximised by the attack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgdLoss {
+    /// Cross-entropy with the true label.
+    Ce,
+    /// Carlini-Wagner margin: max_{k != y} z_k - z_y.
+    Cw,
+}
+
+/// PGD hyperparameters (defaults: Madry's CIFAR-10 L-inf setting, PGD-10, step eps/4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgdConfig {
+    #[serde(default = "default_norm")]
+    pub norm: ThreatNorm,
+    pub eps: f64,
+    /// Step size alpha.
+    pub step_size: f64,
+    pub steps: usize,
+    #[serde(default = "one")]
+    pub restarts: usize,
+    #[serde(default = "default_init")]
+    pub init: Init,
+    #[serde(default = "default_loss")]
+    pub loss: PgdLoss,
+}
+
+fn default_norm() -> ThreatNorm {
+    ThreatNorm::Linf
+}
+fn one() -> usize {
+    1
+}
+fn default_init() -> Init {
+    Init::Uniform
+}
+fn default_loss() -> PgdLoss {
+    PgdLoss::Ce
+}
+
+impl PgdConfig {
+    /// `steps` steps of size `step_size`, uniform start, one restart, CE.
+    pub fn new(norm: ThreatNorm, eps: f64, step_size: f64, steps: usize) -> Self {
+        PgdConfig {
+            norm,
+            eps,
+            step_size,
+            steps,
+            restarts: 1,
+            init: Init::Uniform,
+            loss: PgdLoss::Ce,
+        }
+    }
+
+    /// Checks on the values (names the offending field).
+    pub fn validate(&self, field: &str) -> Result<(), String> {
+        if !(self.eps >= 0.0) || !self.eps.is_finite() {
+            return Err(format!(
+                "{field}.eps must be a finite number >= 0, got {}",
+                self.eps
+            ));
+        }
+        if !(self.step_size >= 0.0) || !self.step_size.is_finite() {
+            return Err(format!(
+                "{field}.step_size must be a finite number >= 0, got {}",
+                self.step_size
+            ));
+        }
+        if self.restarts == 0 {
+            return Err(format!("{field}.restarts must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Projected gradient descent.
+#[derive(Debug, Clone)]
+pub struct Pgd {
+    pub cfg: PgdConfig,
+}
+
+impl Pgd {
+    pub fn new(cfg: PgdConfig) -> Self {
+        Pgd { cfg }
+    }
+
+    fn start(&self, x: &Tensor) -> Tensor {
+        let eps = self.cfg.eps;
+        match self.cfg.init {
+            Init::Zero => x.shallow_clone(),
+            Init::Normal => (x + x.randn_like() * 0.001).clamp(0.0, 1.0),
+            Init::Uniform => match self.cfg.norm {
+                ThreatNorm::Linf => (x + x.rand_like() * (2.0 * eps) - eps).clamp(0.0, 1.0),
+                ThreatNorm::L2 => {
+                    let d = (x.numel() / x.size()[0] as usize) as f64;
+                    let dir = x.randn_like();
+                    let dir = &dir / (per_sample_l2(&dir) + 1e-12);
+                    let r = per_sample_l2(x).rand_like().pow_tensor_scalar(1.0 / d) * eps;
+                    project(&(x + dir * r), x, eps, ThreatNorm::L2)
+                }
+            },
+        }
+    }
+
+    /// Summed loss over the batch (so each sample's gradient is unscaled).
+    fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
+        match self.cfg.loss {
+            PgdLoss::Ce => {
+                logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Sum, -100, 0.0)
+            }
+            PgdLoss::Cw => cw_margin(logits, y).sum(Kind::Float),
+        }
+    }
+
+    /// One run of PGD from a fresh start.
+    fn run_once(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
+        let (eps, alpha) = (self.cfg.eps, self.cfg.step_size);
+        let mut x_adv = self.start(x).detach();
+        for _ in 0..self.cfg.steps {
+            let xr = x_adv.set_requires_grad(true);
+            let g = input_grad(&self.loss(&f.logits(&xr), y), &xr);
+            let step = match self.cfg.norm {
+                ThreatNorm::Linf => g.sign() * alpha,
+                ThreatNorm::L2 => &g * (alpha / (per_sample_l2(&g) + 1e-12)),
+            };
+            x_adv = project(&(xr.detach() + step), x, eps, self.cfg.norm).detach();
+        }
+        x_adv
+    }
+}
+
+/// CW margin per sample: max_{k != y} z_k - z_y.
+pub fn cw_margin(logits: &Tensor, y: &Tensor) -> Tensor {
+    let yy = y.unsqueeze(1);
+    let z_y = logits.gather(1, &yy, false).squeeze_dim(1);
+    let others = logits.scatter_value(1, &yy, f64::NEG_INFINITY);
+    others.amax([1i64].as_slice(), false) - z_y
+}
+
+impl Attack for Pgd {
+    fn name(&self) -> String {
+        let r = if self.cfg.restarts > 1 {
+            format!("x{}", self.cfg.restarts)
+        } else {
+            String::new()
+        };
+        format!("pgd-{}{r}", self.cfg.steps)
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.cfg).expect("serialisable");
+        v["attack"] = "pgd".into();
+        v
+    }
+
+    /// Runs `restarts` times; a point keeps the first restart's example that fools the model,
+    /// else the last one (per-point worst case).
+    fn perturb(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
+        let x = x.detach();
+        let mut best = self.run_once(f, &x, y);
+        for _ in 1..self.cfg.restarts {
+            let still = tch::no_grad(|| correct(&f.logits(&best), y));
+            let cand = self.run_once(f, &x, y);
+            let mut shape = vec![-1i64];
+            shape.resize(x.dim(), 1);
+            let mask = still.view(shape.as_slice());
+            best = cand.where_self(&mask, &best);
+        }
+        best
+    }
+}

@@ -1,0 +1,174 @@
+//! In-memory datasets (uint8 images on the host), deterministic shuffling and augmentation.
+
+use super::raw::RawImages;
+use anyhow::Result;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+/// Images `[N,C,H,W]` as uint8 and labels `[N]` as int64, both on the host.
+pub struct Dataset {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub num_classes: usize,
+}
+
+/// Training-time augmentation: random crop after zero padding, random horizontal flip.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Augment {
+    pub crop_padding: i64,
+    pub hflip: bool,
+}
+
+impl Dataset {
+    /// Wrap validated raw images.
+    pub fn from_raw(raw: &RawImages) -> Result<Dataset> {
+        raw.validate()?;
+        let dims = [raw.n as i64, raw.c as i64, raw.h as i64, raw.w as i64];
+        let images = Tensor::from_slice(&raw.pixels).reshape(dims);
+        let labels = Tensor::from_slice(&raw.labels).to_kind(Kind::Int64);
+        Ok(Dataset {
+            images,
+            labels,
+            num_classes: raw.num_classes,
+        })
+    }
+
+    /// Build from float images in [0,1] (tests, synthetic data).
+    pub fn from_float(images: &Tensor, labels: &Tensor, num_classes: usize) -> Dataset {
+        let images = (images.to_device(Device::Cpu) * 255.0)
+            .round()
+            .clamp(0.0, 255.0)
+            .to_kind(Kind::Uint8);
+        Dataset {
+            images,
+            labels: labels.to_device(Device::Cpu).to_kind(Kind::Int64),
+            num_classes,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The first `n` images (all if fewer).
+    pub fn take(&self, n: usize) -> Dataset {
+        let n = n.min(self.len()) as i64;
+        Dataset {
+            images: self.images.narrow(0, 0, n),
+            labels: self.labels.narrow(0, 0, n),
+            num_classes: self.num_classes,
+        }
+    }
+
+    fn select(&self, idx: &[i64]) -> Dataset {
+        let idx = Tensor::from_slice(idx);
+        Dataset {
+            images: self.images.index_select(0, &idx),
+            labels: self.labels.index_select(0, &idx),
+            num_classes: self.num_classes,
+        }
+    }
+
+    /// Split off `val` images chosen by a seeded permutation: returns (rest, held_out).
+    pub fn split(&self, val: usize, seed: u64) -> (Dataset, Dataset) {
+        let mut idx: Vec<i64> = (0..self.len() as i64).collect();
+        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let (held, rest) = idx.split_at(val);
+        let mut rest = rest.to_vec();
+        let mut held = held.to_vec();
+        rest.sort_unstable();
+        held.sort_unstable();
+        (self.select(&rest), self.select(&held))
+    }
+
+    /// Mini-batches in order (`rng = None`) or shuffled and augmented by a seeded RNG.
+    pub fn batches(
+        &self,
+        batch_size: usize,
+        rng: Option<ChaCha8Rng>,
+        augment: Augment,
+        device: Device,
+    ) -> Batches<'_> {
+        let mut order: Vec<i64> = (0..self.len() as i64).collect();
+        let mut rng = rng;
+        if let Some(r) = rng.as_mut() {
+            order.shuffle(r);
+        }
+        Batches {
+            data: self,
+            order,
+            pos: 0,
+            batch_size: batch_size.max(1),
+            rng,
+            augment,
+            device,
+        }
+    }
+}
+
+/// Iterator over `(images in [0,1] float32 on device, labels int64 on device)`.
+pub struct Batches<'a> {
+    data: &'a Dataset,
+    order: Vec<i64>,
+    pos: usize,
+    batch_size: usize,
+    rng: Option<ChaCha8Rng>,
+    augment: Augment,
+    device: Device,
+}
+
+impl Batches<'_> {
+    /// Number of batches in one pass.
+    pub fn num_batches(&self) -> usize {
+        self.order.len().div_ceil(self.batch_size)
+    }
+}
+
+impl Iterator for Batches<'_> {
+    type Item = (Tensor, Tensor);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.order.len() {
+            return None;
+        }
+        let end = (self.pos + self.batch_size).min(self.order.len());
+        let idx = Tensor::from_slice(&self.order[self.pos..end]);
+        self.pos = end;
+        let mut x = self.data.images.index_select(0, &idx);
+        let y = self.data.labels.index_select(0, &idx);
+        if let Some(rng) = self.rng.as_mut() {
+            x = apply_augment(&x, self.augment, rng);
+        }
+        let x = x.to_device(self.device).to_kind(Kind::Float) / 255.0;
+        Some((x, y.to_device(self.device)))
+    }
+}
+
+/// Random crop of the original size from the zero-padded image, then a random horizontal flip.
+pub fn apply_augment(x: &Tensor, aug: Augment, rng: &mut ChaCha8Rng) -> Tensor {
+    let (n, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
+    let mut x = x.shallow_clone();
+    if aug.crop_padding > 0 {
+        let p = aug.crop_padding;
+        let padded = x.constant_pad_nd([p, p, p, p]);
+        let crops: Vec<Tensor> = (0..n)
+            .map(|i| {
+                let (dy, dx) = (rng.gen_range(0..=2 * p), rng.gen_range(0..=2 * p));
+                padded.get(i).narrow(1, dy, h).narrow(2, dx, w)
+            })
+            .collect();
+        x = Tensor::stack(&crops, 0);
+    }
+    if aug.hflip {
+        let flips: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.5)).collect();
+        let mask = Tensor::from_slice(&flips).view([n, 1, 1, 1]);
+        x = x.flip([3]).where_self(&mask, &x);
+    }
+    x
+}

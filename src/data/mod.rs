@@ -1,0 +1,143 @@
+//! Data: file readers (IDX, CIFAR binary), in-memory datasets, the train/validation split,
+//! deterministic shuffling and augmentation.
+
+pub mod cifar;
+pub mod idx;
+pub mod loader;
+pub mod raw;
+
+pub use loader::{Augment, Batches, Dataset};
+pub use raw::{DataError, RawImages};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where Debian's `dataset-fashion-mnist` package puts its IDX files.
+pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Which data set, where it lives, and how it is split and augmented.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// fashion-mnist | mnist | cifar10 | cifar100 | cifar100-coarse
+    pub dataset: String,
+    /// Folder with the files (default for fashion-mnist: Debian's package folder).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Images held out from the training files for validation.
+    #[serde(default)]
+    pub val_size: usize,
+    /// Seed of the train/validation split (independent of the training seed).
+    #[serde(default)]
+    pub split_seed: u64,
+    /// Use only the first N training images (after the split).
+    #[serde(default)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[serde(default)]
+    pub test_limit: Option<usize>,
+    /// Zero padding for random crops (0 = no crop).
+    #[serde(default)]
+    pub crop_padding: i64,
+    /// Random horizontal flips.
+    #[serde(default)]
+    pub hflip: bool,
+}
+
+/// The three splits of a data set.
+pub struct Splits {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub test: Dataset,
+}
+
+impl DataSpec {
+    /// Folder the files are read from.
+    pub fn resolved_dir(&self) -> Result<PathBuf> {
+        match (&self.dir, self.dataset.as_str()) {
+            (Some(d), _) => Ok(d.clone()),
+            (None, "fashion-mnist") => Ok(PathBuf::from(DEBIAN_FASHION_MNIST)),
+            (None, other) => anyhow::bail!("data.dir is required for dataset '{other}'"),
+        }
+    }
+
+    /// Number of classes of the data set.
+    pub fn num_classes(&self) -> Result<usize> {
+        Ok(match self.dataset.as_str() {
+            "fashion-mnist" | "mnist" | "cifar10" => 10,
+            "cifar100" => 100,
+            "cifar100-coarse" => 20,
+            other => anyhow::bail!(
+                "unknown data.dataset '{other}': expected fashion-mnist, mnist, cifar10, cifar100 or cifar100-coarse"
+            ),
+        })
+    }
+
+    /// Image shape (channels, height, width).
+    pub fn image_shape(&self) -> Result<(i64, i64, i64)> {
+        self.num_classes()?;
+        Ok(if self.dataset.starts_with("cifar") {
+            (3, 32, 32)
+        } else {
+            (1, 28, 28)
+        })
+    }
+
+    pub fn augment(&self) -> Augment {
+        Augment {
+            crop_padding: self.crop_padding,
+            hflip: self.hflip,
+        }
+    }
+
+    fn read(&self, dir: &Path, train: bool) -> Result<RawImages, DataError> {
+        match self.dataset.as_str() {
+            "cifar10" => cifar::load_cifar10_dir(dir, train),
+            "cifar100" => cifar::load_cifar100_dir(dir, train, false),
+            "cifar100-coarse" => cifar::load_cifar100_dir(dir, train, true),
+            _ => idx::load_idx_dir(dir, train, 10),
+        }
+    }
+
+    /// Load the test split only (limited by `test_limit`).
+    pub fn load_test(&self) -> Result<Dataset> {
+        self.num_classes()?;
+        let dir = self.resolved_dir()?;
+        let raw = self
+            .read(&dir, false)
+            .with_context(|| format!("loading the {} test split", self.dataset))?;
+        let test = Dataset::from_raw(&raw)?;
+        Ok(match self.test_limit {
+            Some(n) => test.take(n),
+            None => test,
+        })
+    }
+
+    /// Load train (minus the held-out validation images), validation and test splits.
+    pub fn load(&self) -> Result<Splits> {
+        self.num_classes()?;
+        let dir = self.resolved_dir()?;
+        let raw = self
+            .read(&dir, true)
+            .with_context(|| format!("loading the {} training split", self.dataset))?;
+        let all = Dataset::from_raw(&raw)?;
+        anyhow::ensure!(
+            self.val_size < all.len(),
+            "data.val_size = {} leaves no training images (the training files hold {})",
+            self.val_size,
+            all.len()
+        );
+        let (train, val) = all.split(self.val_size, self.split_seed);
+        let train = match self.train_limit {
+            Some(n) => train.take(n),
+            None => train,
+        };
+        anyhow::ensure!(
+            !train.is_empty(),
+            "the training set is empty (data.train_limit = 0?)"
+        );
+        let test = self.load_test()?;
+        Ok(Splits { train, val, test })
+    }
+}

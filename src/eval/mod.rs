@@ -1,0 +1,64 @@
+//! Evaluation: clean accuracy and robust accuracy under an attack, through a fixed route and mode.
+
+use crate::attack::{correct, Attack, Classifier};
+use crate::data::{Augment, Dataset};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// Counts of one evaluation pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub n: usize,
+    pub clean_correct: usize,
+    pub robust_correct: usize,
+}
+
+impl Counts {
+    pub fn clean_accuracy(&self) -> f64 {
+        self.clean_correct as f64 / self.n.max(1) as f64
+    }
+    pub fn robust_accuracy(&self) -> f64 {
+        self.robust_correct as f64 / self.n.max(1) as f64
+    }
+}
+
+/// Clean accuracy of `f` on `data` (no gradients; the mode is `f`'s own).
+pub fn clean_counts(f: &Classifier, data: &Dataset, batch_size: usize, device: Device) -> Counts {
+    let mut hits = Tensor::zeros([], (Kind::Int64, device));
+    tch::no_grad(|| {
+        for (x, y) in data.batches(batch_size, None, Augment::default(), device) {
+            hits += correct(&f.logits(&x), &y).sum(Kind::Int64);
+        }
+    });
+    let c = hits.int64_value(&[]) as usize;
+    Counts {
+        n: data.len(),
+        clean_correct: c,
+        robust_correct: c,
+    }
+}
+
+/// Clean and robust counts: a point is robust when it is classified correctly on the clean
+/// input and on the attack's output.
+pub fn robust_counts(
+    f: &Classifier,
+    attack: &dyn Attack,
+    data: &Dataset,
+    batch_size: usize,
+    device: Device,
+) -> Counts {
+    let mut clean = Tensor::zeros([], (Kind::Int64, device));
+    let mut robust = Tensor::zeros([], (Kind::Int64, device));
+    for (x, y) in data.batches(batch_size, None, Augment::default(), device) {
+        let ok = tch::no_grad(|| correct(&f.logits(&x), &y));
+        let x_adv = attack.perturb(f, &x, &y);
+        let ok_adv = tch::no_grad(|| correct(&f.logits(&x_adv), &y));
+        clean += ok.sum(Kind::Int64);
+        robust += ok.logical_and(&ok_adv).sum(Kind::Int64);
+    }
+    Counts {
+        n: data.len(),
+        clean_correct: clean.int64_value(&[]) as usize,
+        robust_correct: robust.int64_value(&[]) as usize,
+    }
+}

@@ -1,0 +1,13 @@
+//! advtrain: adversarial training and robustness evaluation on tch (libtorch).
+//!
+//! Layout: [`data`] (readers, splits, batches), [`nn`] (route-aware norm layer, models),
+//! [`attack`] (attacks on a fixed route and mode), [`train`] (recipes, objectives, optimiser,
+//! checkpoints, the run loop), [`eval`] (clean and robust accuracy).
+
+pub mod attack;
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod nn;
+pub mod train;

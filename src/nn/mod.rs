@@ -1,0 +1,9 @@
+//! Neural-network building blocks: the route-aware norm layer and the model registry.
+
+pub mod models;
+pub mod network;
+pub mod norm;
+
+pub use models::{build_model, ArchSpec, Model};
+pub use network::Network;
+pub use norm::{Ctx, Domain, Mode, Norm, NormKind, NormSpec, Route, ADV, CLEAN};

@@ -1,0 +1,56 @@
+//! `small-cnn` for 1x28x28 inputs: three conv3x3 + norm + ReLU blocks (32, 64/2, 128/2),
+//! global average pooling and a linear classifier. Names: conv1, bn1, conv2, bn2, conv3, bn3, fc.
+
+use super::{conv, global_avg_pool, ArchSpec, Forward, Model};
+use crate::nn::norm::{Ctx, Norm, NormKind};
+use tch::{nn, nn::Module, Tensor};
+
+pub struct SmallCnn {
+    convs: Vec<nn::Conv2D>,
+    norms: Vec<Norm>,
+    fc: nn::Linear,
+}
+
+impl SmallCnn {
+    pub fn new(p: &nn::Path, spec: &ArchSpec) -> SmallCnn {
+        let bias = spec.norm.kind == NormKind::None;
+        let plan = [(spec.in_channels, 32, 1), (32, 64, 2), (64, 128, 2)];
+        let mut convs = vec![];
+        let mut norms = vec![];
+        for (i, &(cin, cout, stride)) in plan.iter().enumerate() {
+            convs.push(conv(
+                p / format!("conv{}", i + 1),
+                cin,
+                cout,
+                3,
+                stride,
+                1,
+                bias,
+            ));
+            norms.push(Norm::new(&(p / format!("bn{}", i + 1)), cout, spec.norm));
+        }
+        let fc = nn::linear(p / "fc", 128, spec.num_classes, Default::default());
+        SmallCnn { convs, norms, fc }
+    }
+}
+
+impl Model for SmallCnn {
+    fn forward_stages(&self, x: &Tensor, ctx: &Ctx) -> Forward {
+        let mut h = x.shallow_clone();
+        let mut stages = Vec::with_capacity(3);
+        for (c, n) in self.convs.iter().zip(&self.norms) {
+            h = n.forward(&c.forward(&h), ctx).relu();
+            stages.push(h.shallow_clone());
+        }
+        let logits = self.fc.forward(&global_avg_pool(&h));
+        Forward { logits, stages }
+    }
+
+    fn norms(&self) -> Vec<(String, &Norm)> {
+        self.norms
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("bn{}", i + 1), n))
+            .collect()
+    }
+}

@@ -1,0 +1,71 @@
+//! A model together with its variable store and architecture: what checkpoints save and load.
+
+use super::models::{build_model, ArchSpec, Model};
+use crate::train::checkpoint;
+use anyhow::Result;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{nn::VarStore, Device, Tensor};
+
+pub struct Network {
+    pub vs: VarStore,
+    pub model: Box<dyn Model>,
+    pub arch: ArchSpec,
+}
+
+impl Network {
+    /// A freshly initialised network on `device`.
+    pub fn new(arch: &ArchSpec, device: Device) -> Result<Network> {
+        let vs = VarStore::new(device);
+        let model = build_model(&vs.root(), arch)?;
+        Ok(Network {
+            vs,
+            model,
+            arch: arch.clone(),
+        })
+    }
+
+    /// Build from a checkpoint's sidecar and load its weights (sha256 verified).
+    pub fn from_checkpoint(
+        model_file: &Path,
+        device: Device,
+    ) -> Result<(Network, checkpoint::Sidecar)> {
+        let side = checkpoint::read_sidecar(model_file)?;
+        let net = Network::new(&side.architecture, device)?;
+        let (mpath, _, _) = checkpoint::paths(model_file);
+        anyhow::ensure!(
+            mpath.exists(),
+            "checkpoint file {} does not exist",
+            mpath.display()
+        );
+        checkpoint::verify(&mpath, &side.sha256)?;
+        net.load_weights(&mpath)?;
+        Ok((net, side))
+    }
+
+    /// Load weights from a safetensors file with PyTorch names (strict).
+    pub fn load_weights(&self, path: &Path) -> Result<()> {
+        let src = checkpoint::read_tensors(path)?;
+        checkpoint::load_into(&self.vs.variables(), &src, path)
+    }
+
+    /// All variables (parameters and buffers) by name, sorted.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn variables(&self) -> HashMap<String, Tensor> {
+        self.vs.variables()
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
+    }
+}

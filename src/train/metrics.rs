@@ -1,0 +1,82 @@
+//! The per-epoch `metrics.csv` of a run.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// One row of `metrics.csv`. Accuracies are fractions; missing values are written as empty fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_clean_acc: Option<f64>,
+    pub train_adv_acc: Option<f64>,
+    pub val_clean_acc: Option<f64>,
+    pub val_pgd_acc: Option<f64>,
+    pub images_per_s: f64,
+    pub epoch_time_s: f64,
+}
+
+pub const HEADER: &str =
+    "epoch,lr,train_loss,train_clean_acc,train_adv_acc,val_clean_acc,val_pgd_acc,images_per_s,epoch_time_s";
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.6}")).unwrap_or_default()
+}
+
+impl EpochMetrics {
+    pub fn csv_row(&self) -> String {
+        format!(
+            "{},{:.6e},{:.6},{},{},{},{},{:.1},{:.2}",
+            self.epoch,
+            self.lr,
+            self.train_loss,
+            opt(self.train_clean_acc),
+            opt(self.train_adv_acc),
+            opt(self.val_clean_acc),
+            opt(self.val_pgd_acc),
+            self.images_per_s,
+            self.epoch_time_s
+        )
+    }
+}
+
+/// Append a row, writing the header first when the file is new.
+pub fn append(path: &Path, m: &EpochMetrics) -> Result<()> {
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if new {
+        writeln!(f, "{HEADER}")?;
+    }
+    writeln!(f, "{}", m.csv_row())?;
+    Ok(())
+}
+
+/// Keep the header and the rows of epochs `<= last_epoch` (used when resuming).
+pub fn truncate_after(path: &Path, last_epoch: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| {
+            *i == 0
+                || l.split(',')
+                    .next()
+                    .and_then(|e| e.parse::<usize>().ok())
+                    .is_some_and(|e| e <= last_epoch)
+        })
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(path, kept.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
+}

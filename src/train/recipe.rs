@@ -1,0 +1,255 @@
+//! Recipes: a TOML file, overridden by `--set key=value` and CLI flags, resolved and saved with
+//! every run. Every setting that changes results is a field here.
+
+use crate::attack::PgdConfig;
+use crate::data::DataSpec;
+use crate::nn::{ArchSpec, Mode, Route};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A complete, resolved training recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// auto | cpu | cuda | cuda:N
+    #[serde(default = "default_device")]
+    pub device: String,
+    pub data: DataSpec,
+    pub model: ArchSpec,
+    pub train: TrainSpec,
+    #[serde(default)]
+    pub validation: ValidationSpec,
+}
+
+/// Training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// CE on clean inputs.
+    Standard,
+    /// Madry PGD-AT: CE on PGD examples.
+    PgdAt,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Constant,
+    /// lr * gamma^(number of milestones passed); milestones in epochs.
+    Piecewise,
+    /// lr * (1 + cos(pi * t / T)) / 2, updated every iteration.
+    Cosine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    pub objective: Objective,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    #[serde(default = "default_schedule")]
+    pub schedule: Schedule,
+    /// Epochs at which a piecewise schedule multiplies the lr by `lr_gamma`.
+    #[serde(default)]
+    pub milestones: Vec<usize>,
+    #[serde(default = "default_gamma")]
+    pub lr_gamma: f64,
+    /// Linear warm-up from 0 over this many epochs (0 = none).
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// The training attack (required for pgd-at).
+    #[serde(default)]
+    pub attack: Option<PgdConfig>,
+    /// BN mode while generating training attacks (eval, train or train-frozen).
+    #[serde(default = "default_attack_mode")]
+    pub attack_bn_mode: Mode,
+    /// Route of the training forward and attack.
+    #[serde(default)]
+    pub route: Route,
+    /// Measure clean training accuracy with an extra no-grad eval-mode forward (pgd-at only).
+    #[serde(default = "yes")]
+    pub track_clean_accuracy: bool,
+}
+
+/// Per-epoch validation on the held-out split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSpec {
+    /// Validation images attacked with PGD each epoch (0 = clean accuracy only).
+    #[serde(default = "default_val_pgd_limit")]
+    pub pgd_limit: usize,
+    /// PGD for validation; default: the training attack's eps, step eps/4, 10 steps.
+    #[serde(default)]
+    pub attack: Option<PgdConfig>,
+    #[serde(default = "default_val_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for ValidationSpec {
+    fn default() -> Self {
+        ValidationSpec {
+            pgd_limit: default_val_pgd_limit(),
+            attack: None,
+            batch_size: default_val_batch(),
+        }
+    }
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_schedule() -> Schedule {
+    Schedule::Piecewise
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+fn default_attack_mode() -> Mode {
+    Mode::Eval
+}
+fn yes() -> bool {
+    true
+}
+fn default_val_pgd_limit() -> usize {
+    1000
+}
+fn default_val_batch() -> usize {
+    500
+}
+
+impl Recipe {
+    /// Read a recipe file and apply `key=value` overrides (dotted keys, TOML values).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read recipe {}", path.display()))?;
+        let mut value: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("recipe {} is not valid TOML", path.display()))?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let recipe: Recipe = value.try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("recipe {}: {}", path.display(), e.message())
+        })?;
+        recipe
+            .validate()
+            .with_context(|| format!("invalid recipe {}", path.display()))?;
+        Ok(recipe)
+    }
+
+    /// Value checks that name the offending field.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        anyhow::ensure!(t.epochs >= 1, "train.epochs must be >= 1");
+        anyhow::ensure!(t.batch_size >= 1, "train.batch_size must be >= 1");
+        anyhow::ensure!(
+            t.lr > 0.0 && t.lr.is_finite(),
+            "train.lr must be > 0, got {}",
+            t.lr
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&t.momentum),
+            "train.momentum must be in [0,1), got {}",
+            t.momentum
+        );
+        anyhow::ensure!(
+            t.weight_decay >= 0.0,
+            "train.weight_decay must be >= 0, got {}",
+            t.weight_decay
+        );
+        anyhow::ensure!(
+            t.lr_gamma > 0.0,
+            "train.lr_gamma must be > 0, got {}",
+            t.lr_gamma
+        );
+        if t.objective == Objective::PgdAt {
+            let a = t
+                .attack
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("train.attack is required for objective pgd-at"))?;
+            a.validate("train.attack").map_err(anyhow::Error::msg)?;
+        }
+        if let Some(a) = &self.validation.attack {
+            a.validate("validation.attack")
+                .map_err(anyhow::Error::msg)?;
+        }
+        anyhow::ensure!(
+            self.validation.batch_size >= 1,
+            "validation.batch_size must be >= 1"
+        );
+        let classes = self.data.num_classes()?;
+        anyhow::ensure!(
+            self.model.num_classes as usize == classes,
+            "model.num_classes = {} but data.dataset '{}' has {} classes",
+            self.model.num_classes,
+            self.data.dataset,
+            classes
+        );
+        let (c, _, _) = self.data.image_shape()?;
+        anyhow::ensure!(
+            self.model.in_channels == c,
+            "model.in_channels = {} but data.dataset '{}' has {} channels",
+            self.model.in_channels,
+            self.data.dataset,
+            c
+        );
+        self.model.norm.validate().map_err(anyhow::Error::msg)?;
+        crate::device::parse_device(&self.device)?;
+        Ok(())
+    }
+
+    /// The validation attack: explicit, or PGD-10 with step eps/4 at the training eps.
+    pub fn validation_attack(&self) -> Option<PgdConfig> {
+        self.validation.attack.clone().or_else(|| {
+            self.train
+                .attack
+                .as_ref()
+                .map(|a| PgdConfig::new(a.norm, a.eps, a.eps / 4.0, 10))
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("recipe serialises")
+    }
+}
+
+/// Set a dotted key (`train.attack.eps=0.2`) in a TOML tree. The value is parsed as TOML, and
+/// taken as a string when that fails (so `device=cpu` works).
+pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--set expects key=value, got '{assignment}'"))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let table = node.as_table_mut().ok_or_else(|| {
+            anyhow::anyhow!("--set {key}: '{}' is not a table", parts[..i].join("."))
+        })?;
+        if i + 1 == parts.len() {
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        node = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    unreachable!("split yields at least one part")
+}

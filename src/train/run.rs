@@ -1,0 +1,330 @@
+//! The run loop: one epoch at a time, validation, metrics, atomic checkpoints, exact resume.
+//!
+//! Run directory: `recipe.toml` (resolved), `metrics.csv`, `checkpoints/{last,best}.*`,
+//! `summary.json`. All randomness of epoch e is seeded from (seed, e), so resuming from the
+//! checkpoint after epoch e replays epochs e+1.. exactly as an uninterrupted run (on CPU).
+
+use super::checkpoint::{self, Sidecar};
+use super::derive_seed;
+use super::metrics::{self, EpochMetrics};
+use super::optim::{learning_rate, Sgd};
+use super::recipe::{Objective, Recipe};
+use crate::attack::{correct, Attack, Classifier, Pgd};
+use crate::data::Splits;
+use crate::device::{device_name, parse_device};
+use crate::eval::{clean_counts, robust_counts};
+use crate::nn::{Ctx, Mode, Network};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Where a run goes and whether it continues an earlier one.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    /// Stop after this many epochs of the schedule as if killed (tests of resuming).
+    pub stop_after: Option<usize>,
+}
+
+/// Final state of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSummary {
+    pub epochs: usize,
+    pub last: EpochMetrics,
+    pub best_metric: Option<f64>,
+    pub device: String,
+    pub parameters: i64,
+}
+
+const STREAM_TORCH: u64 = 1;
+const STREAM_DATA: u64 = 2;
+const STREAM_VAL: u64 = 3;
+
+/// Train `recipe` into `opts.out`. With `opts.resume`, continue from `checkpoints/last`.
+pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
+    let device = parse_device(&recipe.device)?;
+    let out = &opts.out;
+    let ckdir = out.join("checkpoints");
+    let last_file = ckdir.join("last.safetensors");
+    let best_file = ckdir.join("best.safetensors");
+    let csv = out.join("metrics.csv");
+    if !opts.resume && last_file.exists() {
+        anyhow::bail!(
+            "{} already holds a run: pass --resume to continue it, or choose another --out",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(&ckdir)
+        .with_context(|| format!("cannot create {}", ckdir.display()))?;
+    std::fs::write(out.join("recipe.toml"), recipe.to_toml())?;
+
+    let net = Network::new(&recipe.model, device)?;
+    let t = &recipe.train;
+    let mut sgd = Sgd::new(&net.vs, t.momentum, t.weight_decay, t.nesterov);
+    let (mut start_epoch, mut best) = (0usize, None::<f64>);
+    if opts.resume && last_file.exists() {
+        let side = resume_from(&net, &mut sgd, &last_file)?;
+        start_epoch = side.epoch;
+        best = side.best_metric;
+        metrics::truncate_after(&csv, start_epoch)?;
+        log::info!("resuming {} after epoch {start_epoch}", out.display());
+    } else if opts.resume {
+        log::warn!(
+            "--resume: no checkpoint in {}, starting from scratch",
+            ckdir.display()
+        );
+    }
+
+    print_header(recipe, device, &net, out);
+    let data = recipe.data.load()?;
+    log::info!(
+        "data: {} train, {} validation, {} test images",
+        data.train.len(),
+        data.val.len(),
+        data.test.len()
+    );
+
+    let mut last = EpochMetrics::default();
+    let end = opts.stop_after.map_or(t.epochs, |s| s.min(t.epochs));
+    for epoch in start_epoch..end {
+        let mut m = train_epoch(recipe, &net, &mut sgd, &data, epoch, device)?;
+        validate(recipe, &net, &data, epoch, device, &mut m);
+        let score = match t.objective {
+            Objective::Standard => m.val_clean_acc,
+            Objective::PgdAt => m.val_pgd_acc.or(m.val_clean_acc),
+        };
+        let is_best = match (score, best) {
+            (Some(s), Some(b)) => s >= b,
+            (Some(_), None) => true,
+            (None, _) => true,
+        };
+        if is_best {
+            best = score.or(best);
+        }
+        let sidecar = |metric: &EpochMetrics| Sidecar {
+            format: "advtrain-checkpoint-v1".into(),
+            advtrain_version: env!("CARGO_PKG_VERSION").into(),
+            architecture: recipe.model.clone(),
+            recipe: serde_json::to_value(recipe).expect("serialisable"),
+            epoch: epoch + 1,
+            metrics: serde_json::to_value(metric).expect("serialisable"),
+            sha256: String::new(),
+            optimizer_sha256: None,
+            best_metric: best,
+        };
+        let model_tensors = net.named_tensors();
+        if is_best {
+            checkpoint::save(&best_file, &model_tensors, None, sidecar(&m))?;
+        }
+        checkpoint::save(&last_file, &model_tensors, Some(&sgd.state()), sidecar(&m))?;
+        metrics::append(&csv, &m)?;
+        log::info!("{}", describe(&m, t.epochs));
+        last = m;
+    }
+    let summary = RunSummary {
+        epochs: t.epochs,
+        last,
+        best_metric: best,
+        device: device_name(device),
+        parameters: net.num_parameters(),
+    };
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+fn resume_from(net: &Network, sgd: &mut Sgd, last_file: &Path) -> Result<Sidecar> {
+    let side = checkpoint::read_sidecar(last_file)?;
+    let (mpath, opath, _) = checkpoint::paths(last_file);
+    checkpoint::verify(&mpath, &side.sha256)?;
+    net.load_weights(&mpath)?;
+    let osha = side.optimizer_sha256.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("{}: sidecar has no optimizer state", last_file.display())
+    })?;
+    checkpoint::verify(&opath, osha)?;
+    let state: Vec<(String, Tensor)> = checkpoint::read_tensors(&opath)?.into_iter().collect();
+    sgd.load_state(&state, &opath.display().to_string())?;
+    Ok(side)
+}
+
+fn print_header(recipe: &Recipe, device: Device, net: &Network, out: &Path) {
+    let t = &recipe.train;
+    eprintln!(
+        "advtrain {} | run {} | device {} | seed {}",
+        env!("CARGO_PKG_VERSION"),
+        out.display(),
+        device_name(device),
+        recipe.seed
+    );
+    eprintln!(
+        "model {} ({} parameters), norm {:?} | objective {:?} | route {} | attack BN mode {}",
+        recipe.model.name,
+        net.num_parameters(),
+        recipe.model.norm.kind,
+        t.objective,
+        t.route,
+        t.attack_bn_mode
+    );
+    if let Some(a) = &t.attack {
+        eprintln!(
+            "training attack: {}",
+            serde_json::to_string(a).unwrap_or_default()
+        );
+    }
+    eprintln!("resolved recipe:\n{}", recipe.to_toml());
+}
+
+fn describe(m: &EpochMetrics, epochs: usize) -> String {
+    let f = |v: Option<f64>| {
+        v.map(|x| format!("{:.2}%", 100.0 * x))
+            .unwrap_or_else(|| "-".into())
+    };
+    format!(
+        "epoch {}/{epochs} lr {:.4} loss {:.4} train clean {} adv {} | val clean {} pgd {} | {:.0} img/s, {:.1}s",
+        m.epoch,
+        m.lr,
+        m.train_loss,
+        f(m.train_clean_acc),
+        f(m.train_adv_acc),
+        f(m.val_clean_acc),
+        f(m.val_pgd_acc),
+        m.images_per_s,
+        m.epoch_time_s
+    )
+}
+
+fn progress_bar(len: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(format!("{}/{epochs}", epoch + 1));
+    pb
+}
+
+/// One training epoch; returns the training part of the metrics.
+fn train_epoch(
+    recipe: &Recipe,
+    net: &Network,
+    sgd: &mut Sgd,
+    data: &Splits,
+    epoch: usize,
+    device: Device,
+) -> Result<EpochMetrics> {
+    let t = &recipe.train;
+    tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH) as i64);
+    let rng = ChaCha8Rng::seed_from_u64(derive_seed(recipe.seed, epoch as u64, STREAM_DATA));
+    let batches = data
+        .train
+        .batches(t.batch_size, Some(rng), recipe.data.augment(), device);
+    let n_batches = batches.num_batches();
+    let pb = progress_bar(n_batches, epoch, t.epochs);
+    let model = net.model.as_ref();
+    let train_ctx = Ctx::new(t.route, Mode::Train);
+    let attack = t.attack.clone().map(Pgd::new);
+    let zero = || Tensor::zeros([], (Kind::Float, device));
+    let (mut loss_sum, mut clean_hits, mut adv_hits) = (zero(), zero(), zero());
+    let (mut seen, mut lr) = (0usize, t.lr);
+    let start = Instant::now();
+    for (i, (x, y)) in batches.enumerate() {
+        lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
+        let bs = y.size()[0];
+        let input = match (t.objective, &attack) {
+            (Objective::PgdAt, Some(pgd)) => {
+                if t.track_clean_accuracy {
+                    let eval_ctx = train_ctx.with_mode(Mode::Eval);
+                    clean_hits += tch::no_grad(|| {
+                        correct(&model.forward(&x, &eval_ctx), &y).sum(Kind::Float)
+                    });
+                }
+                pgd.perturb(
+                    &Classifier::new(model, train_ctx.with_mode(t.attack_bn_mode)),
+                    &x,
+                    &y,
+                )
+            }
+            _ => x,
+        };
+        let logits = model.forward(&input, &train_ctx);
+        let loss = logits.cross_entropy_for_logits(&y);
+        sgd.zero_grad();
+        loss.backward();
+        sgd.step(lr);
+        let hits = tch::no_grad(|| correct(&logits, &y).sum(Kind::Float));
+        match t.objective {
+            Objective::Standard => clean_hits += hits,
+            Objective::PgdAt => adv_hits += hits,
+        }
+        loss_sum += loss.detach() * bs as f64;
+        seen += bs as usize;
+        if i % 20 == 19 || i + 1 == n_batches {
+            let mean_loss = loss_sum.double_value(&[]) / seen as f64;
+            anyhow::ensure!(
+                mean_loss.is_finite(),
+                "training loss became {mean_loss} in epoch {} (iteration {}, lr {lr}): lower train.lr or check the data",
+                epoch + 1,
+                i + 1
+            );
+            let acc = match t.objective {
+                Objective::Standard => &clean_hits,
+                Objective::PgdAt => &adv_hits,
+            };
+            let rate = seen as f64 / start.elapsed().as_secs_f64();
+            pb.set_message(format!(
+                "loss {mean_loss:.4} acc {:.3} {rate:.0} img/s",
+                acc.double_value(&[]) / seen as f64
+            ));
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let frac = |h: &Tensor| h.double_value(&[]) / seen.max(1) as f64;
+    let pgd_at = t.objective == Objective::PgdAt;
+    Ok(EpochMetrics {
+        epoch: epoch + 1,
+        lr,
+        train_loss: loss_sum.double_value(&[]) / seen.max(1) as f64,
+        train_clean_acc: (!pgd_at || t.track_clean_accuracy).then(|| frac(&clean_hits)),
+        train_adv_acc: pgd_at.then(|| frac(&adv_hits)),
+        val_clean_acc: None,
+        val_pgd_acc: None,
+        images_per_s: seen as f64 / secs,
+        epoch_time_s: secs,
+    })
+}
+
+/// Validation clean accuracy (all held-out images) and PGD accuracy (the first `pgd_limit`).
+fn validate(
+    recipe: &Recipe,
+    net: &Network,
+    data: &Splits,
+    epoch: usize,
+    device: Device,
+    m: &mut EpochMetrics,
+) {
+    if data.val.is_empty() {
+        return;
+    }
+    let start = Instant::now();
+    let f = Classifier::new(net.model.as_ref(), Ctx::new(recipe.train.route, Mode::Eval));
+    let bs = recipe.validation.batch_size;
+    m.val_clean_acc = Some(clean_counts(&f, &data.val, bs, device).clean_accuracy());
+    if let (Some(cfg), true) = (recipe.validation_attack(), recipe.validation.pgd_limit > 0) {
+        tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_VAL) as i64);
+        let subset = data.val.take(recipe.validation.pgd_limit);
+        let attack: Box<dyn Attack> = Box::new(Pgd::new(cfg));
+        m.val_pgd_acc =
+            Some(robust_counts(&f, attack.as_ref(), &subset, bs, device).robust_accuracy());
+    }
+    m.epoch_time_s += start.elapsed().as_secs_f64();
+}
