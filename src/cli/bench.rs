@@ -4,6 +4,7 @@
 
 use crate::attack::{Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
 use crate::device::{device_name, parse_device};
+use crate::nn::network::channels_last;
 use crate::nn::{ArchSpec, Ctx, Network, NormSpec};
 use crate::train::optim::Sgd;
 use anyhow::Result;
@@ -28,6 +29,9 @@ pub struct BenchArgs {
     pub steps: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Lay out inputs and convolution weights channels-last.
+    #[arg(long)]
+    pub channels_last: bool,
 }
 
 fn train_step(net: &Network, sgd: &mut Sgd, pgd: &Pgd, x: &Tensor, y: &Tensor) {
@@ -65,9 +69,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
             norm: NormSpec::default(),
         };
         let net = Network::new(&arch, device)?;
+        if a.channels_last {
+            net.set_channels_last();
+        }
         let mut sgd = Sgd::new(&net.vs, 0.9, 5e-4, false);
         let pgd = Pgd::new(PgdConfig::new(ThreatNorm::Linf, eps, eps / 4.0, a.steps));
-        let x = Tensor::rand([a.batch_size, c, hw, hw], (Kind::Float, device));
+        let mut x = Tensor::rand([a.batch_size, c, hw, hw], (Kind::Float, device));
+        if a.channels_last {
+            x = channels_last(&x);
+        }
         let y = Tensor::randint(10, [a.batch_size], (Kind::Int64, device));
         for _ in 0..a.warmup {
             train_step(&net, &mut sgd, &pgd, &x, &y);
@@ -82,7 +92,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "impl": "advtrain", "model": name, "batch_size": a.batch_size, "threads": tch::get_num_threads(),
+                "impl": "advtrain", "model": name, "channels_last": a.channels_last, "batch_size": a.batch_size, "threads": tch::get_num_threads(),
                 "device": device_name(device), "iters": a.iters, "images_per_s": (a.batch_size as f64) * (a.iters as f64) / dt,
             })
         );

@@ -18,6 +18,9 @@ pub struct Recipe {
     /// auto | cpu | cuda | cuda:N
     #[serde(default = "default_device")]
     pub device: String,
+    /// Lay out convolution weights and inputs channels-last (faster oneDNN convolutions on CPU).
+    #[serde(default = "yes")]
+    pub channels_last: bool,
     pub data: DataSpec,
     pub model: ArchSpec,
     pub train: TrainSpec,

@@ -13,6 +13,7 @@ use crate::attack::{correct, Attack, Classifier, Pgd};
 use crate::data::Splits;
 use crate::device::{device_name, parse_device};
 use crate::eval::{clean_counts, robust_counts};
+use crate::nn::network::channels_last;
 use crate::nn::{Ctx, Mode, Network};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -64,6 +65,9 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     std::fs::write(out.join("recipe.toml"), recipe.to_toml())?;
 
     let net = Network::new(&recipe.model, device)?;
+    if recipe.channels_last {
+        net.set_channels_last();
+    }
     let t = &recipe.train;
     let mut sgd = Sgd::new(&net.vs, t.momentum, t.weight_decay, t.nesterov);
     let (mut start_epoch, mut best) = (0usize, None::<f64>);
@@ -236,6 +240,7 @@ fn train_epoch(
     let (mut seen, mut lr) = (0usize, t.lr);
     let start = Instant::now();
     for (i, (x, y)) in batches.enumerate() {
+        let x = if recipe.channels_last { channels_last(&x) } else { x };
         lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
         let bs = y.size()[0];
         let input = match (t.objective, &attack) {

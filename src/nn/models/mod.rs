@@ -9,7 +9,9 @@ pub mod wide_resnet;
 
 use crate::nn::norm::{Ctx, Norm, NormSpec};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
+use tch::nn::{self, Init};
+use tch::Tensor;
 
 /// Output of a forward pass: logits plus the outputs of each stage (for feature hooks).
 pub struct Forward {
@@ -91,28 +93,57 @@ pub fn build_model(p: &nn::Path, spec: &ArchSpec) -> anyhow::Result<Box<dyn Mode
     Ok(model)
 }
 
-/// 3x3 convolution, padding 1, without bias (it is followed by a norm layer).
-pub(crate) fn conv3x3(p: nn::Path, cin: i64, cout: i64, stride: i64) -> nn::Conv2D {
-    conv(p, cin, cout, 3, stride, 1, false)
-}
+/// PyTorch's default weight init for conv and linear layers: U(+-1/sqrt(fan_in))
+/// (kaiming-uniform with a = sqrt(5), i.e. gain 1/sqrt(3)).
+pub(crate) const TORCH_DEFAULT: Init = Init::Kaiming {
+    dist: NormalOrUniform::Uniform,
+    fan: FanInOut::FanIn,
+    non_linearity: NonLinearity::ExplicitGain(0.577_350_269_189_625_8),
+};
 
-/// Convolution with tch's default init (weights kaiming-uniform over fan-in, bias U(+-1/sqrt(fan_in))).
-pub(crate) fn conv(
+/// He-normal over fan-out: N(0, 2 / (k*k*cout)), the conv init of torchvision ResNet and of WRN.
+pub(crate) const HE_FAN_OUT: Init = Init::Kaiming {
+    dist: NormalOrUniform::Normal,
+    fan: FanInOut::FanOut,
+    non_linearity: NonLinearity::ReLU,
+};
+
+/// Bias-free k x k convolution with padding k/2 and the given weight init.
+pub(crate) fn conv_init(
     p: nn::Path,
     cin: i64,
     cout: i64,
     k: i64,
     stride: i64,
-    pad: i64,
-    bias: bool,
+    init: Init,
 ) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         stride,
-        padding: pad,
-        bias,
+        padding: k / 2,
+        bias: false,
+        ws_init: init,
         ..Default::default()
     };
     nn::conv2d(p, cin, cout, k, cfg)
+}
+
+/// Linear layer with PyTorch's default init; `bias_init` None = U(+-1/sqrt(fan_in)).
+pub(crate) fn torch_linear(
+    p: nn::Path,
+    cin: i64,
+    cout: i64,
+    bias_init: Option<Init>,
+) -> nn::Linear {
+    nn::linear(
+        p,
+        cin,
+        cout,
+        nn::LinearConfig {
+            ws_init: TORCH_DEFAULT,
+            bs_init: bias_init,
+            bias: true,
+        },
+    )
 }
 
 /// Global average pool [N,C,H,W] -> [N,C].

@@ -3,67 +3,11 @@
 //! BasicBlock for depths 10/18/34, Bottleneck (expansion 4, stride on the 3x3 conv as
 //! torchvision v1.5) for 50/101/152. Names: `layer2.0.conv1`, `layer2.0.bn1`, ...,
 //! `layer2.0.downsample.0` (conv1x1), `layer2.0.downsample.1` (norm).
-//!
-//! Also holds the init helpers shared by the ResNet family (torchvision / PyTorch defaults).
 
-use super::{global_avg_pool, ArchSpec, Forward, Model};
+use super::{conv_init, global_avg_pool, torch_linear, ArchSpec, Forward, Model, HE_FAN_OUT};
 use crate::nn::norm::{Ctx, Norm, NormSpec};
-use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
-use tch::nn::{self, Init, Module};
+use tch::nn::{self, Module};
 use tch::Tensor;
-
-/// PyTorch's default weight init for conv and linear layers: U(+-1/sqrt(fan_in))
-/// (kaiming-uniform with a = sqrt(5), i.e. gain 1/sqrt(3)).
-pub(crate) const TORCH_DEFAULT: Init = Init::Kaiming {
-    dist: NormalOrUniform::Uniform,
-    fan: FanInOut::FanIn,
-    non_linearity: NonLinearity::ExplicitGain(0.577_350_269_189_625_8),
-};
-
-/// He-normal over fan-out: N(0, 2 / (k*k*cout)), the conv init of torchvision ResNet and of WRN.
-pub(crate) const HE_FAN_OUT: Init = Init::Kaiming {
-    dist: NormalOrUniform::Normal,
-    fan: FanInOut::FanOut,
-    non_linearity: NonLinearity::ReLU,
-};
-
-/// Bias-free k x k convolution with padding k/2 and the given weight init.
-pub(crate) fn conv_init(
-    p: nn::Path,
-    cin: i64,
-    cout: i64,
-    k: i64,
-    stride: i64,
-    init: Init,
-) -> nn::Conv2D {
-    let cfg = nn::ConvConfig {
-        stride,
-        padding: k / 2,
-        bias: false,
-        ws_init: init,
-        ..Default::default()
-    };
-    nn::conv2d(p, cin, cout, k, cfg)
-}
-
-/// Linear layer with PyTorch's default init; `bias_init` None = U(+-1/sqrt(fan_in)).
-pub(crate) fn torch_linear(
-    p: nn::Path,
-    cin: i64,
-    cout: i64,
-    bias_init: Option<Init>,
-) -> nn::Linear {
-    nn::linear(
-        p,
-        cin,
-        cout,
-        nn::LinearConfig {
-            ws_init: TORCH_DEFAULT,
-            bs_init: bias_init,
-            bias: true,
-        },
-    )
-}
 
 /// Depths accepted by [`ResNet::new`].
 pub const RESNET_DEPTHS: &[i64] = &[10, 18, 34, 50, 101, 152];

@@ -1,7 +1,8 @@
 //! `small-cnn` for 1x28x28 inputs: three conv3x3 + norm + ReLU blocks (32, 64/2, 128/2),
 //! global average pooling and a linear classifier. Names: conv1, bn1, conv2, bn2, conv3, bn3, fc.
+//! PyTorch default init; convolutions carry a bias only when the norm is `none`.
 
-use super::{conv, global_avg_pool, ArchSpec, Forward, Model};
+use super::{global_avg_pool, torch_linear, ArchSpec, Forward, Model, TORCH_DEFAULT};
 use crate::nn::norm::{Ctx, Norm, NormKind};
 use tch::{nn, nn::Module, Tensor};
 
@@ -18,18 +19,17 @@ impl SmallCnn {
         let mut convs = vec![];
         let mut norms = vec![];
         for (i, &(cin, cout, stride)) in plan.iter().enumerate() {
-            convs.push(conv(
-                p / format!("conv{}", i + 1),
-                cin,
-                cout,
-                3,
+            let cfg = nn::ConvConfig {
                 stride,
-                1,
+                padding: 1,
                 bias,
-            ));
+                ws_init: TORCH_DEFAULT,
+                ..Default::default()
+            };
+            convs.push(nn::conv2d(p / format!("conv{}", i + 1), cin, cout, 3, cfg));
             norms.push(Norm::new(&(p / format!("bn{}", i + 1)), cout, spec.norm));
         }
-        let fc = nn::linear(p / "fc", 128, spec.num_classes, Default::default());
+        let fc = torch_linear(p / "fc", 128, spec.num_classes, None);
         SmallCnn { convs, norms, fc }
     }
 }

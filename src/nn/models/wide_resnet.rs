@@ -4,7 +4,7 @@
 //! Names: `block1.layer.0.bn1`, `.conv1`, `.bn2`, `.conv2`, `.convShortcut` (when in != out).
 //! Init as the reference: convs He-normal over fan-out, fc bias 0.
 
-use super::resnet::{conv_init, torch_linear, HE_FAN_OUT};
+use super::{conv_init, torch_linear, HE_FAN_OUT};
 use super::{global_avg_pool, ArchSpec, Forward, Model};
 use crate::nn::norm::{Ctx, Norm, NormSpec};
 use tch::{nn, nn::Module, Tensor};
