@@ -1,12 +1,15 @@
 //! PGD/FGSM properties (projection, clamping, loss increase) and the input gradient against
 //! central finite differences in float64.
 
+mod common;
+
 use advtrain::attack::pgd::{cw_margin, Init, PgdLoss};
 use advtrain::attack::{
-    input_grad, per_sample_l2, project, Attack, Classifier, Fgsm, Pgd, PgdConfig, ThreatNorm,
+    cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, Fgsm, Pgd, PgdConfig,
+    ThreatNorm,
 };
 use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
 fn small_cnn() -> Network {
     tch::manual_seed(3);
@@ -21,7 +24,12 @@ fn small_cnn() -> Network {
     let net = Network::new(&arch, Device::Cpu).unwrap();
     // Non-trivial running statistics so eval mode is not the identity normalisation.
     let x = Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu));
-    tch::no_grad(|| net.model.forward(&x, &Ctx::train()));
+    let _ = tch::no_grad(|| net.model.forward(&x, &Ctx::train()));
+    // A confident classifier (large logits), so attacks have a loss to increase.
+    tch::no_grad(|| {
+        let mut w = net.variables()["fc.weight"].shallow_clone();
+        let _ = w.g_mul_scalar_(30.0);
+    });
     net
 }
 
@@ -39,6 +47,7 @@ fn max_abs(t: &Tensor) -> f64 {
 
 #[test]
 fn pgd_linf_stays_in_the_ball_and_the_box() {
+    let _rng = common::rng_lock();
     let net = small_cnn();
     let f = Classifier::new(net.model.as_ref(), Ctx::eval());
     let (x, y) = batch();
@@ -64,6 +73,7 @@ fn pgd_linf_stays_in_the_ball_and_the_box() {
 
 #[test]
 fn pgd_l2_stays_in_the_ball_and_the_box() {
+    let _rng = common::rng_lock();
     let net = small_cnn();
     let f = Classifier::new(net.model.as_ref(), Ctx::eval());
     let (x, y) = batch();
@@ -80,10 +90,11 @@ fn pgd_l2_stays_in_the_ball_and_the_box() {
 
 #[test]
 fn pgd_increases_the_loss_and_cw_margin_is_hand_checked() {
+    let _rng = common::rng_lock();
     let net = small_cnn();
     let f = Classifier::new(net.model.as_ref(), Ctx::eval());
     let (x, y) = batch();
-    let ce = |t: &Tensor| f.logits(t).cross_entropy_for_logits(&y).double_value(&[]);
+    let ce = |t: &Tensor| cross_entropy(&f.logits(t), &y, Reduction::Mean).double_value(&[]);
     let xa = Pgd::new(PgdConfig::new(ThreatNorm::Linf, 0.1, 0.02, 10)).perturb(&f, &x, &y);
     assert!(ce(&xa) > ce(&x) + 0.1, "clean {} adv {}", ce(&x), ce(&xa));
     let xf = Fgsm { eps: 0.1 }.perturb(&f, &x, &y);
@@ -102,6 +113,7 @@ fn pgd_increases_the_loss_and_cw_margin_is_hand_checked() {
 
 #[test]
 fn projection_hand_case() {
+    let _rng = common::rng_lock();
     let x = Tensor::from_slice(&[0.5f32, 0.95, 0.02, 0.5]).view([1, 1, 2, 2]);
     let xa = Tensor::from_slice(&[0.9f32, 1.2, -0.3, 0.52]).view([1, 1, 2, 2]);
     let p = Vec::<f32>::try_from(project(&xa, &x, 0.1, ThreatNorm::Linf).flatten(0, -1)).unwrap();
@@ -121,13 +133,14 @@ fn projection_hand_case() {
 
 #[test]
 fn input_gradient_matches_finite_differences_in_float64() {
+    let _rng = common::rng_lock();
     let mut net = small_cnn();
     net.vs.double();
     let f = Classifier::new(net.model.as_ref(), Ctx::eval());
     let (x, y) = batch();
     let x = x.to_kind(Kind::Double).narrow(0, 0, 4);
     let y = y.narrow(0, 0, 4);
-    let loss = |t: &Tensor| f.logits(t).cross_entropy_for_logits(&y);
+    let loss = |t: &Tensor| cross_entropy(&f.logits(t), &y, Reduction::Mean);
     let xr = x.detach().set_requires_grad(true);
     let g = input_grad(&loss(&xr), &xr);
     let flat = x.flatten(0, -1);
@@ -157,6 +170,7 @@ fn input_gradient_matches_finite_differences_in_float64() {
 
 #[test]
 fn same_seed_same_adversarial_examples() {
+    let _rng = common::rng_lock();
     let net = small_cnn();
     let f = Classifier::new(net.model.as_ref(), Ctx::eval());
     let (x, y) = batch();

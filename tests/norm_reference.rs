@@ -231,7 +231,7 @@ fn two_stat_sets_are_updated_only_through_their_route() {
         .filter(|k| k.ends_with("running_mean"))
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    norm.forward(&x, &Ctx::new(Route::domain(1), Mode::Train));
+    let _ = norm.forward(&x, &Ctx::new(Route::domain(1), Mode::Train));
     assert_close(
         &to_vec(&norm.stats[0].running_mean),
         &[0.0; 3],

@@ -1,6 +1,6 @@
 //! FGSM (Goodfellow et al.): x' = clip(x + eps * sign(grad_x CE(f(x), y))), L-inf.
 
-use super::{input_grad, project, Attack, Classifier, ThreatNorm};
+use super::{cross_entropy, input_grad, project, Attack, Classifier, ThreatNorm};
 use tch::Tensor;
 
 /// Fast gradient sign method, one step of size eps from x.
@@ -18,7 +18,7 @@ impl Attack for Fgsm {
     }
     fn perturb(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
         let xr = x.detach().set_requires_grad(true);
-        let loss = f.logits(&xr).cross_entropy_for_logits(y) * x.size()[0] as f64;
+        let loss = cross_entropy(&f.logits(&xr), y, tch::Reduction::Sum);
         let g = input_grad(&loss, &xr);
         project(&(x + g.sign() * self.eps), x, self.eps, ThreatNorm::Linf).detach()
     }

@@ -104,3 +104,11 @@ pub fn correct(logits: &Tensor, y: &Tensor) -> Tensor {
 pub fn count(mask: &Tensor) -> i64 {
     mask.to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[])
 }
+
+/// Cross-entropy `-log softmax(z)_y`, computed in the logits' own precision (tch's
+/// `cross_entropy_for_logits` casts to float32), reduced by `reduction`.
+pub fn cross_entropy(logits: &Tensor, y: &Tensor, reduction: tch::Reduction) -> Tensor {
+    logits
+        .log_softmax(-1, logits.kind())
+        .g_nll_loss::<Tensor>(y, None, reduction, -100)
+}

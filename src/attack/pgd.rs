@@ -3,7 +3,9 @@
 //! L-inf step: x <- Proj(x + alpha * sign(g)); L2 step: x <- Proj(x + alpha * g / ||g||_2);
 //! Proj = projection onto B_eps(x0) followed by clamping to [0,1].
 
-use super::{correct, input_grad, per_sample_l2, project, Attack, Classifier, ThreatNorm};
+use super::{
+    correct, cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, ThreatNorm,
+};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -127,9 +129,7 @@ impl Pgd {
     /// Summed loss over the batch (so each sample's gradient is unscaled).
     fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
         match self.cfg.loss {
-            PgdLoss::Ce => {
-                logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Sum, -100, 0.0)
-            }
+            PgdLoss::Ce => cross_entropy(logits, y, tch::Reduction::Sum),
             PgdLoss::Cw => cw_margin(logits, y).sum(Kind::Float),
         }
     }

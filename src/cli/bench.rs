@@ -2,7 +2,7 @@
 //! eval mode, then one SGD step in train mode) on random data, the twin of
 //! `bench/pytorch_pgd_at.py` (same models, batch, threads, device).
 
-use crate::attack::{Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
+use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
 use crate::device::{device_name, parse_device};
 use crate::nn::network::channels_last;
 use crate::nn::{ArchSpec, Ctx, Network, NormSpec};
@@ -37,9 +37,11 @@ pub struct BenchArgs {
 fn train_step(net: &Network, sgd: &mut Sgd, pgd: &Pgd, x: &Tensor, y: &Tensor) {
     let model = net.model.as_ref();
     let x_adv = pgd.perturb(&Classifier::new(model, Ctx::eval()), x, y);
-    let loss = model
-        .forward(&x_adv, &Ctx::train())
-        .cross_entropy_for_logits(y);
+    let loss = cross_entropy(
+        &model.forward(&x_adv, &Ctx::train()),
+        y,
+        tch::Reduction::Mean,
+    );
     sgd.zero_grad();
     loss.backward();
     sgd.step(0.01);

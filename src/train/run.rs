@@ -9,7 +9,7 @@ use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
 use super::optim::{learning_rate, Sgd};
 use super::recipe::{Objective, Recipe};
-use crate::attack::{correct, Attack, Classifier, Pgd};
+use crate::attack::{correct, cross_entropy, Attack, Classifier, Pgd};
 use crate::data::Splits;
 use crate::device::{device_name, parse_device};
 use crate::eval::{clean_counts, robust_counts};
@@ -42,6 +42,7 @@ pub struct RunSummary {
     pub parameters: i64,
 }
 
+const STREAM_INIT: u64 = 0;
 const STREAM_TORCH: u64 = 1;
 const STREAM_DATA: u64 = 2;
 const STREAM_VAL: u64 = 3;
@@ -64,6 +65,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         .with_context(|| format!("cannot create {}", ckdir.display()))?;
     std::fs::write(out.join("recipe.toml"), recipe.to_toml())?;
 
+    tch::manual_seed(derive_seed(recipe.seed, 0, STREAM_INIT) as i64);
     let net = Network::new(&recipe.model, device)?;
     if recipe.channels_last {
         net.set_channels_last();
@@ -240,7 +242,11 @@ fn train_epoch(
     let (mut seen, mut lr) = (0usize, t.lr);
     let start = Instant::now();
     for (i, (x, y)) in batches.enumerate() {
-        let x = if recipe.channels_last { channels_last(&x) } else { x };
+        let x = if recipe.channels_last {
+            channels_last(&x)
+        } else {
+            x
+        };
         lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
         let bs = y.size()[0];
         let input = match (t.objective, &attack) {
@@ -260,7 +266,7 @@ fn train_epoch(
             _ => x,
         };
         let logits = model.forward(&input, &train_ctx);
-        let loss = logits.cross_entropy_for_logits(&y);
+        let loss = cross_entropy(&logits, &y, tch::Reduction::Mean);
         sgd.zero_grad();
         loss.backward();
         sgd.step(lr);

@@ -92,3 +92,12 @@ batch_size = 20
         dir.display()
     )
 }
+
+/// torch's random generator is global to the process: tests of one file that seed it and
+/// compare results hold this lock so parallel test threads do not interleave their draws.
+pub static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Hold [`TORCH_RNG`] (ignoring poisoning by an earlier failed test).
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
