@@ -2,9 +2,11 @@
 //! [`Classifier`]), built from one model, one route and one mode, so it cannot switch
 //! normalisation branches.
 
+pub mod apgd;
 pub mod fgsm;
 pub mod pgd;
 
+pub use apgd::{checkpoints, dlr_loss, dlr_targeted_loss, Apgd, ApgdConfig, ApgdLoss};
 pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
 

@@ -119,3 +119,87 @@ pub fn learning_rate(spec: &TrainSpec, t: f64) -> f64 {
         base
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::recipe::Objective;
+    use tch::{nn::VarStore, Device, Kind};
+
+    fn spec(schedule: Schedule) -> TrainSpec {
+        TrainSpec {
+            objective: Objective::Standard,
+            epochs: 10,
+            batch_size: 1,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+            schedule,
+            milestones: vec![5, 8],
+            lr_gamma: 0.1,
+            warmup_epochs: 0,
+            attack: None,
+            attack_bn_mode: crate::nn::Mode::Eval,
+            route: Default::default(),
+            track_clean_accuracy: true,
+        }
+    }
+
+    /// Two steps by hand with PyTorch's rule (dampening 0):
+    /// w0 = 1, wd = 0.1, mu = 0.9, lr = 0.5, loss = 3 w (grad 3).
+    /// step 1: g = 3 + 0.1*1 = 3.1; b = 3.1; w = 1 - 0.5*3.1 = -0.55
+    /// step 2: g = 3 + 0.1*(-0.55) = 2.945; b = 0.9*3.1 + 2.945 = 5.735; w = -0.55 - 0.5*5.735 = -3.4175
+    #[test]
+    fn sgd_matches_pytorch_rule_by_hand() {
+        let vs = VarStore::new(Device::Cpu);
+        let w = vs
+            .root()
+            .var("w", &[1], tch::nn::Init::Const(1.0))
+            .to_kind(Kind::Double);
+        let vs = {
+            let vs2 = VarStore::new(Device::Cpu);
+            let _ = vs2.root().var_copy("w", &w);
+            vs2
+        };
+        let mut sgd = Sgd::new(&vs, 0.9, 0.1, false);
+        let p = sgd.params[0].1.shallow_clone();
+        for expect in [-0.55, -3.4175] {
+            sgd.zero_grad();
+            (&p * 3.0).sum(Kind::Double).backward();
+            sgd.step(0.5);
+            assert!(
+                (p.double_value(&[0]) - expect).abs() < 1e-6,
+                "{} vs {expect}",
+                p.double_value(&[0])
+            );
+        }
+        // Nesterov: step = g + mu * b. One step from w = 1: g = 3.1, b = 3.1, w = 1 - 0.5 * (3.1 + 2.79).
+        let vs = VarStore::new(Device::Cpu);
+        let _ = vs.root().var("w", &[1], tch::nn::Init::Const(1.0));
+        let mut sgd = Sgd::new(&vs, 0.9, 0.1, true);
+        let p = sgd.params[0].1.shallow_clone();
+        sgd.zero_grad();
+        (&p * 3.0).sum(Kind::Float).backward();
+        sgd.step(0.5);
+        assert!((p.double_value(&[0]) - (1.0 - 0.5 * (3.1 + 0.9 * 3.1))).abs() < 1e-5);
+    }
+
+    #[test]
+    fn schedules() {
+        let s = spec(Schedule::Piecewise);
+        assert_eq!(learning_rate(&s, 0.0), 0.1);
+        assert!((learning_rate(&s, 4.99) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(&s, 5.0) - 0.01).abs() < 1e-12);
+        assert!((learning_rate(&s, 8.5) - 0.001).abs() < 1e-12);
+        let c = spec(Schedule::Cosine);
+        assert!((learning_rate(&c, 5.0) - 0.05).abs() < 1e-12);
+        assert!(learning_rate(&c, 10.0).abs() < 1e-12);
+        let w = TrainSpec {
+            warmup_epochs: 2,
+            ..spec(Schedule::Constant)
+        };
+        assert!((learning_rate(&w, 1.0) - 0.05).abs() < 1e-12);
+        assert!((learning_rate(&w, 3.0) - 0.1).abs() < 1e-12);
+    }
+}
