@@ -5,10 +5,12 @@
 pub mod apgd;
 pub mod fgsm;
 pub mod pgd;
+pub mod square;
 
 pub use apgd::{checkpoints, dlr_loss, dlr_targeted_loss, Apgd, ApgdConfig, ApgdLoss};
 pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
+pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};
 
 use crate::nn::{Ctx, Model};
 use serde::{Deserialize, Serialize};

@@ -172,3 +172,134 @@ pub fn apply_augment(x: &Tensor, aug: Augment, rng: &mut ChaCha8Rng) -> Tensor {
     }
     x
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(n: usize) -> Dataset {
+        let raw = RawImages {
+            n,
+            c: 1,
+            h: 4,
+            w: 4,
+            pixels: (0..n * 16).map(|i| (i % 251) as u8).collect(),
+            labels: (0..n).map(|i| (i % 3) as u8).collect(),
+            num_classes: 3,
+        };
+        Dataset::from_raw(&raw).unwrap()
+    }
+
+    fn first_pixels(d: &Dataset) -> Vec<i64> {
+        Vec::<i64>::try_from(
+            d.images
+                .select(2, 0)
+                .select(2, 0)
+                .flatten(0, -1)
+                .to_kind(Kind::Int64),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn split_is_disjoint_complete_and_seeded() {
+        let d = toy(50);
+        let (rest, held) = d.split(10, 3);
+        assert_eq!((rest.len(), held.len()), (40, 10));
+        let mut all: Vec<i64> = first_pixels(&rest)
+            .into_iter()
+            .chain(first_pixels(&held))
+            .collect();
+        all.sort_unstable();
+        let mut expect = first_pixels(&d);
+        expect.sort_unstable();
+        assert_eq!(all, expect, "every image lands in exactly one split");
+        assert_eq!(
+            first_pixels(&d.split(10, 3).1),
+            first_pixels(&held),
+            "same seed, same split"
+        );
+        assert_ne!(
+            first_pixels(&d.split(10, 4).1),
+            first_pixels(&held),
+            "another seed, another split"
+        );
+    }
+
+    #[test]
+    fn shuffled_batches_follow_the_seed_and_cover_the_set() {
+        let d = toy(37);
+        let order = |seed| -> Vec<i64> {
+            let rng = ChaCha8Rng::seed_from_u64(seed);
+            d.batches(8, Some(rng), Augment::default(), Device::Cpu)
+                .flat_map(|(x, _)| {
+                    Vec::<f32>::try_from(x.select(2, 0).select(2, 0).flatten(0, -1)).unwrap()
+                })
+                .map(|v| (v * 255.0).round() as i64)
+                .collect()
+        };
+        assert_eq!(order(1), order(1));
+        assert_ne!(order(1), order(2));
+        let mut seen = order(1);
+        seen.sort_unstable();
+        let mut expect = first_pixels(&d);
+        expect.sort_unstable();
+        assert_eq!(seen, expect);
+        assert_eq!(
+            d.batches(8, None, Augment::default(), Device::Cpu)
+                .num_batches(),
+            5
+        );
+        let (x, _) = d
+            .batches(8, None, Augment::default(), Device::Cpu)
+            .next()
+            .unwrap();
+        assert!(x.max().double_value(&[]) <= 1.0 && x.kind() == Kind::Float);
+    }
+
+    #[test]
+    fn augmentation_crops_within_padding_and_flips() {
+        let x = Tensor::arange(16, (Kind::Uint8, Device::Cpu)).view([1, 1, 4, 4]);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert!(
+            apply_augment(&x, Augment::default(), &mut rng).equal(&x),
+            "no augmentation = identity"
+        );
+        let mut flipped = 0;
+        for _ in 0..40 {
+            let y = apply_augment(
+                &x,
+                Augment {
+                    crop_padding: 0,
+                    hflip: true,
+                },
+                &mut rng,
+            );
+            if y.equal(&x.flip([3])) {
+                flipped += 1;
+            } else {
+                assert!(y.equal(&x));
+            }
+        }
+        assert!((5..35).contains(&flipped), "{flipped} flips of 40");
+        for _ in 0..20 {
+            let y = apply_augment(
+                &x,
+                Augment {
+                    crop_padding: 1,
+                    hflip: false,
+                },
+                &mut rng,
+            );
+            assert_eq!(y.size(), vec![1, 1, 4, 4]);
+            // A crop of the 1-padded image: a shift by at most one pixel, zeros elsewhere.
+            let shifted = (-1..=1).any(|dy: i64| {
+                (-1..=1).any(|dx: i64| {
+                    let p = x.constant_pad_nd([1, 1, 1, 1]);
+                    y.equal(&p.narrow(2, 1 + dy, 4).narrow(3, 1 + dx, 4))
+                })
+            });
+            assert!(shifted);
+        }
+    }
+}

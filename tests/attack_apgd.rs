@@ -1,0 +1,276 @@
+//! APGD (CE, DLR, targeted DLR): the checkpoint schedule and the DLR losses by hand, and
+//! properties of the attack on a small random model (ball, box, fooled points really fooled,
+//! at least as strong as PGD-20, seeding, no parameter gradients).
+
+use advtrain::attack::{
+    checkpoints, correct, dlr_loss, dlr_targeted_loss, per_sample_l2, Apgd, ApgdConfig, ApgdLoss,
+    Attack, Classifier, Pgd, PgdConfig, ThreatNorm,
+};
+use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
+use std::sync::{Mutex, MutexGuard};
+use tch::{Device, Kind, Tensor};
+
+/// torch's random generator is global to the process and the tests of this file run in parallel
+/// threads: every test holds this lock.
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn lock() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The model of tests/attacks.rs: small-cnn with non-trivial BN statistics and fc.weight x30.
+fn small_cnn() -> Network {
+    tch::manual_seed(3);
+    let arch = ArchSpec {
+        name: "small-cnn".into(),
+        num_classes: 10,
+        in_channels: 1,
+        depth: None,
+        width: None,
+        norm: NormSpec::default(),
+    };
+    let net = Network::new(&arch, Device::Cpu).unwrap();
+    let x = Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let _ = tch::no_grad(|| net.model.forward(&x, &Ctx::train()));
+    tch::no_grad(|| {
+        let mut w = net.variables()["fc.weight"].shallow_clone();
+        let _ = w.g_mul_scalar_(30.0);
+    });
+    net
+}
+
+/// 16 random images labelled with the model's own clean predictions, so that every point is
+/// correctly classified and is attacked.
+fn batch(f: &Classifier) -> (Tensor, Tensor) {
+    tch::manual_seed(4);
+    let x = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = tch::no_grad(|| f.logits(&x).argmax(-1, false));
+    (x, y)
+}
+
+fn cfg(loss: ApgdLoss, norm: ThreatNorm, eps: f64) -> ApgdConfig {
+    let base = match loss {
+        ApgdLoss::Ce => ApgdConfig::ce(norm, eps),
+        ApgdLoss::Dlr => ApgdConfig::dlr(norm, eps),
+        ApgdLoss::DlrTargeted => ApgdConfig::targeted(norm, eps),
+    };
+    ApgdConfig {
+        n_iter: 20,
+        n_target_classes: 3,
+        ..base
+    }
+}
+
+fn robust_count(f: &Classifier, x: &Tensor, y: &Tensor) -> i64 {
+    tch::no_grad(|| correct(&f.logits(x), y).sum(Kind::Int64).int64_value(&[]))
+}
+
+fn vec_f64(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+#[test]
+fn checkpoints_follow_the_reference_schedule() {
+    let _g = lock();
+    // n = 100: first interval max(int(0.22*100), 1) = 22; each next one shrinks by
+    // max(int(0.03*100), 1) = 3 down to max(int(0.06*100), 1) = 6:
+    // intervals 22, 19, 16, 13, 10, 7, max(7-3, 6) = 6, 6 | next 6 would end at 105 > 100.
+    // cumulative: 22, 22+19=41, 41+16=57, 57+13=70, 70+10=80, 80+7=87, 87+6=93, 93+6=99.
+    // (= the paper's ceil(100 p_j), p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99.)
+    assert_eq!(checkpoints(100), vec![22, 41, 57, 70, 80, 87, 93, 99]);
+    // n = 20: int(4.4) = 4; shrink max(int(0.6), 1) = 1; minimum max(int(1.2), 1) = 1:
+    // intervals 4, 3, 2, 1, 1, ... -> 4, 7, 9, 10, 11, ..., 20.
+    let mut twenty = vec![4, 7, 9];
+    twenty.extend(10..=20);
+    assert_eq!(checkpoints(20), twenty);
+    // n = 1000: 220, +190, +160, +130, +100, +70, +60, +60 (next would end at 1050).
+    assert_eq!(
+        checkpoints(1000),
+        vec![220, 410, 570, 700, 800, 870, 930, 990]
+    );
+    // n = 1: every interval is at least 1.
+    assert_eq!(checkpoints(1), vec![1]);
+}
+
+#[test]
+fn dlr_losses_by_hand() {
+    let _g = lock();
+    // Logits [1, 5, 2, 3]: sorted 5 >= 3 >= 2 >= 1, so z_pi1 - z_pi3 = 5 - 2 = 3.
+    //  y = 0: -(1 - 5) / 3 = 4/3   (max over others = 5)
+    //  y = 1: -(5 - 3) / 3 = -2/3  (y is the top class: max over others = 3)
+    // Logits [0, -1, 4, 2] with y = 3: sorted 4, 2, 0, -1: -(2 - 4) / (4 - 0) = 0.5.
+    let z = Tensor::from_slice(&[1.0f64, 5.0, 2.0, 3.0, 1.0, 5.0, 2.0, 3.0, 0.0, -1.0, 4.0, 2.0])
+        .view([3, 4]);
+    let y = Tensor::from_slice(&[0i64, 1, 3]);
+    let got = vec_f64(&dlr_loss(&z, &y));
+    for (g, e) in got.iter().zip([4.0 / 3.0, -2.0 / 3.0, 0.5]) {
+        assert!((g - e).abs() < 1e-9, "{got:?}");
+    }
+    // Targeted: denominator z_pi1 - (z_pi3 + z_pi4) / 2.
+    //  [1, 5, 2, 3], y = 1, t = 3: -(5 - 3) / (5 - (2 + 1)/2) = -2 / 3.5 = -4/7
+    //  [1, 5, 2, 3], y = 0, t = 2: -(1 - 2) / 3.5 = 2/7
+    //  [0, -1, 4, 2], y = 3, t = 1: sorted 4, 2, 0, -1: -(2 - (-1)) / (4 - (0 - 1)/2) = -3/4.5
+    let t = Tensor::from_slice(&[3i64, 2, 1]);
+    let y = Tensor::from_slice(&[1i64, 0, 3]);
+    let got = vec_f64(&dlr_targeted_loss(&z, &y, &t));
+    for (g, e) in got.iter().zip([-4.0 / 7.0, 2.0 / 7.0, -3.0 / 4.5]) {
+        assert!((g - e).abs() < 1e-9, "{got:?}");
+    }
+}
+
+/// Ball, box, and the robust mask: points reported fooled are misclassified at their example,
+/// points reported robust come back unchanged.
+fn check_outputs(f: &Classifier, x: &Tensor, y: &Tensor, c: &ApgdConfig) -> i64 {
+    let apgd = Apgd::new(c.clone());
+    let (xa, robust) = apgd.attack(f, x, y);
+    let d = &xa - x;
+    let dist = match c.norm {
+        ThreatNorm::Linf => d.abs().amax([1i64, 2, 3].as_slice(), false),
+        ThreatNorm::L2 => per_sample_l2(&d).flatten(0, -1),
+    };
+    let max = dist.max().double_value(&[]);
+    assert!(max <= c.eps + 1e-6, "{c:?}: distance {max}");
+    assert!(xa.min().double_value(&[]) >= 0.0 && xa.max().double_value(&[]) <= 1.0);
+    let ok = tch::no_grad(|| correct(&f.logits(&xa), y));
+    let fooled = robust.logical_not();
+    let fooled_but_correct = fooled.logical_and(&ok).sum(Kind::Int64).int64_value(&[]);
+    assert_eq!(fooled_but_correct, 0, "{c:?}: reported fooled, yet correct");
+    let n_fooled = fooled.sum(Kind::Int64).int64_value(&[]);
+    assert!(n_fooled > 0, "{c:?}: the attack fooled nothing");
+    let unchanged = dist.eq(0.0);
+    assert!(
+        bool::try_from(robust.logical_and(&unchanged.logical_not()).any()).unwrap() == false,
+        "{c:?}: a robust point was moved"
+    );
+    // perturb returns the same examples (the config seeds torch's generator).
+    assert!(apgd.perturb(f, x, y).equal(&xa));
+    robust.sum(Kind::Int64).int64_value(&[])
+}
+
+#[test]
+fn linf_ball_box_and_fooled_points() {
+    let _g = lock();
+    let net = small_cnn();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let (x, y) = batch(&f);
+    for loss in [ApgdLoss::Ce, ApgdLoss::Dlr, ApgdLoss::DlrTargeted] {
+        check_outputs(&f, &x, &y, &cfg(loss, ThreatNorm::Linf, 0.03));
+    }
+}
+
+#[test]
+fn l2_ball_box_and_fooled_points() {
+    let _g = lock();
+    let net = small_cnn();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let (x, y) = batch(&f);
+    for loss in [ApgdLoss::Ce, ApgdLoss::Dlr, ApgdLoss::DlrTargeted] {
+        check_outputs(&f, &x, &y, &cfg(loss, ThreatNorm::L2, 0.5));
+    }
+}
+
+#[test]
+fn apgd_ce_at_least_as_strong_as_pgd20() {
+    let _g = lock();
+    let net = small_cnn();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let (x, y) = batch(&f);
+    for (norm, eps, step) in [
+        (ThreatNorm::Linf, 0.02, 2.5 * 0.02 / 20.0),
+        (ThreatNorm::L2, 0.3, 2.5 * 0.3 / 20.0),
+    ] {
+        tch::manual_seed(0);
+        let pgd = Pgd::new(PgdConfig::new(norm, eps, step, 20)).perturb(&f, &x, &y);
+        let apgd = Apgd::new(cfg(ApgdLoss::Ce, norm, eps)).perturb(&f, &x, &y);
+        let (r_pgd, r_apgd) = (robust_count(&f, &pgd, &y), robust_count(&f, &apgd, &y));
+        assert!(r_pgd > 0, "{norm}: eps too large for a meaningful comparison");
+        assert!(
+            r_apgd <= r_pgd,
+            "{norm}: APGD-CE leaves {r_apgd}/16 robust, PGD-20 {r_pgd}/16"
+        );
+    }
+}
+
+#[test]
+fn same_seed_same_examples() {
+    let _g = lock();
+    let net = small_cnn();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let (x, y) = batch(&f);
+    // seed = Some(s): the attack seeds torch itself, whatever the caller's stream.
+    let fixed = |global: i64, seed: u64| {
+        tch::manual_seed(global);
+        let c = ApgdConfig {
+            seed: Some(seed),
+            ..cfg(ApgdLoss::Ce, ThreatNorm::Linf, 0.03)
+        };
+        Apgd::new(c).perturb(&f, &x, &y)
+    };
+    assert!(fixed(1, 0).equal(&fixed(2, 0)));
+    assert!(!fixed(1, 0).equal(&fixed(1, 5)));
+    // seed = None: the caller's stream.
+    let caller = |global: i64| {
+        tch::manual_seed(global);
+        let c = ApgdConfig {
+            seed: None,
+            n_restarts: 2,
+            ..cfg(ApgdLoss::Dlr, ThreatNorm::L2, 0.5)
+        };
+        Apgd::new(c).perturb(&f, &x, &y)
+    };
+    assert!(caller(11).equal(&caller(11)));
+    assert!(!caller(11).equal(&caller(12)));
+}
+
+#[test]
+fn parameters_get_no_gradient() {
+    let _g = lock();
+    let net = small_cnn();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let (x, y) = batch(&f);
+    for loss in [ApgdLoss::Ce, ApgdLoss::DlrTargeted] {
+        let c = ApgdConfig {
+            n_iter: 5,
+            ..cfg(loss, ThreatNorm::Linf, 0.03)
+        };
+        let _ = Apgd::new(c).perturb(&f, &x, &y);
+    }
+    for (name, p) in net.named_tensors() {
+        assert!(
+            !p.grad().defined() || p.grad().abs().sum(Kind::Double).double_value(&[]) == 0.0,
+            "{name} got a gradient"
+        );
+    }
+}
+
+#[test]
+fn names_config_and_serde() {
+    let _g = lock();
+    let c = ApgdConfig::targeted(ThreatNorm::L2, 0.5);
+    assert_eq!(
+        (c.n_iter, c.n_restarts, c.rho, c.n_target_classes, c.seed),
+        (100, 1, 0.75, 9, Some(0))
+    );
+    let a = Apgd::new(c.clone());
+    assert_eq!(a.name(), "apgd-t");
+    assert_eq!(Apgd::new(ApgdConfig::ce(ThreatNorm::Linf, 0.1)).name(), "apgd-ce");
+    assert_eq!(Apgd::new(ApgdConfig::dlr(ThreatNorm::Linf, 0.1)).name(), "apgd-dlr");
+    let j = a.config();
+    assert_eq!(j["attack"], "apgd");
+    assert_eq!(j["loss"], "dlr-targeted");
+    assert_eq!(j["norm"], "l2");
+    assert_eq!(j["eps"], 0.5);
+    assert_eq!(j["n_iter"], 100);
+    assert_eq!(j["rho"], 0.75);
+    assert_eq!(j["momentum"], 0.75);
+    assert_eq!(j["step_size_init"], 1.0);
+    assert_eq!(j["checkpoints"], serde_json::json!([22, 41, 57, 70, 80, 87, 93, 99]));
+    let back: ApgdConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    // Missing fields take AutoAttack's defaults.
+    let short: ApgdConfig = serde_json::from_str(r#"{"eps": 0.1, "loss": "dlr"}"#).unwrap();
+    assert_eq!(short, ApgdConfig::dlr(ThreatNorm::Linf, 0.1));
+    assert!(serde_json::from_str::<ApgdConfig>(r#"{"eps": 0.1, "steps": 3}"#).is_err());
+    assert!(ApgdConfig { rho: 1.5, ..c.clone() }.validate("apgd").is_err());
+    assert!(c.validate("apgd").is_ok());
+}
