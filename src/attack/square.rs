@@ -294,7 +294,10 @@ impl Square {
         let (eps, dev, kind) = (self.cfg.eps, x.device(), x.kind());
         let (cu, hu, wu) = (c as usize, h as usize, w as usize);
         let s0 = h / 5;
-        assert!(s0 >= 1, "L2 square attack needs images at least 5 pixels high, got {h}");
+        assert!(
+            s0 >= 1,
+            "L2 square attack needs images at least 5 pixels high, got {h}"
+        );
         // Every pattern the run can use (start and schedule), copied to the device before the
         // loop: side -> (pattern, its transpose), `[1, 1, s, s]`.
         let mut patterns: HashMap<i64, (Tensor, Tensor)> = HashMap::new();
@@ -324,7 +327,7 @@ impl Square {
         // Start: a grid of s0-sided squares from row/column (h - 5 s0) / 2, each with the
         // pattern times a sign per (image, channel). (A square that would cross the border,
         // which only happens for images under 25 pixels, where the reference fails, is cut.)
-        let mut delta_init = Tensor::zeros([n, c, h, w], (kind, dev));
+        let delta_init = Tensor::zeros([n, c, h, w], (kind, dev));
         let sp = (h - s0 * 5) / 2;
         let mut vh = sp;
         for _ in 0..h / s0 {
