@@ -23,9 +23,7 @@
 //! The iteration loop makes no host synchronisation: counters, masks and step sizes are device
 //! tensors and the checkpoint schedule is fixed on the host before the loop.
 
-use super::{
-    correct, cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, ThreatNorm,
-};
+use super::{correct, cross_entropy, input_grad, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -254,8 +252,7 @@ impl Apgd {
             ThreatNorm::L2 => Tensor::randn(size.as_slice(), cpu),
         };
         let t = t.to_device(x.device()).to_kind(x.kind());
-        let dir = &t / (per_sample_norm(&t, self.cfg.norm) + 1e-12);
-        (x + dir * eps).clamp(0.0, 1.0)
+        (x + normalize(&t, self.cfg.norm) * eps).clamp(0.0, 1.0)
     }
 
     /// One run of `n_iter` iterations on points `x` (all attacked), labels `y`.
@@ -296,7 +293,7 @@ impl Apgd {
             let a = if i > 0 { MOMENTUM } else { 1.0 };
             let dir = match norm {
                 ThreatNorm::Linf => grad.sign(),
-                ThreatNorm::L2 => &grad / (per_sample_l2(&grad) + 1e-12),
+                ThreatNorm::L2 => normalize(&grad, ThreatNorm::L2),
             };
             let z = project(&(&x_adv + &step * dir), x, eps, norm);
             let moved = &x_adv + (z - &x_adv) * a + (&x_adv - &x_prev) * (1.0 - a);
@@ -400,18 +397,38 @@ impl Apgd {
     }
 }
 
-/// Per-sample L-inf or L2 norm, broadcastable against the input.
+/// Per-sample L-inf norm or L2 norm (`sqrt(sum t^2)`, as the reference computes it), shaped
+/// `[N,1,...]`.
 fn per_sample_norm(t: &Tensor, norm: ThreatNorm) -> Tensor {
+    let n = t.size()[0];
+    let mut shape = vec![n];
+    shape.resize(t.dim(), 1);
+    let flat = t.reshape([n, -1]);
+    let v = match norm {
+        ThreatNorm::Linf => flat.abs().amax([1i64].as_slice(), false),
+        ThreatNorm::L2 => (&flat * &flat)
+            .sum_dim_intlist([1i64].as_slice(), false, flat.kind())
+            .sqrt(),
+    };
+    v.view(shape.as_slice())
+}
+
+/// `t / (||t|| + 1e-12)` per sample.
+fn normalize(t: &Tensor, norm: ThreatNorm) -> Tensor {
+    t / (per_sample_norm(t, norm) + 1e-12)
+}
+
+/// Projection onto B_eps(x) ∩ [0,1]^d in the reference's arithmetic (the same map as
+/// [`super::project`] up to rounding; written this way so that runs agree with the reference
+/// bit for bit): L-inf `clamp(min(max(v, x - eps), x + eps), 0, 1)`, L2
+/// `clamp(x + (d / (||d|| + 1e-12)) * min(eps, ||d||), 0, 1)` with `d = v - x`.
+fn project(v: &Tensor, x: &Tensor, eps: f64, norm: ThreatNorm) -> Tensor {
     match norm {
-        ThreatNorm::L2 => per_sample_l2(t),
-        ThreatNorm::Linf => {
-            let n = t.size()[0];
-            let mut shape = vec![n];
-            shape.resize(t.dim(), 1);
-            t.abs()
-                .view([n, -1])
-                .amax([1i64].as_slice(), false)
-                .view(shape.as_slice())
+        ThreatNorm::Linf => v.maximum(&(x - eps)).minimum(&(x + eps)).clamp(0.0, 1.0),
+        ThreatNorm::L2 => {
+            let d = v - x;
+            let r = per_sample_norm(&d, ThreatNorm::L2);
+            (x + normalize(&d, ThreatNorm::L2) * r.clamp_max(eps)).clamp(0.0, 1.0)
         }
     }
 }
