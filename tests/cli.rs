@@ -101,6 +101,38 @@ fn train_then_eval_writes_the_contracted_json() {
     );
     assert!((0.0..=1.0).contains(&c) && r <= c, "clean {c} robust {r}");
 
+    // The other attacks run through the same contract.
+    for (attack, extra) in [
+        ("apgd-ce", "--steps=5"),
+        ("apgd-t", "--steps=3"),
+        ("square", "--queries=20"),
+        ("fgsm", "--steps=1"),
+    ] {
+        let j = tmp.path().join(format!("{attack}.json"));
+        let o = advtrain(&[
+            "eval",
+            "--run",
+            &run_s,
+            "--attack",
+            attack,
+            "--eps",
+            "0.1",
+            extra,
+            "--test-limit",
+            "20",
+            "--json",
+            &j.display().to_string(),
+        ]);
+        assert!(o.status.success(), "{attack}: {}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+        let (c, r) = (
+            v["clean_accuracy"].as_f64().unwrap(),
+            v["robust_accuracy"].as_f64().unwrap(),
+        );
+        assert!(r <= c && v["attack_config"].is_object(), "{attack}: {v}");
+    }
+
     // Resuming with a changed recipe is refused, naming the difference.
     let o = advtrain(&[
         "train",

@@ -1,7 +1,9 @@
 //! `advtrain eval (--run DIR | --checkpoint FILE) --attack NAME --eps X [...]`
 
 use crate::attack::pgd::{Init, PgdLoss};
-use crate::attack::{Attack, Classifier, Fgsm, Pgd, PgdConfig, ThreatNorm};
+use crate::attack::{
+    Apgd, ApgdConfig, Attack, Classifier, Fgsm, Pgd, PgdConfig, Square, SquareConfig, ThreatNorm,
+};
 use crate::device::{device_name, parse_device};
 use crate::eval::robust_counts;
 use crate::nn::{Ctx, Mode, Network, Route};
@@ -12,7 +14,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Attacks available to `eval`.
-pub const ATTACKS: &[&str] = &["fgsm", "pgd", "cw"];
+pub const ATTACKS: &[&str] = &[
+    "fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "square",
+];
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -26,16 +30,19 @@ pub struct EvalArgs {
     /// Checkpoint file (`.safetensors` with its `.json` sidecar).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// fgsm | pgd | cw (PGD on the CW margin loss)
+    /// fgsm | pgd | cw (PGD on the CW margin loss) | apgd-ce | apgd-dlr | apgd-t | square
     #[arg(long)]
     pub attack: String,
     #[arg(long, allow_negative_numbers = true)]
     pub eps: f64,
     #[arg(long, default_value = "linf")]
     pub norm: ThreatNorm,
-    /// PGD steps.
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
+    /// Iterations: PGD steps (default 20) or APGD iterations (default 100).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Square: query budget per restart.
+    #[arg(long, default_value_t = 5000)]
+    pub queries: usize,
     /// PGD step size (default 2.5 * eps / steps).
     #[arg(long)]
     pub step_size: Option<f64>,
@@ -90,12 +97,25 @@ fn build_attack(a: &EvalArgs) -> Result<Box<dyn Attack>> {
         a.eps
     );
     anyhow::ensure!(a.restarts >= 1, "--restarts must be >= 1");
-    let step = a.step_size.unwrap_or(2.5 * a.eps / a.steps.max(1) as f64);
+    let steps = a.steps.unwrap_or(if a.attack.starts_with("apgd") {
+        100
+    } else {
+        20
+    });
+    let step = a.step_size.unwrap_or(2.5 * a.eps / steps.max(1) as f64);
+    let apgd = |cfg: ApgdConfig| {
+        Apgd::new(ApgdConfig {
+            n_iter: steps,
+            n_restarts: a.restarts,
+            seed: Some(a.seed),
+            ..cfg
+        })
+    };
     let pgd = |loss| PgdConfig {
         norm: a.norm,
         eps: a.eps,
         step_size: step,
-        steps: a.steps,
+        steps,
         restarts: a.restarts,
         init: Init::Uniform,
         loss,
@@ -110,6 +130,18 @@ fn build_attack(a: &EvalArgs) -> Result<Box<dyn Attack>> {
         }
         "pgd" => Box::new(Pgd::new(pgd(PgdLoss::Ce))),
         "cw" => Box::new(Pgd::new(pgd(PgdLoss::Cw))),
+        "apgd-ce" => Box::new(apgd(ApgdConfig::ce(a.norm, a.eps))),
+        "apgd-dlr" => Box::new(apgd(ApgdConfig::dlr(a.norm, a.eps))),
+        "apgd-t" => Box::new(apgd(ApgdConfig::targeted(a.norm, a.eps))),
+        "square" => {
+            let cfg = SquareConfig {
+                n_queries: a.queries,
+                n_restarts: a.restarts,
+                ..SquareConfig::new(a.norm, a.eps)
+            };
+            cfg.validate("square").map_err(anyhow::Error::msg)?;
+            Box::new(Square::new(cfg))
+        }
         other => anyhow::bail!(
             "unknown attack '{other}': expected one of {}",
             ATTACKS.join(", ")
