@@ -2,11 +2,13 @@
 //! properties of the attack on a small random model (ball, box, fooled points really fooled,
 //! at least as strong as PGD-20, seeding, no parameter gradients).
 
+mod common;
+
 use advtrain::attack::{
     checkpoints, correct, dlr_loss, dlr_targeted_loss, per_sample_l2, Apgd, ApgdConfig, ApgdLoss,
     Attack, Classifier, Pgd, PgdConfig, ThreatNorm,
 };
-use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
+use advtrain::nn::{Ctx, Network};
 use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
@@ -18,25 +20,8 @@ fn lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The model of tests/attacks.rs: small-cnn with non-trivial BN statistics and fc.weight x30.
 fn small_cnn() -> Network {
-    tch::manual_seed(3);
-    let arch = ArchSpec {
-        name: "small-cnn".into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth: None,
-        width: None,
-        norm: NormSpec::default(),
-    };
-    let net = Network::new(&arch, Device::Cpu).unwrap();
-    let x = Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let _ = tch::no_grad(|| net.model.forward(&x, &Ctx::train()));
-    tch::no_grad(|| {
-        let mut w = net.variables()["fc.weight"].shallow_clone();
-        let _ = w.g_mul_scalar_(30.0);
-    });
-    net
+    common::confident_small_cnn()
 }
 
 /// 16 random images labelled with the model's own clean predictions, so that every point is

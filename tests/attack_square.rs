@@ -3,12 +3,14 @@
 //! attacks on a small confident CNN (ball, box, the stripes start, one shared window per
 //! iteration, margin never increasing, fooled points misclassified, reproducibility).
 
+mod common;
+
 use advtrain::attack::square::{l2_square_pattern, margin_loss};
 use advtrain::attack::{
     correct, p_selection, per_sample_l2, square_size, Attack, Classifier, Square, SquareConfig,
     ThreatNorm,
 };
-use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
+use advtrain::nn::{Ctx, Network};
 use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
@@ -21,25 +23,7 @@ fn lock() -> MutexGuard<'static, ()> {
 }
 
 fn small_cnn() -> Network {
-    tch::manual_seed(3);
-    let arch = ArchSpec {
-        name: "small-cnn".into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth: None,
-        width: None,
-        norm: NormSpec::default(),
-    };
-    let net = Network::new(&arch, Device::Cpu).unwrap();
-    // Non-trivial running statistics, so eval mode is not the identity normalisation.
-    let x = Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let _ = tch::no_grad(|| net.model.forward(&x, &Ctx::train()));
-    // Confident logits, so the margins are far from 0.
-    tch::no_grad(|| {
-        let mut w = net.variables()["fc.weight"].shallow_clone();
-        let _ = w.g_mul_scalar_(30.0);
-    });
-    net
+    common::confident_small_cnn()
 }
 
 /// `n` random 1x28x28 images labelled with the model's own prediction (all correctly

@@ -8,29 +8,11 @@ use advtrain::attack::{
     cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, Fgsm, Pgd, PgdConfig,
     ThreatNorm,
 };
-use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
+use advtrain::nn::{Ctx, Network};
 use tch::{Device, Kind, Reduction, Tensor};
 
 fn small_cnn() -> Network {
-    tch::manual_seed(3);
-    let arch = ArchSpec {
-        name: "small-cnn".into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth: None,
-        width: None,
-        norm: NormSpec::default(),
-    };
-    let net = Network::new(&arch, Device::Cpu).unwrap();
-    // Non-trivial running statistics so eval mode is not the identity normalisation.
-    let x = Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let _ = tch::no_grad(|| net.model.forward(&x, &Ctx::train()));
-    // A confident classifier (large logits), so attacks have a loss to increase.
-    tch::no_grad(|| {
-        let mut w = net.variables()["fc.weight"].shallow_clone();
-        let _ = w.g_mul_scalar_(30.0);
-    });
-    net
+    common::confident_small_cnn()
 }
 
 fn batch() -> (Tensor, Tensor) {

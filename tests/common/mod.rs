@@ -101,3 +101,28 @@ pub static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The attack tests' model: small-cnn (seed 3) with non-trivial running statistics, so eval mode
+/// is not the identity normalisation, and fc.weight x30, so logits are confident and attacks have
+/// a loss to increase.
+pub fn confident_small_cnn() -> advtrain::nn::Network {
+    use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
+    use tch::{Device, Kind, Tensor};
+    tch::manual_seed(3);
+    let arch = ArchSpec {
+        name: "small-cnn".into(),
+        num_classes: 10,
+        in_channels: 1,
+        depth: None,
+        width: None,
+        norm: NormSpec::default(),
+    };
+    let net = Network::new(&arch, Device::Cpu).unwrap();
+    let x = Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let _ = tch::no_grad(|| net.model.forward(&x, &Ctx::train()));
+    tch::no_grad(|| {
+        let mut w = net.variables()["fc.weight"].shallow_clone();
+        let _ = w.g_mul_scalar_(30.0);
+    });
+    net
+}
