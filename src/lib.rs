@@ -10,4 +10,5 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod nn;
+pub mod report;
 pub mod train;

@@ -3,9 +3,9 @@
 
 mod common;
 
-use advtrain::attack::pgd::{cw_margin, Init, PgdLoss};
+use advtrain::attack::pgd::{cw_margin, kl_to_clean, random_other_class, Init, PgdLoss, Target};
 use advtrain::attack::{
-    cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, Fgsm, Pgd, PgdConfig,
+    count, cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, Fgsm, Pgd, PgdConfig,
     ThreatNorm,
 };
 use advtrain::nn::{Ctx, Network};
@@ -166,4 +166,80 @@ fn same_seed_same_adversarial_examples() {
     };
     assert!(run(11).equal(&run(11)));
     assert!(!run(11).equal(&run(12)));
+}
+
+#[test]
+fn kl_to_clean_matches_a_hand_computation() {
+    // p = (0.25, 0.75, 0), q = softmax(0, ln 3, 0) = (0.2, 0.6, 0.2):
+    // KL = 0.25 ln(0.25/0.2) + 0.75 ln(0.75/0.6) + 0 (0 log 0 = 0).
+    let p = Tensor::from_slice(&[0.25f64, 0.75, 0.0]).view([1, 3]);
+    let z = Tensor::from_slice(&[0.0f64, 3f64.ln(), 0.0]).view([1, 3]);
+    let kl = kl_to_clean(&z, &p).double_value(&[0]);
+    let expect = 0.25 * (0.25f64 / 0.2).ln() + 0.75 * (0.75f64 / 0.6).ln();
+    assert!((kl - expect).abs() < 1e-12, "{kl} vs {expect}");
+    // KL of a distribution to itself is 0.
+    let q = z.softmax(-1, Kind::Double);
+    assert!(kl_to_clean(&z, &q).double_value(&[0]).abs() < 1e-12);
+}
+
+#[test]
+fn random_other_class_never_draws_the_label_and_covers_the_rest() {
+    let _rng = common::rng_lock();
+    tch::manual_seed(3);
+    let y = Tensor::from_slice(&[0i64, 4, 9]).repeat([4000]);
+    let t = random_other_class(&y, 10);
+    assert_eq!(count(&t.eq_tensor(&y)), 0, "a target equals its label");
+    assert!(t.min().int64_value(&[]) >= 0 && t.max().int64_value(&[]) <= 9);
+    for (label, slot) in [(0i64, 0i64), (4, 1), (9, 2)] {
+        let ts = t.view([4000, 3]).select(1, slot);
+        let hist = ts.bincount::<Tensor>(None, 10);
+        for k in 0..10 {
+            let c = hist.int64_value(&[k]);
+            if k == label {
+                assert_eq!(c, 0);
+            } else {
+                // 4000 / 9 = 444 expected per class.
+                assert!((300..600).contains(&c), "label {label}: class {k} drawn {c} times");
+            }
+        }
+    }
+}
+
+#[test]
+fn targeted_and_kl_pgd_stay_in_the_ball_and_move_their_losses() {
+    let _rng = common::rng_lock();
+    let net = small_cnn();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let (x, y) = batch();
+    for target in [Target::RunnerUp, Target::LeastLikely, Target::Random] {
+        let pgd = Pgd::new(PgdConfig {
+            loss: PgdLoss::TargetedCe,
+            target,
+            ..PgdConfig::new(ThreatNorm::Linf, 0.1, 0.02, 10)
+        });
+        tch::manual_seed(5);
+        let t = pgd.targets(&f, &x, &y).expect("targeted");
+        assert_eq!(count(&t.eq_tensor(&y)), 0, "{target:?}: target equals label");
+        tch::manual_seed(5);
+        let xa = pgd.perturb(&f, &x, &y);
+        assert!(max_abs(&(&xa - &x)) <= 0.1 + 1e-6);
+        assert!(xa.min().double_value(&[]) >= 0.0 && xa.max().double_value(&[]) <= 1.0);
+        let ce_t = |u: &Tensor| {
+            tch::no_grad(|| cross_entropy(&f.logits(u), &t, Reduction::None))
+        };
+        // Every point moved towards its target.
+        let lower = count(&ce_t(&xa).lt_tensor(&ce_t(&x)));
+        assert_eq!(lower, 16, "{target:?}: only {lower}/16 points got closer to the target");
+    }
+    let trades = PgdConfig::trades(ThreatNorm::Linf, 0.1, 0.02, 10);
+    assert_eq!((trades.init, trades.loss), (Init::Normal, PgdLoss::Kl));
+    let xa = Pgd::new(trades).perturb(&f, &x, &y);
+    assert!(max_abs(&(&xa - &x)) <= 0.1 + 1e-6);
+    let p = tch::no_grad(|| f.logits(&x).softmax(-1, Kind::Float));
+    let kl = tch::no_grad(|| kl_to_clean(&f.logits(&xa), &p));
+    assert!(
+        kl.min().double_value(&[]) > 1e-3,
+        "KL-PGD left a point at KL {}",
+        kl.min().double_value(&[])
+    );
 }

@@ -3,11 +3,13 @@
 //! normalisation branches.
 
 pub mod apgd;
+pub mod fab;
 pub mod fgsm;
 pub mod pgd;
 pub mod square;
 
 pub use apgd::{checkpoints, dlr_loss, dlr_targeted_loss, Apgd, ApgdConfig, ApgdLoss};
+pub use fab::{Fab, FabConfig};
 pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
 pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};

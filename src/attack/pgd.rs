@@ -29,6 +29,24 @@ pub enum PgdLoss {
     Ce,
     /// Carlini-Wagner margin: max_{k != y} z_k - z_y.
     Cw,
+    /// Targeted cross-entropy: maximise `-CE(f(x'), t)`, i.e. pull `x'` towards the target class
+    /// `t` chosen by [`PgdConfig::target`].
+    TargetedCe,
+    /// TRADES' inner loss: `KL(softmax(f(x)) || softmax(f(x')))` summed over classes, with the
+    /// clean distribution fixed (no gradient) at the start of the attack.
+    Kl,
+}
+
+/// How [`PgdLoss::TargetedCe`] picks the target class of each point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Uniform over the classes other than the label (drawn from torch's generator).
+    Random,
+    /// The class with the smallest clean logit other than the label.
+    LeastLikely,
+    /// The class with the largest clean logit other than the label (the runner-up).
+    RunnerUp,
 }
 
 /// PGD hyperparameters (defaults: Madry's CIFAR-10 L-inf setting, PGD-10, step eps/4).
@@ -47,6 +65,9 @@ pub struct PgdConfig {
     pub init: Init,
     #[serde(default = "default_loss")]
     pub loss: PgdLoss,
+    /// Target choice for `loss = "targeted-ce"` (ignored otherwise).
+    #[serde(default = "default_target")]
+    pub target: Target,
 }
 
 fn default_norm() -> ThreatNorm {
@@ -61,6 +82,9 @@ fn default_init() -> Init {
 fn default_loss() -> PgdLoss {
     PgdLoss::Ce
 }
+fn default_target() -> Target {
+    Target::Random
+}
 
 impl PgdConfig {
     /// `steps` steps of size `step_size`, uniform start, one restart, CE.
@@ -73,6 +97,16 @@ impl PgdConfig {
             restarts: 1,
             init: Init::Uniform,
             loss: PgdLoss::Ce,
+            target: Target::Random,
+        }
+    }
+
+    /// TRADES' inner maximisation: KL to the clean prediction from `x + 0.001 * N(0, I)`.
+    pub fn trades(norm: ThreatNorm, eps: f64, step_size: f64, steps: usize) -> Self {
+        PgdConfig {
+            init: Init::Normal,
+            loss: PgdLoss::Kl,
+            ..PgdConfig::new(norm, eps, step_size, steps)
         }
     }
 
@@ -126,21 +160,56 @@ impl Pgd {
         }
     }
 
-    /// Summed loss over the batch (so each sample's gradient is unscaled).
-    fn loss(&self, logits: &Tensor, y: &Tensor) -> Tensor {
+    /// What the loss needs besides the label, fixed once per batch from the clean logits:
+    /// the target classes (targeted CE) or the clean distribution (KL).
+    fn reference(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Option<Tensor> {
         match self.cfg.loss {
-            PgdLoss::Ce => cross_entropy(logits, y, tch::Reduction::Sum),
-            PgdLoss::Cw => cw_margin(logits, y).sum(Kind::Float),
+            PgdLoss::Ce | PgdLoss::Cw => None,
+            PgdLoss::Kl => Some(tch::no_grad(|| {
+                let z = f.logits(x);
+                z.softmax(-1, z.kind())
+            })),
+            PgdLoss::TargetedCe => Some(tch::no_grad(|| match self.cfg.target {
+                Target::Random => random_other_class(y, f.logits(x).size()[1]),
+                Target::LeastLikely => f
+                    .logits(x)
+                    .scatter_value(1, &y.unsqueeze(1), f64::INFINITY)
+                    .argmin(-1, false),
+                Target::RunnerUp => {
+                    let z = f.logits(x);
+                    z.scatter_value(1, &y.unsqueeze(1), f64::NEG_INFINITY)
+                        .argmax(-1, false)
+                }
+            })),
+        }
+    }
+
+    /// Summed loss over the batch (so each sample's gradient is unscaled).
+    fn loss(&self, logits: &Tensor, y: &Tensor, reference: Option<&Tensor>) -> Tensor {
+        match (self.cfg.loss, reference) {
+            (PgdLoss::Ce, _) => cross_entropy(logits, y, tch::Reduction::Sum),
+            (PgdLoss::Cw, _) => cw_margin(logits, y).sum(Kind::Float),
+            (PgdLoss::TargetedCe, Some(t)) => -cross_entropy(logits, t, tch::Reduction::Sum),
+            (PgdLoss::Kl, Some(p)) => kl_to_clean(logits, p).sum(Kind::Float),
+            (loss, None) => unreachable!("{loss:?} needs its reference tensor"),
+        }
+    }
+
+    /// Target classes used by a targeted run (`None` for untargeted losses).
+    pub fn targets(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Option<Tensor> {
+        match self.cfg.loss {
+            PgdLoss::TargetedCe => self.reference(f, x, y),
+            _ => None,
         }
     }
 
     /// One run of PGD from a fresh start.
-    fn run_once(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
+    fn run_once(&self, f: &Classifier, x: &Tensor, y: &Tensor, reference: Option<&Tensor>) -> Tensor {
         let (eps, alpha) = (self.cfg.eps, self.cfg.step_size);
         let mut x_adv = self.start(x).detach();
         for _ in 0..self.cfg.steps {
             let xr = x_adv.set_requires_grad(true);
-            let g = input_grad(&self.loss(&f.logits(&xr), y), &xr);
+            let g = input_grad(&self.loss(&f.logits(&xr), y, reference), &xr);
             let step = match self.cfg.norm {
                 ThreatNorm::Linf => g.sign() * alpha,
                 ThreatNorm::L2 => &g * (alpha / (per_sample_l2(&g) + 1e-12)),
@@ -149,6 +218,24 @@ impl Pgd {
         }
         x_adv
     }
+}
+
+/// A class drawn uniformly from the `n_classes - 1` classes other than `y`:
+/// `(y + 1 + floor(U * (n - 1))) mod n`.
+pub fn random_other_class(y: &Tensor, n_classes: i64) -> Tensor {
+    let shift = (Tensor::rand(y.size(), (Kind::Float, y.device())) * (n_classes - 1) as f64)
+        .floor()
+        .to_kind(Kind::Int64)
+        .clamp_max(n_classes - 2);
+    (y + 1 + shift).remainder(n_classes)
+}
+
+/// Per-sample `KL(p || softmax(z)) = sum_k p_k (log p_k - log softmax(z)_k)`, with `0 log 0 = 0`
+/// (PyTorch's `KLDivLoss` on `log_softmax(z)` and `p`, before reduction over the batch).
+pub fn kl_to_clean(logits: &Tensor, p: &Tensor) -> Tensor {
+    let log_q = logits.log_softmax(-1, logits.kind());
+    let plogp = p.xlogy(p);
+    (plogp - p * log_q).sum_dim_intlist([1i64].as_slice(), false, logits.kind())
 }
 
 /// CW margin per sample: max_{k != y} z_k - z_y.
@@ -166,7 +253,13 @@ impl Attack for Pgd {
         } else {
             String::new()
         };
-        format!("pgd-{}{r}", self.cfg.steps)
+        let loss = match self.cfg.loss {
+            PgdLoss::Ce => "",
+            PgdLoss::Cw => "-cw",
+            PgdLoss::TargetedCe => "-t",
+            PgdLoss::Kl => "-kl",
+        };
+        format!("pgd{loss}-{}{r}", self.cfg.steps)
     }
 
     fn config(&self) -> serde_json::Value {
@@ -179,10 +272,11 @@ impl Attack for Pgd {
     /// else the last one (per-point worst case).
     fn perturb(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
         let x = x.detach();
-        let mut best = self.run_once(f, &x, y);
+        let reference = self.reference(f, &x, y);
+        let mut best = self.run_once(f, &x, y, reference.as_ref());
         for _ in 1..self.cfg.restarts {
             let still = tch::no_grad(|| correct(&f.logits(&best), y));
-            let cand = self.run_once(f, &x, y);
+            let cand = self.run_once(f, &x, y, reference.as_ref());
             let mut shape = vec![-1i64];
             shape.resize(x.dim(), 1);
             let mask = still.view(shape.as_slice());

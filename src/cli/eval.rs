@@ -1,21 +1,38 @@
 //! `advtrain eval (--run DIR | --checkpoint FILE) --attack NAME --eps X [...]`
 
-use crate::attack::pgd::{Init, PgdLoss};
+use crate::attack::fab::{Fab, FabConfig};
+use crate::attack::pgd::{Init, PgdLoss, Target};
 use crate::attack::{
     Apgd, ApgdConfig, Attack, Classifier, Fgsm, Pgd, PgdConfig, Square, SquareConfig, ThreatNorm,
 };
+use crate::data::Dataset;
 use crate::device::{device_name, parse_device};
+use crate::eval::autoattack::{data_fingerprint, preset, AutoAttack, StateKey};
+use crate::eval::checks::{curve_flags, gradient_flags, model_checks, Flag, GradientStats};
 use crate::eval::robust_counts;
 use crate::nn::{Ctx, Mode, Network, Route};
+use crate::report::plot::{LinePlot, Series};
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tch::Device;
 
 /// Attacks available to `eval`.
 pub const ATTACKS: &[&str] = &[
-    "fgsm", "pgd", "cw", "apgd-ce", "apgd-dlr", "apgd-t", "square",
+    "fgsm",
+    "pgd",
+    "pgd-t",
+    "pgd-kl",
+    "cw",
+    "apgd-ce",
+    "apgd-dlr",
+    "apgd-t",
+    "fab",
+    "fab-t",
+    "square",
+    "autoattack",
 ];
 
 #[derive(Args, Debug)]
@@ -30,14 +47,19 @@ pub struct EvalArgs {
     /// Checkpoint file (`.safetensors` with its `.json` sidecar).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// fgsm | pgd | cw (PGD on the CW margin loss) | apgd-ce | apgd-dlr | apgd-t | square
+    /// fgsm | pgd | pgd-t (targeted CE, --target) | pgd-kl (TRADES' KL) | cw (PGD on the CW
+    /// margin) | apgd-ce | apgd-dlr | apgd-t | fab | fab-t | square | autoattack (--preset)
     #[arg(long)]
     pub attack: String,
+    /// AutoAttack preset: standard (the reference protocol) or fast (APGD-CE + APGD-T, not standard).
+    #[arg(long, default_value = "standard")]
+    pub preset: String,
+    /// Perturbation budget (also the fallback when --curve is given).
     #[arg(long, allow_negative_numbers = true)]
     pub eps: f64,
     #[arg(long, default_value = "linf")]
     pub norm: ThreatNorm,
-    /// Iterations: PGD steps (default 20) or APGD iterations (default 100).
+    /// Iterations: PGD steps (default 20), APGD/FAB iterations (default 100).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Square: query budget per restart.
@@ -48,12 +70,28 @@ pub struct EvalArgs {
     pub step_size: Option<f64>,
     #[arg(long, default_value_t = 1)]
     pub restarts: usize,
+    /// Target class choice of pgd-t: random | least-likely | runner-up.
+    #[arg(long, default_value = "random")]
+    pub target: String,
+    /// Robust accuracy over this comma-separated list of eps values (JSON + PNG plot).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub curve: Option<Vec<f64>>,
+    /// Robust accuracy over this comma-separated list of step counts (JSON + PNG plot).
+    #[arg(long, value_delimiter = ',', conflicts_with = "curve")]
+    pub curve_steps: Option<Vec<usize>>,
     /// Use only the first N test images.
     #[arg(long)]
     pub test_limit: Option<usize>,
     /// Write the result as JSON here (default: <run>/eval/<attack>-eps<eps>.json with --run).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// AutoAttack state file (default: next to the JSON, `.state.json`); an interrupted
+    /// evaluation continues from it.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// AutoAttack: stop after N attack batches; a later run with the same state file continues.
+    #[arg(long)]
+    pub max_batches: Option<usize>,
     /// Route through the normalisation layers: clean, adv, or ns=..,ap=..
     #[arg(long, default_value = "clean")]
     pub route: Route,
@@ -69,6 +107,14 @@ pub struct EvalArgs {
     /// Override the data folder stored in the checkpoint's recipe.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+/// Robust accuracy after one attack (for a cascade: after it and every earlier one).
+#[derive(Debug, Clone, Serialize)]
+pub struct PerAttack {
+    pub attack: String,
+    pub robust_accuracy: f64,
+    pub elapsed_s: f64,
 }
 
 /// The JSON written by `eval`.
@@ -88,21 +134,60 @@ pub struct EvalReport {
     pub checkpoint: String,
     pub checkpoint_sha256: String,
     pub device: String,
+    pub per_attack: Vec<PerAttack>,
+    /// Gradient-masking sanity flags raised (empty when none).
+    pub flags: Vec<Flag>,
+    /// What the gradient checks measured at the clean inputs.
+    pub gradient_checks: GradientStats,
 }
 
-fn build_attack(a: &EvalArgs) -> Result<Box<dyn Attack>> {
-    anyhow::ensure!(
-        a.eps >= 0.0 && a.eps.is_finite(),
-        "--eps must be a finite number >= 0, got {}",
-        a.eps
-    );
-    anyhow::ensure!(a.restarts >= 1, "--restarts must be >= 1");
-    let steps = a.steps.unwrap_or(if a.attack.starts_with("apgd") {
+/// One point of a curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurvePoint {
+    pub eps: f64,
+    pub steps: Option<usize>,
+    pub robust_accuracy: f64,
+    pub elapsed_s: f64,
+}
+
+/// The JSON written by `eval --curve` / `--curve-steps`.
+#[derive(Debug, Serialize)]
+pub struct CurveReport {
+    pub attack: String,
+    /// `eps` or `steps`.
+    pub vary: String,
+    pub clean_accuracy: f64,
+    pub points: Vec<CurvePoint>,
+    pub norm: String,
+    pub n: usize,
+    pub seed: u64,
+    pub route: String,
+    pub bn_mode: String,
+    pub checkpoint: String,
+    pub checkpoint_sha256: String,
+    pub device: String,
+    pub flags: Vec<Flag>,
+    pub gradient_checks: GradientStats,
+    pub plot: String,
+}
+
+fn default_steps(attack: &str) -> usize {
+    if attack.starts_with("apgd") || attack.starts_with("fab") {
         100
     } else {
         20
-    });
-    let step = a.step_size.unwrap_or(2.5 * a.eps / steps.max(1) as f64);
+    }
+}
+
+/// The attack named by `a.attack` at budget `eps` and `steps` iterations (not autoattack).
+fn build_attack(a: &EvalArgs, eps: f64, steps: usize) -> Result<Box<dyn Attack>> {
+    anyhow::ensure!(
+        eps >= 0.0 && eps.is_finite(),
+        "--eps must be a finite number >= 0, got {eps}"
+    );
+    anyhow::ensure!(a.restarts >= 1, "--restarts must be >= 1");
+    anyhow::ensure!(steps >= 1, "--steps must be >= 1");
+    let step = a.step_size.unwrap_or(2.5 * eps / steps as f64);
     let apgd = |cfg: ApgdConfig| {
         Apgd::new(ApgdConfig {
             n_iter: steps,
@@ -111,14 +196,31 @@ fn build_attack(a: &EvalArgs) -> Result<Box<dyn Attack>> {
             ..cfg
         })
     };
-    let pgd = |loss| PgdConfig {
+    let fab = |cfg: FabConfig| {
+        Fab::new(FabConfig {
+            n_iter: steps,
+            n_restarts: a.restarts,
+            seed: Some(a.seed),
+            ..cfg
+        })
+    };
+    let target = match a.target.as_str() {
+        "random" => Target::Random,
+        "least-likely" => Target::LeastLikely,
+        "runner-up" => Target::RunnerUp,
+        other => anyhow::bail!(
+            "--target '{other}' is not a target choice: expected random, least-likely or runner-up"
+        ),
+    };
+    let pgd = |loss, init| PgdConfig {
         norm: a.norm,
-        eps: a.eps,
+        eps,
         step_size: step,
         steps,
         restarts: a.restarts,
-        init: Init::Uniform,
+        init,
         loss,
+        target,
     };
     Ok(match a.attack.as_str() {
         "fgsm" => {
@@ -126,18 +228,22 @@ fn build_attack(a: &EvalArgs) -> Result<Box<dyn Attack>> {
                 a.norm == ThreatNorm::Linf,
                 "fgsm is an L-inf attack; use --norm linf"
             );
-            Box::new(Fgsm { eps: a.eps })
+            Box::new(Fgsm { eps })
         }
-        "pgd" => Box::new(Pgd::new(pgd(PgdLoss::Ce))),
-        "cw" => Box::new(Pgd::new(pgd(PgdLoss::Cw))),
-        "apgd-ce" => Box::new(apgd(ApgdConfig::ce(a.norm, a.eps))),
-        "apgd-dlr" => Box::new(apgd(ApgdConfig::dlr(a.norm, a.eps))),
-        "apgd-t" => Box::new(apgd(ApgdConfig::targeted(a.norm, a.eps))),
+        "pgd" => Box::new(Pgd::new(pgd(PgdLoss::Ce, Init::Uniform))),
+        "pgd-t" => Box::new(Pgd::new(pgd(PgdLoss::TargetedCe, Init::Uniform))),
+        "pgd-kl" => Box::new(Pgd::new(pgd(PgdLoss::Kl, Init::Normal))),
+        "cw" => Box::new(Pgd::new(pgd(PgdLoss::Cw, Init::Uniform))),
+        "apgd-ce" => Box::new(apgd(ApgdConfig::ce(a.norm, eps))),
+        "apgd-dlr" => Box::new(apgd(ApgdConfig::dlr(a.norm, eps))),
+        "apgd-t" => Box::new(apgd(ApgdConfig::targeted(a.norm, eps))),
+        "fab" => Box::new(fab(FabConfig::untargeted(a.norm, eps))),
+        "fab-t" => Box::new(fab(FabConfig::targeted(a.norm, eps))),
         "square" => {
             let cfg = SquareConfig {
                 n_queries: a.queries,
                 n_restarts: a.restarts,
-                ..SquareConfig::new(a.norm, a.eps)
+                ..SquareConfig::new(a.norm, eps)
             };
             cfg.validate("square").map_err(anyhow::Error::msg)?;
             Box::new(Square::new(cfg))
@@ -149,8 +255,17 @@ fn build_attack(a: &EvalArgs) -> Result<Box<dyn Attack>> {
     })
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
-    let attack = build_attack(&a)?;
+/// Everything an evaluation needs, loaded once.
+struct Setup {
+    net: Network,
+    ckpt: PathBuf,
+    sha256: String,
+    test: Dataset,
+    ctx: Ctx,
+    device: Device,
+}
+
+fn load(a: &EvalArgs) -> Result<Setup> {
     let device = parse_device(&a.device)?;
     let ckpt = match (&a.checkpoint, &a.run) {
         (Some(c), _) => c.clone(),
@@ -175,70 +290,354 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let test = data_spec.load_test()?;
     anyhow::ensure!(!test.is_empty(), "the test set is empty (--test-limit 0?)");
     check_route(&net, a.route)?;
-
-    let ctx = Ctx::new(a.route, a.bn_mode);
-    eprintln!(
-        "eval {} | attack {} {} | route {} | BN mode {} | n {} | seed {} | device {}",
-        ckpt.display(),
-        attack.name(),
-        attack.config(),
-        a.route,
-        a.bn_mode,
-        test.len(),
-        a.seed,
-        device_name(device)
-    );
-    tch::manual_seed(a.seed as i64);
-    let start = Instant::now();
-    let counts = robust_counts(
-        &Classifier::new(net.model.as_ref(), ctx),
-        attack.as_ref(),
-        &test,
-        a.batch_size,
+    Ok(Setup {
+        net,
+        ckpt,
+        sha256: side.sha256,
+        test,
+        ctx: Ctx::new(a.route, a.bn_mode),
         device,
-    );
+    })
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn print_flags(flags: &[Flag]) {
+    if flags.is_empty() {
+        println!("sanity checks: no flag raised");
+    }
+    for f in flags {
+        println!("FLAG {}: {}", f.code, f.message);
+    }
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    if a.curve.is_some() || a.curve_steps.is_some() {
+        return run_curve(a);
+    }
+    // Validate the attack before loading anything.
+    let aa = if a.attack == "autoattack" {
+        let p = preset(&a.preset)?;
+        anyhow::ensure!(
+            a.eps >= 0.0 && a.eps.is_finite(),
+            "--eps must be a finite number >= 0, got {}",
+            a.eps
+        );
+        Some(p)
+    } else {
+        build_attack(&a, a.eps, a.steps.unwrap_or(default_steps(&a.attack)))?;
+        None
+    };
+    let s = load(&a)?;
+    let f = Classifier::new(s.net.model.as_ref(), s.ctx);
+    tch::manual_seed(a.seed as i64);
+    let checks = model_checks(&f, &s.test, a.batch_size, s.device);
+    let mut flags = gradient_flags(&checks);
+    let start = Instant::now();
+    let (name, config, clean, robust, per_attack, default_json) = if let Some(p) = aa {
+        let mut aa = AutoAttack::new(p, a.norm, a.eps, a.seed, a.batch_size, s.test.num_classes)?;
+        aa.max_batches = a.max_batches;
+        let name = aa.name();
+        let json = a.json.clone().or_else(|| {
+            a.run
+                .as_ref()
+                .map(|r| r.join("eval").join(format!("{name}-eps{}.json", a.eps)))
+        });
+        let state = a.state.clone().or_else(|| {
+            json.as_ref()
+                .map(|j| j.with_extension("state.json"))
+        });
+        if let Some(st) = state.as_ref().and_then(|p| p.parent()) {
+            if !st.as_os_str().is_empty() {
+                std::fs::create_dir_all(st)
+                    .with_context(|| format!("cannot create {}", st.display()))?;
+            }
+        }
+        eprintln!(
+            "eval {} | {} ({}) | {} eps {} | route {} | BN mode {} | n {} | seed {} | batch {} | device {}",
+            s.ckpt.display(),
+            name,
+            p.description,
+            a.norm,
+            a.eps,
+            a.route,
+            a.bn_mode,
+            s.test.len(),
+            a.seed,
+            a.batch_size,
+            device_name(s.device)
+        );
+        eprintln!("preset {}", aa.config());
+        match &state {
+            Some(p) => eprintln!("state file {} (resumable)", p.display()),
+            None => eprintln!("no state file (give --json or --state to make the run resumable)"),
+        }
+        let key = StateKey {
+            preset: p.name.to_string(),
+            norm: a.norm,
+            eps: a.eps,
+            seed: a.seed,
+            batch_size: a.batch_size,
+            route: a.route.to_string(),
+            bn_mode: a.bn_mode.to_string(),
+            checkpoint_sha256: s.sha256.clone(),
+            data_sha256: data_fingerprint(&s.test)?,
+            n: s.test.len(),
+        };
+        let r = aa.run(&f, &s.test, s.device, key, state.as_deref(), |m| {
+            eprintln!("{m}")
+        })?;
+        flags.extend(r.flags.clone());
+        let per: Vec<PerAttack> = r
+            .per_attack
+            .iter()
+            .map(|x| PerAttack {
+                attack: x.attack.clone(),
+                robust_accuracy: x.robust_accuracy,
+                elapsed_s: x.elapsed_s,
+            })
+            .collect();
+        (name, aa.config(), r.clean_accuracy, r.robust_accuracy, per, json)
+    } else {
+        let attack = build_attack(&a, a.eps, a.steps.unwrap_or(default_steps(&a.attack)))?;
+        eprintln!(
+            "eval {} | attack {} {} | route {} | BN mode {} | n {} | seed {} | device {}",
+            s.ckpt.display(),
+            attack.name(),
+            attack.config(),
+            a.route,
+            a.bn_mode,
+            s.test.len(),
+            a.seed,
+            device_name(s.device)
+        );
+        tch::manual_seed(a.seed as i64);
+        let counts = robust_counts(&f, attack.as_ref(), &s.test, a.batch_size, s.device);
+        let per = vec![PerAttack {
+            attack: attack.name(),
+            robust_accuracy: counts.robust_accuracy(),
+            elapsed_s: start.elapsed().as_secs_f64(),
+        }];
+        let json = a.json.clone().or_else(|| {
+            a.run.as_ref().map(|r| {
+                r.join("eval")
+                    .join(format!("{}-eps{}.json", attack.name(), a.eps))
+            })
+        });
+        (
+            attack.name(),
+            attack.config(),
+            counts.clean_accuracy(),
+            counts.robust_accuracy(),
+            per,
+            json,
+        )
+    };
     let report = EvalReport {
-        clean_accuracy: counts.clean_accuracy(),
-        robust_accuracy: counts.robust_accuracy(),
-        attack: attack.name(),
-        attack_config: attack.config(),
+        clean_accuracy: clean,
+        robust_accuracy: robust,
+        attack: name,
+        attack_config: config,
         eps: a.eps,
         norm: a.norm.to_string(),
-        n: counts.n,
+        n: s.test.len(),
         seed: a.seed,
         route: a.route.to_string(),
         bn_mode: a.bn_mode.to_string(),
         elapsed_s: start.elapsed().as_secs_f64(),
-        checkpoint: ckpt.display().to_string(),
-        checkpoint_sha256: side.sha256.clone(),
-        device: device_name(device),
+        checkpoint: s.ckpt.display().to_string(),
+        checkpoint_sha256: s.sha256.clone(),
+        device: device_name(s.device),
+        per_attack,
+        flags,
+        gradient_checks: checks,
     };
     println!(
-        "{:<12} {:>10} {:>10} {:>8} {:>10}",
+        "{:<22} {:>10} {:>10} {:>8} {:>10}",
         "attack", "clean", "robust", "n", "time (s)"
     );
-    println!(
-        "{:<12} {:>9.2}% {:>9.2}% {:>8} {:>10.1}",
-        report.attack,
-        100.0 * report.clean_accuracy,
-        100.0 * report.robust_accuracy,
-        report.n,
-        report.elapsed_s
-    );
-    let json = a.json.clone().or_else(|| {
-        a.run.as_ref().map(|r| {
-            r.join("eval")
-                .join(format!("{}-eps{}.json", report.attack, a.eps))
-        })
-    });
-    if let Some(path) = json {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("wrote {}", path.display());
+    for p in &report.per_attack {
+        println!(
+            "{:<22} {:>9.2}% {:>9.2}% {:>8} {:>10.1}",
+            p.attack,
+            100.0 * report.clean_accuracy,
+            100.0 * p.robust_accuracy,
+            report.n,
+            p.elapsed_s
+        );
     }
+    if report.per_attack.len() > 1 {
+        println!(
+            "{:<22} {:>9.2}% {:>9.2}% {:>8} {:>10.1}",
+            report.attack,
+            100.0 * report.clean_accuracy,
+            100.0 * report.robust_accuracy,
+            report.n,
+            report.elapsed_s
+        );
+    }
+    print_flags(&report.flags);
+    if let Some(path) = default_json {
+        write_json(&path, &report)?;
+    }
+    Ok(())
+}
+
+/// `eval --curve eps1,eps2,..` or `--curve-steps s1,s2,..`: robust accuracy of one attack
+/// (or AutoAttack) over a list of budgets, as JSON and a PNG plot, with monotonicity flags.
+fn run_curve(a: EvalArgs) -> Result<()> {
+    let vary = if a.curve.is_some() { "eps" } else { "steps" };
+    let settings: Vec<(f64, usize)> = match (&a.curve, &a.curve_steps) {
+        (Some(e), _) => e
+            .iter()
+            .map(|&eps| (eps, a.steps.unwrap_or(default_steps(&a.attack))))
+            .collect(),
+        (None, Some(st)) => st.iter().map(|&k| (a.eps, k)).collect(),
+        _ => unreachable!(),
+    };
+    anyhow::ensure!(!settings.is_empty(), "--curve needs at least one value");
+    let aa = if a.attack == "autoattack" {
+        anyhow::ensure!(vary == "eps", "--curve-steps does not apply to autoattack");
+        Some(preset(&a.preset)?)
+    } else {
+        None
+    };
+    for &(eps, steps) in &settings {
+        if aa.is_none() {
+            build_attack(&a, eps, steps)?;
+        } else {
+            anyhow::ensure!(
+                eps >= 0.0 && eps.is_finite(),
+                "--curve: eps must be a finite number >= 0, got {eps}"
+            );
+        }
+    }
+    let s = load(&a)?;
+    let f = Classifier::new(s.net.model.as_ref(), s.ctx);
+    tch::manual_seed(a.seed as i64);
+    let checks = model_checks(&f, &s.test, a.batch_size, s.device);
+    let mut flags = gradient_flags(&checks);
+    let name = match aa {
+        Some(p) => format!("autoattack-{}", p.name),
+        None => a.attack.clone(),
+    };
+    eprintln!(
+        "eval curve over {vary} {:?} | {name} | {} | route {} | BN mode {} | n {} | seed {} | device {}",
+        settings.iter().map(|&(e, k)| if vary == "eps" { e } else { k as f64 }).collect::<Vec<_>>(),
+        s.ckpt.display(),
+        a.route,
+        a.bn_mode,
+        s.test.len(),
+        a.seed,
+        device_name(s.device)
+    );
+    let clean = {
+        let c = crate::eval::clean_counts(&f, &s.test, a.batch_size, s.device);
+        c.clean_accuracy()
+    };
+    let mut points = Vec::new();
+    for &(eps, steps) in &settings {
+        let t = Instant::now();
+        let robust = match aa {
+            Some(p) => {
+                let aa = AutoAttack::new(p, a.norm, eps, a.seed, a.batch_size, s.test.num_classes)?;
+                let key = StateKey {
+                    preset: p.name.to_string(),
+                    norm: a.norm,
+                    eps,
+                    seed: a.seed,
+                    batch_size: a.batch_size,
+                    route: a.route.to_string(),
+                    bn_mode: a.bn_mode.to_string(),
+                    checkpoint_sha256: s.sha256.clone(),
+                    data_sha256: String::new(),
+                    n: s.test.len(),
+                };
+                let r = aa.run(&f, &s.test, s.device, key, None, |m| eprintln!("  {m}"))?;
+                flags.extend(r.flags);
+                r.robust_accuracy
+            }
+            None => {
+                let attack = build_attack(&a, eps, steps)?;
+                tch::manual_seed(a.seed as i64);
+                robust_counts(&f, attack.as_ref(), &s.test, a.batch_size, s.device)
+                    .robust_accuracy()
+            }
+        };
+        let p = CurvePoint {
+            eps,
+            steps: aa.is_none().then_some(steps),
+            robust_accuracy: robust,
+            elapsed_s: t.elapsed().as_secs_f64(),
+        };
+        println!(
+            "{vary} {:<8} robust {:6.2}%  ({:.1} s)",
+            if vary == "eps" { eps.to_string() } else { steps.to_string() },
+            100.0 * robust,
+            p.elapsed_s
+        );
+        points.push(p);
+    }
+    let xy: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| {
+            let x = if vary == "eps" { p.eps } else { p.steps.unwrap_or(0) as f64 };
+            (x, p.robust_accuracy)
+        })
+        .collect();
+    flags.extend(curve_flags(vary, clean, &xy));
+    let json = a.json.clone().unwrap_or_else(|| match &a.run {
+        Some(r) => r.join("eval").join(format!("curve-{name}-{vary}.json")),
+        None => PathBuf::from(format!("curve-{name}-{vary}.json")),
+    });
+    let png = json.with_extension("png");
+    let report = CurveReport {
+        attack: name.clone(),
+        vary: vary.to_string(),
+        clean_accuracy: clean,
+        points,
+        norm: a.norm.to_string(),
+        n: s.test.len(),
+        seed: a.seed,
+        route: a.route.to_string(),
+        bn_mode: a.bn_mode.to_string(),
+        checkpoint: s.ckpt.display().to_string(),
+        checkpoint_sha256: s.sha256.clone(),
+        device: device_name(s.device),
+        flags,
+        gradient_checks: checks,
+        plot: png.display().to_string(),
+    };
+    print_flags(&report.flags);
+    write_json(&json, &report)?;
+    let mut series = vec![Series {
+        name: format!("{name} robust"),
+        points: xy.iter().map(|&(x, y)| (x, 100.0 * y)).collect(),
+    }];
+    if vary == "eps" {
+        series.push(Series {
+            name: "clean".into(),
+            points: xy.iter().map(|&(x, _)| (x, 100.0 * clean)).collect(),
+        });
+    }
+    LinePlot {
+        title: format!("{name} ({}, n={}) on {}", a.norm, s.test.len(), s.ckpt.display()),
+        x_label: if vary == "eps" { format!("eps ({})", a.norm) } else { "steps".into() },
+        y_label: "accuracy (%)".into(),
+        series,
+        y_range: Some((0.0, 100.0)),
+    }
+    .write(&png)?;
+    println!("wrote {}", png.display());
     Ok(())
 }
 

@@ -1,5 +1,8 @@
 //! Evaluation: clean accuracy and robust accuracy under an attack, through a fixed route and mode.
 
+pub mod autoattack;
+pub mod checks;
+
 use crate::attack::{correct, Attack, Classifier};
 use crate::data::{Augment, Dataset};
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,452 @@
+//! report::plot: every figure type writes a PNG of the requested size with rendered text and an
+//! SVG with its title and series names; bad data, bad extensions and unwritable paths are errors
+//! that name the file; non-finite values and degenerate ranges are drawn, not refused.
+
+use std::path::{Path, PathBuf};
+
+use advtrain::report::{BarPlot, BarSeries, Heatmap, LinePlot, Series, ValueFormat};
+
+const SIZE: (u32, u32) = (800, 500);
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Width and height from the PNG signature and IHDR chunk (bytes 16..24).
+fn png_header_size(bytes: &[u8]) -> (u32, u32) {
+    assert!(bytes.len() > 33, "PNG too short: {} bytes", bytes.len());
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR", "first chunk is not IHDR");
+    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    (w, h)
+}
+
+/// Decoded RGB pixels (the writer emits 8-bit RGB).
+struct Image {
+    w: usize,
+    h: usize,
+    rgb: Vec<u8>,
+}
+
+impl Image {
+    fn decode(bytes: &[u8]) -> Image {
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().expect("PNG decodes");
+        let mut buf = vec![0; reader.output_buffer_size().expect("PNG buffer size")];
+        let info = reader.next_frame(&mut buf).expect("PNG frame decodes");
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        assert_eq!(info.bit_depth, png::BitDepth::Eight);
+        buf.truncate(info.buffer_size());
+        Image {
+            w: info.width as usize,
+            h: info.height as usize,
+            rgb: buf,
+        }
+    }
+
+    fn px(&self, x: usize, y: usize) -> (u8, u8, u8) {
+        let i = 3 * (y * self.w + x);
+        (self.rgb[i], self.rgb[i + 1], self.rgb[i + 2])
+    }
+
+    /// Pixels in the rectangle `[x0, x1) x [y0, y1)` satisfying `pred`.
+    fn count(
+        &self,
+        (x0, x1): (usize, usize),
+        (y0, y1): (usize, usize),
+        pred: impl Fn((u8, u8, u8)) -> bool,
+    ) -> usize {
+        (y0..y1.min(self.h))
+            .flat_map(|y| (x0..x1.min(self.w)).map(move |x| (x, y)))
+            .filter(|&(x, y)| pred(self.px(x, y)))
+            .count()
+    }
+}
+
+fn dark(p: (u8, u8, u8)) -> bool {
+    p.0 < 90 && p.1 < 90 && p.2 < 90
+}
+
+fn colourful(p: (u8, u8, u8)) -> bool {
+    let (hi, lo) = (p.0.max(p.1).max(p.2), p.0.min(p.1).min(p.2));
+    hi - lo > 60
+}
+
+/// Reads a written PNG, checks signature and size, returns the decoded image.
+fn check_png(path: &Path, size: (u32, u32)) -> Image {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(png_header_size(&bytes), size, "{}", path.display());
+    let img = Image::decode(&bytes);
+    assert_eq!((img.w as u32, img.h as u32), size);
+    img
+}
+
+/// The title is drawn centred in the top band: rendered glyphs show up as dark pixels there.
+fn assert_title_rendered(img: &Image) {
+    let n = img.count((img.w / 4, 3 * img.w / 4), (0, 40), dark);
+    assert!(
+        n > 150,
+        "title band has only {n} dark pixels: text not rendered?"
+    );
+}
+
+fn read_svg(path: &Path) -> String {
+    let svg =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(
+        svg.starts_with("<svg"),
+        "not an SVG: {}",
+        &svg[..svg.len().min(80)]
+    );
+    svg
+}
+
+fn err_text(r: anyhow::Result<()>) -> String {
+    format!("{:#}", r.expect_err("expected an error"))
+}
+
+fn robust_plot() -> LinePlot {
+    let eps = [0.0, 2.0, 4.0, 8.0, 16.0];
+    LinePlot {
+        title: "Robust accuracy vs eps".into(),
+        x_label: "eps (x 1/255)".into(),
+        y_label: "accuracy".into(),
+        series: vec![
+            Series::new(
+                "standard model",
+                eps.iter().map(|&e| (e, 0.9 * (-e / 3.0f64).exp())),
+            ),
+            Series::new("PGD-AT model", eps.iter().map(|&e| (e, 0.85 - 0.02 * e))),
+            Series::new("MDN model", eps.iter().map(|&e| (e, 0.87 - 0.015 * e))),
+        ],
+        y_range: Some((0.0, 1.0)),
+    }
+}
+
+fn layer_bars() -> BarPlot {
+    let categories: Vec<String> = (0..20)
+        .map(|i| format!("layer{}.{}.bn{}", i / 4 + 1, i % 4, i % 2 + 1))
+        .collect();
+    BarPlot {
+        title: "BN statistics distance".into(),
+        x_label: "layer".into(),
+        y_label: "distance".into(),
+        categories,
+        series: vec![
+            BarSeries::new("mean distance", (0..20).map(|i| 0.1 + 0.04 * i as f64)),
+            BarSeries::new("var distance", (0..20).map(|i| 0.9 - 0.03 * i as f64)),
+        ],
+    }
+}
+
+fn swap_matrix() -> Heatmap {
+    Heatmap {
+        title: "NS x AP accuracy".into(),
+        row_label: "NS".into(),
+        col_label: "AP".into(),
+        rows: vec!["clean".into(), "adv".into(), "mixed".into()],
+        cols: vec!["clean-AP".into(), "adv-AP".into(), "mixed-AP".into()],
+        values: vec![
+            vec![0.912, 0.031, 0.41],
+            vec![0.84, 0.52, 0.6],
+            vec![0.88, 0.33, 0.47],
+        ],
+        value_format: ValueFormat::Percent(1),
+        value_range: Some((0.0, 1.0)),
+    }
+}
+
+#[test]
+fn line_plot_png_has_requested_size_and_drawn_content() {
+    let dir = tmp();
+    let path = dir.path().join("robust.png");
+    robust_plot().write_sized(&path, SIZE).unwrap();
+    let img = check_png(&path, SIZE);
+    assert_title_rendered(&img);
+    let coloured = img.count((0, img.w), (0, img.h), colourful);
+    assert!(
+        coloured > 1000,
+        "only {coloured} coloured pixels: series not drawn?"
+    );
+    // Default size.
+    let path = dir.path().join("default.PNG");
+    robust_plot().write(&path).unwrap();
+    check_png(&path, advtrain::report::DEFAULT_SIZE);
+}
+
+#[test]
+fn line_plot_svg_has_title_and_series_names() {
+    let dir = tmp();
+    let path = dir.path().join("robust.svg");
+    robust_plot().write_sized(&path, SIZE).unwrap();
+    let svg = read_svg(&path);
+    assert!(
+        svg.contains(r#"width="800""#) && svg.contains(r#"height="500""#),
+        "size not in SVG"
+    );
+    for needle in [
+        "Robust accuracy vs eps",
+        "standard model",
+        "PGD-AT model",
+        "MDN model",
+        "eps (x 1/255)",
+        "accuracy",
+    ] {
+        assert!(svg.contains(needle), "SVG lacks {needle:?}");
+    }
+}
+
+#[test]
+fn bar_plot_with_many_layers_writes_png_and_svg() {
+    let dir = tmp();
+    let png_path = dir.path().join("bn.png");
+    let bars = layer_bars();
+    bars.write_sized(&png_path, SIZE).unwrap();
+    let img = check_png(&png_path, SIZE);
+    assert_title_rendered(&img);
+    // The category labels sit under the plot: text below the bars' baseline.
+    let labels = img.count((img.w / 8, img.w), (img.h / 2, img.h), dark);
+    assert!(
+        labels > 300,
+        "only {labels} dark pixels in the lower half: category labels missing?"
+    );
+
+    let svg_path = dir.path().join("bn.svg");
+    bars.write_sized(&svg_path, SIZE).unwrap();
+    let svg = read_svg(&svg_path);
+    for needle in [
+        "BN statistics distance",
+        "mean distance",
+        "var distance",
+        "layer1.0.bn1",
+        "layer5.3.bn2",
+    ] {
+        assert!(svg.contains(needle), "SVG lacks {needle:?}");
+    }
+}
+
+#[test]
+fn heatmap_prints_cell_values_in_png_and_svg() {
+    let dir = tmp();
+    let png_path = dir.path().join("swap.png");
+    let mut hm = swap_matrix();
+    hm.write_sized(&png_path, SIZE).unwrap();
+    let img = check_png(&png_path, SIZE);
+    assert_title_rendered(&img);
+    let cells = img.count((0, img.w), (0, img.h), colourful);
+    assert!(
+        cells > 50_000,
+        "only {cells} coloured pixels: cells not filled?"
+    );
+
+    hm.values[1][2] = f64::NAN;
+    let svg_path = dir.path().join("swap.svg");
+    hm.write_sized(&svg_path, SIZE).unwrap();
+    let svg = read_svg(&svg_path);
+    for needle in [
+        "NS x AP accuracy",
+        "91.2%",
+        "3.1%",
+        "47.0%",
+        "n/a",
+        "clean-AP",
+        "mixed",
+        "100%",
+    ] {
+        assert!(svg.contains(needle), "SVG lacks {needle:?}");
+    }
+
+    let two = Heatmap {
+        rows: vec!["NS=clean".into(), "NS=adv".into()],
+        cols: vec!["AP=clean".into(), "AP=adv".into()],
+        values: vec![vec![0.9, 0.1], vec![0.85, 0.5]],
+        value_format: ValueFormat::Fixed(2),
+        value_range: None,
+        ..swap_matrix()
+    };
+    let svg = two.to_svg(SIZE).unwrap();
+    for needle in ["0.90", "0.10", "0.85", "0.50", "NS=adv", "AP=clean"] {
+        assert!(svg.contains(needle), "2x2 SVG lacks {needle:?}");
+    }
+}
+
+#[test]
+fn non_finite_values_and_degenerate_ranges_are_drawn() {
+    let dir = tmp();
+    let line = LinePlot {
+        title: "with gaps".into(),
+        series: vec![
+            Series::new(
+                "gappy",
+                [
+                    (0.0, 0.9),
+                    (1.0, f64::NAN),
+                    (2.0, 0.5),
+                    (f64::INFINITY, 0.4),
+                    (4.0, 0.3),
+                ],
+            ),
+            Series::new("all NaN", [(0.0, f64::NAN), (1.0, f64::NAN)]),
+            Series::new("empty", []),
+        ],
+        ..Default::default()
+    };
+    line.write_sized(&dir.path().join("nan.png"), SIZE).unwrap();
+    line.write_sized(&dir.path().join("nan.svg"), SIZE).unwrap();
+    // Points outside a fixed y range are clipped, not an error.
+    LinePlot {
+        y_range: Some((0.4, 0.6)),
+        ..line.clone()
+    }
+    .write_sized(&dir.path().join("clip.png"), SIZE)
+    .unwrap();
+
+    let single = LinePlot {
+        series: vec![Series::new("one", [(0.5, 0.5)])],
+        ..Default::default()
+    };
+    single
+        .write_sized(&dir.path().join("single.png"), SIZE)
+        .unwrap();
+    let flat = LinePlot {
+        series: vec![Series::new("flat", [(1.0, 0.0), (1.0, 0.0)])],
+        ..Default::default()
+    };
+    flat.write_sized(&dir.path().join("flat.png"), SIZE)
+        .unwrap();
+
+    let mut bars = layer_bars();
+    bars.series[0].values[3] = f64::NAN;
+    bars.series[1].values = vec![0.0; 20];
+    bars.write_sized(&dir.path().join("nan_bars.png"), SIZE)
+        .unwrap();
+    let negative = BarPlot {
+        categories: vec!["a".into(), "b".into()],
+        series: vec![BarSeries::new("delta", [-0.5, 0.25])],
+        ..Default::default()
+    };
+    negative
+        .write_sized(&dir.path().join("neg.svg"), SIZE)
+        .unwrap();
+
+    let mut hm = swap_matrix();
+    hm.values[0][0] = f64::NAN;
+    hm.value_range = None;
+    hm.write_sized(&dir.path().join("nan_hm.png"), SIZE)
+        .unwrap();
+    let constant = Heatmap {
+        values: vec![vec![0.5; 3]; 3],
+        ..hm.clone()
+    };
+    constant
+        .write_sized(&dir.path().join("const_hm.png"), SIZE)
+        .unwrap();
+}
+
+#[test]
+fn unsupported_extension_is_an_error_naming_the_path() {
+    let dir = tmp();
+    for name in ["robust.jpg", "robust", "robust.png.txt"] {
+        let path = dir.path().join(name);
+        let msg = err_text(robust_plot().write(&path));
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains(".png") && msg.contains(".svg"), "{msg}");
+        assert!(!path.exists(), "{} was written", path.display());
+    }
+}
+
+#[test]
+fn unwritable_path_is_an_error_naming_the_path() {
+    let dir = tmp();
+    let path: PathBuf = dir.path().join("no-such-dir").join("robust.png");
+    let msg = err_text(robust_plot().write(&path));
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    // A regular file used as a directory.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let path = file.join("swap.svg");
+    let msg = err_text(swap_matrix().write(&path));
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+}
+
+#[test]
+fn mismatched_or_empty_data_is_a_clear_error() {
+    let dir = tmp();
+    let out = dir.path().join("bad.png");
+
+    let mut ragged = swap_matrix();
+    ragged.values[1] = vec![0.1, 0.2];
+    let msg = err_text(ragged.write(&out));
+    assert!(
+        msg.contains(&out.display().to_string())
+            && msg.contains("row 1")
+            && msg.contains("2 values"),
+        "{msg}"
+    );
+
+    let mut short = swap_matrix();
+    short.values.pop();
+    let msg = err_text(short.write(&out));
+    assert!(
+        msg.contains("2 rows") && msg.contains("3 row names"),
+        "{msg}"
+    );
+
+    let empty_hm = Heatmap {
+        rows: vec![],
+        values: vec![],
+        ..swap_matrix()
+    };
+    assert!(err_text(empty_hm.write(&out)).contains("at least one row"));
+
+    let mut bars = layer_bars();
+    bars.series[1].values.truncate(19);
+    let msg = err_text(bars.write(&out));
+    assert!(
+        msg.contains("var distance") && msg.contains("19 values") && msg.contains("20 categories"),
+        "{msg}"
+    );
+    let no_categories = BarPlot {
+        categories: vec![],
+        ..layer_bars()
+    };
+    assert!(err_text(no_categories.write(&out)).contains("no categories"));
+
+    let no_series = LinePlot {
+        series: vec![],
+        ..robust_plot()
+    };
+    assert!(err_text(no_series.write(&out)).contains("no series"));
+    let all_nan = LinePlot {
+        series: vec![Series::new("x", [(f64::NAN, 1.0), (0.0, f64::NAN)])],
+        ..robust_plot()
+    };
+    assert!(err_text(all_nan.write(&out)).contains("no finite points"));
+    let bad_range = LinePlot {
+        y_range: Some((1.0, 0.0)),
+        ..robust_plot()
+    };
+    assert!(err_text(bad_range.write(&out)).contains("y_range"));
+    let bad_range = Heatmap {
+        value_range: Some((0.0, f64::NAN)),
+        ..swap_matrix()
+    };
+    assert!(err_text(bad_range.write(&out)).contains("value_range"));
+
+    let msg = err_text(robust_plot().write_sized(&out, (10, 10)));
+    assert!(msg.contains("10x10"), "{msg}");
+    assert!(!out.exists(), "a refused plot left {}", out.display());
+}
+
+#[test]
+fn in_memory_rendering_matches_the_requested_size() {
+    let png = layer_bars().to_png((640, 400)).unwrap();
+    assert_eq!(png_header_size(&png), (640, 400));
+    let svg = swap_matrix().to_svg((640, 400)).unwrap();
+    assert!(
+        svg.contains(r#"viewBox="0 0 640 400""#),
+        "{}",
+        &svg[..svg.len().min(200)]
+    );
+}
