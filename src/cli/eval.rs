@@ -528,6 +528,8 @@ fn run_curve(a: EvalArgs) -> Result<()> {
     let mut flags = gradient_flags(&checks);
     let name = match aa {
         Some(p) => format!("autoattack-{}", p.name),
+        // The attack's own name (e.g. `pgd-20`) when only eps varies.
+        None if vary == "eps" => build_attack(&a, settings[0].0, settings[0].1)?.name(),
         None => a.attack.clone(),
     };
     eprintln!(
