@@ -21,7 +21,7 @@ for attack in ${attacks//,/ }; do
     *) echo "unknown attack $attack"; exit 2 ;;
   esac
   target/release/advtrain --threads "$threads" eval --checkpoint "$ckpt" "${args[@]}" --eps "$eps" \
-    --test-limit "$n" --device cpu --json "$tmp/$attack.json" >/dev/null
+    --test-limit "$n" --device cpu --json "$tmp/$attack.json" >/dev/null 2>>"$tmp/advtrain.log"
   python - "$tmp/$attack.json" "$attack" "$n" "$threads" <<'PY' | tee -a "$out"
 import json, sys
 r = json.load(open(sys.argv[1])); n = int(sys.argv[3])

@@ -243,3 +243,31 @@ fn targeted_and_kl_pgd_stay_in_the_ball_and_move_their_losses() {
         kl.min().double_value(&[])
     );
 }
+
+#[test]
+fn model_checks_flag_saturated_gradients() {
+    use advtrain::data::Dataset;
+    use advtrain::eval::checks::{gradient_flags, model_checks};
+    let _rng = common::rng_lock();
+    let net = small_cnn();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let (x, _) = batch();
+    // Labels = the model's predictions, so every point is classified correctly.
+    let y = tch::no_grad(|| f.logits(&x).argmax(-1, false));
+    let data = Dataset::from_float(&x, &y, 10);
+    let healthy = model_checks(&f, &data, 8, Device::Cpu);
+    assert_eq!((healthy.zero, healthy.non_finite, healthy.n), (0, 0, 16));
+    assert!(!healthy.randomized && !healthy.outputs_are_probabilities);
+    assert!(gradient_flags(&healthy).is_empty());
+    // Scale the logits by 1e6: softmax saturates, CE gradients underflow to exactly 0 in float32.
+    tch::no_grad(|| {
+        let mut w = net.variables()["fc.weight"].shallow_clone();
+        let _ = w.g_mul_scalar_(1e6);
+        let mut b = net.variables()["fc.bias"].shallow_clone();
+        let _ = b.g_mul_scalar_(1e6);
+    });
+    let masked = model_checks(&f, &data, 8, Device::Cpu);
+    assert!(masked.zero >= 8, "only {} of 16 points have zero gradients", masked.zero);
+    let codes: Vec<String> = gradient_flags(&masked).into_iter().map(|f| f.code).collect();
+    assert!(codes.contains(&"zero-gradients".to_string()), "{codes:?}");
+}
