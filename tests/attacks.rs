@@ -5,8 +5,8 @@ mod common;
 
 use advtrain::attack::pgd::{cw_margin, kl_to_clean, random_other_class, Init, PgdLoss, Target};
 use advtrain::attack::{
-    count, cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, Fgsm, Pgd, PgdConfig,
-    ThreatNorm,
+    count, cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, Fgsm, Pgd,
+    PgdConfig, ThreatNorm,
 };
 use advtrain::nn::{Ctx, Network};
 use tch::{Device, Kind, Reduction, Tensor};
@@ -199,7 +199,10 @@ fn random_other_class_never_draws_the_label_and_covers_the_rest() {
                 assert_eq!(c, 0);
             } else {
                 // 4000 / 9 = 444 expected per class.
-                assert!((300..600).contains(&c), "label {label}: class {k} drawn {c} times");
+                assert!(
+                    (300..600).contains(&c),
+                    "label {label}: class {k} drawn {c} times"
+                );
             }
         }
     }
@@ -219,17 +222,22 @@ fn targeted_and_kl_pgd_stay_in_the_ball_and_move_their_losses() {
         });
         tch::manual_seed(5);
         let t = pgd.targets(&f, &x, &y).expect("targeted");
-        assert_eq!(count(&t.eq_tensor(&y)), 0, "{target:?}: target equals label");
+        assert_eq!(
+            count(&t.eq_tensor(&y)),
+            0,
+            "{target:?}: target equals label"
+        );
         tch::manual_seed(5);
         let xa = pgd.perturb(&f, &x, &y);
         assert!(max_abs(&(&xa - &x)) <= 0.1 + 1e-6);
         assert!(xa.min().double_value(&[]) >= 0.0 && xa.max().double_value(&[]) <= 1.0);
-        let ce_t = |u: &Tensor| {
-            tch::no_grad(|| cross_entropy(&f.logits(u), &t, Reduction::None))
-        };
+        let ce_t = |u: &Tensor| tch::no_grad(|| cross_entropy(&f.logits(u), &t, Reduction::None));
         // Every point moved towards its target.
         let lower = count(&ce_t(&xa).lt_tensor(&ce_t(&x)));
-        assert_eq!(lower, 16, "{target:?}: only {lower}/16 points got closer to the target");
+        assert_eq!(
+            lower, 16,
+            "{target:?}: only {lower}/16 points got closer to the target"
+        );
     }
     let trades = PgdConfig::trades(ThreatNorm::Linf, 0.1, 0.02, 10);
     assert_eq!((trades.init, trades.loss), (Init::Normal, PgdLoss::Kl));
@@ -267,7 +275,14 @@ fn model_checks_flag_saturated_gradients() {
         let _ = b.g_mul_scalar_(1e6);
     });
     let masked = model_checks(&f, &data, 8, Device::Cpu);
-    assert!(masked.zero >= 8, "only {} of 16 points have zero gradients", masked.zero);
-    let codes: Vec<String> = gradient_flags(&masked).into_iter().map(|f| f.code).collect();
+    assert!(
+        masked.zero >= 8,
+        "only {} of 16 points have zero gradients",
+        masked.zero
+    );
+    let codes: Vec<String> = gradient_flags(&masked)
+        .into_iter()
+        .map(|f| f.code)
+        .collect();
     assert!(codes.contains(&"zero-gradients".to_string()), "{codes:?}");
 }

@@ -83,13 +83,23 @@ fn autoattack_is_at_most_each_of_its_components() {
     let std = preset("standard").unwrap();
     let aa = AutoAttack::new(std, ThreatNorm::Linf, EPS, 0, 12, 10).unwrap();
     let full = aa
-        .run(&f, &fx.test, Device::Cpu, key("standard", EPS, n, 12), None, |_| {})
+        .run(
+            &f,
+            &fx.test,
+            Device::Cpu,
+            key("standard", EPS, n, 12),
+            None,
+            |_| {},
+        )
         .unwrap();
     assert!(full.complete && !full.resumed);
     let names: Vec<&str> = full.per_attack.iter().map(|r| r.attack.as_str()).collect();
     assert_eq!(names, ["apgd-ce", "apgd-t", "fab-t", "square"]);
     // The model is not trivially broken or trivially robust at this eps.
-    eprintln!("clean {} per attack {:?}", full.clean_accuracy, full.per_attack);
+    eprintln!(
+        "clean {} per attack {:?}",
+        full.clean_accuracy, full.per_attack
+    );
     assert!(full.clean_accuracy > 0.5, "clean {}", full.clean_accuracy);
     assert!(
         full.robust_accuracy < full.clean_accuracy,
@@ -109,7 +119,10 @@ fn autoattack_is_at_most_each_of_its_components() {
         .unwrap();
     let clean_ok = Vec::<bool>::try_from(&tch::no_grad(|| correct(&f.logits(&xs), &ys))).unwrap();
     for i in 0..n {
-        assert!(!full.robust[i] || clean_ok[i], "point {i} robust but misclassified");
+        assert!(
+            !full.robust[i] || clean_ok[i],
+            "point {i} robust but misclassified"
+        );
     }
     // At most each component alone (same seed, same batch size).
     for name in std.attacks {
@@ -122,7 +135,6 @@ fn autoattack_is_at_most_each_of_its_components() {
             full.robust_accuracy
         );
     }
-
 }
 
 #[test]
@@ -135,7 +147,10 @@ fn presets_are_data_and_fast_is_labelled_non_standard() {
     assert!(!fast.standard && fast.description.contains("NOT standard"));
     assert_eq!(fast.attacks, ["apgd-ce", "apgd-t"]);
     let err = preset("plus").unwrap_err().to_string();
-    assert!(err.contains("plus") && err.contains("standard, fast"), "{err}");
+    assert!(
+        err.contains("plus") && err.contains("standard, fast"),
+        "{err}"
+    );
     // The standard components carry the reference's hyperparameters.
     let aa = AutoAttack::new(s, ThreatNorm::Linf, 8.0 / 255.0, 0, 500, 10).unwrap();
     let c = aa.config();
@@ -159,10 +174,20 @@ fn fast_preset_is_flagged_and_an_interrupted_run_resumes_exactly() {
     let fast = preset("fast").unwrap();
     let aa = AutoAttack::new(fast, ThreatNorm::Linf, EPS, 0, 4, 10).unwrap();
     let full = aa
-        .run(&f, &fx.test, Device::Cpu, key("fast", EPS, n, 4), None, |_| {})
+        .run(
+            &f,
+            &fx.test,
+            Device::Cpu,
+            key("fast", EPS, n, 4),
+            None,
+            |_| {},
+        )
         .unwrap();
     assert_eq!(full.per_attack.len(), 2);
-    assert!(full.flags.iter().any(|f| f.code == "non-standard-autoattack"));
+    assert!(full
+        .flags
+        .iter()
+        .any(|f| f.code == "non-standard-autoattack"));
     let accs: Vec<f64> = full.per_attack.iter().map(|r| r.robust_accuracy).collect();
 
     // Interrupted inside the first attack (after 2 of its 3 batches), then continued from the
@@ -172,32 +197,65 @@ fn fast_preset_is_flagged_and_an_interrupted_run_resumes_exactly() {
     let mut part = AutoAttack::new(fast, ThreatNorm::Linf, EPS, 0, 4, 10).unwrap();
     part.max_batches = Some(2);
     let first = part
-        .run(&f, &fx.test, Device::Cpu, key("fast", EPS, n, 4), Some(&state), |_| {})
+        .run(
+            &f,
+            &fx.test,
+            Device::Cpu,
+            key("fast", EPS, n, 4),
+            Some(&state),
+            |_| {},
+        )
         .unwrap();
     assert!(!first.complete && first.per_attack.is_empty());
     assert!(first.flags.iter().any(|f| f.code == "incomplete"));
     assert!(state.exists());
     let mut lines = Vec::new();
     let second = aa
-        .run(&f, &fx.test, Device::Cpu, key("fast", EPS, n, 4), Some(&state), |m| {
-            lines.push(m.to_string())
-        })
+        .run(
+            &f,
+            &fx.test,
+            Device::Cpu,
+            key("fast", EPS, n, 4),
+            Some(&state),
+            |m| lines.push(m.to_string()),
+        )
         .unwrap();
     assert!(second.complete && second.resumed, "{lines:?}");
     assert_eq!(second.robust, full.robust);
-    let a2: Vec<f64> = second.per_attack.iter().map(|r| r.robust_accuracy).collect();
+    let a2: Vec<f64> = second
+        .per_attack
+        .iter()
+        .map(|r| r.robust_accuracy)
+        .collect();
     assert_eq!(a2, accs);
 
     // A state file written for another eps is refused, naming the field.
     let err = aa
-        .run(&f, &fx.test, Device::Cpu, key("fast", 0.2, n, 4), Some(&state), |_| {})
+        .run(
+            &f,
+            &fx.test,
+            Device::Cpu,
+            key("fast", 0.2, n, 4),
+            Some(&state),
+            |_| {},
+        )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("eps") && err.contains("aa.state.json"), "{err}");
+    assert!(
+        err.contains("eps") && err.contains("aa.state.json"),
+        "{err}"
+    );
     // A corrupt state file is refused with its name.
     std::fs::write(&state, "{not json").unwrap();
     let err = aa
-        .run(&f, &fx.test, Device::Cpu, key("fast", EPS, n, 4), Some(&state), |_| {})
+        .run(
+            &f,
+            &fx.test,
+            Device::Cpu,
+            key("fast", EPS, n, 4),
+            Some(&state),
+            |_| {},
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("aa.state.json"), "{err}");

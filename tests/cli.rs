@@ -134,16 +134,34 @@ fn train_then_eval_writes_the_contracted_json() {
     }
 
     // The new attacks, through the same contract; per_attack and flags are always present.
-    for (attack, extra) in [("pgd-t", "--steps=3"), ("pgd-kl", "--steps=3"), ("fab-t", "--steps=5")] {
+    for (attack, extra) in [
+        ("pgd-t", "--steps=3"),
+        ("pgd-kl", "--steps=3"),
+        ("fab-t", "--steps=5"),
+    ] {
         let j = tmp.path().join(format!("{attack}.json"));
         let o = advtrain(&[
-            "eval", "--run", &run_s, "--attack", attack, "--eps", "0.1", extra,
-            "--test-limit", "20", "--json", &j.display().to_string(),
+            "eval",
+            "--run",
+            &run_s,
+            "--attack",
+            attack,
+            "--eps",
+            "0.1",
+            extra,
+            "--test-limit",
+            "20",
+            "--json",
+            &j.display().to_string(),
         ]);
         assert!(o.status.success(), "{attack}: {}", stderr(&o));
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
-        assert_eq!(v["per_attack"].as_array().unwrap().len(), 1, "{attack}: {v}");
+        assert_eq!(
+            v["per_attack"].as_array().unwrap().len(),
+            1,
+            "{attack}: {v}"
+        );
         assert!(v["flags"].is_array(), "{attack}: {v}");
         assert!(v["robust_accuracy"].as_f64().unwrap() <= v["clean_accuracy"].as_f64().unwrap());
     }
@@ -152,8 +170,21 @@ fn train_then_eval_writes_the_contracted_json() {
     // preset printed at start, and a state file that a second call continues from.
     let j = tmp.path().join("aa.json");
     let aa_args = [
-        "eval", "--run", &run_s, "--attack", "autoattack", "--preset", "fast", "--eps", "0.1",
-        "--test-limit", "20", "--batch-size", "8", "--json", &j.display().to_string(),
+        "eval",
+        "--run",
+        &run_s,
+        "--attack",
+        "autoattack",
+        "--preset",
+        "fast",
+        "--eps",
+        "0.1",
+        "--test-limit",
+        "20",
+        "--batch-size",
+        "8",
+        "--json",
+        &j.display().to_string(),
     ];
     let mut first = aa_args.to_vec();
     first.extend(["--max-batches", "1"]);
@@ -163,27 +194,47 @@ fn train_then_eval_writes_the_contracted_json() {
     assert!(tmp.path().join("aa.state.json").exists());
     let o = advtrain(&aa_args);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("continuing autoattack-fast"), "{}", stderr(&o));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert!(
+        stderr(&o).contains("continuing autoattack-fast"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
     let per = v["per_attack"].as_array().unwrap();
     assert_eq!(per.len(), 2, "{v}");
     assert_eq!(per[0]["attack"], "apgd-ce");
     assert_eq!(per[1]["attack"], "apgd-t");
     assert_eq!(v["attack"], "autoattack-fast");
     assert_eq!(v["robust_accuracy"], per[1]["robust_accuracy"]);
-    let codes: Vec<&str> = v["flags"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> = v["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
     assert!(codes.contains(&"non-standard-autoattack"), "{codes:?}");
 
     // A curve over eps: JSON with one point per eps, and a PNG plot.
     let j = tmp.path().join("curve.json");
     let o = advtrain(&[
-        "eval", "--run", &run_s, "--attack", "pgd", "--steps", "3", "--eps", "0.1",
-        "--curve", "0,0.05,0.2", "--test-limit", "20", "--json", &j.display().to_string(),
+        "eval",
+        "--run",
+        &run_s,
+        "--attack",
+        "pgd",
+        "--steps",
+        "3",
+        "--eps",
+        "0.1",
+        "--curve",
+        "0,0.05,0.2",
+        "--test-limit",
+        "20",
+        "--json",
+        &j.display().to_string(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
     let pts = v["points"].as_array().unwrap();
     assert_eq!(pts.len(), 3, "{v}");
     assert_eq!(pts[2]["eps"], 0.2);
@@ -193,9 +244,40 @@ fn train_then_eval_writes_the_contracted_json() {
     // Bad input on a real run: empty test set, unknown preset, a checkpoint whose sidecar
     // names another architecture.
     for (args, needle) in [
-        (vec!["eval", "--run", &run_s, "--attack", "pgd", "--eps", "0.1", "--test-limit", "0"], "empty"),
-        (vec!["eval", "--run", &run_s, "--attack", "autoattack", "--preset", "plus", "--eps", "0.1"], "unknown AutoAttack preset"),
-        (vec!["eval", "--run", &run_s, "--attack", "pgd", "--eps", "0.1", "--curve", "0.1,-1"], "eps"),
+        (
+            vec![
+                "eval",
+                "--run",
+                &run_s,
+                "--attack",
+                "pgd",
+                "--eps",
+                "0.1",
+                "--test-limit",
+                "0",
+            ],
+            "empty",
+        ),
+        (
+            vec![
+                "eval",
+                "--run",
+                &run_s,
+                "--attack",
+                "autoattack",
+                "--preset",
+                "plus",
+                "--eps",
+                "0.1",
+            ],
+            "unknown AutoAttack preset",
+        ),
+        (
+            vec![
+                "eval", "--run", &run_s, "--attack", "pgd", "--eps", "0.1", "--curve", "0.1,-1",
+            ],
+            "eps",
+        ),
     ] {
         let o = advtrain(&args);
         assert!(!o.status.success(), "{args:?} should fail");
@@ -204,17 +286,30 @@ fn train_then_eval_writes_the_contracted_json() {
     }
     let bad = tmp.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
-    std::fs::copy(run.join("checkpoints/last.safetensors"), bad.join("m.safetensors")).unwrap();
+    std::fs::copy(
+        run.join("checkpoints/last.safetensors"),
+        bad.join("m.safetensors"),
+    )
+    .unwrap();
     let side = std::fs::read_to_string(run.join("checkpoints/last.json")).unwrap();
     let mut sv: serde_json::Value = serde_json::from_str(&side).unwrap();
     sv["architecture"]["num_classes"] = 7.into();
     std::fs::write(bad.join("m.json"), sv.to_string()).unwrap();
     let o = advtrain(&[
-        "eval", "--checkpoint", &bad.join("m.safetensors").display().to_string(), "--attack",
-        "pgd", "--eps", "0.1",
+        "eval",
+        "--checkpoint",
+        &bad.join("m.safetensors").display().to_string(),
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
     ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("m.safetensors") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("m.safetensors") && !stderr(&o).contains("panicked"),
+        "{}",
+        stderr(&o)
+    );
 
     // Resuming with a changed recipe is refused, naming the difference.
     let o = advtrain(&[

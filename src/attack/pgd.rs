@@ -204,7 +204,13 @@ impl Pgd {
     }
 
     /// One run of PGD from a fresh start.
-    fn run_once(&self, f: &Classifier, x: &Tensor, y: &Tensor, reference: Option<&Tensor>) -> Tensor {
+    fn run_once(
+        &self,
+        f: &Classifier,
+        x: &Tensor,
+        y: &Tensor,
+        reference: Option<&Tensor>,
+    ) -> Tensor {
         let (eps, alpha) = (self.cfg.eps, self.cfg.step_size);
         let mut x_adv = self.start(x).detach();
         for _ in 0..self.cfg.steps {

@@ -302,8 +302,7 @@ fn load(a: &EvalArgs) -> Result<Setup> {
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     std::fs::write(path, serde_json::to_string_pretty(value)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -352,10 +351,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 .as_ref()
                 .map(|r| r.join("eval").join(format!("{name}-eps{}.json", a.eps)))
         });
-        let state = a.state.clone().or_else(|| {
-            json.as_ref()
-                .map(|j| j.with_extension("state.json"))
-        });
+        let state = a
+            .state
+            .clone()
+            .or_else(|| json.as_ref().map(|j| j.with_extension("state.json")));
         if let Some(st) = state.as_ref().and_then(|p| p.parent()) {
             if !st.as_os_str().is_empty() {
                 std::fs::create_dir_all(st)
@@ -406,7 +405,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 elapsed_s: x.elapsed_s,
             })
             .collect();
-        (name, aa.config(), r.clean_accuracy, r.robust_accuracy, per, json)
+        (
+            name,
+            aa.config(),
+            r.clean_accuracy,
+            r.robust_accuracy,
+            per,
+            json,
+        )
     } else {
         let attack = build_attack(&a, a.eps, a.steps.unwrap_or(default_steps(&a.attack)))?;
         eprintln!(
@@ -583,7 +589,11 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         };
         println!(
             "{vary} {:<8} robust {:6.2}%  ({:.1} s)",
-            if vary == "eps" { eps.to_string() } else { steps.to_string() },
+            if vary == "eps" {
+                eps.to_string()
+            } else {
+                steps.to_string()
+            },
             100.0 * robust,
             p.elapsed_s
         );
@@ -592,7 +602,11 @@ fn run_curve(a: EvalArgs) -> Result<()> {
     let xy: Vec<(f64, f64)> = points
         .iter()
         .map(|p| {
-            let x = if vary == "eps" { p.eps } else { p.steps.unwrap_or(0) as f64 };
+            let x = if vary == "eps" {
+                p.eps
+            } else {
+                p.steps.unwrap_or(0) as f64
+            };
             (x, p.robust_accuracy)
         })
         .collect();
@@ -632,8 +646,17 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         });
     }
     LinePlot {
-        title: format!("{name} ({}, n={}) on {}", a.norm, s.test.len(), s.ckpt.display()),
-        x_label: if vary == "eps" { format!("eps ({})", a.norm) } else { "steps".into() },
+        title: format!(
+            "{name} ({}, n={}) on {}",
+            a.norm,
+            s.test.len(),
+            s.ckpt.display()
+        ),
+        x_label: if vary == "eps" {
+            format!("eps ({})", a.norm)
+        } else {
+            "steps".into()
+        },
         y_label: "accuracy (%)".into(),
         series,
         y_range: Some((0.0, 100.0)),

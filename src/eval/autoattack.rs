@@ -60,7 +60,10 @@ pub fn preset(name: &str) -> Result<Preset> {
         .find(|p| p.name == name)
         .with_context(|| {
             let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-            format!("unknown AutoAttack preset '{name}': expected one of {}", names.join(", "))
+            format!(
+                "unknown AutoAttack preset '{name}': expected one of {}",
+                names.join(", ")
+            )
         })
 }
 
@@ -217,7 +220,10 @@ pub fn read_state(path: &Path, key: &StateKey) -> Result<State> {
         }
     }
     if state.clean.len() != key.n || state.robust.len() != key.n {
-        bail!("{}: flags of the wrong length (corrupt state file)", path.display());
+        bail!(
+            "{}: flags of the wrong length (corrupt state file)",
+            path.display()
+        );
     }
     Ok(state)
 }
@@ -473,7 +479,12 @@ impl AutoAttack {
 /// Images (float in [0,1]) and labels of the points `idx`, on `device`.
 fn select(data: &Dataset, idx: &[i64], device: Device) -> (Tensor, Tensor) {
     let i = Tensor::from_slice(idx);
-    let x = data.images.index_select(0, &i).to_device(device).to_kind(Kind::Float) / 255.0;
+    let x = data
+        .images
+        .index_select(0, &i)
+        .to_device(device)
+        .to_kind(Kind::Float)
+        / 255.0;
     let y = data.labels.index_select(0, &i).to_device(device);
     (x, y)
 }

@@ -82,9 +82,10 @@ pub fn model_checks(
         let g = input_grad(&cross_entropy(&logits, &y, tch::Reduction::Sum), &xr);
         let n = g.size()[0];
         let g = g.view([n, -1]);
-        let finite = g.isfinite().all_dim(1, false).logical_and(
-            &logits.detach().isfinite().all_dim(1, false),
-        );
+        let finite = g
+            .isfinite()
+            .all_dim(1, false)
+            .logical_and(&logits.detach().isfinite().all_dim(1, false));
         zero += g
             .abs()
             .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
@@ -229,10 +230,23 @@ mod tests {
 
     #[test]
     fn square_flag_follows_the_reference_rule() {
-        let ok = acc(&[("apgd-ce", 0.50), ("apgd-t", 0.48), ("fab-t", 0.48), ("square", 0.479)]);
+        let ok = acc(&[
+            ("apgd-ce", 0.50),
+            ("apgd-t", 0.48),
+            ("fab-t", 0.48),
+            ("square", 0.479),
+        ]);
         assert!(square_beats_white_box(&ok).is_none());
-        let bad = acc(&[("apgd-ce", 0.50), ("apgd-t", 0.48), ("fab-t", 0.48), ("square", 0.47)]);
-        assert_eq!(square_beats_white_box(&bad).unwrap().code, "square-beats-white-box");
+        let bad = acc(&[
+            ("apgd-ce", 0.50),
+            ("apgd-t", 0.48),
+            ("fab-t", 0.48),
+            ("square", 0.47),
+        ]);
+        assert_eq!(
+            square_beats_white_box(&bad).unwrap().code,
+            "square-beats-white-box"
+        );
         assert!(square_beats_white_box(&acc(&[("apgd-ce", 0.5)])).is_none());
     }
 
@@ -244,7 +258,11 @@ mod tests {
         let f = curve_flags("eps", 0.9, &rising);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].code, "accuracy-rises-with-eps");
-        assert!(f[0].message.contains("eps 0.1 to eps 0.2"), "{}", f[0].message);
+        assert!(
+            f[0].message.contains("eps 0.1 to eps 0.2"),
+            "{}",
+            f[0].message
+        );
         // within tolerance: no flag
         assert!(rises(&[(1.0, 0.5), (2.0, 0.504)]).is_empty());
         let flat = [(0.0, 0.9), (0.1, 0.9), (0.3, 0.898)];
@@ -265,7 +283,11 @@ mod tests {
         let codes: Vec<String> = gradient_flags(&s).into_iter().map(|f| f.code).collect();
         assert_eq!(
             codes,
-            ["zero-gradients", "non-finite-gradients", "outputs-are-probabilities"]
+            [
+                "zero-gradients",
+                "non-finite-gradients",
+                "outputs-are-probabilities"
+            ]
         );
         assert!(gradient_flags(&GradientStats::default()).is_empty());
         assert!(perturbation_flag(0.1 + 1e-7, 0.1).is_none());
