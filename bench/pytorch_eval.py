@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pytorch_pgd_at import SmallCnn  # noqa: E402
+from pytorch_pgd_at import SmallCnn, pgd  # noqa: E402
 
 
 def read_idx(path):
@@ -31,16 +31,6 @@ def find(d, stem):
         if os.path.exists(os.path.join(d, name)):
             return os.path.join(d, name)
     raise SystemExit(f"{stem}(.gz) not found in {d}")
-
-
-def pgd(model, x, y, eps, alpha, steps):
-    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-        (g,) = torch.autograd.grad(loss, [x_adv])
-        x_adv = torch.min(torch.max(x_adv.detach() + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
-    return x_adv
 
 
 def main():

@@ -24,29 +24,11 @@ import os
 import sys
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 
-class SmallCnn(nn.Module):
-    """PyTorch twin of src/nn/models/small_cnn.rs (batch norm, no conv bias)."""
-
-    def __init__(self, cin=1, classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, 32, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(32)
-        self.conv2 = nn.Conv2d(32, 64, 3, 2, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64)
-        self.conv3 = nn.Conv2d(64, 128, 3, 2, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(128)
-        self.fc = nn.Linear(128, classes)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = F.relu(self.bn3(self.conv3(x)))
-        return self.fc(x.mean((2, 3)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pytorch_pgd_at import SmallCnn  # noqa: E402  (twin of src/nn/models/small_cnn.rs)
 
 
 def per_sample_norm(d, norm):
