@@ -7,7 +7,7 @@ use crate::attack::{
 };
 use crate::data::Dataset;
 use crate::device::{device_name, parse_device};
-use crate::eval::autoattack::{data_fingerprint, preset, AutoAttack, StateKey};
+use crate::eval::autoattack::{data_fingerprint, preset, AutoAttack, Preset, StateKey};
 use crate::eval::checks::{curve_flags, gradient_flags, model_checks, Flag, GradientStats};
 use crate::eval::robust_counts;
 use crate::nn::{Ctx, Mode, Network, Route};
@@ -300,6 +300,22 @@ fn load(a: &EvalArgs) -> Result<Setup> {
     })
 }
 
+/// What identifies an AutoAttack evaluation in its state file.
+fn state_key(a: &EvalArgs, s: &Setup, p: Preset, eps: f64, data_sha256: String) -> StateKey {
+    StateKey {
+        preset: p.name.to_string(),
+        norm: a.norm,
+        eps,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        route: a.route.to_string(),
+        bn_mode: a.bn_mode.to_string(),
+        checkpoint_sha256: s.sha256.clone(),
+        data_sha256,
+        n: s.test.len(),
+    }
+}
+
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -380,18 +396,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             Some(p) => eprintln!("state file {} (resumable)", p.display()),
             None => eprintln!("no state file (give --json or --state to make the run resumable)"),
         }
-        let key = StateKey {
-            preset: p.name.to_string(),
-            norm: a.norm,
-            eps: a.eps,
-            seed: a.seed,
-            batch_size: a.batch_size,
-            route: a.route.to_string(),
-            bn_mode: a.bn_mode.to_string(),
-            checkpoint_sha256: s.sha256.clone(),
-            data_sha256: data_fingerprint(&s.test)?,
-            n: s.test.len(),
-        };
+        let key = state_key(&a, &s, p, a.eps, data_fingerprint(&s.test)?);
         let r = aa.run(&f, &s.test, s.device, key, state.as_deref(), |m| {
             eprintln!("{m}")
         })?;
@@ -558,18 +563,8 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         let robust = match aa {
             Some(p) => {
                 let aa = AutoAttack::new(p, a.norm, eps, a.seed, a.batch_size, s.test.num_classes)?;
-                let key = StateKey {
-                    preset: p.name.to_string(),
-                    norm: a.norm,
-                    eps,
-                    seed: a.seed,
-                    batch_size: a.batch_size,
-                    route: a.route.to_string(),
-                    bn_mode: a.bn_mode.to_string(),
-                    checkpoint_sha256: s.sha256.clone(),
-                    data_sha256: String::new(),
-                    n: s.test.len(),
-                };
+                // No state file for curve points, so no data fingerprint is needed.
+                let key = state_key(&a, &s, p, eps, String::new());
                 let r = aa.run(&f, &s.test, s.device, key, None, |m| eprintln!("  {m}"))?;
                 flags.extend(r.flags);
                 r.robust_accuracy
