@@ -135,6 +135,7 @@ fn checkpoint_round_trip_and_mismatch_errors() {
     let _rng = common::rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let arch = ArchSpec {
+        heads: 1,
         name: "small-cnn".into(),
         num_classes: 10,
         in_channels: 1,
@@ -186,6 +187,7 @@ fn checkpoint_round_trip_and_mismatch_errors() {
     // A model of another shape refuses the file, naming what differs.
     let other = Network::new(
         &ArchSpec {
+            heads: 1,
             num_classes: 7,
             ..arch.clone()
         },

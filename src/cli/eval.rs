@@ -10,6 +10,7 @@ use crate::device::{device_name, parse_device};
 use crate::eval::autoattack::{data_fingerprint, preset, AutoAttack, Preset, StateKey};
 use crate::eval::checks::{curve_flags, gradient_flags, model_checks, Flag, GradientStats};
 use crate::eval::robust_counts;
+use crate::eval::controls::{check_soup, reestimate, swap_ap, Reestimate, StatsSource};
 use crate::nn::{Ctx, Mode, Network, Route};
 use crate::report::plot::{LinePlot, Series};
 use anyhow::{Context, Result};
@@ -95,9 +96,28 @@ pub struct EvalArgs {
     /// Route through the normalisation layers: clean, adv, or ns=..,ap=..
     #[arg(long, default_value = "clean")]
     pub route: Route,
-    /// BN mode for the forward passes and the attack: eval | train | train-frozen.
+    /// BN mode for the forward passes and the attack: eval | train | train-frozen
+    /// (train-frozen = batch-statistics inference, Xie & Yuille's "consistent" BN).
     #[arg(long, default_value = "eval")]
     pub bn_mode: Mode,
+    /// Use the other branch's affine parameters / head (route ap clean <-> adv).
+    #[arg(long)]
+    pub swap_ap: bool,
+    /// Model soup: every per-domain parameter set used as w * adv + (1 - w) * clean.
+    #[arg(long)]
+    pub soup: Option<f64>,
+    /// Re-estimate the route's running statistics first, on clean | adv | noise training data.
+    #[arg(long)]
+    pub reestimate: Option<StatsSource>,
+    /// Batches averaged by --reestimate.
+    #[arg(long, default_value_t = 50)]
+    pub reestimate_batches: usize,
+    /// Batch size of --reestimate.
+    #[arg(long, default_value_t = 128)]
+    pub reestimate_batch_size: usize,
+    /// eps of --reestimate adv / noise data (default: --eps).
+    #[arg(long)]
+    pub reestimate_eps: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value = "auto")]
@@ -130,6 +150,10 @@ pub struct EvalReport {
     pub seed: u64,
     pub route: String,
     pub bn_mode: String,
+    /// Model-soup weight of the adversarial parameter sets, when used.
+    pub soup: Option<f64>,
+    /// Running statistics re-estimated before evaluating, when done.
+    pub reestimate: Option<Reestimate>,
     pub elapsed_s: f64,
     pub checkpoint: String,
     pub checkpoint_sha256: String,
@@ -163,6 +187,8 @@ pub struct CurveReport {
     pub seed: u64,
     pub route: String,
     pub bn_mode: String,
+    pub soup: Option<f64>,
+    pub reestimate: Option<Reestimate>,
     pub checkpoint: String,
     pub checkpoint_sha256: String,
     pub device: String,
@@ -263,6 +289,7 @@ struct Setup {
     test: Dataset,
     ctx: Ctx,
     device: Device,
+    reestimate: Option<Reestimate>,
 }
 
 fn load(a: &EvalArgs) -> Result<Setup> {
@@ -289,14 +316,38 @@ fn load(a: &EvalArgs) -> Result<Setup> {
     data_spec.test_limit = a.test_limit;
     let test = data_spec.load_test()?;
     anyhow::ensure!(!test.is_empty(), "the test set is empty (--test-limit 0?)");
-    check_route(&net, a.route)?;
+    let route = if a.swap_ap { swap_ap(a.route) } else { a.route };
+    check_route(&net, route)?;
+    let soup = a.soup.map(check_soup).transpose()?;
+    let reestimate = match a.reestimate {
+        Some(source) => {
+            let r = Reestimate {
+                source,
+                batches: a.reestimate_batches,
+                batch_size: a.reestimate_batch_size,
+                eps: a.reestimate_eps.unwrap_or(a.eps),
+                seed: a.seed,
+            };
+            let train = data_spec.load()?.train;
+            let n = reestimate(net.model.as_ref(), route, &r, &train, device)?;
+            println!(
+                "re-estimated the running statistics of NS {} on {n} {} training images ({} batches)",
+                crate::nn::norm::domain_name(route.ns),
+                r.source,
+                r.batches
+            );
+            Some(r)
+        }
+        None => None,
+    };
     Ok(Setup {
         net,
         ckpt,
         sha256: side.sha256,
         test,
-        ctx: Ctx::new(a.route, a.bn_mode),
+        ctx: Ctx::new(route, a.bn_mode).with_soup(soup),
         device,
+        reestimate,
     })
 }
 
@@ -308,12 +359,24 @@ fn state_key(a: &EvalArgs, s: &Setup, p: Preset, eps: f64, data_sha256: String) 
         eps,
         seed: a.seed,
         batch_size: a.batch_size,
-        route: a.route.to_string(),
+        route: test_time_label(s),
         bn_mode: a.bn_mode.to_string(),
         checkpoint_sha256: s.sha256.clone(),
         data_sha256,
         n: s.test.len(),
     }
+}
+
+/// The route plus every test-time control that changes results (state-file key).
+fn test_time_label(s: &Setup) -> String {
+    let mut l = s.ctx.route.to_string();
+    if let Some(w) = s.ctx.soup {
+        l += &format!(" soup={w}");
+    }
+    if let Some(r) = &s.reestimate {
+        l += &format!(" reestimate={}x{}x{}@{}", r.source, r.batches, r.batch_size, r.eps);
+    }
+    l
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -384,7 +447,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             p.description,
             a.norm,
             a.eps,
-            a.route,
+            test_time_label(&s),
             a.bn_mode,
             s.test.len(),
             a.seed,
@@ -425,7 +488,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             s.ckpt.display(),
             attack.name(),
             attack.config(),
-            a.route,
+            test_time_label(&s),
             a.bn_mode,
             s.test.len(),
             a.seed,
@@ -462,7 +525,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
         norm: a.norm.to_string(),
         n: s.test.len(),
         seed: a.seed,
-        route: a.route.to_string(),
+        route: s.ctx.route.to_string(),
+        soup: s.ctx.soup,
+        reestimate: s.reestimate.clone(),
         bn_mode: a.bn_mode.to_string(),
         elapsed_s: start.elapsed().as_secs_f64(),
         checkpoint: s.ckpt.display().to_string(),
@@ -547,7 +612,7 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         "eval curve over {vary} {:?} | {name} | {} | route {} | BN mode {} | n {} | seed {} | device {}",
         settings.iter().map(|&(e, k)| if vary == "eps" { e } else { k as f64 }).collect::<Vec<_>>(),
         s.ckpt.display(),
-        a.route,
+        test_time_label(&s),
         a.bn_mode,
         s.test.len(),
         a.seed,
@@ -619,7 +684,9 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         norm: a.norm.to_string(),
         n: s.test.len(),
         seed: a.seed,
-        route: a.route.to_string(),
+        route: s.ctx.route.to_string(),
+        soup: s.ctx.soup,
+        reestimate: s.reestimate.clone(),
         bn_mode: a.bn_mode.to_string(),
         checkpoint: s.ckpt.display().to_string(),
         checkpoint_sha256: s.sha256.clone(),

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod export;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Evaluate a trained model: clean and robust accuracy.
     Eval(eval::EvalArgs),
+    /// Export one branch of a multi-domain model as a plain single-BN checkpoint.
+    Export(export::ExportArgs),
     /// Time one PGD-10 adversarial-training step (twin of bench/pytorch_pgd_at.py).
     Bench(bench::BenchArgs),
 }
@@ -44,5 +47,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Export(a) => export::run(a),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod autoattack;
 pub mod checks;
+pub mod controls;
 
 use crate::attack::{correct, Attack, Classifier};
 use crate::data::{Augment, Dataset};

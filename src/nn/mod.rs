@@ -6,4 +6,4 @@ pub mod norm;
 
 pub use models::{build_model, ArchSpec, Model};
 pub use network::Network;
-pub use norm::{Ctx, Domain, Mode, Norm, NormKind, NormSpec, Route, ADV, CLEAN};
+pub use norm::{Ctx, Domain, Mode, Norm, NormKind, NormSpec, Route, Segment, ADV, CLEAN};

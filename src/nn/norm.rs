@@ -53,8 +53,10 @@ pub const CLEAN: Domain = 0;
 /// Index of the adversarial (auxiliary) domain.
 pub const ADV: Domain = 1;
 
-/// Selects the statistics source and the affine source independently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Selects the statistics source and the affine source independently. In recipes and JSON it
+/// is written as a string (`"clean"`, `"adv"`, `"ns=clean,ap=adv"`); a table `{ ns = 0, ap = 1 }`
+/// is accepted too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Route {
     /// Domain whose NS (batch-stat bookkeeping and running stats) is used.
     pub ns: Domain,
@@ -66,6 +68,27 @@ impl Route {
     /// Route through one domain for both NS and AP.
     pub fn domain(d: Domain) -> Route {
         Route { ns: d, ap: d }
+    }
+}
+
+impl Serialize for Route {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Route {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Table { ns: Domain, ap: Domain },
+        }
+        match Repr::deserialize(d)? {
+            Repr::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Repr::Table { ns, ap } => Ok(Route { ns, ap }),
+        }
     }
 }
 
@@ -117,16 +140,86 @@ impl std::str::FromStr for Route {
     }
 }
 
-/// Everything a forward pass needs besides the input: the route and the mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A contiguous block of rows of a mixed batch: its size, the domain its samples come from
+/// (`source`: whose batch statistics they feed in training modes) and the route they take.
+/// `route.ns != source` is Cross-BN: the rows are normalised with the other domain's batch
+/// statistics and do not enter them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Segment {
+    pub size: i64,
+    pub source: Domain,
+    pub route: Route,
+}
+
+impl Segment {
+    /// `size` rows of domain `route.ns` taking `route`.
+    pub fn new(size: i64, route: Route) -> Segment {
+        Segment {
+            size,
+            source: route.ns,
+            route,
+        }
+    }
+}
+
+/// Most segments one batch can be split into.
+pub const MAX_SEGMENTS: usize = 4;
+
+/// The explicit split of a mixed batch (empty = the whole batch takes `Ctx::route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Segments {
+    len: usize,
+    items: [Segment; MAX_SEGMENTS],
+}
+
+impl Segments {
+    /// At most [`MAX_SEGMENTS`] segments; empty segments are dropped.
+    pub fn new(list: &[Segment]) -> Segments {
+        let mut s = Segments::default();
+        for seg in list.iter().filter(|g| g.size > 0) {
+            assert!(s.len < MAX_SEGMENTS, "at most {MAX_SEGMENTS} batch segments");
+            s.items[s.len] = *seg;
+            s.len += 1;
+        }
+        s
+    }
+    pub fn as_slice(&self) -> &[Segment] {
+        &self.items[..self.len]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Total rows.
+    pub fn rows(&self) -> i64 {
+        self.as_slice().iter().map(|g| g.size).sum()
+    }
+}
+
+/// Everything a forward pass needs besides the input: the route and the mode, optionally an
+/// explicit split of a mixed batch, a model-soup weight and an EMA momentum override.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ctx {
     pub route: Route,
     pub mode: Mode,
+    /// Split of a mixed batch by explicit sizes; empty = one segment taking `route`.
+    pub segments: Segments,
+    /// Model soup (Rebuffi et al.): every domain-specific parameter set (BN affine, Dual-Linear
+    /// head) is used as `w * P_adv + (1 - w) * P_clean`; `route.ap` is then ignored.
+    pub soup: Option<f64>,
+    /// Overrides the layers' EMA momentum for running-statistics updates (re-estimation
+    /// uses `1/(k+1)` at batch k, a cumulative average).
+    pub momentum: Option<f64>,
 }
 
 impl Ctx {
     pub fn new(route: Route, mode: Mode) -> Ctx {
-        Ctx { route, mode }
+        Ctx {
+            route,
+            mode,
+            segments: Segments::default(),
+            soup: None,
+            momentum: None,
+        }
     }
     /// Single-domain training forward.
     pub fn train() -> Ctx {
@@ -136,9 +229,40 @@ impl Ctx {
     pub fn eval() -> Ctx {
         Ctx::new(Route::default(), Mode::Eval)
     }
+    /// A mixed batch split into `segments` (in row order).
+    pub fn mixed(mode: Mode, segments: &[Segment]) -> Ctx {
+        let segs = Segments::new(segments);
+        let route = segs.as_slice().first().map(|g| g.route).unwrap_or_default();
+        Ctx {
+            segments: segs,
+            ..Ctx::new(route, mode)
+        }
+    }
     pub fn with_mode(self, mode: Mode) -> Ctx {
         Ctx { mode, ..self }
     }
+    pub fn with_soup(self, w: Option<f64>) -> Ctx {
+        Ctx { soup: w, ..self }
+    }
+    /// The segments of a batch of `n` rows (one segment taking `route` when none were given).
+    pub fn segments_for(&self, n: i64) -> Vec<Segment> {
+        if self.segments.is_empty() {
+            vec![Segment::new(n, self.route)]
+        } else {
+            assert_eq!(
+                self.segments.rows(),
+                n,
+                "batch segments cover {} rows but the batch has {n}",
+                self.segments.rows()
+            );
+            self.segments.as_slice().to_vec()
+        }
+    }
+}
+
+/// `w * a + (1 - w) * b`.
+pub(crate) fn lerp(a: &Tensor, b: &Tensor, w: f64) -> Tensor {
+    a * w + b * (1.0 - w)
 }
 
 /// The normalisation family.
@@ -251,6 +375,8 @@ pub struct Norm {
     pub channels: i64,
     pub stats: Vec<Stats>,
     pub affine: Vec<Affine>,
+    /// When `Some`, every forward appends its input's batch statistics (analyses).
+    probe: std::sync::Mutex<Option<Vec<BatchStats>>>,
 }
 
 /// Sub-path for set `k` of `n`: the layer itself when shared (`bn1.weight`), else `bn1.k.weight`.
@@ -303,6 +429,7 @@ impl Norm {
             channels,
             stats,
             affine,
+            probe: std::sync::Mutex::new(None),
         }
     }
 
@@ -348,60 +475,286 @@ impl Norm {
         Self::pick(&self.affine, d, "AP")
     }
 
-    /// Normalise `x` through `ctx.route` in `ctx.mode`.
-    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let cudnn = x.device().is_cuda();
-        let affine = (!self.affine.is_empty()).then(|| self.affine_for(ctx.route.ap));
-        let (w, b) = match affine {
-            Some(a) => (Some(&a.weight), Some(&a.bias)),
-            None => (None, None),
-        };
-        match self.spec.kind {
-            NormKind::None => x.shallow_clone(),
-            NormKind::Group => x.group_norm(self.spec.groups, w, b, self.spec.eps, cudnn),
-            NormKind::Layer => x.group_norm(1, w, b, self.spec.eps, cudnn),
-            NormKind::Instance => x.group_norm(self.channels, w, b, self.spec.eps, cudnn),
-            NormKind::Batch => {
-                let s = self.stats_for(ctx.route.ns);
-                match ctx.mode {
-                    Mode::Eval => x.batch_norm(
-                        w,
-                        b,
-                        Some(&s.running_mean),
-                        Some(&s.running_var),
-                        false,
-                        self.spec.momentum,
-                        self.spec.eps,
-                        cudnn,
-                    ),
-                    Mode::TrainFrozen => x.batch_norm(
-                        w,
-                        b,
-                        None::<&Tensor>,
-                        None::<&Tensor>,
-                        true,
-                        self.spec.momentum,
-                        self.spec.eps,
-                        cudnn,
-                    ),
-                    Mode::Train => {
-                        tch::no_grad(|| {
-                            let mut n = s.num_batches_tracked.shallow_clone();
-                            let _ = n.g_add_scalar_(1);
-                        });
-                        x.batch_norm(
-                            w,
-                            b,
-                            Some(&s.running_mean),
-                            Some(&s.running_var),
-                            true,
-                            self.spec.momentum,
-                            self.spec.eps,
-                            cudnn,
-                        )
-                    }
-                }
+    /// Index of the statistics set domain `d` resolves to (0 when NS is shared).
+    pub fn ns_index(&self, d: Domain) -> usize {
+        if self.stats.len() <= 1 {
+            0
+        } else {
+            d
+        }
+    }
+
+    /// Index of the affine set domain `d` resolves to (0 when AP is shared).
+    pub fn ap_index(&self, d: Domain) -> usize {
+        if self.affine.len() <= 1 {
+            0
+        } else {
+            d
+        }
+    }
+
+    /// (gamma, beta) for route AP domain `ap`, or the soup `w * AP_adv + (1-w) * AP_clean`.
+    fn affine_params(&self, ap: Domain, soup: Option<f64>) -> Option<(Tensor, Tensor)> {
+        if self.affine.is_empty() {
+            return None;
+        }
+        match soup {
+            Some(w) if self.affine.len() > 1 => {
+                let (c, a) = (&self.affine[CLEAN], &self.affine[ADV]);
+                Some((lerp(&a.weight, &c.weight, w), lerp(&a.bias, &c.bias, w)))
+            }
+            _ => {
+                let a = self.affine_for(ap);
+                Some((a.weight.shallow_clone(), a.bias.shallow_clone()))
             }
         }
+    }
+
+    /// Start (`Some(vec![])`) or stop (`None`) recording the per-channel batch statistics of
+    /// every input this layer sees.
+    pub fn set_probe(&self, on: bool) {
+        *self.probe.lock().expect("probe lock") = on.then(Vec::new);
+    }
+
+    /// The recorded batch statistics, oldest first (empty when not probing).
+    pub fn take_probe(&self) -> Vec<BatchStats> {
+        self.probe
+            .lock()
+            .expect("probe lock")
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&self, x: &Tensor) {
+        let mut guard = self.probe.lock().expect("probe lock");
+        if let Some(v) = guard.as_mut() {
+            let (mean, var) = tch::no_grad(|| batch_moments(x));
+            v.push(BatchStats { mean, var });
+        }
+    }
+
+    /// Normalise `x` through `ctx.route` (or, for a mixed batch, each segment through its own
+    /// route) in `ctx.mode`.
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        self.record(x);
+        let n = x.size()[0];
+        let segs = ctx.segments_for(n);
+        match self.spec.kind {
+            NormKind::None => x.shallow_clone(),
+            NormKind::Batch => self.batch_norm(x, &segs, ctx),
+            _ => {
+                let groups = match self.spec.kind {
+                    NormKind::Group => self.spec.groups,
+                    NormKind::Layer => 1,
+                    _ => self.channels,
+                };
+                let cudnn = x.device().is_cuda();
+                let same_ap = segs
+                    .iter()
+                    .all(|g| self.ap_index(g.route.ap) == self.ap_index(segs[0].route.ap));
+                if same_ap || ctx.soup.is_some() {
+                    let wb = self.affine_params(segs[0].route.ap, ctx.soup);
+                    let (w, b) = split_opt(&wb);
+                    return x.group_norm(groups, w, b, self.spec.eps, cudnn);
+                }
+                let parts: Vec<Tensor> = slices(x, &segs)
+                    .iter()
+                    .zip(&segs)
+                    .map(|(xs, g)| {
+                        let wb = self.affine_params(g.route.ap, None);
+                        let (w, b) = split_opt(&wb);
+                        xs.group_norm(groups, w, b, self.spec.eps, cudnn)
+                    })
+                    .collect();
+                Tensor::cat(&parts, 0)
+            }
+        }
+    }
+
+    /// BatchNorm over explicit segments. Eval: every segment uses the running NS of its route.
+    /// Train modes: the rows of each statistics set (by `source`) are normalised together with
+    /// their batch NS (that set's running NS updated once in `Train`); Cross-BN rows
+    /// (`route.ns != source`) use the batch NS of the set they route to.
+    fn batch_norm(&self, x: &Tensor, segs: &[Segment], ctx: &Ctx) -> Tensor {
+        let cudnn = x.device().is_cuda();
+        let eps = self.spec.eps;
+        let momentum = ctx.momentum.unwrap_or(self.spec.momentum);
+        let key = |g: &Segment| (self.ns_index(g.route.ns), self.ap_index(g.route.ap));
+        // Fast path: one segment, or all segments resolve to the same NS and AP sets and none
+        // is a cross row: one fused call over the whole batch.
+        let uniform = segs.iter().all(|g| key(g) == key(&segs[0]))
+            && segs
+                .iter()
+                .all(|g| self.ns_index(g.source) == self.ns_index(g.route.ns));
+        if uniform {
+            let wb = self.affine_params(segs[0].route.ap, ctx.soup);
+            return self.fused(x, &wb, self.ns_index(segs[0].route.ns), ctx.mode, momentum, cudnn);
+        }
+        let xs = slices(x, segs);
+        if ctx.mode == Mode::Eval {
+            let parts: Vec<Tensor> = xs
+                .iter()
+                .zip(segs)
+                .map(|(xi, g)| {
+                    let wb = self.affine_params(g.route.ap, ctx.soup);
+                    self.fused(xi, &wb, self.ns_index(g.route.ns), Mode::Eval, momentum, cudnn)
+                })
+                .collect();
+            return Tensor::cat(&parts, 0);
+        }
+        // Batch statistics per source set, differentiable.
+        let mut moments: Vec<Option<(Tensor, Tensor)>> =
+            (0..self.stats.len().max(1)).map(|_| None).collect();
+        for k in 0..moments.len() {
+            let rows: Vec<&Tensor> = xs
+                .iter()
+                .zip(segs)
+                .filter(|(_, g)| self.ns_index(g.source) == k)
+                .map(|(xi, _)| xi)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let xk = if rows.len() == 1 {
+                rows[0].shallow_clone()
+            } else {
+                Tensor::cat(&rows, 0)
+            };
+            let (mean, var) = batch_moments(&xk);
+            if ctx.mode == Mode::Train {
+                let s = &self.stats[k];
+                let count = xk.numel() as f64 / self.channels as f64;
+                tch::no_grad(|| {
+                    let unbiased = &var * (count / (count - 1.0).max(1.0));
+                    let mut rm = s.running_mean.shallow_clone();
+                    let mut rv = s.running_var.shallow_clone();
+                    rm.copy_(&(&rm * (1.0 - momentum) + &mean.detach() * momentum));
+                    rv.copy_(&(&rv * (1.0 - momentum) + unbiased.detach() * momentum));
+                    let mut nb = s.num_batches_tracked.shallow_clone();
+                    let _ = nb.g_add_scalar_(1);
+                });
+            }
+            moments[k] = Some((mean, var));
+        }
+        let shape = channel_shape(x.dim(), self.channels);
+        let parts: Vec<Tensor> = xs
+            .iter()
+            .zip(segs)
+            .map(|(xi, g)| {
+                let k = self.ns_index(g.route.ns);
+                let (mean, var) = moments[k].as_ref().unwrap_or_else(|| {
+                    panic!(
+                        "segment routed to NS domain {} but no rows of that domain are in the batch \
+                         (Cross-BN needs both domains in one forward)",
+                        g.route.ns
+                    )
+                });
+                let y = (xi - mean.view(shape.as_slice()))
+                    * (var.view(shape.as_slice()) + eps).rsqrt();
+                match self.affine_params(g.route.ap, ctx.soup) {
+                    Some((w, b)) => y * w.view(shape.as_slice()) + b.view(shape.as_slice()),
+                    None => y,
+                }
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// One fused `batch_norm` call with statistics set `k` in `mode`.
+    fn fused(
+        &self,
+        x: &Tensor,
+        wb: &Option<(Tensor, Tensor)>,
+        k: usize,
+        mode: Mode,
+        momentum: f64,
+        cudnn: bool,
+    ) -> Tensor {
+        let (w, b) = split_opt(wb);
+        let s = &self.stats[k];
+        let eps = self.spec.eps;
+        match mode {
+            Mode::Eval => x.batch_norm(
+                w,
+                b,
+                Some(&s.running_mean),
+                Some(&s.running_var),
+                false,
+                momentum,
+                eps,
+                cudnn,
+            ),
+            Mode::TrainFrozen => x.batch_norm(
+                w,
+                b,
+                None::<&Tensor>,
+                None::<&Tensor>,
+                true,
+                momentum,
+                eps,
+                cudnn,
+            ),
+            Mode::Train => {
+                tch::no_grad(|| {
+                    let mut n = s.num_batches_tracked.shallow_clone();
+                    let _ = n.g_add_scalar_(1);
+                });
+                x.batch_norm(
+                    w,
+                    b,
+                    Some(&s.running_mean),
+                    Some(&s.running_var),
+                    true,
+                    momentum,
+                    eps,
+                    cudnn,
+                )
+            }
+        }
+    }
+}
+
+/// Per-channel batch statistics of one input: mean and biased variance.
+#[derive(Debug)]
+pub struct BatchStats {
+    pub mean: Tensor,
+    pub var: Tensor,
+}
+
+/// Per-channel mean and biased variance over every dimension but 1 (differentiable).
+pub fn batch_moments(x: &Tensor) -> (Tensor, Tensor) {
+    let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+    let mean = x.mean_dim(dims.as_slice(), false, Kind::Float);
+    let shape = channel_shape(x.dim(), mean.size()[0]);
+    let var = (x - mean.view(shape.as_slice()))
+        .square()
+        .mean_dim(dims.as_slice(), false, Kind::Float);
+    (mean, var)
+}
+
+/// `[1, C, 1, 1]` for 4-D inputs, `[1, C]` for 2-D ones.
+fn channel_shape(dim: usize, c: i64) -> Vec<i64> {
+    let mut s = vec![1, c];
+    s.extend(std::iter::repeat(1).take(dim.saturating_sub(2)));
+    s
+}
+
+/// The rows of each segment, in order.
+fn slices(x: &Tensor, segs: &[Segment]) -> Vec<Tensor> {
+    let mut start = 0;
+    segs.iter()
+        .map(|g| {
+            let t = x.narrow(0, start, g.size);
+            start += g.size;
+            t
+        })
+        .collect()
+}
+
+fn split_opt(wb: &Option<(Tensor, Tensor)>) -> (Option<&Tensor>, Option<&Tensor>) {
+    match wb {
+        Some((w, b)) => (Some(w), Some(b)),
+        None => (None, None),
     }
 }

@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod optim;
 pub mod recipe;
 pub mod run;
+pub mod step;
 
 pub use recipe::{Objective, Recipe};
 pub use run::{train, RunOptions};

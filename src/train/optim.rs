@@ -142,6 +142,7 @@ mod tests {
             attack: None,
             attack_bn_mode: crate::nn::Mode::Eval,
             route: Default::default(),
+            hybrid: Default::default(),
             track_clean_accuracy: true,
         }
     }

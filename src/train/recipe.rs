@@ -3,7 +3,7 @@
 
 use crate::attack::PgdConfig;
 use crate::data::DataSpec;
-use crate::nn::{ArchSpec, Mode, Route};
+use crate::nn::{ArchSpec, Mode, Route, ADV, CLEAN};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -36,6 +36,80 @@ pub enum Objective {
     Standard,
     /// Madry PGD-AT: CE on PGD examples.
     PgdAt,
+    /// Hybrid-AT: `(1-a) * CE(f(x'; adv_route), y) + a * CE(f(x; clean_route), y)` with the
+    /// clean/adversarial split of `train.hybrid` (clean fraction r, paired, joint/separate passes).
+    Hybrid,
+    /// AdvProp: `CE(f(x; main), y) + CE(f(x'; aux), y)`, x' generated through aux; validated
+    /// through main. Routes and passes from `train.hybrid` (paired is implied).
+    Advprop,
+}
+
+impl Objective {
+    /// Objectives that generate attacks during training.
+    pub fn is_adversarial(self) -> bool {
+        !matches!(self, Objective::Standard)
+    }
+}
+
+/// How the clean and adversarial rows of a hybrid batch are normalised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Passes {
+    /// One forward over `[x'; x]` split by explicit sizes: rows of one statistics set share
+    /// batch statistics ("cat" for single BN, Dual-AP), per-domain sets get their own.
+    #[default]
+    Joint,
+    /// One forward per domain: batch statistics per sub-batch, running statistics see both.
+    Separate,
+}
+
+/// The clean/adversarial composition of a Hybrid-AT or AdvProp batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HybridSpec {
+    /// a: weight of the clean loss, `(1-a) * CE_adv + a * CE_clean` (a term with no rows is
+    /// dropped, the other then has weight 1).
+    #[serde(default = "half")]
+    pub clean_weight: f64,
+    /// r: share of each batch's images kept clean, the rest attacked (Xie & Yuille); used
+    /// when `paired = false`.
+    #[serde(default = "half")]
+    pub clean_fraction: f64,
+    /// Every image is used twice, clean and adversarial (2B rows; Zhang et al., AdvProp).
+    #[serde(default)]
+    pub paired: bool,
+    #[serde(default)]
+    pub passes: Passes,
+    /// Route of the clean rows.
+    #[serde(default = "route_clean")]
+    pub clean_route: Route,
+    /// Route of the adversarial rows and of the training attack. `ns=clean,ap=adv` with joint
+    /// passes is Cross-BN: adversarial rows normalised with the clean rows' batch statistics.
+    #[serde(default = "route_adv")]
+    pub adv_route: Route,
+}
+
+impl Default for HybridSpec {
+    fn default() -> Self {
+        HybridSpec {
+            clean_weight: 0.5,
+            clean_fraction: 0.5,
+            paired: false,
+            passes: Passes::Joint,
+            clean_route: route_clean(),
+            adv_route: route_adv(),
+        }
+    }
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn route_clean() -> Route {
+    Route::domain(CLEAN)
+}
+fn route_adv() -> Route {
+    Route::domain(ADV)
 }
 
 /// Learning-rate schedule.
@@ -78,9 +152,12 @@ pub struct TrainSpec {
     /// BN mode while generating training attacks (eval, train or train-frozen).
     #[serde(default = "default_attack_mode")]
     pub attack_bn_mode: Mode,
-    /// Route of the training forward and attack.
+    /// Route of the training forward and attack (standard, pgd-at).
     #[serde(default)]
     pub route: Route,
+    /// Batch composition for hybrid and advprop.
+    #[serde(default)]
+    pub hybrid: HybridSpec,
     /// Measure clean training accuracy with an extra no-grad eval-mode forward (pgd-at only).
     #[serde(default = "yes")]
     pub track_clean_accuracy: bool,
@@ -98,6 +175,10 @@ pub struct ValidationSpec {
     pub attack: Option<PgdConfig>,
     #[serde(default = "default_val_batch")]
     pub batch_size: usize,
+    /// Route validated (and whose PGD accuracy picks the best checkpoint); default: `train.route`
+    /// (standard, pgd-at), `hybrid.adv_route` (hybrid), `hybrid.clean_route` (advprop, "main").
+    #[serde(default)]
+    pub route: Option<Route>,
 }
 
 impl Default for ValidationSpec {
@@ -106,6 +187,7 @@ impl Default for ValidationSpec {
             pgd_limit: default_val_pgd_limit(),
             attack: None,
             batch_size: default_val_batch(),
+            route: None,
         }
     }
 }
@@ -179,12 +261,41 @@ impl Recipe {
             "train.lr_gamma must be > 0, got {}",
             t.lr_gamma
         );
-        if t.objective == Objective::PgdAt {
-            let a = t
-                .attack
-                .as_ref()
-                .ok_or_else(|| anyhow::anyhow!("train.attack is required for objective pgd-at"))?;
+        if t.objective.is_adversarial() {
+            let a = t.attack.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("train.attack is required for objective {:?}", t.objective)
+            })?;
             a.validate("train.attack").map_err(anyhow::Error::msg)?;
+        }
+        let h = &t.hybrid;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&h.clean_weight),
+            "train.hybrid.clean_weight must be in [0,1], got {}",
+            h.clean_weight
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&h.clean_fraction),
+            "train.hybrid.clean_fraction must be in [0,1), got {}",
+            h.clean_fraction
+        );
+        let m = &self.model;
+        let check = |field: &str, r: Route| -> Result<()> {
+            let (ns, ap) = (m.norm.ns_domains, m.norm.ap_domains.max(m.heads));
+            anyhow::ensure!(
+                ns == 1 || r.ns < ns,
+                "{field} = '{r}': the model has {ns} statistics sets (model.norm.ns_domains)"
+            );
+            anyhow::ensure!(
+                ap == 1 || r.ap < ap,
+                "{field} = '{r}': the model has {ap} affine/head sets (model.norm.ap_domains, model.heads)"
+            );
+            Ok(())
+        };
+        check("train.route", t.route)?;
+        check("train.hybrid.clean_route", h.clean_route)?;
+        check("train.hybrid.adv_route", h.adv_route)?;
+        if let Some(r) = self.validation.route {
+            check("validation.route", r)?;
         }
         if let Some(a) = &self.validation.attack {
             a.validate("validation.attack")
@@ -222,6 +333,16 @@ impl Recipe {
                 .attack
                 .as_ref()
                 .map(|a| PgdConfig::new(a.norm, a.eps, a.eps / 4.0, 10))
+        })
+    }
+
+    /// The route validated each epoch (see [`ValidationSpec::route`]).
+    pub fn validation_route(&self) -> Route {
+        let t = &self.train;
+        self.validation.route.unwrap_or(match t.objective {
+            Objective::Standard | Objective::PgdAt => t.route,
+            Objective::Hybrid => t.hybrid.adv_route,
+            Objective::Advprop => t.hybrid.clean_route,
         })
     }
 

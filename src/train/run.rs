@@ -7,9 +7,10 @@
 use super::checkpoint::{self, Sidecar};
 use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
+use super::step;
 use super::optim::{learning_rate, Sgd};
 use super::recipe::{Objective, Recipe};
-use crate::attack::{correct, cross_entropy, Attack, Classifier, Pgd};
+use crate::attack::{Attack, Classifier, Pgd};
 use crate::data::Splits;
 use crate::device::{device_name, parse_device};
 use crate::eval::{clean_counts, robust_counts};
@@ -102,7 +103,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         validate(recipe, &net, &data, epoch, device, &mut m);
         let score = match t.objective {
             Objective::Standard => m.val_clean_acc,
-            Objective::PgdAt => m.val_pgd_acc.or(m.val_clean_acc),
+            _ => m.val_pgd_acc.or(m.val_clean_acc),
         };
         let is_best = match (score, best) {
             (Some(s), Some(b)) => s >= b,
@@ -235,11 +236,10 @@ fn train_epoch(
     let n_batches = batches.num_batches();
     let pb = progress_bar(n_batches, epoch, t.epochs);
     let model = net.model.as_ref();
-    let train_ctx = Ctx::new(t.route, Mode::Train);
     let attack = t.attack.clone().map(Pgd::new);
     let zero = || Tensor::zeros([], (Kind::Float, device));
     let (mut loss_sum, mut clean_hits, mut adv_hits) = (zero(), zero(), zero());
-    let (mut seen, mut lr) = (0usize, t.lr);
+    let (mut seen, mut clean_seen, mut adv_seen, mut lr) = (0usize, 0i64, 0i64, t.lr);
     let start = Instant::now();
     for (i, (x, y)) in batches.enumerate() {
         let x = if recipe.channels_last {
@@ -249,33 +249,19 @@ fn train_epoch(
         };
         lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
         let bs = y.size()[0];
-        let input = match (t.objective, &attack) {
-            (Objective::PgdAt, Some(pgd)) => {
-                if t.track_clean_accuracy {
-                    let eval_ctx = train_ctx.with_mode(Mode::Eval);
-                    clean_hits += tch::no_grad(|| {
-                        correct(&model.forward(&x, &eval_ctx), &y).sum(Kind::Float)
-                    });
-                }
-                pgd.perturb(
-                    &Classifier::new(model, train_ctx.with_mode(t.attack_bn_mode)),
-                    &x,
-                    &y,
-                )
-            }
-            _ => x,
-        };
-        let logits = model.forward(&input, &train_ctx);
-        let loss = cross_entropy(&logits, &y, tch::Reduction::Mean);
+        let out = step::loss(recipe, model, attack.as_ref(), &x, &y);
         sgd.zero_grad();
-        loss.backward();
+        out.loss.backward();
         sgd.step(lr);
-        let hits = tch::no_grad(|| correct(&logits, &y).sum(Kind::Float));
-        match t.objective {
-            Objective::Standard => clean_hits += hits,
-            Objective::PgdAt => adv_hits += hits,
+        if let Some((h, k)) = out.clean {
+            clean_hits += h;
+            clean_seen += k;
         }
-        loss_sum += loss.detach() * bs as f64;
+        if let Some((h, k)) = out.adv {
+            adv_hits += h;
+            adv_seen += k;
+        }
+        loss_sum += out.loss.detach() * bs as f64;
         seen += bs as usize;
         if i % 20 == 19 || i + 1 == n_batches {
             let mean_loss = loss_sum.double_value(&[]) / seen as f64;
@@ -285,28 +271,28 @@ fn train_epoch(
                 epoch + 1,
                 i + 1
             );
-            let acc = match t.objective {
-                Objective::Standard => &clean_hits,
-                Objective::PgdAt => &adv_hits,
+            let (acc, k) = if adv_seen > 0 {
+                (&adv_hits, adv_seen)
+            } else {
+                (&clean_hits, clean_seen)
             };
             let rate = seen as f64 / start.elapsed().as_secs_f64();
             pb.set_message(format!(
                 "loss {mean_loss:.4} acc {:.3} {rate:.0} img/s",
-                acc.double_value(&[]) / seen as f64
+                acc.double_value(&[]) / k.max(1) as f64
             ));
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let frac = |h: &Tensor| h.double_value(&[]) / seen.max(1) as f64;
-    let pgd_at = t.objective == Objective::PgdAt;
+    let frac = |h: &Tensor, k: i64| h.double_value(&[]) / k.max(1) as f64;
     Ok(EpochMetrics {
         epoch: epoch + 1,
         lr,
         train_loss: loss_sum.double_value(&[]) / seen.max(1) as f64,
-        train_clean_acc: (!pgd_at || t.track_clean_accuracy).then(|| frac(&clean_hits)),
-        train_adv_acc: pgd_at.then(|| frac(&adv_hits)),
+        train_clean_acc: (clean_seen > 0).then(|| frac(&clean_hits, clean_seen)),
+        train_adv_acc: (adv_seen > 0).then(|| frac(&adv_hits, adv_seen)),
         val_clean_acc: None,
         val_pgd_acc: None,
         images_per_s: seen as f64 / secs,
@@ -327,7 +313,7 @@ fn validate(
         return;
     }
     let start = Instant::now();
-    let f = Classifier::new(net.model.as_ref(), Ctx::new(recipe.train.route, Mode::Eval));
+    let f = Classifier::new(net.model.as_ref(), Ctx::new(recipe.validation_route(), Mode::Eval));
     let bs = recipe.validation.batch_size;
     m.val_clean_acc = Some(clean_counts(&f, &data.val, bs, device).clean_accuracy());
     if let (Some(cfg), true) = (recipe.validation_attack(), recipe.validation.pgd_limit > 0) {

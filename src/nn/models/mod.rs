@@ -7,7 +7,8 @@ pub mod resnet;
 pub mod small_cnn;
 pub mod wide_resnet;
 
-use crate::nn::norm::{Ctx, Norm, NormSpec};
+use crate::nn::norm::{lerp, Ctx, Norm, NormSpec, ADV, CLEAN};
+use tch::nn::Module;
 use serde::{Deserialize, Serialize};
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, Init};
@@ -50,6 +51,87 @@ pub struct ArchSpec {
     pub width: Option<i64>,
     #[serde(default)]
     pub norm: NormSpec,
+    /// Classifier heads: 1, or one per domain ("Dual-Linear"; selected by `route.ap`).
+    #[serde(default = "one_head", skip_serializing_if = "is_one")]
+    pub heads: usize,
+}
+
+fn one_head() -> usize {
+    1
+}
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// The classifier: one linear layer, or one per domain (Dual-Linear: a shared backbone with
+/// per-domain heads). Route and soup select the head exactly as they select BN affine
+/// parameters: `route.ap`, per segment of a mixed batch; soup `w * head_adv + (1-w) * head_clean`.
+/// Names: `fc.weight` for one head, `fc.0.weight`, `fc.1.weight`, ... for several.
+pub struct Head {
+    pub sets: Vec<nn::Linear>,
+}
+
+impl Head {
+    pub fn new(p: nn::Path, cin: i64, cout: i64, heads: usize, bias_init: Option<Init>) -> Head {
+        let sets = if heads <= 1 {
+            vec![torch_linear(p, cin, cout, bias_init)]
+        } else {
+            (0..heads)
+                .map(|k| torch_linear(&p / k, cin, cout, bias_init))
+                .collect()
+        };
+        Head { sets }
+    }
+
+    fn index(&self, d: usize) -> usize {
+        if self.sets.len() <= 1 {
+            0
+        } else {
+            assert!(
+                d < self.sets.len(),
+                "route asks for head {d} but the model has {} heads",
+                self.sets.len()
+            );
+            d
+        }
+    }
+
+    fn apply(&self, x: &Tensor, k: usize, soup: Option<f64>) -> Tensor {
+        match soup {
+            Some(w) if self.sets.len() > 1 => {
+                let (c, a) = (&self.sets[CLEAN], &self.sets[ADV]);
+                let ws = lerp(&a.ws, &c.ws, w);
+                let bs = match (&a.bs, &c.bs) {
+                    (Some(ab), Some(cb)) => Some(lerp(ab, cb, w)),
+                    _ => None,
+                };
+                x.linear(&ws, bs.as_ref())
+            }
+            _ => self.sets[self.index(k)].forward(x),
+        }
+    }
+
+    /// Logits of pooled features `x` [N, C] through the routed head(s).
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let segs = ctx.segments_for(x.size()[0]);
+        let first = self.index(segs[0].route.ap);
+        if self.sets.len() <= 1
+            || ctx.soup.is_some()
+            || segs.iter().all(|g| self.index(g.route.ap) == first)
+        {
+            return self.apply(x, first, ctx.soup);
+        }
+        let mut start = 0;
+        let parts: Vec<Tensor> = segs
+            .iter()
+            .map(|g| {
+                let t = self.apply(&x.narrow(0, start, g.size), self.index(g.route.ap), None);
+                start += g.size;
+                t
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
 }
 
 /// Names accepted by [`build_model`].
@@ -64,6 +146,11 @@ pub const ARCHITECTURES: &[&str] = &[
 /// Build the model named by `spec` with its variables under `p`.
 pub fn build_model(p: &nn::Path, spec: &ArchSpec) -> anyhow::Result<Box<dyn Model>> {
     spec.norm.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        spec.heads >= 1,
+        "model.heads must be >= 1, got {}",
+        spec.heads
+    );
     anyhow::ensure!(
         spec.num_classes >= 2,
         "model.num_classes must be >= 2, got {}",

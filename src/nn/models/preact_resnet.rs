@@ -5,7 +5,7 @@
 //! Names: `layer2.0.bn1`, `layer2.0.conv1`, `layer2.0.bn2`, `layer2.0.conv2`,
 //! `layer2.0.shortcut.0` (conv1x1), `bn`, `linear`. Init: PyTorch defaults, as the reference.
 
-use super::{conv_init, torch_linear, TORCH_DEFAULT};
+use super::{Head, conv_init, TORCH_DEFAULT};
 use super::{global_avg_pool, ArchSpec, Forward, Model};
 use crate::nn::norm::{Ctx, Norm, NormSpec};
 use tch::{nn, nn::Module, Tensor};
@@ -56,7 +56,7 @@ pub struct PreActResNet {
     conv1: nn::Conv2D,
     stages: Vec<Vec<PreActBlock>>,
     bn: Norm,
-    linear: nn::Linear,
+    linear: Head,
 }
 
 impl PreActResNet {
@@ -87,7 +87,7 @@ impl PreActResNet {
             stages.push(stage);
         }
         let bn = Norm::new(&(p / "bn"), cin, spec.norm);
-        let linear = torch_linear(p / "linear", cin, spec.num_classes, None);
+        let linear = Head::new(p / "linear", cin, spec.num_classes, spec.heads, None);
         Ok(PreActResNet {
             conv1,
             stages,
@@ -109,7 +109,7 @@ impl Model for PreActResNet {
             stages.push(h.shallow_clone());
         }
         let h = self.bn.forward(&h, ctx).relu();
-        let logits = self.linear.forward(&global_avg_pool(&h));
+        let logits = self.linear.forward(&global_avg_pool(&h), ctx);
         Forward { logits, stages }
     }
 

@@ -4,7 +4,7 @@
 //! torchvision v1.5) for 50/101/152. Names: `layer2.0.conv1`, `layer2.0.bn1`, ...,
 //! `layer2.0.downsample.0` (conv1x1), `layer2.0.downsample.1` (norm).
 
-use super::{conv_init, global_avg_pool, torch_linear, ArchSpec, Forward, Model, HE_FAN_OUT};
+use super::{Head, conv_init, global_avg_pool, ArchSpec, Forward, Model, HE_FAN_OUT};
 use crate::nn::norm::{Ctx, Norm, NormSpec};
 use tch::nn::{self, Module};
 use tch::Tensor;
@@ -117,7 +117,7 @@ pub struct ResNet {
     conv1: nn::Conv2D,
     bn1: Norm,
     stages: Vec<Vec<Block>>,
-    fc: nn::Linear,
+    fc: Head,
 }
 
 impl ResNet {
@@ -148,7 +148,7 @@ impl ResNet {
             }
             stages.push(stage);
         }
-        let fc = torch_linear(p / "fc", cin, spec.num_classes, None);
+        let fc = Head::new(p / "fc", cin, spec.num_classes, spec.heads, None);
         Ok(ResNet {
             conv1,
             bn1,
@@ -168,7 +168,7 @@ impl Model for ResNet {
             }
             stages.push(h.shallow_clone());
         }
-        let logits = self.fc.forward(&global_avg_pool(&h));
+        let logits = self.fc.forward(&global_avg_pool(&h), ctx);
         Forward { logits, stages }
     }
 

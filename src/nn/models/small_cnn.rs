@@ -2,14 +2,14 @@
 //! global average pooling and a linear classifier. Names: conv1, bn1, conv2, bn2, conv3, bn3, fc.
 //! PyTorch default init; convolutions carry a bias only when the norm is `none`.
 
-use super::{global_avg_pool, torch_linear, ArchSpec, Forward, Model, TORCH_DEFAULT};
+use super::{Head, global_avg_pool, ArchSpec, Forward, Model, TORCH_DEFAULT};
 use crate::nn::norm::{Ctx, Norm, NormKind};
 use tch::{nn, nn::Module, Tensor};
 
 pub struct SmallCnn {
     convs: Vec<nn::Conv2D>,
     norms: Vec<Norm>,
-    fc: nn::Linear,
+    fc: Head,
 }
 
 impl SmallCnn {
@@ -29,7 +29,7 @@ impl SmallCnn {
             convs.push(nn::conv2d(p / format!("conv{}", i + 1), cin, cout, 3, cfg));
             norms.push(Norm::new(&(p / format!("bn{}", i + 1)), cout, spec.norm));
         }
-        let fc = torch_linear(p / "fc", 128, spec.num_classes, None);
+        let fc = Head::new(p / "fc", 128, spec.num_classes, spec.heads, None);
         SmallCnn { convs, norms, fc }
     }
 }
@@ -42,7 +42,7 @@ impl Model for SmallCnn {
             h = n.forward(&c.forward(&h), ctx).relu();
             stages.push(h.shallow_clone());
         }
-        let logits = self.fc.forward(&global_avg_pool(&h));
+        let logits = self.fc.forward(&global_avg_pool(&h), ctx);
         Forward { logits, stages }
     }
 

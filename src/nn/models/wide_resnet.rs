@@ -4,7 +4,7 @@
 //! Names: `block1.layer.0.bn1`, `.conv1`, `.bn2`, `.conv2`, `.convShortcut` (when in != out).
 //! Init as the reference: convs He-normal over fan-out, fc bias 0.
 
-use super::{conv_init, torch_linear, HE_FAN_OUT};
+use super::{Head, conv_init, HE_FAN_OUT};
 use super::{global_avg_pool, ArchSpec, Forward, Model};
 use crate::nn::norm::{Ctx, Norm, NormSpec};
 use tch::{nn, nn::Module, Tensor};
@@ -56,7 +56,7 @@ pub struct WideResNet {
     conv1: nn::Conv2D,
     stages: Vec<Vec<BasicBlock>>,
     bn1: Norm,
-    fc: nn::Linear,
+    fc: Head,
 }
 
 impl WideResNet {
@@ -94,7 +94,7 @@ impl WideResNet {
             stages.push(stage);
         }
         let bn1 = Norm::new(&(p / "bn1"), cin, spec.norm);
-        let fc = torch_linear(p / "fc", cin, spec.num_classes, Some(nn::Init::Const(0.0)));
+        let fc = Head::new(p / "fc", cin, spec.num_classes, spec.heads, Some(nn::Init::Const(0.0)));
         Ok(WideResNet {
             conv1,
             stages,
@@ -116,7 +116,7 @@ impl Model for WideResNet {
             stages.push(h.shallow_clone());
         }
         let h = self.bn1.forward(&h, ctx).relu();
-        let logits = self.fc.forward(&global_avg_pool(&h));
+        let logits = self.fc.forward(&global_avg_pool(&h), ctx);
         Forward { logits, stages }
     }
 
