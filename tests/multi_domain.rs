@@ -333,8 +333,14 @@ fn cli_dual_bn_train_eval_branches_export_and_controls() {
         "--set", "train.objective=\"hybrid\"", "--set", "model.norm.ns_domains=2",
         "--set", "model.norm.ap_domains=2", "--set", "train.hybrid.paired=true",
         "--set", "train.attack.steps=1", "--set", "validation.pgd_limit=10",
+        "--set", "validation.branches=[\"clean\", \"adv\"]",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let branches = std::fs::read_to_string(run.join("branches.csv")).unwrap();
+    let lines: Vec<&str> = branches.lines().collect();
+    assert_eq!(lines[0], "epoch,route,val_clean_acc,val_pgd_acc");
+    assert!(lines[1].starts_with("1,\"ns=clean,ap=clean\",") && lines[2].starts_with("1,\"ns=adv,ap=adv\","), "{branches}");
+    assert_eq!(lines.len(), 3);
     let saved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
     assert!(saved.contains("adv_route = \"ns=adv,ap=adv\"") && saved.contains("paired = true"), "{saved}");
     let eval = |extra: &[&str], json: &str| -> serde_json::Value {

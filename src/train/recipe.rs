@@ -179,6 +179,10 @@ pub struct ValidationSpec {
     /// (standard, pgd-at), `hybrid.adv_route` (hybrid), `hybrid.clean_route` (advprop, "main").
     #[serde(default)]
     pub route: Option<Route>,
+    /// Extra routes validated every epoch (e.g. both branches of a Dual-BN model), written to
+    /// `branches.csv` (`epoch,route,val_clean_acc,val_pgd_acc`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<Route>,
 }
 
 impl Default for ValidationSpec {
@@ -188,6 +192,7 @@ impl Default for ValidationSpec {
             attack: None,
             batch_size: default_val_batch(),
             route: None,
+            branches: vec![],
         }
     }
 }
@@ -296,6 +301,9 @@ impl Recipe {
         check("train.hybrid.adv_route", h.adv_route)?;
         if let Some(r) = self.validation.route {
             check("validation.route", r)?;
+        }
+        for r in &self.validation.branches {
+            check("validation.branches", *r)?;
         }
         if let Some(a) = &self.validation.attack {
             a.validate("validation.attack")

@@ -79,6 +79,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         start_epoch = side.epoch;
         best = side.best_metric;
         metrics::truncate_after(&csv, start_epoch)?;
+        metrics::truncate_after(&out.join("branches.csv"), start_epoch)?;
         log::info!("resuming {} after epoch {start_epoch}", out.display());
     } else if opts.resume {
         log::warn!(
@@ -101,6 +102,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     for epoch in start_epoch..end {
         let mut m = train_epoch(recipe, &net, &mut sgd, &data, epoch, device)?;
         validate(recipe, &net, &data, epoch, device, &mut m);
+        validate_branches(recipe, &net, &data, epoch, device, &out.join("branches.csv"))?;
         let score = match t.objective {
             Objective::Standard => m.val_clean_acc,
             _ => m.val_pgd_acc.or(m.val_clean_acc),
@@ -298,6 +300,51 @@ fn train_epoch(
         images_per_s: seen as f64 / secs,
         epoch_time_s: secs,
     })
+}
+
+/// Clean and PGD validation accuracy of every route in `validation.branches`, appended to
+/// `branches.csv` (the same images and seeds as the main validation).
+fn validate_branches(
+    recipe: &Recipe,
+    net: &Network,
+    data: &Splits,
+    epoch: usize,
+    device: Device,
+    csv: &Path,
+) -> Result<()> {
+    if data.val.is_empty() || recipe.validation.branches.is_empty() {
+        return Ok(());
+    }
+    let mut rows = String::new();
+    if !csv.exists() {
+        rows += "epoch,route,val_clean_acc,val_pgd_acc\n";
+    }
+    for &route in &recipe.validation.branches {
+        let f = Classifier::new(net.model.as_ref(), Ctx::new(route, Mode::Eval));
+        let bs = recipe.validation.batch_size;
+        let clean = clean_counts(&f, &data.val, bs, device).clean_accuracy();
+        let pgd = match (recipe.validation_attack(), recipe.validation.pgd_limit > 0) {
+            (Some(cfg), true) => {
+                tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_VAL) as i64);
+                let subset = data.val.take(recipe.validation.pgd_limit);
+                let attack = Pgd::new(cfg);
+                format!(
+                    "{:.6}",
+                    robust_counts(&f, &attack, &subset, bs, device).robust_accuracy()
+                )
+            }
+            _ => String::new(),
+        };
+        log::info!("epoch {} branch {route}: val clean {clean:.4} pgd {pgd}", epoch + 1);
+        rows += &format!("{},\"{route}\",{clean:.6},{pgd}\n", epoch + 1);
+    }
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(csv)
+        .and_then(|mut f| f.write_all(rows.as_bytes()))
+        .with_context(|| format!("cannot write {}", csv.display()))
 }
 
 /// Validation clean accuracy (all held-out images) and PGD accuracy (the first `pgd_limit`).
