@@ -4,6 +4,7 @@
 //! [`attack`] (attacks on a fixed route and mode), [`train`] (recipes, objectives, optimiser,
 //! checkpoints, the run loop), [`eval`] (clean and robust accuracy).
 
+pub mod analysis;
 pub mod attack;
 pub mod cli;
 pub mod data;

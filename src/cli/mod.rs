@@ -1,5 +1,6 @@
 //! The command-line interface: `advtrain train` and `advtrain eval`.
 
+pub mod analyze;
 pub mod bench;
 pub mod eval;
 pub mod export;
@@ -29,6 +30,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Export one branch of a multi-domain model as a plain single-BN checkpoint.
     Export(export::ExportArgs),
+    /// Analyses of a trained model: domain-gap, bn-divergence, bn-swap (JSON + PNG).
+    Analyze(analyze::AnalyzeArgs),
     /// Time one PGD-10 adversarial-training step (twin of bench/pytorch_pgd_at.py).
     Bench(bench::BenchArgs),
 }
@@ -48,5 +51,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Export(a) => export::run(a),
+        Command::Analyze(a) => analyze::run(a),
     }
 }

@@ -1,0 +1,259 @@
+//! The test-time swap matrix of a multi-domain model (Zhang et al.): clean and PGD robust accuracy
+//! for every combination of normalisation statistics NS in {adv, clean, re-estimated} and affine
+//! parameters AP in {adv, clean} (the AP domain also selects the head of a Dual-Linear model).
+//!
+//! Every cell attacks through its own route in eval mode, with torch seeded by the same seed, so
+//! cells differ only by the route. "Re-estimated" = a fresh copy of the network whose clean
+//! running statistics are replaced by their average over training batches
+//! ([`reestimate`](crate::eval::controls::reestimate) through ns = clean, ap = the column), then
+//! evaluated through ns = clean, ap = the column; the network passed in is never modified.
+
+use super::{bn_layers, check_route, copy_network, is_multi_domain};
+use crate::attack::{Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
+use crate::data::Dataset;
+use crate::eval::controls::{reestimate, Reestimate};
+use crate::eval::{robust_counts, Counts};
+use crate::nn::norm::domain_name;
+use crate::nn::{Ctx, Domain, Mode, Model, Network, Route, ADV, CLEAN};
+use crate::report::plot::{Heatmap, ValueFormat};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::path::Path;
+use tch::Device;
+
+/// Settings of the swap matrix.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapConfig {
+    /// L-inf budget of the PGD attack.
+    pub eps: f64,
+    /// PGD iterations (step size [`swap_step_size`], uniform start, one restart).
+    pub steps: usize,
+    /// Evaluation batch size.
+    pub batch_size: usize,
+    /// torch seed set before each cell's evaluation.
+    pub seed: u64,
+    /// How the re-estimated rows' running statistics are computed.
+    pub reestimate: Reestimate,
+}
+
+/// PGD step size: eps/4 for up to 10 steps, else 2.5 * eps / steps.
+pub fn swap_step_size(eps: f64, steps: usize) -> f64 {
+    if steps <= 10 {
+        eps / 4.0
+    } else {
+        2.5 * eps / steps as f64
+    }
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwapCell {
+    /// `adv`, `clean` or `re-estimated` (the clean set, re-estimated).
+    pub ns: String,
+    /// `adv` or `clean`.
+    pub ap: String,
+    /// The route evaluated (`ns=..,ap=..`).
+    pub route: String,
+    pub clean_accuracy: f64,
+    pub robust_accuracy: f64,
+}
+
+/// The swap-matrix result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BnSwap {
+    /// Row-major: NS adv, clean, re-estimated; within each, AP adv, clean.
+    pub cells: Vec<SwapCell>,
+    pub n: usize,
+    /// e.g. `pgd-20`.
+    pub attack: String,
+    pub attack_config: PgdConfig,
+    pub reestimate: Reestimate,
+    /// Training images averaged per re-estimation (one re-estimation per AP column).
+    pub reestimated_images: usize,
+}
+
+/// Names of the rows and columns, in order.
+pub const NS_ROWS: [&str; 3] = ["adv", "clean", "re-estimated"];
+pub const AP_COLS: [&str; 2] = ["adv", "clean"];
+
+/// Clean and PGD robust counts of `model` through `route` in eval mode on `test`
+/// (torch seeded with `cfg.seed` first).
+pub fn eval_route(
+    model: &dyn Model,
+    route: Route,
+    test: &Dataset,
+    cfg: &SwapConfig,
+    device: Device,
+) -> Counts {
+    let pgd = Pgd::new(attack_config(cfg));
+    let f = Classifier::new(model, Ctx::new(route, Mode::Eval));
+    tch::manual_seed(cfg.seed as i64);
+    robust_counts(&f, &pgd, test, cfg.batch_size, device)
+}
+
+fn attack_config(cfg: &SwapConfig) -> PgdConfig {
+    PgdConfig::new(
+        ThreatNorm::Linf,
+        cfg.eps,
+        swap_step_size(cfg.eps, cfg.steps),
+        cfg.steps,
+    )
+}
+
+fn cell(ns: &str, ap: Domain, route: String, c: Counts) -> SwapCell {
+    SwapCell {
+        ns: ns.to_string(),
+        ap: domain_name(ap),
+        route,
+        clean_accuracy: c.clean_accuracy(),
+        robust_accuracy: c.robust_accuracy(),
+    }
+}
+
+/// The swap matrix of `net` on `test`, re-estimating on `train`. Error for a model without
+/// BatchNorm layers or without two branches, and for bad settings.
+pub fn bn_swap(net: &Network, test: &Dataset, train: &Dataset, cfg: &SwapConfig) -> Result<BnSwap> {
+    anyhow::ensure!(
+        cfg.eps >= 0.0 && cfg.eps.is_finite(),
+        "--eps must be a finite number >= 0, got {}",
+        cfg.eps
+    );
+    anyhow::ensure!(cfg.steps >= 1, "--steps must be >= 1");
+    anyhow::ensure!(cfg.batch_size >= 1, "--batch-size must be >= 1");
+    anyhow::ensure!(!test.is_empty(), "no test images to evaluate on");
+    anyhow::ensure!(
+        !bn_layers(net.model.as_ref()).is_empty(),
+        "the model has no BatchNorm layer: bn-swap needs running statistics to swap and re-estimate"
+    );
+    anyhow::ensure!(
+        is_multi_domain(net),
+        "the model has one statistics set and one affine set in every layer (a single-BN model): \
+         bn-swap needs a multi-domain model (norm.ns_domains and/or norm.ap_domains = 2)"
+    );
+    check_route(net, Route::domain(ADV), "bn-swap route")?;
+    check_route(net, Route::domain(CLEAN), "bn-swap route")?;
+    let device = net.vs.device();
+    let model = net.model.as_ref();
+    let mut cells = vec![];
+    for (ns, ns_name) in [(ADV, NS_ROWS[0]), (CLEAN, NS_ROWS[1])] {
+        for ap in [ADV, CLEAN] {
+            let route = Route { ns, ap };
+            let c = eval_route(model, route, test, cfg, device);
+            cells.push(cell(ns_name, ap, route.to_string(), c));
+        }
+    }
+    let mut images = 0;
+    for ap in [ADV, CLEAN] {
+        let route = Route { ns: CLEAN, ap };
+        let fresh = copy_network(net)?;
+        images = reestimate(fresh.model.as_ref(), route, &cfg.reestimate, train, device)
+            .with_context(|| format!("re-estimating the statistics of route {route}"))?;
+        let c = eval_route(fresh.model.as_ref(), route, test, cfg, device);
+        let label = format!("{route} (NS re-estimated on {})", cfg.reestimate.source);
+        cells.push(cell(NS_ROWS[2], ap, label, c));
+    }
+    let pgd = attack_config(cfg);
+    Ok(BnSwap {
+        cells,
+        n: test.len(),
+        attack: Pgd::new(pgd.clone()).name(),
+        attack_config: pgd,
+        reestimate: cfg.reestimate.clone(),
+        reestimated_images: images,
+    })
+}
+
+impl BnSwap {
+    /// The cell of row `ns` (`adv`, `clean`, `re-estimated`) and column `ap` (`adv`, `clean`).
+    pub fn cell(&self, ns: &str, ap: &str) -> Option<&SwapCell> {
+        self.cells.iter().find(|c| c.ns == ns && c.ap == ap)
+    }
+
+    fn matrix(&self, f: fn(&SwapCell) -> f64) -> Vec<Vec<f64>> {
+        NS_ROWS
+            .iter()
+            .map(|ns| {
+                AP_COLS
+                    .iter()
+                    .map(|ap| self.cell(ns, ap).map(f).unwrap_or(f64::NAN))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The two heatmaps: clean accuracy and robust accuracy (rows NS, columns AP).
+    pub fn heatmaps(&self, title: &str) -> (Heatmap, Heatmap) {
+        let rows = vec![
+            "NS adv".to_string(),
+            "NS clean".to_string(),
+            format!("NS re-est. ({})", self.reestimate.source),
+        ];
+        let cols: Vec<String> = AP_COLS.iter().map(|c| format!("AP {c}")).collect();
+        let map = |what: String, values| Heatmap {
+            title: format!("{what}{title}"),
+            row_label: "normalisation statistics".into(),
+            col_label: "affine parameters".into(),
+            rows: rows.clone(),
+            cols: cols.clone(),
+            values,
+            value_format: ValueFormat::Percent(1),
+            value_range: Some((0.0, 1.0)),
+        };
+        (
+            map("clean accuracy".into(), self.matrix(|c| c.clean_accuracy)),
+            map(
+                format!("{} accuracy (eps {})", self.attack, self.attack_config.eps),
+                self.matrix(|c| c.robust_accuracy),
+            ),
+        )
+    }
+
+    /// One PNG with the clean (left) and robust (right) heatmap side by side.
+    pub fn write_png(&self, path: &Path, title: &str) -> Result<()> {
+        let (clean, robust) = self.heatmaps(title);
+        let size = (760, 560);
+        let png = side_by_side(&[clean.to_png(size)?, robust.to_png(size)?])
+            .with_context(|| format!("cannot compose the swap heatmaps for {}", path.display()))?;
+        std::fs::write(path, png).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Decode 8-bit RGB PNGs of equal height and place them left to right in one PNG.
+fn side_by_side(pngs: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let mut images = vec![];
+    for bytes in pngs {
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes.as_slice())).read_info()?;
+        let mut buf = vec![0u8; reader.output_buffer_size().context("PNG too large")?];
+        let info = reader.next_frame(&mut buf)?;
+        anyhow::ensure!(
+            info.color_type == png::ColorType::Rgb && info.bit_depth == png::BitDepth::Eight,
+            "expected an 8-bit RGB image"
+        );
+        buf.truncate(info.line_size * info.height as usize);
+        images.push((
+            info.width as usize,
+            info.height as usize,
+            info.line_size,
+            buf,
+        ));
+    }
+    let h = images.first().map(|i| i.1).context("no image")?;
+    anyhow::ensure!(images.iter().all(|i| i.1 == h), "images differ in height");
+    let w: usize = images.iter().map(|i| i.0).sum();
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for (iw, _, line, buf) in &images {
+            rgb.extend_from_slice(&buf[y * line..y * line + iw * 3]);
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header()?;
+        writer.write_image_data(&rgb)?;
+        writer.finish()?;
+    }
+    Ok(out)
+}
