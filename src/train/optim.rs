@@ -143,6 +143,8 @@ mod tests {
             attack_bn_mode: crate::nn::Mode::Eval,
             route: Default::default(),
             hybrid: Default::default(),
+            trades_beta: 6.0,
+            mart_lambda: 6.0,
             track_clean_accuracy: true,
         }
     }

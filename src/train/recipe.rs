@@ -42,6 +42,14 @@ pub enum Objective {
     /// AdvProp: `CE(f(x; main), y) + CE(f(x'; aux), y)`, x' generated through aux; validated
     /// through main. Routes and passes from `train.hybrid` (paired is implied).
     Advprop,
+    /// TRADES: `CE(f(x), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i))` (`train.trades_beta`);
+    /// routes/passes from `train.hybrid` (Dual BN: clean CE through BN_clean).
+    Trades,
+    /// MART: `BCE(p(x'), y) + lambda * (1/B) sum_i KL(p(x_i) || p(x'_i)) (1 - p_y(x_i))`
+    /// (`train.mart_lambda`).
+    Mart,
+    /// FGSM with a uniform random start ("fast is better than free"), step `train.attack.step_size`.
+    FgsmRs,
 }
 
 impl Objective {
@@ -102,6 +110,9 @@ impl Default for HybridSpec {
     }
 }
 
+fn six() -> f64 {
+    6.0
+}
 fn half() -> f64 {
     0.5
 }
@@ -155,9 +166,15 @@ pub struct TrainSpec {
     /// Route of the training forward and attack (standard, pgd-at).
     #[serde(default)]
     pub route: Route,
-    /// Batch composition for hybrid and advprop.
+    /// Batch composition for hybrid and advprop; routes and passes for trades and mart.
     #[serde(default)]
     pub hybrid: HybridSpec,
+    /// TRADES' beta (6 on CIFAR-10, 1 on MNIST in the reference code).
+    #[serde(default = "six")]
+    pub trades_beta: f64,
+    /// MART's lambda.
+    #[serde(default = "six")]
+    pub mart_lambda: f64,
     /// Measure clean training accuracy with an extra no-grad eval-mode forward (pgd-at only).
     #[serde(default = "yes")]
     pub track_clean_accuracy: bool,
@@ -272,6 +289,23 @@ impl Recipe {
             })?;
             a.validate("train.attack").map_err(anyhow::Error::msg)?;
         }
+        for (field, v) in [("train.trades_beta", t.trades_beta), ("train.mart_lambda", t.mart_lambda)] {
+            anyhow::ensure!(v >= 0.0 && v.is_finite(), "{field} must be >= 0, got {v}");
+        }
+        if t.objective == Objective::Trades {
+            let a = t.attack.as_ref().expect("checked above");
+            anyhow::ensure!(
+                a.loss == crate::attack::pgd::PgdLoss::Kl,
+                "train.attack.loss must be \"kl\" for objective trades (TRADES maximises the KL to the clean prediction)"
+            );
+        }
+        if t.objective == Objective::FgsmRs {
+            let a = t.attack.as_ref().expect("checked above");
+            anyhow::ensure!(
+                a.norm == crate::attack::ThreatNorm::Linf,
+                "train.attack.norm must be \"linf\" for objective fgsm-rs"
+            );
+        }
         let h = &t.hybrid;
         anyhow::ensure!(
             (0.0..=1.0).contains(&h.clean_weight),
@@ -351,6 +385,8 @@ impl Recipe {
             Objective::Standard | Objective::PgdAt => t.route,
             Objective::Hybrid => t.hybrid.adv_route,
             Objective::Advprop => t.hybrid.clean_route,
+            Objective::Trades | Objective::Mart => t.hybrid.adv_route,
+            Objective::FgsmRs => t.route,
         })
     }
 

@@ -68,7 +68,126 @@ pub fn loss(recipe: &Recipe, model: &dyn Model, attack: Option<&Pgd>, x: &Tensor
         Objective::Hybrid | Objective::Advprop => {
             hybrid(recipe, model, attack.expect("validated: hybrid has an attack"), x, y)
         }
+        Objective::Trades => trades(recipe, model, attack.expect("validated"), x, y),
+        Objective::Mart => mart(recipe, model, attack.expect("validated"), x, y),
+        Objective::FgsmRs => fgsm_rs(recipe, model, x, y),
     }
+}
+
+/// Train-mode logits of adversarial rows `xa` (through `h.adv_route`) and clean rows `xc`
+/// (through `h.clean_route`): one forward over `[xa; xc]` split by explicit sizes (joint) or one
+/// forward each (separate). An empty part gives an empty [0, 1] tensor.
+pub fn forward_pair(model: &dyn Model, h: &HybridSpec, xa: &Tensor, xc: &Tensor) -> (Tensor, Tensor) {
+    let (na, nc) = (xa.size()[0], xc.size()[0]);
+    match h.passes {
+        Passes::Joint => {
+            let segs = [
+                Segment { size: na, source: ADV, route: h.adv_route },
+                Segment { size: nc, source: CLEAN, route: h.clean_route },
+            ];
+            let input = Tensor::cat(&[xa, xc], 0);
+            let logits = model.forward(&input, &Ctx::mixed(Mode::Train, &segs));
+            (logits.narrow(0, 0, na), logits.narrow(0, na, nc))
+        }
+        Passes::Separate => {
+            let pass = |xs: &Tensor, r: Route| {
+                if xs.size()[0] > 0 {
+                    model.forward(xs, &Ctx::new(r, Mode::Train))
+                } else {
+                    Tensor::zeros([0, 1], (Kind::Float, xs.device()))
+                }
+            };
+            (pass(xa, h.adv_route), pass(xc, h.clean_route))
+        }
+    }
+}
+
+/// TRADES (Zhang et al. 2019): `CE(f(x; clean), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i))`
+/// with the per-sample KL summed over classes (not averaged over them), gradients through both
+/// distributions as the reference; x' maximises the KL (train.attack: loss "kl", init "normal").
+/// With Dual BN, the clean CE goes through BN_clean and the KL compares the two branches; with
+/// joint passes and one statistics set it is the mixed-batch variant.
+fn trades(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor) -> StepOutput {
+    let t = &recipe.train;
+    let h = &t.hybrid;
+    let n = y.size()[0];
+    let x_adv = pgd.perturb(&Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)), x, y);
+    let (la, lc) = forward_pair(model, h, &x_adv, x);
+    let kl = kl_rows(&lc, &la).mean(Kind::Float);
+    let loss = cross_entropy(&lc, y, Reduction::Mean) + kl * t.trades_beta;
+    StepOutput {
+        loss,
+        clean: Some((hits(&lc, y), n)),
+        adv: Some((hits(&la, y), n)),
+    }
+}
+
+/// MART (Wang et al. 2020): `BCE(p(x'), y) + lambda * (1/B) sum_i KL(p(x_i) || p(x'_i)) *
+/// (1 - p_y(x_i))` with `BCE = -log p_y(x') - log(1.0001 - max_{k != y} p_k(x'))` (the
+/// reference's 1.0001 and 1e-12 guards); x' from train.attack (CE).
+fn mart(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor) -> StepOutput {
+    let t = &recipe.train;
+    let h = &t.hybrid;
+    let n = y.size()[0];
+    let x_adv = pgd.perturb(&Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)), x, y);
+    let (la, lc) = forward_pair(model, h, &x_adv, x);
+    let loss = mart_loss(&la, &lc, y, t.mart_lambda);
+    StepOutput {
+        loss,
+        clean: Some((hits(&lc, y), n)),
+        adv: Some((hits(&la, y), n)),
+    }
+}
+
+/// Per-sample `KL(softmax(p_logits) || softmax(q_logits))`, summed over classes.
+pub fn kl_rows(p_logits: &Tensor, q_logits: &Tensor) -> Tensor {
+    let log_p = p_logits.log_softmax(-1, Kind::Float);
+    let log_q = q_logits.log_softmax(-1, Kind::Float);
+    (log_p.exp() * (log_p - log_q)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+}
+
+/// The MART loss from adversarial logits `la`, clean logits `lc` and labels `y`.
+pub fn mart_loss(la: &Tensor, lc: &Tensor, y: &Tensor, lambda: f64) -> Tensor {
+    let adv_probs = la.softmax(-1, Kind::Float);
+    let yy = y.unsqueeze(1);
+    let others = adv_probs.scatter_value(1, &yy, f64::NEG_INFINITY);
+    let top_other = others.amax([1i64].as_slice(), false);
+    let bce = cross_entropy(la, y, Reduction::Mean)
+        + (-(top_other.neg() + 1.0001).log()).mean(Kind::Float);
+    let nat_probs = lc.softmax(-1, Kind::Float);
+    let true_probs = nat_probs.gather(1, &yy, false).squeeze_dim(1);
+    let kl = (&nat_probs * ((&nat_probs + 1e-12).log() - (adv_probs + 1e-12).log()))
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    bce + (kl * (true_probs.neg() + 1.0)).mean(Kind::Float) * lambda
+}
+
+/// FGSM-RS (Wong et al. 2020): `delta ~ U(-eps, eps)`, one step `delta += alpha * sign(grad)`
+/// with alpha = `train.attack.step_size` (1.25 eps in the paper), `delta` clipped to
+/// `[-eps, eps]` and `x + delta` to [0, 1]; then CE on `x + delta`.
+fn fgsm_rs(recipe: &Recipe, model: &dyn Model, x: &Tensor, y: &Tensor) -> StepOutput {
+    let t = &recipe.train;
+    let a = t.attack.as_ref().expect("validated: fgsm-rs has an attack");
+    let n = y.size()[0];
+    let f = Classifier::new(model, Ctx::new(t.route, t.attack_bn_mode));
+    let x_adv = fgsm_rs_example(&f, x, y, a.eps, a.step_size);
+    let logits = model.forward(&x_adv, &Ctx::new(t.route, Mode::Train));
+    StepOutput {
+        loss: cross_entropy(&logits, y, Reduction::Mean),
+        clean: None,
+        adv: Some((hits(&logits, y), n)),
+    }
+}
+
+/// The FGSM-RS example of `x` (L-inf): uniform start, one signed-gradient step of `alpha`.
+pub fn fgsm_rs_example(f: &Classifier, x: &Tensor, y: &Tensor, eps: f64, alpha: f64) -> Tensor {
+    let delta = (x.rand_like() * 2.0 - 1.0) * eps;
+    let start = (x + &delta).clamp(0.0, 1.0).detach().set_requires_grad(true);
+    let loss = cross_entropy(&f.logits(&start), y, Reduction::Sum);
+    let g = Tensor::run_backward(&[&loss], &[&start], false, false).remove(0);
+    tch::no_grad(|| {
+        let d = (&start - x + g.sign() * alpha).clamp(-eps, eps);
+        (x + d).clamp(0.0, 1.0)
+    })
 }
 
 /// Hybrid-AT and AdvProp: attack the first `adv_rows` images through `adv_route`, keep the last
@@ -85,30 +204,7 @@ fn hybrid(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor)
     } else {
         xa.shallow_clone()
     };
-    let (logits_a, logits_c) = match h.passes {
-        Passes::Joint => {
-            let segs = [
-                Segment { size: na, source: ADV, route: h.adv_route },
-                Segment { size: nc, source: CLEAN, route: h.clean_route },
-            ];
-            let input = Tensor::cat(&[&x_adv, &xc], 0);
-            let logits = model.forward(&input, &Ctx::mixed(Mode::Train, &segs));
-            (logits.narrow(0, 0, na), logits.narrow(0, na, nc))
-        }
-        Passes::Separate => {
-            let pass = |xs: &Tensor, r: Route, rows: i64| {
-                if rows > 0 {
-                    Some(model.forward(xs, &Ctx::new(r, Mode::Train)))
-                } else {
-                    None
-                }
-            };
-            let la = pass(&x_adv, h.adv_route, na);
-            let lc = pass(&xc, h.clean_route, nc);
-            let empty = || Tensor::zeros([0, 1], (Kind::Float, x.device()));
-            (la.unwrap_or_else(empty), lc.unwrap_or_else(empty))
-        }
-    };
+    let (logits_a, logits_c) = forward_pair(model, h, &x_adv, &xc);
     let ce = |l: &Tensor, yy: &Tensor| cross_entropy(l, yy, Reduction::Mean);
     let (wa, wc) = match t.objective {
         Objective::Advprop => (1.0, 1.0),

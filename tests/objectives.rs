@@ -1,0 +1,194 @@
+//! Robust training objectives against independent hand computations: TRADES (batch-mean of the
+//! per-sample KL sum), MART, FGSM-RS.
+
+mod common;
+
+use advtrain::attack::{cross_entropy, Attack, Classifier, Pgd};
+use advtrain::nn::{Ctx, Mode, Network};
+use advtrain::train::recipe::Recipe;
+use advtrain::train::step;
+use std::process::Command;
+use tch::{Device, Kind, Reduction, Tensor};
+
+#[test]
+fn kl_rows_matches_a_hand_computed_case() {
+    // p = softmax([0, ln 3]) = [1/4, 3/4], q = [1/2, 1/2]:
+    // KL = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.1308120...
+    let p = Tensor::from_slice(&[0.0f32, 3f32.ln(), 0.0, 0.0]).view([2, 2]);
+    let q = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 0.0]).view([2, 2]);
+    let kl = step::kl_rows(&p, &q);
+    let want = 0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln();
+    assert!((kl.double_value(&[0]) - want).abs() < 1e-6);
+    assert!(kl.double_value(&[1]).abs() < 1e-7);
+}
+
+#[test]
+fn mart_loss_matches_a_float64_hand_computation() {
+    let la = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]];
+    let lc = [[1.0, 0.0, 0.0], [-0.5, 1.5, 0.2]];
+    let y = [0i64, 2];
+    let lambda = 6.0;
+    let softmax = |z: &[f64; 3]| {
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.iter().map(|v| v / s).collect::<Vec<f64>>()
+    };
+    let mut want = 0.0;
+    for i in 0..2 {
+        let pa = softmax(&la[i]);
+        let pc = softmax(&lc[i]);
+        let yi = y[i] as usize;
+        let top_other = (0..3).filter(|&k| k != yi).map(|k| pa[k]).fold(0.0, f64::max);
+        let bce = -pa[yi].ln() - (1.0001 - top_other).ln();
+        let kl: f64 = (0..3).map(|k| pc[k] * ((pc[k] + 1e-12).ln() - (pa[k] + 1e-12).ln())).sum();
+        want += (bce + lambda * kl * (1.0 - pc[yi])) / 2.0;
+    }
+    let t = |a: [[f64; 3]; 2]| Tensor::from_slice(&a.concat()).view([2, 3]).to_kind(Kind::Float);
+    let got = step::mart_loss(&t(la), &t(lc), &Tensor::from_slice(&y), lambda).double_value(&[]);
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+}
+
+fn recipe(extra: &str) -> (tempfile::TempDir, Recipe) {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(dir.path(), 20, 10);
+    let text = format!(
+        r#"
+name = "t"
+device = "cpu"
+channels_last = false
+[data]
+dataset = "mnist"
+dir = "{}"
+val_size = 0
+[model]
+name = "small-cnn"
+num_classes = 10
+in_channels = 1
+{extra}
+"#,
+        dir.path().display()
+    );
+    let f = dir.path().join("r.toml");
+    std::fs::write(&f, text).unwrap();
+    let r = Recipe::load(&f, &[]).unwrap();
+    (dir, r)
+}
+
+const TRADES: &str = r#"
+[model.norm]
+ns_domains = 2
+ap_domains = 2
+[train]
+objective = "trades"
+trades_beta = 6.0
+epochs = 1
+batch_size = 8
+lr = 0.1
+[train.hybrid]
+passes = "separate"
+[train.attack]
+eps = 0.1
+step_size = 0.05
+steps = 2
+init = "normal"
+loss = "kl"
+"#;
+
+#[test]
+fn trades_is_ce_plus_beta_times_the_batch_mean_of_per_sample_kl_sums() {
+    let _g = common::rng_lock();
+    let (_d, r) = recipe(TRADES);
+    let build = || {
+        tch::manual_seed(21);
+        Network::new(&r.model, Device::Cpu).unwrap()
+    };
+    let (a, b) = (build(), build());
+    tch::manual_seed(4);
+    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
+    let pgd = Pgd::new(r.train.attack.clone().unwrap());
+    tch::manual_seed(99);
+    let got = step::loss(&r, a.model.as_ref(), Some(&pgd), &x, &y).loss.double_value(&[]);
+    // Reference in float64 from the same logits: CE through BN_clean, KL(clean || adv branch).
+    tch::manual_seed(99);
+    let h = &r.train.hybrid;
+    let f = Classifier::new(b.model.as_ref(), Ctx::new(h.adv_route, r.train.attack_bn_mode));
+    let xa = pgd.perturb(&f, &x, &y);
+    let la = b.model.forward(&xa, &Ctx::new(h.adv_route, Mode::Train)).to_kind(Kind::Double);
+    let lc = b.model.forward(&x, &Ctx::new(h.clean_route, Mode::Train)).to_kind(Kind::Double);
+    let (lp, lq) = (lc.log_softmax(-1, Kind::Double), la.log_softmax(-1, Kind::Double));
+    let kl_sum = (lp.exp() * (&lp - &lq)).sum(Kind::Double).double_value(&[]);
+    let ce = cross_entropy(&lc, &y, Reduction::Mean).double_value(&[]);
+    let want = ce + 6.0 * kl_sum / 8.0;
+    assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    // The framework-default reduction (mean over classes too) would be off by a factor of K.
+    let wrong = ce + 6.0 * kl_sum / 80.0;
+    assert!((got - wrong).abs() > 1e-3);
+}
+
+#[test]
+fn trades_requires_the_kl_attack() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(dir.path(), 20, 10);
+    let f = dir.path().join("r.toml");
+    std::fs::write(&f, common::tiny_recipe_toml(dir.path(), 1)).unwrap();
+    let e = Recipe::load(&f, &["train.objective=\"trades\"".into()]).unwrap_err();
+    assert!(format!("{e:#}").contains("train.attack.loss"), "{e:#}");
+    let e = Recipe::load(&f, &["train.trades_beta=-1".into()]).unwrap_err();
+    assert!(format!("{e:#}").contains("train.trades_beta"), "{e:#}");
+}
+
+#[test]
+fn fgsm_rs_example_is_one_clipped_signed_step_from_a_uniform_start() {
+    let _g = common::rng_lock();
+    let net = common::confident_small_cnn();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    tch::manual_seed(2);
+    let x = Tensor::rand([6, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::arange(6, (Kind::Int64, Device::Cpu));
+    let (eps, alpha) = (0.1, 0.125);
+    tch::manual_seed(77);
+    let got = step::fgsm_rs_example(&f, &x, &y, eps, alpha);
+    // Reference: the same uniform draw, the gradient at the start, the clipped step.
+    tch::manual_seed(77);
+    let start = (&x + (x.rand_like() * 2.0 - 1.0) * eps).clamp(0.0, 1.0).set_requires_grad(true);
+    let loss = cross_entropy(&f.logits(&start), &y, Reduction::Sum);
+    let g = Tensor::run_backward(&[&loss], &[&start], false, false).remove(0);
+    let want = (&x + (&start.detach() - &x + g.sign() * alpha).clamp(-eps, eps)).clamp(0.0, 1.0);
+    assert!((&got - &want).abs().max().double_value(&[]) < 1e-6);
+    let linf = (&got - &x).abs().max().double_value(&[]);
+    assert!(linf <= eps + 1e-6 && linf > 0.5 * eps);
+    assert!(got.min().double_value(&[]) >= 0.0 && got.max().double_value(&[]) <= 1.0);
+}
+
+#[test]
+fn cli_trains_trades_mart_and_fgsm_rs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::write_tiny_mnist(&data, 64, 20);
+    let rf = tmp.path().join("r.toml");
+    std::fs::write(&rf, common::tiny_recipe_toml(&data, 1)).unwrap();
+    for (obj, extra) in [
+        ("trades", vec!["train.attack.loss=\"kl\"", "train.attack.init=\"normal\""]),
+        ("mart", vec![]),
+        ("fgsm-rs", vec!["train.attack.step_size=0.125"]),
+    ] {
+        let run = tmp.path().join(obj);
+        let mut args = vec![
+            "train".to_string(), "--recipe".into(), rf.display().to_string(), "--out".into(), run.display().to_string(),
+            "--set".into(), format!("train.objective=\"{obj}\""), "--set".into(), "validation.pgd_limit=10".into(),
+        ];
+        for e in extra {
+            args.push("--set".into());
+            args.push(e.into());
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_advtrain")).args(&args).env("RUST_LOG", "warn").output().unwrap();
+        assert!(o.status.success(), "{obj}: {}", String::from_utf8_lossy(&o.stderr));
+        let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+        let loss: f64 = row[2].parse().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{obj}: {csv}");
+        assert!(!row[4].is_empty(), "{obj}: adversarial training accuracy recorded: {csv}");
+    }
+}
