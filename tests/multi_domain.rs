@@ -12,7 +12,15 @@ use advtrain::train::step;
 use std::process::Command;
 use tch::{Device, Kind, Reduction, Tensor};
 
-fn arch(name: &str, c: i64, depth: Option<i64>, width: Option<i64>, ns: usize, ap: usize, heads: usize) -> ArchSpec {
+fn arch(
+    name: &str,
+    c: i64,
+    depth: Option<i64>,
+    width: Option<i64>,
+    ns: usize,
+    ap: usize,
+    heads: usize,
+) -> ArchSpec {
     ArchSpec {
         name: name.into(),
         num_classes: 10,
@@ -33,11 +41,15 @@ fn arch(name: &str, c: i64, depth: Option<i64>, width: Option<i64>, ns: usize, a
 fn diversify(net: &Network, c: i64, hw: i64) {
     for d in [CLEAN, ADV] {
         let x = Tensor::rand([8, c, hw, hw], (Kind::Float, Device::Cpu)) * (1.0 + d as f64);
-        let _ = tch::no_grad(|| net.model.forward(&x, &Ctx::new(Route::domain(d), Mode::Train)));
+        let _ = tch::no_grad(|| {
+            net.model
+                .forward(&x, &Ctx::new(Route::domain(d), Mode::Train))
+        });
     }
     tch::no_grad(|| {
         for (name, mut t) in net.variables() {
-            let split = name.contains(".1.") || name.starts_with("fc.1") || name.starts_with("linear.1");
+            let split =
+                name.contains(".1.") || name.starts_with("fc.1") || name.starts_with("linear.1");
             if split && t.kind() == Kind::Float && !name.contains("running") {
                 let noise = t.randn_like() * 0.3;
                 let _ = t.g_add_(&noise);
@@ -73,14 +85,36 @@ fn every_model_follows_route_segments_and_heads() {
         // A mixed eval batch: first 2 rows adv, last 4 clean == per-route forwards.
         let ctx = Ctx::mixed(Mode::Eval, &[Segment::new(2, ra), Segment::new(4, rc)]);
         let mixed = tch::no_grad(|| m.forward(&x, &ctx));
-        assert!(max_diff(&mixed.narrow(0, 0, 2), &la.narrow(0, 0, 2)) < 1e-5, "{}", a.name);
-        assert!(max_diff(&mixed.narrow(0, 2, 4), &lc.narrow(0, 2, 4)) < 1e-5, "{}", a.name);
+        assert!(
+            max_diff(&mixed.narrow(0, 0, 2), &la.narrow(0, 0, 2)) < 1e-5,
+            "{}",
+            a.name
+        );
+        assert!(
+            max_diff(&mixed.narrow(0, 2, 4), &lc.narrow(0, 2, 4)) < 1e-5,
+            "{}",
+            a.name
+        );
         // Train mode with per-domain NS: a joint forward == two separate forwards.
         if a.norm.ns_domains == 2 {
-            let jt = tch::no_grad(|| m.forward(&x, &Ctx::mixed(Mode::TrainFrozen, &[Segment::new(2, ra), Segment::new(4, rc)])));
-            let sa = tch::no_grad(|| m.forward(&x.narrow(0, 0, 2), &Ctx::new(ra, Mode::TrainFrozen)));
-            let sc = tch::no_grad(|| m.forward(&x.narrow(0, 2, 4), &Ctx::new(rc, Mode::TrainFrozen)));
-            assert!(max_diff(&jt, &Tensor::cat(&[sa, sc], 0)) < 1e-4, "{}", a.name);
+            let jt = tch::no_grad(|| {
+                m.forward(
+                    &x,
+                    &Ctx::mixed(
+                        Mode::TrainFrozen,
+                        &[Segment::new(2, ra), Segment::new(4, rc)],
+                    ),
+                )
+            });
+            let sa =
+                tch::no_grad(|| m.forward(&x.narrow(0, 0, 2), &Ctx::new(ra, Mode::TrainFrozen)));
+            let sc =
+                tch::no_grad(|| m.forward(&x.narrow(0, 2, 4), &Ctx::new(rc, Mode::TrainFrozen)));
+            assert!(
+                max_diff(&jt, &Tensor::cat(&[sa, sc], 0)) < 1e-4,
+                "{}",
+                a.name
+            );
         }
         // Soup w = 0 / 1 reproduce the clean / adv branch affine and heads (NS fixed by route).
         let s0 = tch::no_grad(|| m.forward(&x, &Ctx::new(rc, Mode::Eval).with_soup(Some(0.0))));
@@ -106,15 +140,29 @@ fn export_one_branch_gives_identical_logits() {
         (Route::domain(ADV), Some(0.3)),
     ] {
         let (plain_arch, tensors) = export_branch(&net, route, soup).unwrap();
-        assert_eq!((plain_arch.norm.ns_domains, plain_arch.norm.ap_domains, plain_arch.heads), (1, 1, 1));
+        assert_eq!(
+            (
+                plain_arch.norm.ns_domains,
+                plain_arch.norm.ap_domains,
+                plain_arch.heads
+            ),
+            (1, 1, 1)
+        );
         let plain = Network::new(&plain_arch, Device::Cpu).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let f = tmp.path().join("p.safetensors");
         Tensor::write_safetensors(&tensors, &f).unwrap();
         plain.load_weights(&f).unwrap();
-        let want = tch::no_grad(|| net.model.forward(&x, &Ctx::new(route, Mode::Eval).with_soup(soup)));
+        let want = tch::no_grad(|| {
+            net.model
+                .forward(&x, &Ctx::new(route, Mode::Eval).with_soup(soup))
+        });
         let got = tch::no_grad(|| plain.model.forward(&x, &Ctx::eval()));
-        assert!(max_diff(&want, &got) < 1e-5, "{route} soup {soup:?}: {}", max_diff(&want, &got));
+        assert!(
+            max_diff(&want, &got) < 1e-5,
+            "{route} soup {soup:?}: {}",
+            max_diff(&want, &got)
+        );
     }
 }
 
@@ -129,8 +177,21 @@ fn reestimation_is_the_cumulative_average_of_batch_statistics() {
     let labels = Tensor::arange(24, (Kind::Int64, Device::Cpu)).remainder(10);
     let data = advtrain::data::Dataset::from_float(&images, &labels, 10);
     let clean_before = net.variables()["bn2.0.running_mean"].copy();
-    let r = Reestimate { source: StatsSource::Clean, batches: 3, batch_size: 8, eps: 0.1, seed: 1 };
-    let n = reestimate(net.model.as_ref(), Route::domain(ADV), &r, &data, Device::Cpu).unwrap();
+    let r = Reestimate {
+        source: StatsSource::Clean,
+        batches: 3,
+        batch_size: 8,
+        eps: 0.1,
+        seed: 1,
+    };
+    let n = reestimate(
+        net.model.as_ref(),
+        Route::domain(ADV),
+        &r,
+        &data,
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(n, 24);
     // Untouched: the clean set.
     assert!(max_diff(&clean_before, &net.variables()["bn2.0.running_mean"]) == 0.0);
@@ -138,12 +199,22 @@ fn reestimation_is_the_cumulative_average_of_batch_statistics() {
     // batches of each batch's conv1 output mean = the mean over all 24 images (equal batches).
     let conv = {
         let v = net.variables();
-        images.conv2d(&v["conv1.weight"], None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1)
+        images.conv2d(
+            &v["conv1.weight"],
+            None::<&Tensor>,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+        )
     };
     let want = conv.mean_dim(&[0i64, 2, 3][..], false, Kind::Float);
     let got = net.variables()["bn1.1.running_mean"].shallow_clone();
     assert!(max_diff(&want, &got) < 1e-5, "{}", max_diff(&want, &got));
-    assert_eq!(net.variables()["bn1.1.num_batches_tracked"].int64_value(&[]), 3);
+    assert_eq!(
+        net.variables()["bn1.1.num_batches_tracked"].int64_value(&[]),
+        3
+    );
 }
 
 fn recipe(objective: &str, norm: &str, hybrid: &str) -> Recipe {
@@ -204,9 +275,16 @@ fn check_hybrid(r: &Recipe, joint_equals_separate: bool) {
     let na = step::adv_rows(h, r.train.objective, n);
     let nc = step::clean_rows(h, r.train.objective, n);
     tch::manual_seed(99);
-    let f = Classifier::new(b.model.as_ref(), Ctx::new(h.adv_route, r.train.attack_bn_mode));
+    let f = Classifier::new(
+        b.model.as_ref(),
+        Ctx::new(h.adv_route, r.train.attack_bn_mode),
+    );
     let xa = pgd.perturb(&f, &x.narrow(0, 0, na), &y.narrow(0, 0, na));
-    let (xc, yc, ya) = (x.narrow(0, n - nc, nc), y.narrow(0, n - nc, nc), y.narrow(0, 0, na));
+    let (xc, yc, ya) = (
+        x.narrow(0, n - nc, nc),
+        y.narrow(0, n - nc, nc),
+        y.narrow(0, 0, na),
+    );
     let (la, lc) = if joint_equals_separate {
         (
             b.model.forward(&xa, &Ctx::new(h.adv_route, Mode::Train)),
@@ -214,7 +292,10 @@ fn check_hybrid(r: &Recipe, joint_equals_separate: bool) {
         )
     } else {
         // One shared statistics set: the joint batch is normalised as one.
-        let l = b.model.forward(&Tensor::cat(&[&xa, &xc], 0), &Ctx::new(h.clean_route, Mode::Train));
+        let l = b.model.forward(
+            &Tensor::cat(&[&xa, &xc], 0),
+            &Ctx::new(h.clean_route, Mode::Train),
+        );
         (l.narrow(0, 0, na), l.narrow(0, na, nc))
     };
     let ce = |l: &Tensor, yy: &Tensor| cross_entropy(l, yy, Reduction::Mean).double_value(&[]);
@@ -247,27 +328,49 @@ fn hybrid_dual_bn_paired_loss_and_statistics() {
 
 #[test]
 fn hybrid_single_bn_cat_with_clean_fraction() {
-    let r = recipe("hybrid", "kind = \"batch\"", "clean_fraction = 0.25\nclean_weight = 0.25\nadv_route = \"clean\"");
-    assert_eq!((step::adv_rows(&r.train.hybrid, Objective::Hybrid, 8), step::clean_rows(&r.train.hybrid, Objective::Hybrid, 8)), (6, 2));
+    let r = recipe(
+        "hybrid",
+        "kind = \"batch\"",
+        "clean_fraction = 0.25\nclean_weight = 0.25\nadv_route = \"clean\"",
+    );
+    assert_eq!(
+        (
+            step::adv_rows(&r.train.hybrid, Objective::Hybrid, 8),
+            step::clean_rows(&r.train.hybrid, Objective::Hybrid, 8)
+        ),
+        (6, 2)
+    );
     check_hybrid(&r, false);
 }
 
 #[test]
 fn hybrid_single_bn_separate_passes() {
-    let r = recipe("hybrid", "kind = \"batch\"", "paired = true\npasses = \"separate\"\nadv_route = \"clean\"");
+    let r = recipe(
+        "hybrid",
+        "kind = \"batch\"",
+        "paired = true\npasses = \"separate\"\nadv_route = \"clean\"",
+    );
     check_hybrid(&r, true);
 }
 
 #[test]
 fn advprop_sums_main_and_auxiliary_losses() {
-    let r = recipe("advprop", "ns_domains = 2\nap_domains = 2", "clean_route = \"main\"\nadv_route = \"aux\"");
+    let r = recipe(
+        "advprop",
+        "ns_domains = 2\nap_domains = 2",
+        "clean_route = \"main\"\nadv_route = \"aux\"",
+    );
     assert_eq!(r.validation_route(), Route::domain(CLEAN));
     check_hybrid(&r, true);
 }
 
 #[test]
 fn group_norm_hybrid_has_no_statistics() {
-    let r = recipe("hybrid", "kind = \"group\"\ngroups = 8", "clean_fraction = 0.5");
+    let r = recipe(
+        "hybrid",
+        "kind = \"group\"\ngroups = 8",
+        "clean_fraction = 0.5",
+    );
     assert_eq!(r.model.norm.kind, NormKind::Group);
     check_hybrid(&r, true);
 }
@@ -280,7 +383,11 @@ fn cross_bn_adv_rows_use_clean_batch_statistics() {
     tch::manual_seed(8);
     let net = Network::new(&arch("small-cnn", 1, None, None, 2, 2, 1), Device::Cpu).unwrap();
     let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let cross = Segment { size: 4, source: ADV, route: Route { ns: CLEAN, ap: ADV } };
+    let cross = Segment {
+        size: 4,
+        source: ADV,
+        route: Route { ns: CLEAN, ap: ADV },
+    };
     let segs = [cross, Segment::new(4, Route::domain(CLEAN))];
     let ctx = Ctx::mixed(Mode::TrainFrozen, &segs);
     let y1 = tch::no_grad(|| net.model.forward(&x, &ctx));
@@ -288,7 +395,10 @@ fn cross_bn_adv_rows_use_clean_batch_statistics() {
     let y2 = tch::no_grad(|| net.model.forward(&x2, &ctx));
     assert!(max_diff(&y1.narrow(0, 0, 4), &y2.narrow(0, 0, 4)) > 1e-3);
     // Dual BN (route ns=adv) instead: adversarial rows independent of the clean rows.
-    let segs = [Segment::new(4, Route::domain(ADV)), Segment::new(4, Route::domain(CLEAN))];
+    let segs = [
+        Segment::new(4, Route::domain(ADV)),
+        Segment::new(4, Route::domain(CLEAN)),
+    ];
     let ctx = Ctx::mixed(Mode::TrainFrozen, &segs);
     let z1 = tch::no_grad(|| net.model.forward(&x, &ctx));
     let z2 = tch::no_grad(|| net.model.forward(&x2, &ctx));
@@ -303,11 +413,24 @@ fn recipe_routes_are_checked_against_the_model() {
     std::fs::write(&f, common::tiny_recipe_toml(dir.path(), 1)).unwrap();
     let bad = Recipe::load(
         &f,
-        &["train.objective=\"hybrid\"".into(), "model.norm.ns_domains=2".into(), "train.hybrid.adv_route=\"ns=3,ap=0\"".into()],
+        &[
+            "train.objective=\"hybrid\"".into(),
+            "model.norm.ns_domains=2".into(),
+            "train.hybrid.adv_route=\"ns=3,ap=0\"".into(),
+        ],
     );
     let msg = format!("{:#}", bad.unwrap_err());
-    assert!(msg.contains("train.hybrid.adv_route") && msg.contains("statistics sets"), "{msg}");
-    let bad = Recipe::load(&f, &["train.objective=\"hybrid\"".into(), "train.hybrid.clean_fraction=1.0".into()]);
+    assert!(
+        msg.contains("train.hybrid.adv_route") && msg.contains("statistics sets"),
+        "{msg}"
+    );
+    let bad = Recipe::load(
+        &f,
+        &[
+            "train.objective=\"hybrid\"".into(),
+            "train.hybrid.clean_fraction=1.0".into(),
+        ],
+    );
     assert!(format!("{:#}", bad.unwrap_err()).contains("train.hybrid.clean_fraction"));
 }
 
@@ -329,22 +452,46 @@ fn cli_dual_bn_train_eval_branches_export_and_controls() {
     let run = tmp.path().join("run");
     let run_s = run.display().to_string();
     let o = advtrain(&[
-        "train", "--recipe", &rf.display().to_string(), "--out", &run_s,
-        "--set", "train.objective=\"hybrid\"", "--set", "model.norm.ns_domains=2",
-        "--set", "model.norm.ap_domains=2", "--set", "train.hybrid.paired=true",
-        "--set", "train.attack.steps=1", "--set", "validation.pgd_limit=10",
-        "--set", "validation.branches=[\"clean\", \"adv\"]",
+        "train",
+        "--recipe",
+        &rf.display().to_string(),
+        "--out",
+        &run_s,
+        "--set",
+        "train.objective=\"hybrid\"",
+        "--set",
+        "model.norm.ns_domains=2",
+        "--set",
+        "model.norm.ap_domains=2",
+        "--set",
+        "train.hybrid.paired=true",
+        "--set",
+        "train.attack.steps=1",
+        "--set",
+        "validation.pgd_limit=10",
+        "--set",
+        "validation.branches=[\"clean\", \"adv\"]",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let branches = std::fs::read_to_string(run.join("branches.csv")).unwrap();
     let lines: Vec<&str> = branches.lines().collect();
     assert_eq!(lines[0], "epoch,route,val_clean_acc,val_pgd_acc");
-    assert!(lines[1].starts_with("1,\"ns=clean,ap=clean\",") && lines[2].starts_with("1,\"ns=adv,ap=adv\","), "{branches}");
+    assert!(
+        lines[1].starts_with("1,\"ns=clean,ap=clean\",")
+            && lines[2].starts_with("1,\"ns=adv,ap=adv\","),
+        "{branches}"
+    );
     assert_eq!(lines.len(), 3);
     let saved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
-    assert!(saved.contains("adv_route = \"ns=adv,ap=adv\"") && saved.contains("paired = true"), "{saved}");
+    assert!(
+        saved.contains("adv_route = \"ns=adv,ap=adv\"") && saved.contains("paired = true"),
+        "{saved}"
+    );
     let eval = |extra: &[&str], json: &str| -> serde_json::Value {
-        let mut args = vec!["eval", "--run", &run_s, "--attack", "fgsm", "--eps", "0.1", "--device", "cpu", "--json", json];
+        let mut args = vec![
+            "eval", "--run", &run_s, "--attack", "fgsm", "--eps", "0.1", "--device", "cpu",
+            "--json", json,
+        ];
         args.extend_from_slice(extra);
         let o = advtrain(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -357,19 +504,69 @@ fn cli_dual_bn_train_eval_branches_export_and_controls() {
     assert_eq!(swapped["route"], "ns=clean,ap=adv");
     let soup = eval(&["--route", "adv", "--soup", "0.5"], &j("soup.json"));
     assert_eq!(soup["soup"], 0.5);
-    let re = eval(&["--route", "adv", "--reestimate", "noise", "--reestimate-batches", "2"], &j("re.json"));
+    let re = eval(
+        &[
+            "--route",
+            "adv",
+            "--reestimate",
+            "noise",
+            "--reestimate-batches",
+            "2",
+        ],
+        &j("re.json"),
+    );
     assert_eq!(re["reestimate"]["source"], "noise");
     assert_eq!(re["reestimate"]["batches"], 2);
-    let bs = eval(&["--route", "adv", "--bn-mode", "train-frozen"], &j("bs.json"));
+    let bs = eval(
+        &["--route", "adv", "--bn-mode", "train-frozen"],
+        &j("bs.json"),
+    );
     assert_eq!(bs["bn_mode"], "train-frozen");
     // Export the adversarial branch; evaluating the plain model gives the same numbers.
-    let ck = run.join("checkpoints/last.safetensors").display().to_string();
+    let ck = run
+        .join("checkpoints/last.safetensors")
+        .display()
+        .to_string();
     let plain = j("plain.safetensors");
-    let o = advtrain(&["export", "--checkpoint", &ck, "--route", "adv", "--out", &plain]);
+    let o = advtrain(&[
+        "export",
+        "--checkpoint",
+        &ck,
+        "--route",
+        "adv",
+        "--out",
+        &plain,
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = advtrain(&["eval", "--checkpoint", &ck, "--route", "adv", "--attack", "fgsm", "--eps", "0.1", "--device", "cpu", "--json", &j("a.json")]);
+    let o = advtrain(&[
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--route",
+        "adv",
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.1",
+        "--device",
+        "cpu",
+        "--json",
+        &j("a.json"),
+    ]);
     assert!(o.status.success());
-    let o = advtrain(&["eval", "--checkpoint", &plain, "--attack", "fgsm", "--eps", "0.1", "--device", "cpu", "--json", &j("p.json")]);
+    let o = advtrain(&[
+        "eval",
+        "--checkpoint",
+        &plain,
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.1",
+        "--device",
+        "cpu",
+        "--json",
+        &j("p.json"),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (a, p): (serde_json::Value, serde_json::Value) = (
         serde_json::from_str(&std::fs::read_to_string(j("a.json")).unwrap()).unwrap(),
@@ -383,12 +580,22 @@ fn cli_dual_bn_train_eval_branches_export_and_controls() {
         (vec!["--soup", "1.5"], "--soup"),
         (vec!["--reestimate", "blur"], "blur"),
     ] {
-        let mut all = vec!["eval", "--run", &run_s, "--attack", "fgsm", "--eps", "0.1", "--device", "cpu"];
+        let mut all = vec![
+            "eval", "--run", &run_s, "--attack", "fgsm", "--eps", "0.1", "--device", "cpu",
+        ];
         all.extend(args);
         let o = advtrain(&all);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(want), "{err}");
     }
-    let o = advtrain(&["export", "--checkpoint", &ck, "--route", "ns=5,ap=0", "--out", &j("x.safetensors")]);
+    let o = advtrain(&[
+        "export",
+        "--checkpoint",
+        &ck,
+        "--route",
+        "ns=5,ap=0",
+        "--out",
+        &j("x.safetensors"),
+    ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--route"));
 }

@@ -30,7 +30,9 @@ impl Rng {
     }
     /// `n` values in [lo, hi), rounded to f32.
     fn uniform_vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| f32r(lo + (hi - lo) * self.uniform())).collect()
+        (0..n)
+            .map(|_| f32r(lo + (hi - lo) * self.uniform()))
+            .collect()
     }
     /// `n` values N(mean, sd^2), rounded to f32.
     fn normal_vec(&mut self, n: usize, mean: f64, sd: f64) -> Vec<f64> {
@@ -125,8 +127,15 @@ fn assert_close(actual: &[f64], expected: &[f64], what: &str) {
 /// Guard against vacuous comparisons: `a` and `b` must differ somewhere by more than 1e-2.
 fn assert_far(a: &[f64], b: &[f64], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-    assert!(d > 1e-2, "{what}: expected a clear difference, max |diff| = {d:e}");
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        d > 1e-2,
+        "{what}: expected a clear difference, max |diff| = {d:e}"
+    );
 }
 
 /// Row ranges of the segments, in order, checking they cover `n` rows.
@@ -186,7 +195,11 @@ struct RefNorm {
 impl RefNorm {
     /// Random running statistics and affine parameters (all exactly representable in f32).
     fn random(rng: &mut Rng, spec: &NormSpec, c: usize) -> RefNorm {
-        let ns = if spec.kind == NormKind::Batch { spec.ns_domains } else { 0 };
+        let ns = if spec.kind == NormKind::Batch {
+            spec.ns_domains
+        } else {
+            0
+        };
         RefNorm {
             ns_domains: spec.ns_domains,
             ap_domains: spec.ap_domains,
@@ -237,7 +250,10 @@ impl RefNorm {
             Some(w) => {
                 let (c, a) = (0, self.ap_domains - 1);
                 let lerp = |p: &Vec<Vec<f64>>| -> Vec<f64> {
-                    p[a].iter().zip(&p[c]).map(|(x, y)| w * x + (1.0 - w) * y).collect()
+                    p[a].iter()
+                        .zip(&p[c])
+                        .map(|(x, y)| w * x + (1.0 - w) * y)
+                        .collect()
                 };
                 (lerp(&self.gamma), lerp(&self.beta))
             }
@@ -288,7 +304,9 @@ impl RefNorm {
             let (mu, var) = if mode == Mode::Eval {
                 (self.rm[k].clone(), self.rv[k].clone())
             } else {
-                batch[k].clone().expect("test bug: routed NS set has no rows")
+                batch[k]
+                    .clone()
+                    .expect("test bug: routed NS set has no rows")
             };
             let (ga, be) = self.affine(g.route.ap, soup);
             for row in r.clone() {
@@ -317,8 +335,16 @@ impl RefNorm {
     fn check_stats(&self, norm: &Norm, what: &str) {
         assert_eq!(norm.stats.len(), self.rm.len(), "{what}: number of NS sets");
         for (k, s) in norm.stats.iter().enumerate() {
-            assert_close(&to_vec(&s.running_mean), &self.rm[k], &format!("{what}: running_mean[{k}]"));
-            assert_close(&to_vec(&s.running_var), &self.rv[k], &format!("{what}: running_var[{k}]"));
+            assert_close(
+                &to_vec(&s.running_mean),
+                &self.rm[k],
+                &format!("{what}: running_mean[{k}]"),
+            );
+            assert_close(
+                &to_vec(&s.running_var),
+                &self.rv[k],
+                &format!("{what}: running_var[{k}]"),
+            );
             assert_eq!(
                 s.num_batches_tracked.int64_value(&[]),
                 self.nbt[k],
@@ -330,8 +356,16 @@ impl RefNorm {
     /// Set `k`'s running stats must be bit-for-bit what this state holds (never updated).
     fn check_untouched(&self, norm: &Norm, k: usize, what: &str) {
         let s = &norm.stats[k];
-        assert_eq!(to_vec(&s.running_mean), self.rm[k], "{what}: running_mean[{k}] moved");
-        assert_eq!(to_vec(&s.running_var), self.rv[k], "{what}: running_var[{k}] moved");
+        assert_eq!(
+            to_vec(&s.running_mean),
+            self.rm[k],
+            "{what}: running_mean[{k}] moved"
+        );
+        assert_eq!(
+            to_vec(&s.running_var),
+            self.rv[k],
+            "{what}: running_var[{k}] moved"
+        );
         assert_eq!(
             s.num_batches_tracked.int64_value(&[]),
             self.nbt[k],
@@ -369,7 +403,13 @@ fn seg(size: i64, source: usize, ns: usize, ap: usize) -> Segment {
 
 /// Clean rows (mean 0.5, sd 1) followed by adversarial rows (mean 2.5, sd 2): the two domains'
 /// statistics clearly differ.
-fn two_domains(rng: &mut Rng, n_clean: usize, n_adv: usize, c: usize, sp: &[i64]) -> (Batch, Batch, Batch) {
+fn two_domains(
+    rng: &mut Rng,
+    n_clean: usize,
+    n_adv: usize,
+    c: usize,
+    sp: &[i64],
+) -> (Batch, Batch, Batch) {
     let clean = Batch::gen(rng, n_clean, c, sp, 0.5, 1.0);
     let adv = Batch::gen(rng, n_adv, c, sp, 2.5, 2.0);
     let x = Batch::cat(&[&clean, &adv]);
@@ -389,11 +429,20 @@ fn single_bn_cat_equals_whole_batch_normalisation() {
     let spec = bn_spec(1, 1, 1e-5, 0.1);
     let (clean, _adv, x) = two_domains(&mut rng, 5, 3, c, &sp);
     let init = RefNorm::random(&mut rng, &spec, c);
-    let segs = [Segment::new(5, Route::domain(CLEAN)), Segment::new(3, Route::domain(ADV))];
+    let segs = [
+        Segment::new(5, Route::domain(CLEAN)),
+        Segment::new(3, Route::domain(ADV)),
+    ];
 
     // Reference: one segment over all rows.
     let mut r = init.clone();
-    let want = r.forward(&x, &[Segment::new(8, Route::default())], Mode::Train, None, None);
+    let want = r.forward(
+        &x,
+        &[Segment::new(8, Route::default())],
+        Mode::Train,
+        None,
+        None,
+    );
 
     let (_vs, norm) = layer(spec, c, &init);
     let y = norm.forward(&x.tensor(), &Ctx::mixed(Mode::Train, &segs));
@@ -414,7 +463,11 @@ fn single_bn_cat_equals_whole_batch_normalisation() {
             init.gamma[0][ch] * (clean.v[i] - mc[ch]) / (vc[ch] + 1e-5).sqrt() + init.beta[0][ch]
         })
         .collect();
-    assert_far(&x.row_values(&want, 0..5), &per_domain, "cat vs per-domain stats");
+    assert_far(
+        &x.row_values(&want, 0..5),
+        &per_domain,
+        "cat vs per-domain stats",
+    );
 }
 
 /// (2) Dual BN: two statistics sets and two affine sets; each domain's rows use their own
@@ -427,7 +480,10 @@ fn dual_bn_keeps_domain_statistics_separate() {
     let spec = bn_spec(2, 2, 1e-3, 0.2);
     let (clean, adv, x) = two_domains(&mut rng, 4, 4, c, &sp);
     let init = RefNorm::random(&mut rng, &spec, c);
-    let segs = [Segment::new(4, Route::domain(CLEAN)), Segment::new(4, Route::domain(ADV))];
+    let segs = [
+        Segment::new(4, Route::domain(CLEAN)),
+        Segment::new(4, Route::domain(ADV)),
+    ];
 
     // Two Train steps on mixed batches.
     let (_vs, norm) = layer(spec, c, &init);
@@ -453,38 +509,71 @@ fn dual_bn_keeps_domain_statistics_separate() {
     joint.rv.truncate(1);
     joint.nbt.truncate(1);
     let want_joint = joint.forward(&x, &segs, Mode::Train, None, None);
-    assert_far(&x.row_values(&y, 0..4), &x.row_values(&want_joint, 0..4), "dual vs joint stats");
+    assert_far(
+        &x.row_values(&y, 0..4),
+        &x.row_values(&want_joint, 0..4),
+        "dual vs joint stats",
+    );
 
     // Perturbing only the adv rows leaves the clean outputs and the clean set unchanged.
     // (Non-affine per-element change: a per-channel affine change would be normalised away.)
     let adv_moved = Batch {
-        v: adv.v.iter().map(|v| f32r(3.0 * v + 5.0 + 2.0 * rng.normal())).collect(),
+        v: adv
+            .v
+            .iter()
+            .map(|v| f32r(3.0 * v + 5.0 + 2.0 * rng.normal()))
+            .collect(),
         ..adv.clone()
     };
     let xp = Batch::cat(&[&clean, &adv_moved]);
     let (_vs3, norm3) = layer(spec, c, &init);
     let yp = to_vec(&norm3.forward(&xp.tensor(), &Ctx::mixed(Mode::Train, &segs)));
-    assert_close_tol(&x.row_values(&yp, 0..4), &x.row_values(&y, 0..4), 1e-6, "clean rows after adv perturbation");
+    assert_close_tol(
+        &x.row_values(&yp, 0..4),
+        &x.row_values(&y, 0..4),
+        1e-6,
+        "clean rows after adv perturbation",
+    );
     assert_eq!(to_vec(&norm3.stats[0].running_mean), {
         let (_vs1, n1) = layer(spec, c, &init);
         let _ = n1.forward(&x.tensor(), &Ctx::mixed(Mode::Train, &segs));
         to_vec(&n1.stats[0].running_mean)
     });
-    assert_far(&x.row_values(&yp, 4..8), &x.row_values(&y, 4..8), "adv rows after adv perturbation");
+    assert_far(
+        &x.row_values(&yp, 4..8),
+        &x.row_values(&y, 4..8),
+        "adv rows after adv perturbation",
+    );
 
     // A batch with only adv rows: the clean set is untouched, the adv set moves.
     for ctx in [
         Ctx::new(Route::domain(ADV), Mode::Train),
-        Ctx::mixed(Mode::Train, &[Segment::new(1, Route::domain(ADV)), Segment::new(3, Route::domain(ADV))]),
+        Ctx::mixed(
+            Mode::Train,
+            &[
+                Segment::new(1, Route::domain(ADV)),
+                Segment::new(3, Route::domain(ADV)),
+            ],
+        ),
     ] {
         let (_vs4, norm4) = layer(spec, c, &init);
         let mut r4 = init.clone();
-        let want4 = r4.forward(&adv, &[Segment::new(4, Route::domain(ADV))], Mode::Train, None, None);
+        let want4 = r4.forward(
+            &adv,
+            &[Segment::new(4, Route::domain(ADV))],
+            Mode::Train,
+            None,
+            None,
+        );
         let y4 = norm4.forward(&adv.tensor(), &ctx);
         assert_close(&to_vec(&y4), &want4, "adv-only output");
         init.check_untouched(&norm4, CLEAN, "adv-only batch");
         r4.check_stats(&norm4, "adv-only batch");
-        assert_far(&to_vec(&norm4.stats[1].running_mean), &init.rm[1], "adv set moved");
+        assert_far(
+            &to_vec(&norm4.stats[1].running_mean),
+            &init.rm[1],
+            "adv set moved",
+        );
     }
 }
 
@@ -496,7 +585,10 @@ fn dual_ap_uses_joint_statistics_and_per_segment_affine() {
     let spec = bn_spec(1, 2, 1e-5, 0.1);
     let (_clean, _adv, x) = two_domains(&mut rng, 5, 3, c, &sp);
     let init = RefNorm::random(&mut rng, &spec, c);
-    let segs = [Segment::new(5, Route::domain(CLEAN)), Segment::new(3, Route::domain(ADV))];
+    let segs = [
+        Segment::new(5, Route::domain(CLEAN)),
+        Segment::new(3, Route::domain(ADV)),
+    ];
     let (_vs, norm) = layer(spec, c, &init);
     let mut r = init.clone();
     let want = r.forward(&x, &segs, Mode::Train, None, None);
@@ -506,9 +598,23 @@ fn dual_ap_uses_joint_statistics_and_per_segment_affine() {
     assert_eq!(r.nbt, vec![1]);
 
     // Not vacuous: the adv rows with the clean affine would differ.
-    let shared = init.clone().forward(&x, &[Segment::new(8, Route::default())], Mode::Train, None, None);
-    assert_close(&x.row_values(&y, 0..5), &x.row_values(&shared, 0..5), "dual-AP clean rows = shared AP");
-    assert_far(&x.row_values(&y, 5..8), &x.row_values(&shared, 5..8), "dual-AP adv rows vs AP clean");
+    let shared = init.clone().forward(
+        &x,
+        &[Segment::new(8, Route::default())],
+        Mode::Train,
+        None,
+        None,
+    );
+    assert_close(
+        &x.row_values(&y, 0..5),
+        &x.row_values(&shared, 0..5),
+        "dual-AP clean rows = shared AP",
+    );
+    assert_far(
+        &x.row_values(&y, 5..8),
+        &x.row_values(&shared, 5..8),
+        "dual-AP adv rows vs AP clean",
+    );
 
     // The same routes in the other order, and a three-segment split.
     let segs3 = [
@@ -532,7 +638,10 @@ fn dual_ns_uses_per_domain_statistics_and_shared_affine() {
     let spec = bn_spec(2, 1, 1e-5, 0.3);
     let (_clean, _adv, x) = two_domains(&mut rng, 3, 5, c, &sp);
     let init = RefNorm::random(&mut rng, &spec, c);
-    let segs = [Segment::new(3, Route::domain(CLEAN)), Segment::new(5, Route::domain(ADV))];
+    let segs = [
+        Segment::new(3, Route::domain(CLEAN)),
+        Segment::new(5, Route::domain(ADV)),
+    ];
     let (_vs, norm) = layer(spec, c, &init);
     let mut r = init.clone();
     let want = r.forward(&x, &segs, Mode::Train, None, None);
@@ -549,7 +658,11 @@ fn dual_ns_uses_per_domain_statistics_and_shared_affine() {
                 .map(|(row, j)| y[x.idx(row, ch, j)])
                 .collect();
             let m = vals.iter().sum::<f64>() / vals.len() as f64;
-            assert!((m - init.beta[0][ch]).abs() < 1e-4, "dual-NS {what} ch {ch}: mean {m} vs beta {}", init.beta[0][ch]);
+            assert!(
+                (m - init.beta[0][ch]).abs() < 1e-4,
+                "dual-NS {what} ch {ch}: mean {m} vs beta {}",
+                init.beta[0][ch]
+            );
         }
     }
 }
@@ -584,18 +697,49 @@ fn cross_bn_normalises_with_the_other_domains_batch_statistics() {
             init.gamma[1][ch] * (adv.v[i] - mc[ch]) / (vc[ch] + 1e-5).sqrt() + init.beta[1][ch]
         })
         .collect();
-    assert_close(&x.row_values(&y, 4..7), &direct, "cross-BN adv rows, direct formula");
+    assert_close(
+        &x.row_values(&y, 4..7),
+        &direct,
+        "cross-BN adv rows, direct formula",
+    );
     let (ma, _, vua) = moments(&adv, &(0..3).collect::<Vec<_>>());
-    let rm_adv: Vec<f64> = (0..c).map(|ch| 0.9 * init.rm[1][ch] + 0.1 * ma[ch]).collect();
-    let rv_adv: Vec<f64> = (0..c).map(|ch| 0.9 * init.rv[1][ch] + 0.1 * vua[ch]).collect();
-    assert_close(&to_vec(&norm.stats[1].running_mean), &rm_adv, "cross-BN adv running_mean");
-    assert_close(&to_vec(&norm.stats[1].running_var), &rv_adv, "cross-BN adv running_var");
+    let rm_adv: Vec<f64> = (0..c)
+        .map(|ch| 0.9 * init.rm[1][ch] + 0.1 * ma[ch])
+        .collect();
+    let rv_adv: Vec<f64> = (0..c)
+        .map(|ch| 0.9 * init.rv[1][ch] + 0.1 * vua[ch])
+        .collect();
+    assert_close(
+        &to_vec(&norm.stats[1].running_mean),
+        &rm_adv,
+        "cross-BN adv running_mean",
+    );
+    assert_close(
+        &to_vec(&norm.stats[1].running_var),
+        &rv_adv,
+        "cross-BN adv running_var",
+    );
 
     // The adv rows do not enter the clean statistics: clean outputs ignore an adv perturbation.
-    let adv_moved = Batch { v: adv.v.iter().map(|v| f32r(-2.0 * v + 7.0 + rng.normal())).collect(), ..adv.clone() };
+    let adv_moved = Batch {
+        v: adv
+            .v
+            .iter()
+            .map(|v| f32r(-2.0 * v + 7.0 + rng.normal()))
+            .collect(),
+        ..adv.clone()
+    };
     let (_vs2, norm2) = layer(spec, c, &init);
-    let yp = to_vec(&norm2.forward(&Batch::cat(&[&clean, &adv_moved]).tensor(), &Ctx::mixed(Mode::Train, &segs)));
-    assert_close_tol(&x.row_values(&yp, 0..4), &x.row_values(&y, 0..4), 1e-6, "cross-BN clean rows after adv perturbation");
+    let yp = to_vec(&norm2.forward(
+        &Batch::cat(&[&clean, &adv_moved]).tensor(),
+        &Ctx::mixed(Mode::Train, &segs),
+    ));
+    assert_close_tol(
+        &x.row_values(&yp, 0..4),
+        &x.row_values(&y, 0..4),
+        1e-6,
+        "cross-BN clean rows after adv perturbation",
+    );
 
     // Reverse direction plus a normal adv segment: clean rows routed to the adv statistics.
     let segs_b = [seg(4, CLEAN, ADV, CLEAN), seg(3, ADV, ADV, ADV)];
@@ -608,7 +752,11 @@ fn cross_bn_normalises_with_the_other_domains_batch_statistics() {
 
     // Three segments: clean, adv crossing to clean, adv on its own route.
     let x4 = Batch::cat(&[&clean, &adv, &Batch::gen(&mut rng, 2, c, &sp, 2.0, 1.5)]);
-    let segs_c = [seg(4, CLEAN, CLEAN, CLEAN), seg(3, ADV, CLEAN, ADV), seg(2, ADV, ADV, ADV)];
+    let segs_c = [
+        seg(4, CLEAN, CLEAN, CLEAN),
+        seg(3, ADV, CLEAN, ADV),
+        seg(2, ADV, ADV, ADV),
+    ];
     let (_vs4, norm4) = layer(spec, c, &init);
     let mut r4 = init.clone();
     let want4 = r4.forward(&x4, &segs_c, Mode::Train, None, None);
@@ -627,7 +775,10 @@ fn affine_gradients_reach_only_the_routed_set() {
             let spec = bn_spec(ns, 2, 1e-5, 0.1);
             let (_clean, _adv, x) = two_domains(&mut rng, 4, 4, c, &sp);
             let init = RefNorm::random(&mut rng, &spec, c);
-            let segs = [Segment::new(4, Route::domain(CLEAN)), Segment::new(4, Route::domain(ADV))];
+            let segs = [
+                Segment::new(4, Route::domain(CLEAN)),
+                Segment::new(4, Route::domain(ADV)),
+            ];
             let (_vs, norm) = layer(spec, c, &init);
             let y = norm.forward(&x.tensor(), &Ctx::mixed(Mode::Train, &segs));
             let rows = if target == ADV { 4..8 } else { 0..4 };
@@ -637,10 +788,17 @@ fn affine_gradients_reach_only_the_routed_set() {
 
             let other = 1 - target;
             let what = format!("ns={ns}, loss on {target}");
-            for (name, t) in [("weight", &norm.affine[other].weight), ("bias", &norm.affine[other].bias)] {
+            for (name, t) in [
+                ("weight", &norm.affine[other].weight),
+                ("bias", &norm.affine[other].bias),
+            ] {
                 let g = t.grad();
                 if g.defined() {
-                    assert!(to_vec(&g).iter().all(|&v| v == 0.0), "{what}: AP {other} {name} got gradient {:?}", to_vec(&g));
+                    assert!(
+                        to_vec(&g).iter().all(|&v| v == 0.0),
+                        "{what}: AP {other} {name} got gradient {:?}",
+                        to_vec(&g)
+                    );
                 }
             }
             let xhat = init.xhat(&x, &segs, Mode::Train);
@@ -657,10 +815,16 @@ fn affine_gradients_reach_only_the_routed_set() {
             }
             let gw = norm.affine[target].weight.grad();
             let gb = norm.affine[target].bias.grad();
-            assert!(gw.defined() && gb.defined(), "{what}: routed AP got no gradient");
+            assert!(
+                gw.defined() && gb.defined(),
+                "{what}: routed AP got no gradient"
+            );
             assert_close_tol(&to_vec(&gw), &dg, 1e-4, &format!("{what}: d gamma"));
             assert_close_tol(&to_vec(&gb), &db, 1e-4, &format!("{what}: d beta"));
-            assert!(db.iter().any(|v| v.abs() > 1e-2), "{what}: reference gradient is trivial");
+            assert!(
+                db.iter().any(|v| v.abs() > 1e-2),
+                "{what}: reference gradient is trivial"
+            );
         }
     }
 }
@@ -682,7 +846,10 @@ fn eval_mode_routes_each_segment_to_its_running_stats_and_affine() {
             (s, ctx)
         },
         {
-            let s = vec![Segment::new(3, Route::domain(CLEAN)), Segment::new(5, Route::domain(ADV))];
+            let s = vec![
+                Segment::new(3, Route::domain(CLEAN)),
+                Segment::new(5, Route::domain(ADV)),
+            ];
             let ctx = Ctx::mixed(Mode::Eval, &s);
             (s, ctx)
         },
@@ -691,7 +858,10 @@ fn eval_mode_routes_each_segment_to_its_running_stats_and_affine() {
             (vec![Segment::new(8, r)], Ctx::new(r, Mode::Eval))
         },
         {
-            let s = vec![Segment::new(2, Route::domain(ADV)), Segment::new(6, Route::domain(ADV))];
+            let s = vec![
+                Segment::new(2, Route::domain(ADV)),
+                Segment::new(6, Route::domain(ADV)),
+            ];
             let ctx = Ctx::mixed(Mode::Eval, &s);
             (s, ctx)
         },
@@ -706,7 +876,11 @@ fn eval_mode_routes_each_segment_to_its_running_stats_and_affine() {
         outs.push(y);
     }
     // Not vacuous: the routes matter.
-    assert_far(&outs[0], &outs[1], "eval routes (ns=adv,ap=clean | ns=clean,ap=adv) vs (clean | adv)");
+    assert_far(
+        &outs[0],
+        &outs[1],
+        "eval routes (ns=adv,ap=clean | ns=clean,ap=adv) vs (clean | adv)",
+    );
 }
 
 /// (8) Soup: affine = w AP[adv] + (1 - w) AP[clean] for every segment, whatever route.ap says.
@@ -717,27 +891,41 @@ fn soup_interpolates_the_affine_sets() {
     let spec = bn_spec(2, 2, 1e-5, 0.1);
     let (_clean, _adv, x) = two_domains(&mut rng, 4, 4, c, &sp);
     let init = RefNorm::random(&mut rng, &spec, c);
-    let segs = [Segment::new(4, Route::domain(CLEAN)), Segment::new(4, Route::domain(ADV))];
+    let segs = [
+        Segment::new(4, Route::domain(CLEAN)),
+        Segment::new(4, Route::domain(ADV)),
+    ];
     for w in [0.3, 0.0, 1.0] {
         // Train, mixed batch.
         let (_vs, norm) = layer(spec, c, &init);
         let mut r = init.clone();
         let want = r.forward(&x, &segs, Mode::Train, Some(w), None);
-        let y = to_vec(&norm.forward(&x.tensor(), &Ctx::mixed(Mode::Train, &segs).with_soup(Some(w))));
+        let y = to_vec(&norm.forward(
+            &x.tensor(),
+            &Ctx::mixed(Mode::Train, &segs).with_soup(Some(w)),
+        ));
         assert_close(&y, &want, &format!("soup w={w} train mixed"));
         r.check_stats(&norm, &format!("soup w={w} train mixed"));
         // Eval, routed to AP clean (ignored by soup) and to NS adv.
         let route = Route { ns: ADV, ap: CLEAN };
-        let want_e = r.clone().forward(&x, &[Segment::new(8, route)], Mode::Eval, Some(w), None);
-        let ye = to_vec(&norm.forward(&x.tensor(), &Ctx::new(route, Mode::Eval).with_soup(Some(w))));
+        let want_e = r
+            .clone()
+            .forward(&x, &[Segment::new(8, route)], Mode::Eval, Some(w), None);
+        let ye =
+            to_vec(&norm.forward(&x.tensor(), &Ctx::new(route, Mode::Eval).with_soup(Some(w))));
         assert_close(&ye, &want_e, &format!("soup w={w} eval"));
         // Eval mixed with different NS routes.
         let segs_e = [seg(4, CLEAN, CLEAN, ADV), seg(4, ADV, ADV, CLEAN)];
         let want_m = r.clone().forward(&x, &segs_e, Mode::Eval, Some(w), None);
-        let ym = to_vec(&norm.forward(&x.tensor(), &Ctx::mixed(Mode::Eval, &segs_e).with_soup(Some(w))));
+        let ym = to_vec(&norm.forward(
+            &x.tensor(),
+            &Ctx::mixed(Mode::Eval, &segs_e).with_soup(Some(w)),
+        ));
         assert_close(&ym, &want_m, &format!("soup w={w} eval mixed"));
         if w == 0.3 {
-            let plain = r.clone().forward(&x, &[Segment::new(8, route)], Mode::Eval, None, None);
+            let plain = r
+                .clone()
+                .forward(&x, &[Segment::new(8, route)], Mode::Eval, None, None);
             assert_far(&ye, &plain, "soup vs routed affine");
         }
     }
@@ -755,7 +943,10 @@ fn train_frozen_uses_batch_statistics_and_updates_nothing() {
         let (_vs, norm) = layer(spec, c, &init);
         let cases: Vec<(Vec<Segment>, Ctx)> = vec![
             {
-                let s = vec![Segment::new(4, Route::domain(CLEAN)), Segment::new(3, Route::domain(ADV))];
+                let s = vec![
+                    Segment::new(4, Route::domain(CLEAN)),
+                    Segment::new(3, Route::domain(ADV)),
+                ];
                 let ctx = Ctx::mixed(Mode::TrainFrozen, &s);
                 (s, ctx)
             },
@@ -764,7 +955,10 @@ fn train_frozen_uses_batch_statistics_and_updates_nothing() {
                 let ctx = Ctx::mixed(Mode::TrainFrozen, &s);
                 (s, ctx)
             },
-            (vec![Segment::new(7, Route::domain(ADV))], Ctx::new(Route::domain(ADV), Mode::TrainFrozen)),
+            (
+                vec![Segment::new(7, Route::domain(ADV))],
+                Ctx::new(Route::domain(ADV), Mode::TrainFrozen),
+            ),
         ];
         for (i, (segs, ctx)) in cases.iter().enumerate() {
             // Train-mode reference output (the reference state is a throwaway clone).
@@ -789,35 +983,75 @@ fn momentum_override_sets_the_ema_rate() {
     let init = RefNorm::random(&mut rng, &spec, c);
     let m = 0.37;
     // Mixed batch.
-    let segs = [Segment::new(4, Route::domain(CLEAN)), Segment::new(4, Route::domain(ADV))];
+    let segs = [
+        Segment::new(4, Route::domain(CLEAN)),
+        Segment::new(4, Route::domain(ADV)),
+    ];
     let (_vs, norm) = layer(spec, c, &init);
     let mut r = init.clone();
     let want = r.forward(&x, &segs, Mode::Train, None, Some(m));
-    let ctx = Ctx { momentum: Some(m), ..Ctx::mixed(Mode::Train, &segs) };
-    assert_close(&to_vec(&norm.forward(&x.tensor(), &ctx)), &want, "momentum mixed output");
+    let ctx = Ctx {
+        momentum: Some(m),
+        ..Ctx::mixed(Mode::Train, &segs)
+    };
+    assert_close(
+        &to_vec(&norm.forward(&x.tensor(), &ctx)),
+        &want,
+        "momentum mixed output",
+    );
     r.check_stats(&norm, "momentum override, mixed");
     // One segment (fused path), adv only.
     let (_vs2, norm2) = layer(spec, c, &init);
     let mut r2 = init.clone();
-    let _ = r2.forward(&adv, &[Segment::new(4, Route::domain(ADV))], Mode::Train, None, Some(m));
-    let ctx2 = Ctx { momentum: Some(m), ..Ctx::new(Route::domain(ADV), Mode::Train) };
+    let _ = r2.forward(
+        &adv,
+        &[Segment::new(4, Route::domain(ADV))],
+        Mode::Train,
+        None,
+        Some(m),
+    );
+    let ctx2 = Ctx {
+        momentum: Some(m),
+        ..Ctx::new(Route::domain(ADV), Mode::Train)
+    };
     let _ = norm2.forward(&adv.tensor(), &ctx2);
     r2.check_stats(&norm2, "momentum override, fused");
     // Not vacuous: the default momentum would have given other running stats.
     let mut r3 = init.clone();
-    let _ = r3.forward(&adv, &[Segment::new(4, Route::domain(ADV))], Mode::Train, None, None);
-    assert_far(&to_vec(&norm2.stats[1].running_var), &r3.rv[1], "override vs default momentum");
+    let _ = r3.forward(
+        &adv,
+        &[Segment::new(4, Route::domain(ADV))],
+        Mode::Train,
+        None,
+        None,
+    );
+    assert_far(
+        &to_vec(&norm2.stats[1].running_var),
+        &r3.rv[1],
+        "override vs default momentum",
+    );
     // Cumulative average (re-estimation): momentum 1/(k+1) at batch k gives the mean of the batch means.
     let (_vs4, norm4) = layer(spec, c, &init);
-    let batches: Vec<Batch> = (0..3).map(|_| Batch::gen(&mut rng, 4, c, &sp, 1.0, 1.5)).collect();
+    let batches: Vec<Batch> = (0..3)
+        .map(|_| Batch::gen(&mut rng, 4, c, &sp, 1.0, 1.5))
+        .collect();
     for (k, b) in batches.iter().enumerate() {
-        let ctx = Ctx { momentum: Some(1.0 / (k as f64 + 1.0)), ..Ctx::new(Route::domain(CLEAN), Mode::Train) };
+        let ctx = Ctx {
+            momentum: Some(1.0 / (k as f64 + 1.0)),
+            ..Ctx::new(Route::domain(CLEAN), Mode::Train)
+        };
         let _ = norm4.forward(&b.tensor(), &ctx);
     }
     let all: Vec<usize> = (0..4).collect();
     let means: Vec<Vec<f64>> = batches.iter().map(|b| moments(b, &all).0).collect();
-    let avg: Vec<f64> = (0..c).map(|ch| means.iter().map(|m| m[ch]).sum::<f64>() / 3.0).collect();
-    assert_close(&to_vec(&norm4.stats[0].running_mean), &avg, "cumulative average running_mean");
+    let avg: Vec<f64> = (0..c)
+        .map(|ch| means.iter().map(|m| m[ch]).sum::<f64>() / 3.0)
+        .collect();
+    assert_close(
+        &to_vec(&norm4.stats[0].running_mean),
+        &avg,
+        "cumulative average running_mean",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -826,7 +1060,12 @@ fn momentum_override_sets_the_ema_rate() {
 
 /// GroupNorm reference: per sample and group, biased statistics over (C/G) x HW, then the
 /// per-channel affine of the row's segment.
-fn ref_group_norm(x: &Batch, groups: usize, eps: f64, affine_of_row: &dyn Fn(usize) -> (Vec<f64>, Vec<f64>)) -> Vec<f64> {
+fn ref_group_norm(
+    x: &Batch,
+    groups: usize,
+    eps: f64,
+    affine_of_row: &dyn Fn(usize) -> (Vec<f64>, Vec<f64>),
+) -> Vec<f64> {
     let cg = x.c / groups;
     let mut y = vec![0.0; x.v.len()];
     for row in 0..x.rows() {
@@ -854,21 +1093,42 @@ fn ref_group_norm(x: &Batch, groups: usize, eps: f64, affine_of_row: &dyn Fn(usi
 fn group_norm_with_two_affine_sets_uses_per_segment_affine() {
     let mut rng = Rng(1010);
     let (c, sp) = (4, [3i64, 3]);
-    for (kind, groups) in [(NormKind::Group, 2usize), (NormKind::Layer, 1), (NormKind::Instance, 4)] {
-        let spec = NormSpec { kind, groups: 2, ns_domains: 2, ap_domains: 2, eps: 1e-4, momentum: 0.1 };
+    for (kind, groups) in [
+        (NormKind::Group, 2usize),
+        (NormKind::Layer, 1),
+        (NormKind::Instance, 4),
+    ] {
+        let spec = NormSpec {
+            kind,
+            groups: 2,
+            ns_domains: 2,
+            ap_domains: 2,
+            eps: 1e-4,
+            momentum: 0.1,
+        };
         let (_clean, _adv, x) = two_domains(&mut rng, 3, 2, c, &sp);
         let init = RefNorm::random(&mut rng, &spec, c);
         let (_vs, norm) = layer(spec, c, &init);
         assert!(norm.stats.is_empty(), "{kind:?} must hold no statistics");
-        let segs = [Segment::new(3, Route::domain(CLEAN)), Segment::new(2, Route::domain(ADV))];
-        let want = ref_group_norm(&x, groups, 1e-4, &|row| init.affine(if row < 3 { CLEAN } else { ADV }, None));
+        let segs = [
+            Segment::new(3, Route::domain(CLEAN)),
+            Segment::new(2, Route::domain(ADV)),
+        ];
+        let want = ref_group_norm(&x, groups, 1e-4, &|row| {
+            init.affine(if row < 3 { CLEAN } else { ADV }, None)
+        });
         for mode in [Mode::Train, Mode::Eval, Mode::TrainFrozen] {
             let y = to_vec(&norm.forward(&x.tensor(), &Ctx::mixed(mode, &segs)));
             assert_close(&y, &want, &format!("{kind:?} {mode} per-segment affine"));
         }
         // Reversed routes.
-        let segs_r = [Segment::new(3, Route { ns: CLEAN, ap: ADV }), Segment::new(2, Route::domain(CLEAN))];
-        let want_r = ref_group_norm(&x, groups, 1e-4, &|row| init.affine(if row < 3 { ADV } else { CLEAN }, None));
+        let segs_r = [
+            Segment::new(3, Route { ns: CLEAN, ap: ADV }),
+            Segment::new(2, Route::domain(CLEAN)),
+        ];
+        let want_r = ref_group_norm(&x, groups, 1e-4, &|row| {
+            init.affine(if row < 3 { ADV } else { CLEAN }, None)
+        });
         let yr = to_vec(&norm.forward(&x.tensor(), &Ctx::mixed(Mode::Train, &segs_r)));
         assert_close(&yr, &want_r, &format!("{kind:?} reversed routes"));
         assert_far(&yr, &want, &format!("{kind:?} routes matter"));
@@ -877,7 +1137,10 @@ fn group_norm_with_two_affine_sets_uses_per_segment_affine() {
         let ya = to_vec(&norm.forward(&x.tensor(), &Ctx::new(Route::domain(ADV), Mode::Eval)));
         assert_close(&ya, &want_a, &format!("{kind:?} AP adv"));
         let want_s = ref_group_norm(&x, groups, 1e-4, &|_| init.affine(CLEAN, Some(0.6)));
-        let ys = to_vec(&norm.forward(&x.tensor(), &Ctx::mixed(Mode::Train, &segs).with_soup(Some(0.6))));
+        let ys = to_vec(&norm.forward(
+            &x.tensor(),
+            &Ctx::mixed(Mode::Train, &segs).with_soup(Some(0.6)),
+        ));
         assert_close(&ys, &want_s, &format!("{kind:?} soup"));
     }
 }
@@ -899,11 +1162,29 @@ fn two_dimensional_inputs_work_on_every_path() {
         let (_vs, norm) = layer(spec, c, &init);
         let mut r = init.clone();
         let cases: Vec<(Vec<Segment>, Mode)> = vec![
-            (vec![Segment::new(6, Route::domain(CLEAN)), Segment::new(5, Route::domain(ADV))], Mode::Train),
-            (vec![seg(6, CLEAN, CLEAN, CLEAN), seg(5, ADV, CLEAN, ADV)], Mode::Train),
+            (
+                vec![
+                    Segment::new(6, Route::domain(CLEAN)),
+                    Segment::new(5, Route::domain(ADV)),
+                ],
+                Mode::Train,
+            ),
+            (
+                vec![seg(6, CLEAN, CLEAN, CLEAN), seg(5, ADV, CLEAN, ADV)],
+                Mode::Train,
+            ),
             (vec![Segment::new(11, Route::domain(ADV))], Mode::Train),
-            (vec![seg(6, CLEAN, ADV, CLEAN), seg(5, ADV, CLEAN, ADV)], Mode::Eval),
-            (vec![Segment::new(6, Route::domain(ADV)), Segment::new(5, Route::domain(CLEAN))], Mode::TrainFrozen),
+            (
+                vec![seg(6, CLEAN, ADV, CLEAN), seg(5, ADV, CLEAN, ADV)],
+                Mode::Eval,
+            ),
+            (
+                vec![
+                    Segment::new(6, Route::domain(ADV)),
+                    Segment::new(5, Route::domain(CLEAN)),
+                ],
+                Mode::TrainFrozen,
+            ),
         ];
         for (i, (segs, mode)) in cases.iter().enumerate() {
             let what = format!("2-D ns={ns} ap={ap} case {i} ({mode})");
@@ -946,7 +1227,11 @@ fn dual_linear_head_routes_rows_to_their_heads() {
         for row in 0..9 {
             let (w, b) = w_of(row);
             for o in 0..cout {
-                y.push(b[o] + (0..cin).map(|i| w[o * cin + i] * x.v[row * cin + i]).sum::<f64>());
+                y.push(
+                    b[o] + (0..cin)
+                        .map(|i| w[o * cin + i] * x.v[row * cin + i])
+                        .sum::<f64>(),
+                );
             }
         }
         y
@@ -969,15 +1254,34 @@ fn dual_linear_head_routes_rows_to_their_heads() {
     // Whole batch through each head.
     for k in [CLEAN, ADV] {
         let y = to_vec(&head.forward(&x.tensor(), &Ctx::new(Route::domain(k), Mode::Eval)));
-        assert_close(&y, &reference(&|_| head_of(k)), &format!("head {k} whole batch"));
+        assert_close(
+            &y,
+            &reference(&|_| head_of(k)),
+            &format!("head {k} whole batch"),
+        );
     }
     // Route by ap, not ns.
-    let y = to_vec(&head.forward(&x.tensor(), &Ctx::new(Route { ns: ADV, ap: CLEAN }, Mode::Eval)));
-    assert_close(&y, &reference(&|_| head_of(CLEAN)), "head selected by route.ap");
+    let y = to_vec(&head.forward(
+        &x.tensor(),
+        &Ctx::new(Route { ns: ADV, ap: CLEAN }, Mode::Eval),
+    ));
+    assert_close(
+        &y,
+        &reference(&|_| head_of(CLEAN)),
+        "head selected by route.ap",
+    );
     // Soup: W = w W_adv + (1 - w) W_clean, b likewise, for every row.
     let w = 0.35;
-    let lerp = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(p, q)| w * p + (1.0 - w) * q).collect() };
+    let lerp = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| w * p + (1.0 - w) * q)
+            .collect()
+    };
     let soup = (lerp(&ws[1], &ws[0]), lerp(&bs[1], &bs[0]));
-    let y = to_vec(&head.forward(&x.tensor(), &Ctx::mixed(Mode::Eval, &segs).with_soup(Some(w))));
+    let y = to_vec(&head.forward(
+        &x.tensor(),
+        &Ctx::mixed(Mode::Eval, &segs).with_soup(Some(w)),
+    ));
     assert_close(&y, &reference(&|_| soup.clone()), "head soup");
 }

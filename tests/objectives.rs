@@ -39,12 +39,21 @@ fn mart_loss_matches_a_float64_hand_computation() {
         let pa = softmax(&la[i]);
         let pc = softmax(&lc[i]);
         let yi = y[i] as usize;
-        let top_other = (0..3).filter(|&k| k != yi).map(|k| pa[k]).fold(0.0, f64::max);
+        let top_other = (0..3)
+            .filter(|&k| k != yi)
+            .map(|k| pa[k])
+            .fold(0.0, f64::max);
         let bce = -pa[yi].ln() - (1.0001 - top_other).ln();
-        let kl: f64 = (0..3).map(|k| pc[k] * ((pc[k] + 1e-12).ln() - (pa[k] + 1e-12).ln())).sum();
+        let kl: f64 = (0..3)
+            .map(|k| pc[k] * ((pc[k] + 1e-12).ln() - (pa[k] + 1e-12).ln()))
+            .sum();
         want += (bce + lambda * kl * (1.0 - pc[yi])) / 2.0;
     }
-    let t = |a: [[f64; 3]; 2]| Tensor::from_slice(&a.concat()).view([2, 3]).to_kind(Kind::Float);
+    let t = |a: [[f64; 3]; 2]| {
+        Tensor::from_slice(&a.concat())
+            .view([2, 3])
+            .to_kind(Kind::Float)
+    };
     let got = step::mart_loss(&t(la), &t(lc), &Tensor::from_slice(&y), lambda).double_value(&[]);
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
 }
@@ -109,15 +118,29 @@ fn trades_is_ce_plus_beta_times_the_batch_mean_of_per_sample_kl_sums() {
     let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
     let pgd = Pgd::new(r.train.attack.clone().unwrap());
     tch::manual_seed(99);
-    let got = step::loss(&r, a.model.as_ref(), Some(&pgd), &x, &y).loss.double_value(&[]);
+    let got = step::loss(&r, a.model.as_ref(), Some(&pgd), &x, &y)
+        .loss
+        .double_value(&[]);
     // Reference in float64 from the same logits: CE through BN_clean, KL(clean || adv branch).
     tch::manual_seed(99);
     let h = &r.train.hybrid;
-    let f = Classifier::new(b.model.as_ref(), Ctx::new(h.adv_route, r.train.attack_bn_mode));
+    let f = Classifier::new(
+        b.model.as_ref(),
+        Ctx::new(h.adv_route, r.train.attack_bn_mode),
+    );
     let xa = pgd.perturb(&f, &x, &y);
-    let la = b.model.forward(&xa, &Ctx::new(h.adv_route, Mode::Train)).to_kind(Kind::Double);
-    let lc = b.model.forward(&x, &Ctx::new(h.clean_route, Mode::Train)).to_kind(Kind::Double);
-    let (lp, lq) = (lc.log_softmax(-1, Kind::Double), la.log_softmax(-1, Kind::Double));
+    let la = b
+        .model
+        .forward(&xa, &Ctx::new(h.adv_route, Mode::Train))
+        .to_kind(Kind::Double);
+    let lc = b
+        .model
+        .forward(&x, &Ctx::new(h.clean_route, Mode::Train))
+        .to_kind(Kind::Double);
+    let (lp, lq) = (
+        lc.log_softmax(-1, Kind::Double),
+        la.log_softmax(-1, Kind::Double),
+    );
     let kl_sum = (lp.exp() * (&lp - &lq)).sum(Kind::Double).double_value(&[]);
     let ce = cross_entropy(&lc, &y, Reduction::Mean).double_value(&[]);
     let want = ce + 6.0 * kl_sum / 8.0;
@@ -152,7 +175,9 @@ fn fgsm_rs_example_is_one_clipped_signed_step_from_a_uniform_start() {
     let got = step::fgsm_rs_example(&f, &x, &y, eps, alpha);
     // Reference: the same uniform draw, the gradient at the start, the clipped step.
     tch::manual_seed(77);
-    let start = (&x + (x.rand_like() * 2.0 - 1.0) * eps).clamp(0.0, 1.0).set_requires_grad(true);
+    let start = (&x + (x.rand_like() * 2.0 - 1.0) * eps)
+        .clamp(0.0, 1.0)
+        .set_requires_grad(true);
     let loss = cross_entropy(&f.logits(&start), &y, Reduction::Sum);
     let g = Tensor::run_backward(&[&loss], &[&start], false, false).remove(0);
     let want = (&x + (&start.detach() - &x + g.sign() * alpha).clamp(-eps, eps)).clamp(0.0, 1.0);
@@ -170,25 +195,46 @@ fn cli_trains_trades_mart_and_fgsm_rs() {
     let rf = tmp.path().join("r.toml");
     std::fs::write(&rf, common::tiny_recipe_toml(&data, 1)).unwrap();
     for (obj, extra) in [
-        ("trades", vec!["train.attack.loss=\"kl\"", "train.attack.init=\"normal\""]),
+        (
+            "trades",
+            vec!["train.attack.loss=\"kl\"", "train.attack.init=\"normal\""],
+        ),
         ("mart", vec![]),
         ("fgsm-rs", vec!["train.attack.step_size=0.125"]),
     ] {
         let run = tmp.path().join(obj);
         let mut args = vec![
-            "train".to_string(), "--recipe".into(), rf.display().to_string(), "--out".into(), run.display().to_string(),
-            "--set".into(), format!("train.objective=\"{obj}\""), "--set".into(), "validation.pgd_limit=10".into(),
+            "train".to_string(),
+            "--recipe".into(),
+            rf.display().to_string(),
+            "--out".into(),
+            run.display().to_string(),
+            "--set".into(),
+            format!("train.objective=\"{obj}\""),
+            "--set".into(),
+            "validation.pgd_limit=10".into(),
         ];
         for e in extra {
             args.push("--set".into());
             args.push(e.into());
         }
-        let o = Command::new(env!("CARGO_BIN_EXE_advtrain")).args(&args).env("RUST_LOG", "warn").output().unwrap();
-        assert!(o.status.success(), "{obj}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new(env!("CARGO_BIN_EXE_advtrain"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{obj}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
         let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
         let loss: f64 = row[2].parse().unwrap();
         assert!(loss.is_finite() && loss > 0.0, "{obj}: {csv}");
-        assert!(!row[4].is_empty(), "{obj}: adversarial training accuracy recorded: {csv}");
+        assert!(
+            !row[4].is_empty(),
+            "{obj}: adversarial training accuracy recorded: {csv}"
+        );
     }
 }

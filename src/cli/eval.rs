@@ -9,8 +9,8 @@ use crate::data::Dataset;
 use crate::device::{device_name, parse_device};
 use crate::eval::autoattack::{data_fingerprint, preset, AutoAttack, Preset, StateKey};
 use crate::eval::checks::{curve_flags, gradient_flags, model_checks, Flag, GradientStats};
-use crate::eval::robust_counts;
 use crate::eval::controls::{check_soup, reestimate, swap_ap, Reestimate, StatsSource};
+use crate::eval::robust_counts;
 use crate::nn::{Ctx, Mode, Network, Route};
 use crate::report::plot::{LinePlot, Series};
 use anyhow::{Context, Result};
@@ -374,7 +374,10 @@ fn test_time_label(s: &Setup) -> String {
         l += &format!(" soup={w}");
     }
     if let Some(r) = &s.reestimate {
-        l += &format!(" reestimate={}x{}x{}@{}", r.source, r.batches, r.batch_size, r.eps);
+        l += &format!(
+            " reestimate={}x{}x{}@{}",
+            r.source, r.batches, r.batch_size, r.eps
+        );
     }
     l
 }

@@ -90,7 +90,10 @@ pub fn reestimate(
     device: Device,
 ) -> Result<usize> {
     anyhow::ensure!(r.batches >= 1, "--reestimate-batches must be >= 1");
-    anyhow::ensure!(!data.is_empty(), "no training images to re-estimate statistics on");
+    anyhow::ensure!(
+        !data.is_empty(),
+        "no training images to re-estimate statistics on"
+    );
     anyhow::ensure!(
         r.eps >= 0.0 && r.eps.is_finite(),
         "re-estimation eps must be >= 0, got {}",
@@ -103,9 +106,9 @@ pub fn reestimate(
         .take(r.batches)
         .map(|(x, y)| match r.source {
             StatsSource::Clean => x,
-            StatsSource::Noise => tch::no_grad(|| {
-                (&x + (x.rand_like() * 2.0 - 1.0) * r.eps).clamp(0.0, 1.0)
-            }),
+            StatsSource::Noise => {
+                tch::no_grad(|| (&x + (x.rand_like() * 2.0 - 1.0) * r.eps).clamp(0.0, 1.0))
+            }
             StatsSource::Adv => {
                 let pgd = Pgd::new(PgdConfig::new(ThreatNorm::Linf, r.eps, r.eps / 4.0, 10));
                 pgd.perturb(&Classifier::new(model, Ctx::new(route, Mode::Eval)), &x, &y)
@@ -159,7 +162,8 @@ fn branch_source(
         .ok_or_else(|| anyhow::anyhow!("variable {name} has no counterpart"))?;
     let is_stat = matches!(leaf, "running_mean" | "running_var" | "num_batches_tracked");
     let at = |d: Domain| src.get(&format!("{prefix}.{d}.{leaf}"));
-    let missing = || anyhow::anyhow!("no '{prefix}.<domain>.{leaf}' for '{name}' in the source model");
+    let missing =
+        || anyhow::anyhow!("no '{prefix}.<domain>.{leaf}' for '{name}' in the source model");
     if !is_stat {
         if let Some(w) = soup {
             let (c, a) = (at(CLEAN).ok_or_else(missing)?, at(ADV).ok_or_else(missing)?);
@@ -194,7 +198,10 @@ pub fn export_branch(
             v.size(),
             t.size()
         );
-        out.push((name, v.to_device(Device::Cpu).to_kind(t.kind()).contiguous()));
+        out.push((
+            name,
+            v.to_device(Device::Cpu).to_kind(t.kind()).contiguous(),
+        ));
     }
     Ok((arch, out))
 }
@@ -206,7 +213,11 @@ pub fn domain(s: &str) -> Result<Domain> {
 
 /// Batch statistics of every BN layer input for one forward of `x` through `ctx` (no grad;
 /// `ctx.mode` decides whether running statistics move: use `Mode::Eval` to leave them).
-pub fn probe_batch_stats(model: &dyn Model, x: &Tensor, ctx: &Ctx) -> Vec<(String, Tensor, Tensor)> {
+pub fn probe_batch_stats(
+    model: &dyn Model,
+    x: &Tensor,
+    ctx: &Ctx,
+) -> Vec<(String, Tensor, Tensor)> {
     let norms = model.norms();
     for (_, n) in &norms {
         n.set_probe(true);
@@ -215,7 +226,11 @@ pub fn probe_batch_stats(model: &dyn Model, x: &Tensor, ctx: &Ctx) -> Vec<(Strin
     let mut out = vec![];
     for (name, n) in &norms {
         if let Some(s) = n.take_probe().into_iter().next() {
-            out.push((name.clone(), s.mean.to_kind(Kind::Float), s.var.to_kind(Kind::Float)));
+            out.push((
+                name.clone(),
+                s.mean.to_kind(Kind::Float),
+                s.var.to_kind(Kind::Float),
+            ));
         }
         n.set_probe(false);
     }

@@ -177,7 +177,10 @@ impl Segments {
     pub fn new(list: &[Segment]) -> Segments {
         let mut s = Segments::default();
         for seg in list.iter().filter(|g| g.size > 0) {
-            assert!(s.len < MAX_SEGMENTS, "at most {MAX_SEGMENTS} batch segments");
+            assert!(
+                s.len < MAX_SEGMENTS,
+                "at most {MAX_SEGMENTS} batch segments"
+            );
             s.items[s.len] = *seg;
             s.len += 1;
         }
@@ -589,7 +592,14 @@ impl Norm {
                 .all(|g| self.ns_index(g.source) == self.ns_index(g.route.ns));
         if uniform {
             let wb = self.affine_params(segs[0].route.ap, ctx.soup);
-            return self.fused(x, &wb, self.ns_index(segs[0].route.ns), ctx.mode, momentum, cudnn);
+            return self.fused(
+                x,
+                &wb,
+                self.ns_index(segs[0].route.ns),
+                ctx.mode,
+                momentum,
+                cudnn,
+            );
         }
         let xs = slices(x, segs);
         if ctx.mode == Mode::Eval {
@@ -598,7 +608,14 @@ impl Norm {
                 .zip(segs)
                 .map(|(xi, g)| {
                     let wb = self.affine_params(g.route.ap, ctx.soup);
-                    self.fused(xi, &wb, self.ns_index(g.route.ns), Mode::Eval, momentum, cudnn)
+                    self.fused(
+                        xi,
+                        &wb,
+                        self.ns_index(g.route.ns),
+                        Mode::Eval,
+                        momentum,
+                        cudnn,
+                    )
                 })
                 .collect();
             return Tensor::cat(&parts, 0);
@@ -727,9 +744,10 @@ pub fn batch_moments(x: &Tensor) -> (Tensor, Tensor) {
     let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
     let mean = x.mean_dim(dims.as_slice(), false, Kind::Float);
     let shape = channel_shape(x.dim(), mean.size()[0]);
-    let var = (x - mean.view(shape.as_slice()))
-        .square()
-        .mean_dim(dims.as_slice(), false, Kind::Float);
+    let var =
+        (x - mean.view(shape.as_slice()))
+            .square()
+            .mean_dim(dims.as_slice(), false, Kind::Float);
     (mean, var)
 }
 

@@ -289,7 +289,10 @@ impl Recipe {
             })?;
             a.validate("train.attack").map_err(anyhow::Error::msg)?;
         }
-        for (field, v) in [("train.trades_beta", t.trades_beta), ("train.mart_lambda", t.mart_lambda)] {
+        for (field, v) in [
+            ("train.trades_beta", t.trades_beta),
+            ("train.mart_lambda", t.mart_lambda),
+        ] {
             anyhow::ensure!(v >= 0.0 && v.is_finite(), "{field} must be >= 0, got {v}");
         }
         if t.objective == Objective::Trades {

@@ -7,9 +7,9 @@
 use super::checkpoint::{self, Sidecar};
 use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
-use super::step;
 use super::optim::{learning_rate, Sgd};
 use super::recipe::{Objective, Recipe};
+use super::step;
 use crate::attack::{Attack, Classifier, Pgd};
 use crate::data::Splits;
 use crate::device::{device_name, parse_device};
@@ -102,7 +102,14 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     for epoch in start_epoch..end {
         let mut m = train_epoch(recipe, &net, &mut sgd, &data, epoch, device)?;
         validate(recipe, &net, &data, epoch, device, &mut m);
-        validate_branches(recipe, &net, &data, epoch, device, &out.join("branches.csv"))?;
+        validate_branches(
+            recipe,
+            &net,
+            &data,
+            epoch,
+            device,
+            &out.join("branches.csv"),
+        )?;
         let score = match t.objective {
             Objective::Standard => m.val_clean_acc,
             _ => m.val_pgd_acc.or(m.val_clean_acc),
@@ -335,7 +342,10 @@ fn validate_branches(
             }
             _ => String::new(),
         };
-        log::info!("epoch {} branch {route}: val clean {clean:.4} pgd {pgd}", epoch + 1);
+        log::info!(
+            "epoch {} branch {route}: val clean {clean:.4} pgd {pgd}",
+            epoch + 1
+        );
         rows += &format!("{},\"{route}\",{clean:.6},{pgd}\n", epoch + 1);
     }
     use std::io::Write;
@@ -360,7 +370,10 @@ fn validate(
         return;
     }
     let start = Instant::now();
-    let f = Classifier::new(net.model.as_ref(), Ctx::new(recipe.validation_route(), Mode::Eval));
+    let f = Classifier::new(
+        net.model.as_ref(),
+        Ctx::new(recipe.validation_route(), Mode::Eval),
+    );
     let bs = recipe.validation.batch_size;
     m.val_clean_acc = Some(clean_counts(&f, &data.val, bs, device).clean_accuracy());
     if let (Some(cfg), true) = (recipe.validation_attack(), recipe.validation.pgd_limit > 0) {

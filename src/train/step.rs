@@ -38,7 +38,13 @@ fn hits(logits: &Tensor, y: &Tensor) -> Tensor {
 }
 
 /// Loss of one training batch `(x, y)` under `recipe.train.objective`.
-pub fn loss(recipe: &Recipe, model: &dyn Model, attack: Option<&Pgd>, x: &Tensor, y: &Tensor) -> StepOutput {
+pub fn loss(
+    recipe: &Recipe,
+    model: &dyn Model,
+    attack: Option<&Pgd>,
+    x: &Tensor,
+    y: &Tensor,
+) -> StepOutput {
     let t = &recipe.train;
     let n = y.size()[0];
     match t.objective {
@@ -53,11 +59,14 @@ pub fn loss(recipe: &Recipe, model: &dyn Model, attack: Option<&Pgd>, x: &Tensor
         Objective::PgdAt => {
             let pgd = attack.expect("validated: pgd-at has an attack");
             let clean = t.track_clean_accuracy.then(|| {
-                let logits =
-                    tch::no_grad(|| model.forward(x, &Ctx::new(t.route, Mode::Eval)));
+                let logits = tch::no_grad(|| model.forward(x, &Ctx::new(t.route, Mode::Eval)));
                 (hits(&logits, y), n)
             });
-            let x_adv = pgd.perturb(&Classifier::new(model, Ctx::new(t.route, t.attack_bn_mode)), x, y);
+            let x_adv = pgd.perturb(
+                &Classifier::new(model, Ctx::new(t.route, t.attack_bn_mode)),
+                x,
+                y,
+            );
             let logits = model.forward(&x_adv, &Ctx::new(t.route, Mode::Train));
             StepOutput {
                 loss: cross_entropy(&logits, y, Reduction::Mean),
@@ -65,9 +74,13 @@ pub fn loss(recipe: &Recipe, model: &dyn Model, attack: Option<&Pgd>, x: &Tensor
                 adv: Some((hits(&logits, y), n)),
             }
         }
-        Objective::Hybrid | Objective::Advprop => {
-            hybrid(recipe, model, attack.expect("validated: hybrid has an attack"), x, y)
-        }
+        Objective::Hybrid | Objective::Advprop => hybrid(
+            recipe,
+            model,
+            attack.expect("validated: hybrid has an attack"),
+            x,
+            y,
+        ),
         Objective::Trades => trades(recipe, model, attack.expect("validated"), x, y),
         Objective::Mart => mart(recipe, model, attack.expect("validated"), x, y),
         Objective::FgsmRs => fgsm_rs(recipe, model, x, y),
@@ -77,13 +90,26 @@ pub fn loss(recipe: &Recipe, model: &dyn Model, attack: Option<&Pgd>, x: &Tensor
 /// Train-mode logits of adversarial rows `xa` (through `h.adv_route`) and clean rows `xc`
 /// (through `h.clean_route`): one forward over `[xa; xc]` split by explicit sizes (joint) or one
 /// forward each (separate). An empty part gives an empty [0, 1] tensor.
-pub fn forward_pair(model: &dyn Model, h: &HybridSpec, xa: &Tensor, xc: &Tensor) -> (Tensor, Tensor) {
+pub fn forward_pair(
+    model: &dyn Model,
+    h: &HybridSpec,
+    xa: &Tensor,
+    xc: &Tensor,
+) -> (Tensor, Tensor) {
     let (na, nc) = (xa.size()[0], xc.size()[0]);
     match h.passes {
         Passes::Joint => {
             let segs = [
-                Segment { size: na, source: ADV, route: h.adv_route },
-                Segment { size: nc, source: CLEAN, route: h.clean_route },
+                Segment {
+                    size: na,
+                    source: ADV,
+                    route: h.adv_route,
+                },
+                Segment {
+                    size: nc,
+                    source: CLEAN,
+                    route: h.clean_route,
+                },
             ];
             let input = Tensor::cat(&[xa, xc], 0);
             let logits = model.forward(&input, &Ctx::mixed(Mode::Train, &segs));
@@ -111,7 +137,11 @@ fn trades(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor)
     let t = &recipe.train;
     let h = &t.hybrid;
     let n = y.size()[0];
-    let x_adv = pgd.perturb(&Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)), x, y);
+    let x_adv = pgd.perturb(
+        &Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)),
+        x,
+        y,
+    );
     let (la, lc) = forward_pair(model, h, &x_adv, x);
     let kl = kl_rows(&lc, &la).mean(Kind::Float);
     let loss = cross_entropy(&lc, y, Reduction::Mean) + kl * t.trades_beta;
@@ -129,7 +159,11 @@ fn mart(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor) -
     let t = &recipe.train;
     let h = &t.hybrid;
     let n = y.size()[0];
-    let x_adv = pgd.perturb(&Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)), x, y);
+    let x_adv = pgd.perturb(
+        &Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)),
+        x,
+        y,
+    );
     let (la, lc) = forward_pair(model, h, &x_adv, x);
     let loss = mart_loss(&la, &lc, y, t.mart_lambda);
     StepOutput {
@@ -181,7 +215,10 @@ fn fgsm_rs(recipe: &Recipe, model: &dyn Model, x: &Tensor, y: &Tensor) -> StepOu
 /// The FGSM-RS example of `x` (L-inf): uniform start, one signed-gradient step of `alpha`.
 pub fn fgsm_rs_example(f: &Classifier, x: &Tensor, y: &Tensor, eps: f64, alpha: f64) -> Tensor {
     let delta = (x.rand_like() * 2.0 - 1.0) * eps;
-    let start = (x + &delta).clamp(0.0, 1.0).detach().set_requires_grad(true);
+    let start = (x + &delta)
+        .clamp(0.0, 1.0)
+        .detach()
+        .set_requires_grad(true);
     let loss = cross_entropy(&f.logits(&start), y, Reduction::Sum);
     let g = Tensor::run_backward(&[&loss], &[&start], false, false).remove(0);
     tch::no_grad(|| {
@@ -200,7 +237,11 @@ fn hybrid(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor)
     let (xa, ya) = (x.narrow(0, 0, na), y.narrow(0, 0, na));
     let (xc, yc) = (x.narrow(0, n - nc, nc), y.narrow(0, n - nc, nc));
     let x_adv = if na > 0 {
-        pgd.perturb(&Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)), &xa, &ya)
+        pgd.perturb(
+            &Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)),
+            &xa,
+            &ya,
+        )
     } else {
         xa.shallow_clone()
     };

@@ -8,9 +8,9 @@ pub mod small_cnn;
 pub mod wide_resnet;
 
 use crate::nn::norm::{lerp, Ctx, Norm, NormSpec, ADV, CLEAN};
-use tch::nn::Module;
 use serde::{Deserialize, Serialize};
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
+use tch::nn::Module;
 use tch::nn::{self, Init};
 use tch::Tensor;
 

@@ -5,7 +5,7 @@
 //! Names: `layer2.0.bn1`, `layer2.0.conv1`, `layer2.0.bn2`, `layer2.0.conv2`,
 //! `layer2.0.shortcut.0` (conv1x1), `bn`, `linear`. Init: PyTorch defaults, as the reference.
 
-use super::{Head, conv_init, TORCH_DEFAULT};
+use super::{conv_init, Head, TORCH_DEFAULT};
 use super::{global_avg_pool, ArchSpec, Forward, Model};
 use crate::nn::norm::{Ctx, Norm, NormSpec};
 use tch::{nn, nn::Module, Tensor};

@@ -4,7 +4,7 @@
 //! torchvision v1.5) for 50/101/152. Names: `layer2.0.conv1`, `layer2.0.bn1`, ...,
 //! `layer2.0.downsample.0` (conv1x1), `layer2.0.downsample.1` (norm).
 
-use super::{Head, conv_init, global_avg_pool, ArchSpec, Forward, Model, HE_FAN_OUT};
+use super::{conv_init, global_avg_pool, ArchSpec, Forward, Head, Model, HE_FAN_OUT};
 use crate::nn::norm::{Ctx, Norm, NormSpec};
 use tch::nn::{self, Module};
 use tch::Tensor;

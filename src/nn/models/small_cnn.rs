@@ -2,7 +2,7 @@
 //! global average pooling and a linear classifier. Names: conv1, bn1, conv2, bn2, conv3, bn3, fc.
 //! PyTorch default init; convolutions carry a bias only when the norm is `none`.
 
-use super::{Head, global_avg_pool, ArchSpec, Forward, Model, TORCH_DEFAULT};
+use super::{global_avg_pool, ArchSpec, Forward, Head, Model, TORCH_DEFAULT};
 use crate::nn::norm::{Ctx, Norm, NormKind};
 use tch::{nn, nn::Module, Tensor};
 

@@ -4,7 +4,7 @@
 //! Names: `block1.layer.0.bn1`, `.conv1`, `.bn2`, `.conv2`, `.convShortcut` (when in != out).
 //! Init as the reference: convs He-normal over fan-out, fc bias 0.
 
-use super::{Head, conv_init, HE_FAN_OUT};
+use super::{conv_init, Head, HE_FAN_OUT};
 use super::{global_avg_pool, ArchSpec, Forward, Model};
 use crate::nn::norm::{Ctx, Norm, NormSpec};
 use tch::{nn, nn::Module, Tensor};
@@ -94,7 +94,13 @@ impl WideResNet {
             stages.push(stage);
         }
         let bn1 = Norm::new(&(p / "bn1"), cin, spec.norm);
-        let fc = Head::new(p / "fc", cin, spec.num_classes, spec.heads, Some(nn::Init::Const(0.0)));
+        let fc = Head::new(
+            p / "fc",
+            cin,
+            spec.num_classes,
+            spec.heads,
+            Some(nn::Init::Const(0.0)),
+        );
         Ok(WideResNet {
             conv1,
             stages,
