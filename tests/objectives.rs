@@ -238,3 +238,72 @@ fn cli_trains_trades_mart_and_fgsm_rs() {
         );
     }
 }
+
+#[test]
+fn collapse_rule_is_an_absolute_drop_below_the_best_earlier_epoch() {
+    use advtrain::train::run::is_collapse;
+    assert!(
+        !is_collapse(None, 0.0, 0.2),
+        "the first epoch cannot collapse"
+    );
+    assert!(!is_collapse(Some(0.5), 0.31, 0.2));
+    assert!(is_collapse(Some(0.5), 0.29, 0.2));
+    assert!(!is_collapse(Some(0.5), 0.7, 0.2));
+}
+
+#[test]
+fn cli_fgsm_rs_writes_the_overfitting_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::write_tiny_mnist(&data, 64, 20);
+    let rf = tmp.path().join("r.toml");
+    std::fs::write(&rf, common::tiny_recipe_toml(&data, 2)).unwrap();
+    let run = tmp.path().join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .args([
+            "train",
+            "--recipe",
+            &rf.display().to_string(),
+            "--out",
+            &run.display().to_string(),
+            "--set",
+            "train.objective=\"fgsm-rs\"",
+            "--set",
+            "train.attack.step_size=0.125",
+            "--set",
+            "train.overfit_check={ n = 16, steps = 2 }",
+            "--set",
+            "validation.pgd_limit=0",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(run.join("overfit_check.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "epoch,train_pgd_acc,best_before,collapsed");
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[1].starts_with("1,") && lines[1].ends_with(",,0"),
+        "{csv}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert!(summary.get("overfitting").is_some());
+    let bad = Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .args([
+            "train",
+            "--recipe",
+            &rf.display().to_string(),
+            "--out",
+            &tmp.path().join("b").display().to_string(),
+            "--set",
+            "train.overfit_check={ drop = 0.0 }",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !bad.status.success()
+            && String::from_utf8_lossy(&bad.stderr).contains("train.overfit_check.drop")
+    );
+}

@@ -145,6 +145,7 @@ mod tests {
             hybrid: Default::default(),
             trades_beta: 6.0,
             mart_lambda: 6.0,
+            overfit_check: None,
             track_clean_accuracy: true,
         }
     }

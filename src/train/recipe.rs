@@ -59,6 +59,34 @@ impl Objective {
     }
 }
 
+/// Catastrophic-overfitting detection (Wong et al. 2020): after every epoch, PGD accuracy on the
+/// first `n` training images (PGD-`steps`, step eps/4, at the training eps, through the
+/// validation route in eval mode). A fall of more than `drop` (absolute) below the best earlier
+/// epoch is a collapse: reported in the log, `overfit_check.csv` and `summary.json`; with
+/// `rollback`, training stops and the model returns to `checkpoints/best`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverfitCheck {
+    #[serde(default = "default_check_n")]
+    pub n: usize,
+    #[serde(default = "default_check_steps")]
+    pub steps: usize,
+    #[serde(default = "default_check_drop")]
+    pub drop: f64,
+    #[serde(default = "yes")]
+    pub rollback: bool,
+}
+
+fn default_check_n() -> usize {
+    512
+}
+fn default_check_steps() -> usize {
+    10
+}
+fn default_check_drop() -> f64 {
+    0.2
+}
+
 /// How the clean and adversarial rows of a hybrid batch are normalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -175,6 +203,9 @@ pub struct TrainSpec {
     /// MART's lambda.
     #[serde(default = "six")]
     pub mart_lambda: f64,
+    /// Catastrophic-overfitting check after every epoch (FGSM-RS; any adversarial objective).
+    #[serde(default)]
+    pub overfit_check: Option<OverfitCheck>,
     /// Measure clean training accuracy with an extra no-grad eval-mode forward (pgd-at only).
     #[serde(default = "yes")]
     pub track_clean_accuracy: bool,
@@ -307,6 +338,19 @@ impl Recipe {
             anyhow::ensure!(
                 a.norm == crate::attack::ThreatNorm::Linf,
                 "train.attack.norm must be \"linf\" for objective fgsm-rs"
+            );
+        }
+        if let Some(c) = &t.overfit_check {
+            anyhow::ensure!(
+                t.attack.is_some(),
+                "train.overfit_check needs train.attack (its eps)"
+            );
+            anyhow::ensure!(c.n >= 1, "train.overfit_check.n must be >= 1");
+            anyhow::ensure!(c.steps >= 1, "train.overfit_check.steps must be >= 1");
+            anyhow::ensure!(
+                c.drop > 0.0 && c.drop <= 1.0,
+                "train.overfit_check.drop must be in (0,1], got {}",
+                c.drop
             );
         }
         let h = &t.hybrid;

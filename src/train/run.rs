@@ -41,12 +41,24 @@ pub struct RunSummary {
     pub best_metric: Option<f64>,
     pub device: String,
     pub parameters: i64,
+    /// Catastrophic overfitting detected by `train.overfit_check`, when it was.
+    pub overfitting: Option<Collapse>,
+}
+
+/// A collapse of PGD accuracy on the training subset (catastrophic overfitting).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Collapse {
+    pub epoch: usize,
+    pub pgd_accuracy: f64,
+    pub best_before: f64,
+    pub rolled_back_to: Option<usize>,
 }
 
 const STREAM_INIT: u64 = 0;
 const STREAM_TORCH: u64 = 1;
 const STREAM_DATA: u64 = 2;
 const STREAM_VAL: u64 = 3;
+const STREAM_OVERFIT: u64 = 4;
 
 /// Train `recipe` into `opts.out`. With `opts.resume`, continue from `checkpoints/last`.
 pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
@@ -80,6 +92,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         best = side.best_metric;
         metrics::truncate_after(&csv, start_epoch)?;
         metrics::truncate_after(&out.join("branches.csv"), start_epoch)?;
+        metrics::truncate_after(&out.join("overfit_check.csv"), start_epoch)?;
         log::info!("resuming {} after epoch {start_epoch}", out.display());
     } else if opts.resume {
         log::warn!(
@@ -98,6 +111,9 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     );
 
     let mut last = EpochMetrics::default();
+    let mut overfitting = None;
+    let overfit_csv = out.join("overfit_check.csv");
+    let mut check_best = best_check_accuracy(&overfit_csv)?;
     let end = opts.stop_after.map_or(t.epochs, |s| s.min(t.epochs));
     for epoch in start_epoch..end {
         let mut m = train_epoch(recipe, &net, &mut sgd, &data, epoch, device)?;
@@ -141,6 +157,51 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         metrics::append(&csv, &m)?;
         log::info!("{}", describe(&m, t.epochs));
         last = m;
+        if let Some(c) = &t.overfit_check {
+            let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device);
+            let collapsed = is_collapse(check_best, acc, c.drop);
+            append_line(
+                &overfit_csv,
+                "epoch,train_pgd_acc,best_before,collapsed",
+                &format!(
+                    "{},{acc:.6},{},{}",
+                    epoch + 1,
+                    check_best.map(|b| format!("{b:.6}")).unwrap_or_default(),
+                    collapsed as u8
+                ),
+            )?;
+            if collapsed {
+                let before = check_best.unwrap_or(0.0);
+                log::warn!(
+                    "catastrophic overfitting in epoch {}: PGD-{} accuracy on {} training images fell from {:.2}% to {:.2}%",
+                    epoch + 1,
+                    c.steps,
+                    c.n,
+                    100.0 * before,
+                    100.0 * acc
+                );
+                let mut rolled_back_to = None;
+                if c.rollback && best_file.exists() {
+                    let side = checkpoint::read_sidecar(&best_file)?;
+                    net.load_weights(&best_file)?;
+                    rolled_back_to = Some(side.epoch);
+                    log::warn!(
+                        "rolled back to checkpoints/best (epoch {}) and stopped training",
+                        side.epoch
+                    );
+                }
+                overfitting = Some(Collapse {
+                    epoch: epoch + 1,
+                    pgd_accuracy: acc,
+                    best_before: before,
+                    rolled_back_to,
+                });
+                if c.rollback {
+                    break;
+                }
+            }
+            check_best = Some(check_best.map_or(acc, |b| b.max(acc)));
+        }
     }
     let summary = RunSummary {
         epochs: t.epochs,
@@ -148,6 +209,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         best_metric: best,
         device: device_name(device),
         parameters: net.num_parameters(),
+        overfitting,
     };
     std::fs::write(
         out.join("summary.json"),
@@ -307,6 +369,68 @@ fn train_epoch(
         images_per_s: seen as f64 / secs,
         epoch_time_s: secs,
     })
+}
+
+/// PGD accuracy on the first `c.n` training images (the catastrophic-overfitting check).
+fn overfit_accuracy(
+    recipe: &Recipe,
+    c: &super::recipe::OverfitCheck,
+    net: &Network,
+    data: &Splits,
+    epoch: usize,
+    device: Device,
+) -> f64 {
+    let a = recipe.train.attack.as_ref().expect("validated");
+    let cfg = crate::attack::PgdConfig::new(a.norm, a.eps, a.eps / 4.0, c.steps);
+    tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_OVERFIT) as i64);
+    let f = Classifier::new(
+        net.model.as_ref(),
+        Ctx::new(recipe.validation_route(), Mode::Eval),
+    );
+    let subset = data.train.take(c.n);
+    robust_counts(
+        &f,
+        &Pgd::new(cfg),
+        &subset,
+        recipe.validation.batch_size,
+        device,
+    )
+    .robust_accuracy()
+}
+
+/// A collapse: accuracy `acc` more than `drop` (absolute) below the best earlier epoch's.
+pub fn is_collapse(best_before: Option<f64>, acc: f64, drop: f64) -> bool {
+    best_before.is_some_and(|b| b - acc > drop)
+}
+
+/// Highest `train_pgd_acc` in an existing `overfit_check.csv` (resume).
+fn best_check_accuracy(path: &Path) -> Result<Option<f64>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(1)?.parse::<f64>().ok())
+        .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))))
+}
+
+/// Append `line` to a CSV file, writing `header` first when the file is new.
+fn append_line(path: &Path, header: &str, line: &str) -> Result<()> {
+    use std::io::Write;
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    if new {
+        writeln!(f, "{header}")?;
+    }
+    writeln!(f, "{line}")?;
+    Ok(())
 }
 
 /// Clean and PGD validation accuracy of every route in `validation.branches`, appended to
