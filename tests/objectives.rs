@@ -307,3 +307,92 @@ fn cli_fgsm_rs_writes_the_overfitting_check() {
             && String::from_utf8_lossy(&bad.stderr).contains("train.overfit_check.drop")
     );
 }
+
+#[test]
+fn awp_adds_gamma_times_weight_norm_along_the_gradient_and_restores_exactly() {
+    use advtrain::train::awp;
+    let _g = common::rng_lock();
+    let net = common::confident_small_cnn();
+    tch::manual_seed(6);
+    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
+    let before: Vec<(String, Tensor)> = awp::perturbed_weights(&net)
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"]
+    );
+    // Independent gradient: the same loss, backward into .grad.
+    let ctx = Ctx::new(Default::default(), Mode::TrainFrozen);
+    let loss = cross_entropy(&net.model.forward(&x, &ctx), &y, Reduction::Mean);
+    let grads: Vec<Tensor> = {
+        for (_, t) in awp::perturbed_weights(&net) {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        loss.backward();
+        awp::perturbed_weights(&net)
+            .iter()
+            .map(|(_, t)| t.grad().copy())
+            .collect()
+    };
+    let gamma = 0.01;
+    let loss = cross_entropy(&net.model.forward(&x, &ctx), &y, Reduction::Mean);
+    let added = awp::perturb(&net, gamma, &loss);
+    for (((name, w0), (_, w1)), g) in before.iter().zip(awp::perturbed_weights(&net)).zip(&grads) {
+        let v = (&w1 - w0).to_kind(Kind::Double);
+        let rel = v.norm().double_value(&[]) / w0.to_kind(Kind::Double).norm().double_value(&[]);
+        assert!(
+            (rel - gamma).abs() < 1e-4 * gamma,
+            "{name}: ||v||/||w|| = {rel}"
+        );
+        let g = g.to_kind(Kind::Double);
+        let cos = (&v * &g).sum(Kind::Double).double_value(&[])
+            / (v.norm().double_value(&[]) * g.norm().double_value(&[]));
+        assert!(cos > 0.9999, "{name}: v along the gradient, cos {cos}");
+    }
+    awp::restore(added);
+    for ((name, w0), (_, w1)) in before.iter().zip(awp::perturbed_weights(&net)) {
+        assert!(
+            (&w1 - w0).abs().max().double_value(&[]) < 1e-6,
+            "{name} restored"
+        );
+    }
+}
+
+#[test]
+fn cli_pgd_at_with_awp_trains_and_bad_gamma_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::write_tiny_mnist(&data, 64, 20);
+    let rf = tmp.path().join("r.toml");
+    std::fs::write(&rf, common::tiny_recipe_toml(&data, 2)).unwrap();
+    let run = |out: &str, set: &str| {
+        Command::new(env!("CARGO_BIN_EXE_advtrain"))
+            .args([
+                "train",
+                "--recipe",
+                &rf.display().to_string(),
+                "--out",
+                &tmp.path().join(out).display().to_string(),
+                "--set",
+                set,
+                "--set",
+                "validation.pgd_limit=10",
+            ])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let o = run("awp", "train.awp={ gamma = 0.01, warmup_epochs = 1 }");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(tmp.path().join("awp/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let o = run("bad", "train.awp={ gamma = 0.0 }");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("train.awp.gamma"));
+}

@@ -1,5 +1,6 @@
 //! Training: recipes, the optimiser and schedules, checkpoints and the resumable run loop.
 
+pub mod awp;
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;

@@ -59,6 +59,20 @@ impl Objective {
     }
 }
 
+/// AWP (Wu et al. 2020): per weight tensor with more than one dimension, `v_l = gamma *
+/// ||w_l|| / ||d_l|| * d_l` with `d` the gradient of the objective's loss at the current weights
+/// (the reference's one proxy SGD ascent step, up to its learning rate, which cancels); the
+/// step's gradient is taken at `w + v`, then `v` is removed before the optimiser step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwpSpec {
+    /// 0.01 for PGD-AT, 0.005 for TRADES in the paper.
+    pub gamma: f64,
+    /// Epochs of plain training before AWP starts.
+    #[serde(default)]
+    pub warmup_epochs: usize,
+}
+
 /// Catastrophic-overfitting detection (Wong et al. 2020): after every epoch, PGD accuracy on the
 /// first `n` training images (PGD-`steps`, step eps/4, at the training eps, through the
 /// validation route in eval mode). A fall of more than `drop` (absolute) below the best earlier
@@ -203,6 +217,9 @@ pub struct TrainSpec {
     /// MART's lambda.
     #[serde(default = "six")]
     pub mart_lambda: f64,
+    /// Adversarial weight perturbation around the objective (pgd-at, trades, mart, hybrid, ...).
+    #[serde(default)]
+    pub awp: Option<AwpSpec>,
     /// Catastrophic-overfitting check after every epoch (FGSM-RS; any adversarial objective).
     #[serde(default)]
     pub overfit_check: Option<OverfitCheck>,
@@ -338,6 +355,17 @@ impl Recipe {
             anyhow::ensure!(
                 a.norm == crate::attack::ThreatNorm::Linf,
                 "train.attack.norm must be \"linf\" for objective fgsm-rs"
+            );
+        }
+        if let Some(a) = &t.awp {
+            anyhow::ensure!(
+                a.gamma > 0.0 && a.gamma.is_finite(),
+                "train.awp.gamma must be > 0, got {}",
+                a.gamma
+            );
+            anyhow::ensure!(
+                t.objective.is_adversarial(),
+                "train.awp needs an adversarial objective (pgd-at, trades, mart, hybrid, ...)"
             );
         }
         if let Some(c) = &t.overfit_check {

@@ -9,7 +9,7 @@ use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
 use super::optim::{learning_rate, Sgd};
 use super::recipe::{Objective, Recipe};
-use super::step;
+use super::{awp, step};
 use crate::attack::{Attack, Classifier, Pgd};
 use crate::data::Splits;
 use crate::device::{device_name, parse_device};
@@ -320,9 +320,21 @@ fn train_epoch(
         };
         lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
         let bs = y.size()[0];
-        let out = step::loss(recipe, model, attack.as_ref(), &x, &y);
+        let x_adv = step::generate(recipe, model, attack.as_ref(), &x, &y);
+        let perturbation = match &t.awp {
+            Some(a) if epoch >= a.warmup_epochs => Some(awp::perturb(
+                net,
+                a.gamma,
+                &step::loss_with(recipe, model, &x, &y, x_adv.as_ref(), Mode::TrainFrozen).loss,
+            )),
+            _ => None,
+        };
+        let out = step::loss_with(recipe, model, &x, &y, x_adv.as_ref(), Mode::Train);
         sgd.zero_grad();
         out.loss.backward();
+        if let Some(v) = perturbation {
+            awp::restore(v);
+        }
         sgd.step(lr);
         if let Some((h, k)) = out.clean {
             clean_hits += h;

@@ -37,7 +37,43 @@ fn hits(logits: &Tensor, y: &Tensor) -> Tensor {
     tch::no_grad(|| correct(logits, y).sum(Kind::Float))
 }
 
-/// Loss of one training batch `(x, y)` under `recipe.train.objective`.
+/// The adversarial inputs of one batch for `recipe.train.objective` (None for standard
+/// training): PGD through the objective's attack route in `train.attack_bn_mode` (hybrid and
+/// AdvProp: the first `adv_rows` images only), FGSM-RS for fgsm-rs.
+pub fn generate(
+    recipe: &Recipe,
+    model: &dyn Model,
+    attack: Option<&Pgd>,
+    x: &Tensor,
+    y: &Tensor,
+) -> Option<Tensor> {
+    let t = &recipe.train;
+    let h = &t.hybrid;
+    let n = y.size()[0];
+    let pgd = || attack.expect("validated: the objective has a training attack");
+    let through = |route: Route| Classifier::new(model, Ctx::new(route, t.attack_bn_mode));
+    match t.objective {
+        Objective::Standard => None,
+        Objective::PgdAt => Some(pgd().perturb(&through(t.route), x, y)),
+        Objective::Trades | Objective::Mart => Some(pgd().perturb(&through(h.adv_route), x, y)),
+        Objective::Hybrid | Objective::Advprop => {
+            let na = adv_rows(h, t.objective, n);
+            let (xa, ya) = (x.narrow(0, 0, na), y.narrow(0, 0, na));
+            Some(if na > 0 {
+                pgd().perturb(&through(h.adv_route), &xa, &ya)
+            } else {
+                xa.shallow_clone()
+            })
+        }
+        Objective::FgsmRs => {
+            let a = t.attack.as_ref().expect("validated: fgsm-rs has an attack");
+            Some(fgsm_rs_example(&through(t.route), x, y, a.eps, a.step_size))
+        }
+    }
+}
+
+/// Loss of one training batch `(x, y)` under `recipe.train.objective`: [`generate`] then
+/// [`loss_with`] in train mode.
 pub fn loss(
     recipe: &Recipe,
     model: &dyn Model,
@@ -45,49 +81,103 @@ pub fn loss(
     x: &Tensor,
     y: &Tensor,
 ) -> StepOutput {
+    let x_adv = generate(recipe, model, attack, x, y);
+    loss_with(recipe, model, x, y, x_adv.as_ref(), Mode::Train)
+}
+
+/// The objective's loss given the batch and its adversarial inputs, forwards in `mode`
+/// (`Train`; AWP's proxy pass uses `TrainFrozen`, batch statistics without moving the running
+/// ones, as the reference's separate proxy model).
+pub fn loss_with(
+    recipe: &Recipe,
+    model: &dyn Model,
+    x: &Tensor,
+    y: &Tensor,
+    x_adv: Option<&Tensor>,
+    mode: Mode,
+) -> StepOutput {
     let t = &recipe.train;
+    let h = &t.hybrid;
     let n = y.size()[0];
+    let adv = || x_adv.expect("generate() gives adversarial inputs for this objective");
+    let ce = |l: &Tensor, yy: &Tensor| cross_entropy(l, yy, Reduction::Mean);
     match t.objective {
         Objective::Standard => {
-            let logits = model.forward(x, &Ctx::new(t.route, Mode::Train));
+            let logits = model.forward(x, &Ctx::new(t.route, mode));
             StepOutput {
-                loss: cross_entropy(&logits, y, Reduction::Mean),
+                loss: ce(&logits, y),
                 clean: Some((hits(&logits, y), n)),
                 adv: None,
             }
         }
-        Objective::PgdAt => {
-            let pgd = attack.expect("validated: pgd-at has an attack");
-            let clean = t.track_clean_accuracy.then(|| {
+        Objective::PgdAt | Objective::FgsmRs => {
+            let clean = (t.track_clean_accuracy && mode == Mode::Train).then(|| {
                 let logits = tch::no_grad(|| model.forward(x, &Ctx::new(t.route, Mode::Eval)));
                 (hits(&logits, y), n)
             });
-            let x_adv = pgd.perturb(
-                &Classifier::new(model, Ctx::new(t.route, t.attack_bn_mode)),
-                x,
-                y,
-            );
-            let logits = model.forward(&x_adv, &Ctx::new(t.route, Mode::Train));
+            let logits = model.forward(adv(), &Ctx::new(t.route, mode));
             StepOutput {
-                loss: cross_entropy(&logits, y, Reduction::Mean),
+                loss: ce(&logits, y),
                 clean,
                 adv: Some((hits(&logits, y), n)),
             }
         }
-        Objective::Hybrid | Objective::Advprop => hybrid(
-            recipe,
-            model,
-            attack.expect("validated: hybrid has an attack"),
-            x,
-            y,
-        ),
-        Objective::Trades => trades(recipe, model, attack.expect("validated"), x, y),
-        Objective::Mart => mart(recipe, model, attack.expect("validated"), x, y),
-        Objective::FgsmRs => fgsm_rs(recipe, model, x, y),
+        // TRADES (Zhang et al. 2019): CE(f(x; clean), y) + beta * (1/B) sum_i KL(p(x_i) ||
+        // p(x'_i)), the per-sample KL summed over classes (not averaged over them), gradients
+        // through both distributions as the reference. With Dual BN the clean CE goes through
+        // BN_clean and the KL compares the branches; joint passes with one statistics set are
+        // the mixed-batch variant. MART (Wang et al. 2020): see [`mart_loss`].
+        Objective::Trades | Objective::Mart => {
+            let (la, lc) = forward_pair(model, h, adv(), x, mode);
+            let loss = if t.objective == Objective::Trades {
+                ce(&lc, y) + kl_rows(&lc, &la).mean(Kind::Float) * t.trades_beta
+            } else {
+                mart_loss(&la, &lc, y, t.mart_lambda)
+            };
+            StepOutput {
+                loss,
+                clean: Some((hits(&lc, y), n)),
+                adv: Some((hits(&la, y), n)),
+            }
+        }
+        // Hybrid-AT: (1-a) CE(x'; adv_route) + a CE(x; clean_route) on the attacked first
+        // `adv_rows` and the clean last `clean_rows` images; AdvProp: CE_main + CE_aux.
+        Objective::Hybrid | Objective::Advprop => {
+            let (na, nc) = (adv_rows(h, t.objective, n), clean_rows(h, t.objective, n));
+            let ya = y.narrow(0, 0, na);
+            let (xc, yc) = (x.narrow(0, n - nc, nc), y.narrow(0, n - nc, nc));
+            let (logits_a, logits_c) = forward_pair(model, h, adv(), &xc, mode);
+            let (wa, wc) = match t.objective {
+                Objective::Advprop => (1.0, 1.0),
+                _ if nc == 0 => (1.0, 0.0),
+                _ if na == 0 => (0.0, 1.0),
+                _ => (1.0 - h.clean_weight, h.clean_weight),
+            };
+            let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
+            if na > 0 && wa > 0.0 {
+                loss = loss + ce(&logits_a, &ya) * wa;
+            }
+            if nc > 0 && wc > 0.0 {
+                loss = loss + ce(&logits_c, &yc) * wc;
+            }
+            let clean = if nc > 0 {
+                Some((hits(&logits_c, &yc), nc))
+            } else if t.track_clean_accuracy && mode == Mode::Train {
+                let l = tch::no_grad(|| model.forward(x, &Ctx::new(h.clean_route, Mode::Eval)));
+                Some((hits(&l, y), n))
+            } else {
+                None
+            };
+            StepOutput {
+                loss,
+                clean,
+                adv: (na > 0).then(|| (hits(&logits_a, &ya), na)),
+            }
+        }
     }
 }
 
-/// Train-mode logits of adversarial rows `xa` (through `h.adv_route`) and clean rows `xc`
+/// Logits (in `mode`, normally train) of adversarial rows `xa` (through `h.adv_route`) and clean rows `xc`
 /// (through `h.clean_route`): one forward over `[xa; xc]` split by explicit sizes (joint) or one
 /// forward each (separate). An empty part gives an empty [0, 1] tensor.
 pub fn forward_pair(
@@ -95,6 +185,7 @@ pub fn forward_pair(
     h: &HybridSpec,
     xa: &Tensor,
     xc: &Tensor,
+    mode: Mode,
 ) -> (Tensor, Tensor) {
     let (na, nc) = (xa.size()[0], xc.size()[0]);
     match h.passes {
@@ -112,64 +203,19 @@ pub fn forward_pair(
                 },
             ];
             let input = Tensor::cat(&[xa, xc], 0);
-            let logits = model.forward(&input, &Ctx::mixed(Mode::Train, &segs));
+            let logits = model.forward(&input, &Ctx::mixed(mode, &segs));
             (logits.narrow(0, 0, na), logits.narrow(0, na, nc))
         }
         Passes::Separate => {
             let pass = |xs: &Tensor, r: Route| {
                 if xs.size()[0] > 0 {
-                    model.forward(xs, &Ctx::new(r, Mode::Train))
+                    model.forward(xs, &Ctx::new(r, mode))
                 } else {
                     Tensor::zeros([0, 1], (Kind::Float, xs.device()))
                 }
             };
             (pass(xa, h.adv_route), pass(xc, h.clean_route))
         }
-    }
-}
-
-/// TRADES (Zhang et al. 2019): `CE(f(x; clean), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i))`
-/// with the per-sample KL summed over classes (not averaged over them), gradients through both
-/// distributions as the reference; x' maximises the KL (train.attack: loss "kl", init "normal").
-/// With Dual BN, the clean CE goes through BN_clean and the KL compares the two branches; with
-/// joint passes and one statistics set it is the mixed-batch variant.
-fn trades(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor) -> StepOutput {
-    let t = &recipe.train;
-    let h = &t.hybrid;
-    let n = y.size()[0];
-    let x_adv = pgd.perturb(
-        &Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)),
-        x,
-        y,
-    );
-    let (la, lc) = forward_pair(model, h, &x_adv, x);
-    let kl = kl_rows(&lc, &la).mean(Kind::Float);
-    let loss = cross_entropy(&lc, y, Reduction::Mean) + kl * t.trades_beta;
-    StepOutput {
-        loss,
-        clean: Some((hits(&lc, y), n)),
-        adv: Some((hits(&la, y), n)),
-    }
-}
-
-/// MART (Wang et al. 2020): `BCE(p(x'), y) + lambda * (1/B) sum_i KL(p(x_i) || p(x'_i)) *
-/// (1 - p_y(x_i))` with `BCE = -log p_y(x') - log(1.0001 - max_{k != y} p_k(x'))` (the
-/// reference's 1.0001 and 1e-12 guards); x' from train.attack (CE).
-fn mart(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor) -> StepOutput {
-    let t = &recipe.train;
-    let h = &t.hybrid;
-    let n = y.size()[0];
-    let x_adv = pgd.perturb(
-        &Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)),
-        x,
-        y,
-    );
-    let (la, lc) = forward_pair(model, h, &x_adv, x);
-    let loss = mart_loss(&la, &lc, y, t.mart_lambda);
-    StepOutput {
-        loss,
-        clean: Some((hits(&lc, y), n)),
-        adv: Some((hits(&la, y), n)),
     }
 }
 
@@ -180,7 +226,9 @@ pub fn kl_rows(p_logits: &Tensor, q_logits: &Tensor) -> Tensor {
     (log_p.exp() * (log_p - log_q)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
 }
 
-/// The MART loss from adversarial logits `la`, clean logits `lc` and labels `y`.
+/// MART: `BCE(p(x'), y) + lambda * (1/B) sum_i KL(p(x_i) || p(x'_i)) * (1 - p_y(x_i))` with
+/// `BCE = -log p_y(x') - log(1.0001 - max_{k != y} p_k(x'))` (the reference's 1.0001 and 1e-12
+/// guards), from adversarial logits `la`, clean logits `lc` and labels `y`.
 pub fn mart_loss(la: &Tensor, lc: &Tensor, y: &Tensor, lambda: f64) -> Tensor {
     let adv_probs = la.softmax(-1, Kind::Float);
     let yy = y.unsqueeze(1);
@@ -195,24 +243,9 @@ pub fn mart_loss(la: &Tensor, lc: &Tensor, y: &Tensor, lambda: f64) -> Tensor {
     bce + (kl * (true_probs.neg() + 1.0)).mean(Kind::Float) * lambda
 }
 
-/// FGSM-RS (Wong et al. 2020): `delta ~ U(-eps, eps)`, one step `delta += alpha * sign(grad)`
-/// with alpha = `train.attack.step_size` (1.25 eps in the paper), `delta` clipped to
-/// `[-eps, eps]` and `x + delta` to [0, 1]; then CE on `x + delta`.
-fn fgsm_rs(recipe: &Recipe, model: &dyn Model, x: &Tensor, y: &Tensor) -> StepOutput {
-    let t = &recipe.train;
-    let a = t.attack.as_ref().expect("validated: fgsm-rs has an attack");
-    let n = y.size()[0];
-    let f = Classifier::new(model, Ctx::new(t.route, t.attack_bn_mode));
-    let x_adv = fgsm_rs_example(&f, x, y, a.eps, a.step_size);
-    let logits = model.forward(&x_adv, &Ctx::new(t.route, Mode::Train));
-    StepOutput {
-        loss: cross_entropy(&logits, y, Reduction::Mean),
-        clean: None,
-        adv: Some((hits(&logits, y), n)),
-    }
-}
-
-/// The FGSM-RS example of `x` (L-inf): uniform start, one signed-gradient step of `alpha`.
+/// FGSM-RS (Wong et al. 2020) example of `x` (L-inf): `delta ~ U(-eps, eps)`, one step
+/// `delta += alpha * sign(grad)` (alpha = 1.25 eps in the paper), `delta` clipped to
+/// `[-eps, eps]` and `x + delta` to [0, 1].
 pub fn fgsm_rs_example(f: &Classifier, x: &Tensor, y: &Tensor, eps: f64, alpha: f64) -> Tensor {
     let delta = (x.rand_like() * 2.0 - 1.0) * eps;
     let start = (x + &delta)
@@ -225,52 +258,4 @@ pub fn fgsm_rs_example(f: &Classifier, x: &Tensor, y: &Tensor, eps: f64, alpha: 
         let d = (&start - x + g.sign() * alpha).clamp(-eps, eps);
         (x + d).clamp(0.0, 1.0)
     })
-}
-
-/// Hybrid-AT and AdvProp: attack the first `adv_rows` images through `adv_route`, keep the last
-/// `clean_rows` clean, forward `[x'; x]` jointly (explicit segments) or in two passes.
-fn hybrid(recipe: &Recipe, model: &dyn Model, pgd: &Pgd, x: &Tensor, y: &Tensor) -> StepOutput {
-    let t = &recipe.train;
-    let h = &t.hybrid;
-    let n = y.size()[0];
-    let (na, nc) = (adv_rows(h, t.objective, n), clean_rows(h, t.objective, n));
-    let (xa, ya) = (x.narrow(0, 0, na), y.narrow(0, 0, na));
-    let (xc, yc) = (x.narrow(0, n - nc, nc), y.narrow(0, n - nc, nc));
-    let x_adv = if na > 0 {
-        pgd.perturb(
-            &Classifier::new(model, Ctx::new(h.adv_route, t.attack_bn_mode)),
-            &xa,
-            &ya,
-        )
-    } else {
-        xa.shallow_clone()
-    };
-    let (logits_a, logits_c) = forward_pair(model, h, &x_adv, &xc);
-    let ce = |l: &Tensor, yy: &Tensor| cross_entropy(l, yy, Reduction::Mean);
-    let (wa, wc) = match t.objective {
-        Objective::Advprop => (1.0, 1.0),
-        _ if nc == 0 => (1.0, 0.0),
-        _ if na == 0 => (0.0, 1.0),
-        _ => (1.0 - h.clean_weight, h.clean_weight),
-    };
-    let mut loss = Tensor::zeros([], (Kind::Float, x.device()));
-    if na > 0 && wa > 0.0 {
-        loss = loss + ce(&logits_a, &ya) * wa;
-    }
-    if nc > 0 && wc > 0.0 {
-        loss = loss + ce(&logits_c, &yc) * wc;
-    }
-    let clean = if nc > 0 {
-        Some((hits(&logits_c, &yc), nc))
-    } else if t.track_clean_accuracy {
-        let l = tch::no_grad(|| model.forward(x, &Ctx::new(h.clean_route, Mode::Eval)));
-        Some((hits(&l, y), n))
-    } else {
-        None
-    };
-    StepOutput {
-        loss,
-        clean,
-        adv: (na > 0).then(|| (hits(&logits_a, &ya), na)),
-    }
 }
