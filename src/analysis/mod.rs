@@ -6,6 +6,8 @@
 //!   Dual-NS, Dual-AP) lie apart in running mean, running std, gamma and beta.
 //! - [`bn_swap`]: the test-time swap matrix NS {adv, clean, re-estimated} x AP {adv, clean} of
 //!   clean and PGD robust accuracy.
+//! - [`grad_conflict`]: cosine and opposite-sign fraction of the parameter gradients of two loss
+//!   terms (ARAT's gradient conflict), per tensor, per layer and overall.
 //!
 //! Every analysis is a plain function over a model (or a [`Network`]) returning a serialisable
 //! result with a `plot` method; `advtrain analyze <kind>` (see `cli::analyze`) loads a checkpoint
@@ -14,6 +16,7 @@
 pub mod bn_divergence;
 pub mod bn_swap;
 pub mod domain_gap;
+pub mod grad_conflict;
 
 pub use bn_divergence::{bn_divergence, BnDivergence, Divergence, LayerDivergence};
 pub use bn_swap::{bn_swap, swap_step_size, BnSwap, SwapCell, SwapConfig};

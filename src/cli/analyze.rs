@@ -31,6 +31,8 @@ pub enum Kind {
     BnDivergence(BnDivergenceArgs),
     /// Clean and PGD accuracy for NS {adv, clean, re-estimated} x AP {adv, clean}.
     BnSwap(BnSwapArgs),
+    /// Cosine and opposite-sign fraction of two loss terms' parameter gradients, per layer.
+    GradConflict(GradConflictArgs),
 }
 
 /// Flags every kind takes.
@@ -111,11 +113,31 @@ pub struct BnSwapArgs {
     pub batch_size: usize,
 }
 
+#[derive(Args, Debug)]
+pub struct GradConflictArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The two loss terms compared, `A,B`, each of clean-ce | adv-ce | kl | kl-sg.
+    #[arg(long)]
+    pub terms: String,
+    /// L-inf budget of the PGD-10 batch (step eps/4, uniform start).
+    #[arg(long, allow_negative_numbers = true)]
+    pub eps: f64,
+    /// Size of the one batch (the first N test images).
+    #[arg(long, default_value_t = 128)]
+    pub n: usize,
+    /// Adversarial route (attack and adversarial side of the terms); default: adv for a
+    /// multi-domain model, else clean. The clean side always takes the clean route.
+    #[arg(long)]
+    pub route: Option<Route>,
+}
+
 pub fn run(a: AnalyzeArgs) -> Result<()> {
     match a.kind {
         Kind::DomainGap(a) => run_domain_gap(a),
         Kind::BnDivergence(a) => run_bn_divergence(a),
         Kind::BnSwap(a) => run_bn_swap(a),
+        Kind::GradConflict(a) => run_grad_conflict(a),
     }
 }
 
@@ -578,6 +600,115 @@ fn run_bn_swap(a: BnSwapArgs) -> Result<()> {
     };
     write_json(&json, &report)?;
     s.write_png(&png, &format!(" (n={}): {}", s.n, l.net.arch.name))?;
+    println!("wrote {}", png.display());
+    Ok(())
+}
+
+/// The JSON written by `analyze grad-conflict`.
+#[derive(Debug, Serialize)]
+struct GradConflictReport {
+    kind: &'static str,
+    checkpoint: String,
+    sha256: String,
+    architecture: String,
+    objective: serde_json::Value,
+    terms: [String; 2],
+    eps: f64,
+    n: usize,
+    seed: u64,
+    adv_route: String,
+    clean_route: String,
+    attack: serde_json::Value,
+    bn_mode: &'static str,
+    loss_a: f64,
+    loss_b: f64,
+    overall: crate::analysis::grad_conflict::Conflict,
+    layers: Vec<crate::analysis::grad_conflict::LayerConflict>,
+    tensors: Vec<crate::analysis::grad_conflict::TensorConflict>,
+    device: String,
+    elapsed_s: f64,
+    plot: String,
+}
+
+fn run_grad_conflict(a: GradConflictArgs) -> Result<()> {
+    use crate::analysis::grad_conflict::{
+        default_adv_route, grad_conflict, parse_terms, ConflictConfig,
+    };
+    let terms = parse_terms(&a.terms)?;
+    check_eps(a.eps)?;
+    anyhow::ensure!(a.n >= 1, "--n must be >= 1");
+    let start = Instant::now();
+    let l = load(&a.common)?;
+    let adv_route = a.route.unwrap_or_else(|| default_adv_route(&l.net));
+    check_route(&l.net, adv_route, "--route")?;
+    let test = l.test(&a.common, a.n)?;
+    let (x, y) = test
+        .batches(test.len(), None, Augment::default(), l.device)
+        .next()
+        .context("the test set is empty")?;
+    let cfg = ConflictConfig::new(terms, a.eps, a.common.seed, adv_route);
+    eprintln!(
+        "grad-conflict {} | {} vs {} | eps {} | n {} | adv route {} | seed {} | device {}",
+        l.ckpt.display(),
+        terms[0],
+        terms[1],
+        a.eps,
+        test.len(),
+        adv_route,
+        a.common.seed,
+        device_name(l.device)
+    );
+    let g = grad_conflict(&l.net, &x, &y, &cfg)?;
+    println!(
+        "{:<24} {:>10} {:>9} {:>9} {:>11} {:>11}",
+        "layer", "parameters", "cosine", "opposite", "norm-a", "norm-b"
+    );
+    let row = |name: &str, c: &crate::analysis::grad_conflict::Conflict| {
+        println!(
+            "{:<24} {:>10} {:>9.4} {:>9.4} {:>11.4e} {:>11.4e}",
+            name, c.parameters, c.cosine, c.opposite_sign_fraction, c.norm_a, c.norm_b
+        )
+    };
+    for r in &g.layers {
+        row(&r.layer, &r.conflict);
+    }
+    row("overall", &g.overall);
+    l.prepare_out()?;
+    let (json, png) = l.paths("grad-conflict");
+    let report = GradConflictReport {
+        kind: "grad-conflict",
+        checkpoint: l.ckpt.display().to_string(),
+        sha256: l.sha256.clone(),
+        architecture: l.net.arch.name.clone(),
+        objective: l.objective(),
+        terms: [terms[0].to_string(), terms[1].to_string()],
+        eps: a.eps,
+        n: test.len(),
+        seed: a.common.seed,
+        adv_route: adv_route.to_string(),
+        clean_route: Route::domain(crate::nn::CLEAN).to_string(),
+        attack: serde_json::to_value(cfg.pgd())?,
+        bn_mode: "attack: eval; gradients: train-frozen (batch statistics, running ones untouched)",
+        loss_a: g.loss_a,
+        loss_b: g.loss_b,
+        overall: g.overall,
+        layers: g.layers.clone(),
+        tensors: g.tensors.clone(),
+        device: device_name(l.device),
+        elapsed_s: start.elapsed().as_secs_f64(),
+        plot: png.display().to_string(),
+    };
+    write_json(&json, &report)?;
+    g.plot(format!(
+        "Gradient conflict {} vs {}, eps {} (n={}, adv route {}): {}",
+        terms[0],
+        terms[1],
+        a.eps,
+        test.len(),
+        adv_route,
+        l.net.arch.name
+    ))
+    .write(&png)?;
     println!("wrote {}", png.display());
     Ok(())
 }

@@ -1,0 +1,392 @@
+//! Gradient conflict (ARAT, METHODS.md section 4): how far the parameter gradients of two loss
+//! terms point in different directions, per parameter tensor, per layer and overall.
+//!
+//! For one batch `(x, y)` and its PGD example `x'` (L-inf, `steps` steps of eps/4, uniform start,
+//! through the adversarial route in eval mode), the gradients of two [`Term`]s with respect to
+//! every trainable variable are computed separately (forwards in [`Mode::TrainFrozen`]: batch
+//! statistics, running statistics untouched) and compared by [`conflict`]: cosine similarity,
+//! the fraction of scalar parameters whose two gradient components have opposite signs, and both
+//! norms.
+
+use super::{check_route, is_multi_domain};
+use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
+use crate::nn::{Ctx, Mode, Model, Network, Route, ADV, CLEAN};
+use crate::report::plot::{BarPlot, BarSeries};
+use crate::train::step::kl_rows;
+use anyhow::Result;
+use serde::Serialize;
+use tch::{Kind, Reduction, Tensor};
+
+/// A loss term whose parameter gradient is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Term {
+    /// `CE(f(x; clean route), y)`.
+    CleanCe,
+    /// `CE(f(x'; adv route), y)`.
+    AdvCe,
+    /// TRADES' `(1/B) sum_i KL(p(x_i) || p(x'_i))`, `p(x)` through the clean route, `p(x')`
+    /// through the adversarial route.
+    Kl,
+    /// As [`Term::Kl`] with `p(x)` detached (stop-gradient on the clean side).
+    KlSg,
+}
+
+impl Term {
+    pub const ALL: [Term; 4] = [Term::CleanCe, Term::AdvCe, Term::Kl, Term::KlSg];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Term::CleanCe => "clean-ce",
+            Term::AdvCe => "adv-ce",
+            Term::Kl => "kl",
+            Term::KlSg => "kl-sg",
+        }
+    }
+}
+
+impl std::fmt::Display for Term {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Term {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Term::ALL
+            .into_iter()
+            .find(|t| t.name() == s.trim())
+            .ok_or_else(|| format!("unknown term '{s}': expected clean-ce, adv-ce, kl or kl-sg"))
+    }
+}
+
+impl Serialize for Term {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// Exactly two terms from `A,B` (errors name `--terms`).
+pub fn parse_terms(s: &str) -> Result<[Term; 2]> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    anyhow::ensure!(
+        parts.len() == 2 && parts.iter().all(|p| !p.is_empty()),
+        "--terms {s}: give exactly two terms, e.g. --terms clean-ce,adv-ce"
+    );
+    let mut out = [Term::CleanCe; 2];
+    for (o, p) in out.iter_mut().zip(&parts) {
+        *o = p.parse().map_err(|e| anyhow::anyhow!("--terms {s}: {e}"))?;
+    }
+    Ok(out)
+}
+
+/// The default adversarial route: `adv` for a multi-domain model (a norm layer with two NS or AP
+/// sets, or two heads), else `clean`.
+pub fn default_adv_route(net: &Network) -> Route {
+    if is_multi_domain(net) {
+        Route::domain(ADV)
+    } else {
+        Route::domain(CLEAN)
+    }
+}
+
+/// The trainable variables of `net.vs` (those requiring a gradient), sorted by name.
+pub fn trainable(net: &Network) -> Vec<(String, Tensor)> {
+    net.named_tensors()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect()
+}
+
+/// The scalar loss of `term` on clean images `x`, adversarial images `x_adv` and labels `y`.
+/// The clean route is always `clean`; forwards run in [`Mode::TrainFrozen`].
+pub fn term_loss(
+    model: &dyn Model,
+    term: Term,
+    x: &Tensor,
+    x_adv: &Tensor,
+    y: &Tensor,
+    adv_route: Route,
+) -> Tensor {
+    let clean = Ctx::new(Route::domain(CLEAN), Mode::TrainFrozen);
+    let adv = Ctx::new(adv_route, Mode::TrainFrozen);
+    match term {
+        Term::CleanCe => cross_entropy(&model.forward(x, &clean), y, Reduction::Mean),
+        Term::AdvCe => cross_entropy(&model.forward(x_adv, &adv), y, Reduction::Mean),
+        Term::Kl | Term::KlSg => {
+            let mut lc = model.forward(x, &clean);
+            if term == Term::KlSg {
+                lc = lc.detach();
+            }
+            let la = model.forward(x_adv, &adv);
+            kl_rows(&lc, &la).mean(Kind::Float)
+        }
+    }
+}
+
+/// The gradient of `term` (see [`term_loss`]) with respect to each of `vars`, in order; a
+/// variable the loss does not reach gets zeros. Nothing is accumulated into `.grad()`.
+pub fn term_gradients(
+    model: &dyn Model,
+    vars: &[Tensor],
+    term: Term,
+    x: &Tensor,
+    x_adv: &Tensor,
+    y: &Tensor,
+    adv_route: Route,
+) -> Vec<Tensor> {
+    let loss = term_loss(model, term, x, x_adv, y, adv_route);
+    let refs: Vec<&Tensor> = vars.iter().collect();
+    let grads = if loss.requires_grad() && !refs.is_empty() {
+        Tensor::run_backward(&[&loss], &refs, false, false)
+    } else {
+        Vec::new()
+    };
+    vars.iter()
+        .enumerate()
+        .map(|(i, v)| match grads.get(i) {
+            Some(g) if g.defined() => g.detach(),
+            _ => v.zeros_like().detach(),
+        })
+        .collect()
+}
+
+/// Comparison of two gradient vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Conflict {
+    /// Number of scalar parameters compared.
+    pub parameters: usize,
+    /// `<a, b> / (|a| |b|)`; NaN (JSON null) when either vector is zero or empty.
+    pub cosine: f64,
+    /// Scalars whose components have opposite signs (`a_i * b_i < 0`, so both non-zero) over all
+    /// scalars compared; NaN when there is none.
+    pub opposite_sign_fraction: f64,
+    /// Scalars whose components are both non-zero, over all scalars; NaN when there is none.
+    pub both_nonzero_fraction: f64,
+    /// `|a|` (L2).
+    pub norm_a: f64,
+    /// `|b|` (L2).
+    pub norm_b: f64,
+}
+
+/// [`Conflict`] of the concatenation of `a` with the concatenation of `b` (pairs of tensors of
+/// equal numel; panics otherwise). Computed in double precision.
+pub fn conflict(a: &[Tensor], b: &[Tensor]) -> Conflict {
+    assert_eq!(a.len(), b.len(), "conflict: unequal numbers of tensors");
+    let flat = |ts: &[Tensor]| {
+        let parts: Vec<Tensor> = ts
+            .iter()
+            .map(|t| t.detach().to_kind(Kind::Double).reshape([-1]))
+            .collect();
+        Tensor::cat(&parts, 0)
+    };
+    let n: usize = a.iter().map(|t| t.numel()).sum();
+    if n == 0 {
+        return Conflict {
+            parameters: 0,
+            cosine: f64::NAN,
+            opposite_sign_fraction: f64::NAN,
+            both_nonzero_fraction: f64::NAN,
+            norm_a: 0.0,
+            norm_b: 0.0,
+        };
+    }
+    tch::no_grad(|| {
+        let (fa, fb) = (flat(a), flat(b));
+        assert_eq!(fa.size(), fb.size(), "conflict: unequal tensor sizes");
+        let na = fa.dot(&fa).double_value(&[]).sqrt();
+        let nb = fb.dot(&fb).double_value(&[]).sqrt();
+        let dot = fa.dot(&fb).double_value(&[]);
+        let prod = &fa * &fb;
+        let opposite = prod.lt(0.0).sum(Kind::Int64).int64_value(&[]) as f64;
+        let both = (fa.ne(0.0).logical_and(&fb.ne(0.0)))
+            .sum(Kind::Int64)
+            .int64_value(&[]) as f64;
+        let cosine = if na > 0.0 && nb > 0.0 {
+            (dot / (na * nb)).clamp(-1.0, 1.0)
+        } else {
+            f64::NAN
+        };
+        Conflict {
+            parameters: n,
+            cosine,
+            opposite_sign_fraction: opposite / n as f64,
+            both_nonzero_fraction: both / n as f64,
+            norm_a: na,
+            norm_b: nb,
+        }
+    })
+}
+
+/// The layer of a parameter: its name up to the last `.` (`bn1.weight` -> `bn1`,
+/// `bn1.0.weight` -> `bn1.0`); a name without `.` is its own layer.
+pub fn layer_of(name: &str) -> &str {
+    name.rsplit_once('.').map_or(name, |(l, _)| l)
+}
+
+/// One parameter tensor's comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorConflict {
+    pub tensor: String,
+    #[serde(flatten)]
+    pub conflict: Conflict,
+}
+
+/// One layer's comparison (its tensors concatenated).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerConflict {
+    pub layer: String,
+    /// The layer's parameter tensors, sorted.
+    pub tensors: Vec<String>,
+    #[serde(flatten)]
+    pub conflict: Conflict,
+}
+
+/// Settings of one gradient-conflict measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ConflictConfig {
+    /// Term A and term B.
+    pub terms: [Term; 2],
+    /// L-inf budget of the PGD.
+    pub eps: f64,
+    /// PGD iterations (step eps/4, uniform start).
+    pub steps: usize,
+    /// Seed of torch's generator (the PGD start).
+    pub seed: u64,
+    /// Route of the attack and of the adversarial side of the terms.
+    pub adv_route: Route,
+}
+
+impl ConflictConfig {
+    /// PGD-10 (step eps/4).
+    pub fn new(terms: [Term; 2], eps: f64, seed: u64, adv_route: Route) -> ConflictConfig {
+        ConflictConfig {
+            terms,
+            eps,
+            steps: 10,
+            seed,
+            adv_route,
+        }
+    }
+
+    /// The PGD configuration of the adversarial batch.
+    pub fn pgd(&self) -> PgdConfig {
+        PgdConfig::new(ThreatNorm::Linf, self.eps, self.eps / 4.0, self.steps)
+    }
+}
+
+/// The gradient-conflict result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GradConflict {
+    /// Value of term A and term B on the batch.
+    pub loss_a: f64,
+    pub loss_b: f64,
+    pub overall: Conflict,
+    /// Per layer, sorted by name.
+    pub layers: Vec<LayerConflict>,
+    /// Per parameter tensor, sorted by name.
+    pub tensors: Vec<TensorConflict>,
+}
+
+/// Per-tensor, per-layer and overall [`conflict`] of the named gradients `a` and `b` (same names
+/// in the same order).
+pub fn compare(
+    names: &[String],
+    a: &[Tensor],
+    b: &[Tensor],
+) -> (Conflict, Vec<LayerConflict>, Vec<TensorConflict>) {
+    assert!(names.len() == a.len() && a.len() == b.len());
+    let mut idx: Vec<usize> = (0..names.len()).collect();
+    idx.sort_by(|&i, &j| names[i].cmp(&names[j]));
+    let tensors = idx
+        .iter()
+        .map(|&i| TensorConflict {
+            tensor: names[i].clone(),
+            conflict: conflict(&a[i..i + 1], &b[i..i + 1]),
+        })
+        .collect();
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for &i in &idx {
+        groups.entry(layer_of(&names[i])).or_default().push(i);
+    }
+    let layers = groups
+        .into_iter()
+        .map(|(layer, ix)| {
+            let pick = |g: &[Tensor]| ix.iter().map(|&i| g[i].shallow_clone()).collect::<Vec<_>>();
+            LayerConflict {
+                layer: layer.to_string(),
+                tensors: ix.iter().map(|&i| names[i].clone()).collect(),
+                conflict: conflict(&pick(a), &pick(b)),
+            }
+        })
+        .collect();
+    (conflict(a, b), layers, tensors)
+}
+
+/// The gradient conflict of `cfg.terms` for `net` on the batch `(x, y)` (images in [0, 1]):
+/// `tch::manual_seed(seed)`, PGD through `cfg.adv_route` in eval mode, then both terms'
+/// gradients over [`trainable`] variables. The model's variables and running statistics are
+/// left unchanged.
+pub fn grad_conflict(
+    net: &Network,
+    x: &Tensor,
+    y: &Tensor,
+    cfg: &ConflictConfig,
+) -> Result<GradConflict> {
+    anyhow::ensure!(
+        cfg.eps >= 0.0 && cfg.eps.is_finite(),
+        "--eps must be a finite number >= 0, got {}",
+        cfg.eps
+    );
+    anyhow::ensure!(cfg.steps >= 1, "PGD steps must be >= 1");
+    anyhow::ensure!(x.size()[0] >= 1, "the batch is empty");
+    check_route(net, cfg.adv_route, "--route")?;
+    let model = net.model.as_ref();
+    tch::manual_seed(cfg.seed as i64);
+    let pgd = Pgd::new(cfg.pgd());
+    let x_adv = pgd
+        .perturb(
+            &Classifier::new(model, Ctx::new(cfg.adv_route, Mode::Eval)),
+            x,
+            y,
+        )
+        .detach();
+    let named = trainable(net);
+    anyhow::ensure!(!named.is_empty(), "the model has no trainable variables");
+    let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+    let vars: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
+    let [ta, tb] = cfg.terms;
+    let loss =
+        |t| tch::no_grad(|| term_loss(model, t, x, &x_adv, y, cfg.adv_route).double_value(&[]));
+    let ga = term_gradients(model, &vars, ta, x, &x_adv, y, cfg.adv_route);
+    let gb = term_gradients(model, &vars, tb, x, &x_adv, y, cfg.adv_route);
+    let (overall, layers, tensors) = compare(&names, &ga, &gb);
+    Ok(GradConflict {
+        loss_a: loss(ta),
+        loss_b: loss(tb),
+        overall,
+        layers,
+        tensors,
+    })
+}
+
+impl GradConflict {
+    /// Per layer: cosine and opposite-sign fraction as two bar series.
+    pub fn plot(&self, title: impl Into<String>) -> BarPlot {
+        BarPlot {
+            title: title.into(),
+            x_label: "layer".into(),
+            y_label: "cosine / fraction".into(),
+            categories: self.layers.iter().map(|l| l.layer.clone()).collect(),
+            series: vec![
+                BarSeries::new("cosine", self.layers.iter().map(|l| l.conflict.cosine)),
+                BarSeries::new(
+                    "opposite-sign fraction",
+                    self.layers
+                        .iter()
+                        .map(|l| l.conflict.opposite_sign_fraction),
+                ),
+            ],
+        }
+    }
+}
