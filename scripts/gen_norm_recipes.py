@@ -135,7 +135,10 @@ def render(ds, prefix, name, v):
     return "\n".join(out) + "\n"
 
 
-for prefix, ds, folder in [("fmnist", FMNIST, "fmnist"), ("cifar10", CIFAR, "cifar10")]:
+FMNIST_02 = dict(FMNIST, eps=0.2)
+
+for prefix, ds, folder in [("fmnist", FMNIST, "fmnist"), ("fmnist-eps0.2", FMNIST_02, "fmnist-eps0.2"),
+                           ("cifar10", CIFAR, "cifar10")]:
     d = ROOT / folder
     d.mkdir(parents=True, exist_ok=True)
     for name, v in VARIANTS.items():
