@@ -5,7 +5,8 @@
 # a killed training run resumes from its last checkpoint.
 #   scripts/experiments/norm.sh SEED [recipe names...]     (default: all below)
 # Env: ADVTRAIN (binary, default target/release/advtrain), THREADS (default 1), N (default 500),
-#      OUT (default runs/norm).
+#      OUT (default runs/norm), RECIPES (default recipes/fmnist; recipes/fmnist-eps0.2 with EPS=0.2),
+#      EPS (evaluation eps, default 0.1; PGD-20 step EPS/10).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seed=${1:?usage: norm.sh SEED [names...]}
@@ -14,6 +15,9 @@ B=${ADVTRAIN:-target/release/advtrain}
 T=${THREADS:-1}
 N=${N:-500}
 OUT=${OUT:-runs/norm}
+RECIPES=${RECIPES:-recipes/fmnist}
+EPS=${EPS:-0.1}
+STEP=$(python3 -c "print($EPS / 10)")
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   names=(e7-single-cat e7-single-separate e7-dual-bn e7-dual-ap e7-dual-ns e10-dual-linear
@@ -33,7 +37,7 @@ for name in "${names[@]}"; do
   if [ ! -f "$run/summary.json" ]; then
     resume=""
     [ -f "$run/checkpoints/last.safetensors" ] && resume="--resume"
-    $B --threads "$T" train --recipe "recipes/fmnist/$name.toml" --out "$run" --set seed="$seed" $resume \
+    $B --threads "$T" train --recipe "$RECIPES/$name.toml" --out "$run" --set seed="$seed" $resume \
       > "$run.train.log" 2>&1 || { echo "training $name seed $seed failed: see $run.train.log"; exit 1; }
   fi
   for route in $(branches "$name"); do
@@ -42,9 +46,9 @@ for name in "${names[@]}"; do
       json=$run/eval/$tag-$attack.json
       [ -f "$json" ] && continue
       extra=""
-      [ "$attack" = pgd ] && extra="--steps 20 --step-size 0.01"
+      [ "$attack" = pgd ] && extra="--steps 20 --step-size $STEP"
       mkdir -p "$run/eval"
-      $B --threads "$T" eval --run "$run" --route "$route" --attack "$attack" $extra --eps 0.1 \
+      $B --threads "$T" eval --run "$run" --route "$route" --attack "$attack" $extra --eps "$EPS" \
         --test-limit "$N" --seed 0 --device cpu --json "$json" > "$run/eval/$tag-$attack.log" 2>&1 \
         || { echo "eval $name $route $attack failed: see $run/eval/$tag-$attack.log"; exit 1; }
     done
