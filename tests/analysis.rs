@@ -24,6 +24,7 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 
 fn arch(ns: usize, ap: usize) -> ArchSpec {
     ArchSpec {
+        predictors: vec![],
         heads: 1,
         name: "small-cnn".into(),
         num_classes: 10,
@@ -258,6 +259,7 @@ fn stat_distances_compare_with_the_routes_running_statistics() {
     // A model without BN layers is refused.
     let gn = Network::new(
         &ArchSpec {
+            predictors: vec![],
             norm: NormSpec {
                 kind: NormKind::Group,
                 groups: 4,
@@ -467,6 +469,7 @@ fn cli_analyze_writes_json_and_png_and_names_bad_input() {
         let _rng = common::rng_lock();
         let gn = Network::new(
             &ArchSpec {
+                predictors: vec![],
                 norm: NormSpec {
                     kind: NormKind::Group,
                     groups: 4,

@@ -25,6 +25,7 @@ fn v(x: &[f64]) -> Tensor {
 
 fn arch(ns: usize, ap: usize) -> ArchSpec {
     ArchSpec {
+        predictors: vec![],
         heads: 1,
         name: "small-cnn".into(),
         num_classes: 10,

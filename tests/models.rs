@@ -28,6 +28,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn spec(name: &str, in_channels: i64, depth: Option<i64>, width: Option<i64>) -> ArchSpec {
     ArchSpec {
+        predictors: vec![],
         heads: 1,
         name: name.into(),
         num_classes: 10,

@@ -22,6 +22,7 @@ fn arch(
     heads: usize,
 ) -> ArchSpec {
     ArchSpec {
+        predictors: vec![],
         name: name.into(),
         num_classes: 10,
         in_channels: c,

@@ -396,3 +396,203 @@ fn cli_pgd_at_with_awp_trains_and_bad_gamma_is_refused() {
     let o = run("bad", "train.awp={ gamma = 0.0 }");
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("train.awp.gamma"));
 }
+
+const ARAT: &str = r#"
+predictors = [2]
+[model.norm]
+ns_domains = 2
+ap_domains = 2
+[train]
+objective = "arat"
+epochs = 1
+batch_size = 8
+lr = 0.1
+attack_bn_mode = "train"
+[train.hybrid]
+clean_weight = 0.0
+[train.arat]
+lambda = 2.0
+hooks = [2]
+auto_balance = false
+[train.attack]
+eps = 0.1
+step_size = 0.05
+steps = 1
+"#;
+
+#[test]
+fn negative_cosine_matches_hand_values() {
+    let t = |v: &[f32]| Tensor::from_slice(v).view([1, 2]);
+    assert!(
+        (step::negative_cosine(&t(&[1.0, 0.0]), &t(&[0.0, 1.0])).double_value(&[]) - 1.0).abs()
+            < 1e-6
+    );
+    assert!(
+        step::negative_cosine(&t(&[1.0, 1.0]), &t(&[2.0, 2.0]))
+            .double_value(&[])
+            .abs()
+            < 1e-6
+    );
+    assert!(
+        (step::negative_cosine(&t(&[1.0, 0.0]), &t(&[-3.0, 0.0])).double_value(&[]) - 2.0).abs()
+            < 1e-6
+    );
+}
+
+/// ARAT's loss on a Dual-BN model: value against an independent recomputation, and the
+/// stop-gradient: with the clean CE weighted 0, BN_clean's affine parameters get gradient only
+/// through the invariance term, which the stop-gradient cuts.
+#[test]
+fn arat_loss_value_and_stop_gradient() {
+    use advtrain::nn::Route;
+    let _g = common::rng_lock();
+    for stop in [true, false] {
+        let extra = if stop {
+            ARAT.to_string()
+        } else {
+            ARAT.replace(
+                "auto_balance = false",
+                "auto_balance = false\nstop_gradient = false",
+            )
+        };
+        let (_d, r) = recipe(&extra);
+        tch::manual_seed(31);
+        let net = Network::new(&r.model, Device::Cpu).unwrap();
+        assert_eq!(net.predictors.len(), 1);
+        let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+        let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
+        let x_adv = (&x + 0.05).clamp(0.0, 1.0);
+        let state = step::AratState {
+            predictors: &net.predictors,
+            adv_weight: 0.5,
+        };
+        let out = step::arat_loss(
+            &r,
+            net.model.as_ref(),
+            &x,
+            &y,
+            &x_adv,
+            Mode::TrainFrozen,
+            state,
+        );
+        // Independent value: separate forwards (per-domain statistics make joint == separate).
+        let fa = net
+            .model
+            .forward_stages(&x_adv, &Ctx::new(Route::domain(1), Mode::TrainFrozen));
+        let fc = net
+            .model
+            .forward_stages(&x, &Ctx::new(Route::domain(0), Mode::TrainFrozen));
+        let za = fa.stages[2]
+            .relu()
+            .mean_dim(&[2i64, 3][..], false, Kind::Float);
+        let zc = fc.stages[2]
+            .relu()
+            .mean_dim(&[2i64, 3][..], false, Kind::Float);
+        let p = net.predictors[0]
+            .forward(&za, Mode::TrainFrozen)
+            .to_kind(Kind::Double);
+        let zc = zc.to_kind(Kind::Double);
+        let cos = (&p * &zc).sum_dim_intlist([1i64].as_slice(), false, Kind::Double)
+            / (p.norm_scalaropt_dim(2, [1i64].as_slice(), false)
+                * zc.norm_scalaropt_dim(2, [1i64].as_slice(), false));
+        let want = cross_entropy(&fa.logits, &y, Reduction::Mean).double_value(&[])
+            + 2.0 * (1.0 - cos.mean(Kind::Double).double_value(&[]));
+        let got = out.loss.double_value(&[]);
+        assert!((got - want).abs() < 1e-4, "stop {stop}: {got} vs {want}");
+        // Gradient reaching BN_clean's affine parameters.
+        let v = net.variables();
+        let clean_affine: Vec<Tensor> = ["bn1.0.weight", "bn2.0.weight", "bn3.0.bias"]
+            .iter()
+            .map(|k| v[*k].shallow_clone())
+            .collect();
+        let refs: Vec<&Tensor> = clean_affine.iter().collect();
+        let g = Tensor::run_backward(&[&out.loss], &refs, false, true);
+        let norm: f64 = g
+            .iter()
+            .map(|t| {
+                if t.defined() {
+                    t.abs().sum(Kind::Double).double_value(&[])
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        if stop {
+            assert_eq!(
+                norm, 0.0,
+                "no gradient reaches the clean branch through the invariance term"
+            );
+        } else {
+            assert!(
+                norm > 0.0,
+                "without stop-gradient the clean branch gets gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn cli_trains_arat_and_checks_its_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::write_tiny_mnist(&data, 64, 20);
+    let rf = tmp.path().join("r.toml");
+    std::fs::write(&rf, common::tiny_recipe_toml(&data, 1)).unwrap();
+    let run = |out: &str, sets: &[&str]| {
+        let mut args = vec![
+            "train".to_string(),
+            "--recipe".into(),
+            rf.display().to_string(),
+            "--out".into(),
+            tmp.path().join(out).display().to_string(),
+            "--set".into(),
+            "validation.pgd_limit=10".into(),
+        ];
+        for s in sets {
+            args.push("--set".into());
+            args.push(s.to_string());
+        }
+        Command::new(env!("CARGO_BIN_EXE_advtrain"))
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let arat = [
+        "train.objective=\"arat\"",
+        "model.norm.ns_domains=2",
+        "model.norm.ap_domains=2",
+        "model.predictors=[1, 2]",
+        "train.arat={ lambda = 30.0, hooks = [1, 2] }",
+        "train.attack_bn_mode=\"train\"",
+    ];
+    let o = run("arat", &arat);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let side = std::fs::read_to_string(tmp.path().join("arat/checkpoints/last.json")).unwrap();
+    assert!(
+        side.contains("predictors"),
+        "the architecture records the predictors"
+    );
+    // The checkpoint (with predictor weights) evaluates.
+    let o = Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .args([
+            "eval",
+            "--run",
+            &tmp.path().join("arat").display().to_string(),
+            "--route",
+            "adv",
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0.1",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut bad = arat.to_vec();
+    bad[3] = "model.predictors=[2]";
+    let o = run("bad", &bad);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("model.predictors"));
+}

@@ -135,6 +135,7 @@ fn checkpoint_round_trip_and_mismatch_errors() {
     let _rng = common::rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let arch = ArchSpec {
+        predictors: vec![],
         heads: 1,
         name: "small-cnn".into(),
         num_classes: 10,
@@ -187,6 +188,7 @@ fn checkpoint_round_trip_and_mismatch_errors() {
     // A model of another shape refuses the file, naming what differs.
     let other = Network::new(
         &ArchSpec {
+            predictors: vec![],
             heads: 1,
             num_classes: 7,
             ..arch.clone()

@@ -63,6 +63,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (3, 32, 8.0 / 255.0)
         };
         let arch = ArchSpec {
+            predictors: vec![],
             heads: 1,
             name: name.into(),
             num_classes: 10,

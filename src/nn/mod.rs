@@ -3,6 +3,7 @@
 pub mod models;
 pub mod network;
 pub mod norm;
+pub mod predictor;
 
 pub use models::{build_model, ArchSpec, Model};
 pub use network::Network;

@@ -1,6 +1,8 @@
 //! A model together with its variable store and architecture: what checkpoints save and load.
 
 use super::models::{build_model, ArchSpec, Model};
+use super::norm::Ctx;
+use super::predictor::Predictor;
 use crate::train::checkpoint;
 use anyhow::Result;
 use std::collections::HashMap;
@@ -11,6 +13,8 @@ pub struct Network {
     pub vs: VarStore,
     pub model: Box<dyn Model>,
     pub arch: ArchSpec,
+    /// ARAT predictor heads, one per stage in `arch.predictors`.
+    pub predictors: Vec<Predictor>,
 }
 
 impl Network {
@@ -18,10 +22,27 @@ impl Network {
     pub fn new(arch: &ArchSpec, device: Device) -> Result<Network> {
         let vs = VarStore::new(device);
         let model = build_model(&vs.root(), arch)?;
+        let mut predictors = vec![];
+        if !arch.predictors.is_empty() {
+            // Stage widths from one eval-mode forward of a blank image.
+            let probe = Tensor::zeros([1, arch.in_channels, 32, 32], (tch::Kind::Float, device));
+            let stages = tch::no_grad(|| model.forward_stages(&probe, &Ctx::eval())).stages;
+            for &s in &arch.predictors {
+                let st = stages.get(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "model.predictors: stage {s} does not exist ({} has {} stages)",
+                        arch.name,
+                        stages.len()
+                    )
+                })?;
+                predictors.push(Predictor::new(&vs.root(), s, st.size()[1]));
+            }
+        }
         Ok(Network {
             vs,
             model,
             arch: arch.clone(),
+            predictors,
         })
     }
 

@@ -50,6 +50,9 @@ pub enum Objective {
     Mart,
     /// FGSM with a uniform random start ("fast is better than free"), step `train.attack.step_size`.
     FgsmRs,
+    /// ARAT (Waseda et al.): `w_a * CE(f(x'; adv_route), y) + w_c * CE(f(x; clean_route), y) +
+    /// (lambda / |S|) * sum_l (1 - cos(h_l(z'_l), stopgrad(z_l)))` (`train.arat`).
+    Arat,
 }
 
 impl Objective {
@@ -57,6 +60,35 @@ impl Objective {
     pub fn is_adversarial(self) -> bool {
         !matches!(self, Objective::Standard)
     }
+}
+
+/// ARAT settings and its ablation switches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AratSpec {
+    /// Weight of the invariance term (30 for ResNet-18 in the paper, 100 for WRN-34-10).
+    #[serde(default = "thirty")]
+    pub lambda: f64,
+    /// Stages (indices of the model's stage outputs) whose `z = GAP(ReLU(feature))` enter the
+    /// invariance term; with `predictor = true` they must equal `model.predictors`.
+    pub hooks: Vec<usize>,
+    /// `w_a` = clean training accuracy of the previous epoch (0.5 in epoch 1), `w_c = 1 - w_a`;
+    /// false: `w_c = train.hybrid.clean_weight`.
+    #[serde(default = "yes")]
+    pub auto_balance: bool,
+    /// Stop-gradient on the clean side (ablation: false).
+    #[serde(default = "yes")]
+    pub stop_gradient: bool,
+    /// Predictor head on the adversarial side (ablation: false compares z' with z directly).
+    #[serde(default = "yes")]
+    pub predictor: bool,
+    /// Symmetric ablation: `(D(h(z'), sg z) + D(h(z), sg z')) / 2` instead of the asymmetric term.
+    #[serde(default)]
+    pub symmetric: bool,
+}
+
+fn thirty() -> f64 {
+    30.0
 }
 
 /// AWP (Wu et al. 2020): per weight tensor with more than one dimension, `v_l = gamma *
@@ -217,6 +249,9 @@ pub struct TrainSpec {
     /// MART's lambda.
     #[serde(default = "six")]
     pub mart_lambda: f64,
+    /// ARAT settings (objective arat).
+    #[serde(default)]
+    pub arat: Option<AratSpec>,
     /// Adversarial weight perturbation around the objective (pgd-at, trades, mart, hybrid, ...).
     #[serde(default)]
     pub awp: Option<AwpSpec>,
@@ -357,6 +392,29 @@ impl Recipe {
                 "train.attack.norm must be \"linf\" for objective fgsm-rs"
             );
         }
+        if t.objective == Objective::Arat {
+            let a = t.arat.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("[train.arat] (lambda, hooks) is required for objective arat")
+            })?;
+            anyhow::ensure!(
+                !a.hooks.is_empty(),
+                "train.arat.hooks must name at least one stage"
+            );
+            anyhow::ensure!(
+                a.lambda >= 0.0 && a.lambda.is_finite(),
+                "train.arat.lambda must be >= 0, got {}",
+                a.lambda
+            );
+            if a.predictor || a.symmetric {
+                anyhow::ensure!(
+                    self.model.predictors == a.hooks,
+                    "train.arat.hooks = {:?} needs model.predictors = {:?} (one predictor per hook), got {:?}",
+                    a.hooks,
+                    a.hooks,
+                    self.model.predictors
+                );
+            }
+        }
         if let Some(a) = &t.awp {
             anyhow::ensure!(
                 a.gamma > 0.0 && a.gamma.is_finite(),
@@ -460,7 +518,7 @@ impl Recipe {
             Objective::Standard | Objective::PgdAt => t.route,
             Objective::Hybrid => t.hybrid.adv_route,
             Objective::Advprop => t.hybrid.clean_route,
-            Objective::Trades | Objective::Mart => t.hybrid.adv_route,
+            Objective::Trades | Objective::Mart | Objective::Arat => t.hybrid.adv_route,
             Objective::FgsmRs => t.route,
         })
     }

@@ -114,9 +114,13 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     let mut overfitting = None;
     let overfit_csv = out.join("overfit_check.csv");
     let mut check_best = best_check_accuracy(&overfit_csv)?;
+    let mut prev_clean_acc = last_clean_accuracy(&csv)?;
     let end = opts.stop_after.map_or(t.epochs, |s| s.min(t.epochs));
     for epoch in start_epoch..end {
-        let mut m = train_epoch(recipe, &net, &mut sgd, &data, epoch, device)?;
+        // ARAT's auto-balance: w_a = the previous epoch's clean training accuracy.
+        let adv_weight = prev_clean_acc.unwrap_or(0.5);
+        let mut m = train_epoch(recipe, &net, &mut sgd, &data, epoch, device, adv_weight)?;
+        prev_clean_acc = m.train_clean_acc;
         validate(recipe, &net, &data, epoch, device, &mut m);
         validate_branches(
             recipe,
@@ -297,6 +301,7 @@ fn train_epoch(
     data: &Splits,
     epoch: usize,
     device: Device,
+    adv_weight: f64,
 ) -> Result<EpochMetrics> {
     let t = &recipe.train;
     tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH) as i64);
@@ -321,15 +326,28 @@ fn train_epoch(
         lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
         let bs = y.size()[0];
         let x_adv = step::generate(recipe, model, attack.as_ref(), &x, &y);
+        let arat = step::AratState {
+            predictors: &net.predictors,
+            adv_weight,
+        };
         let perturbation = match &t.awp {
             Some(a) if epoch >= a.warmup_epochs => Some(awp::perturb(
                 net,
                 a.gamma,
-                &step::loss_with(recipe, model, &x, &y, x_adv.as_ref(), Mode::TrainFrozen).loss,
+                &step::loss_with_state(
+                    recipe,
+                    model,
+                    &x,
+                    &y,
+                    x_adv.as_ref(),
+                    Mode::TrainFrozen,
+                    arat,
+                )
+                .loss,
             )),
             _ => None,
         };
-        let out = step::loss_with(recipe, model, &x, &y, x_adv.as_ref(), Mode::Train);
+        let out = step::loss_with_state(recipe, model, &x, &y, x_adv.as_ref(), Mode::Train, arat);
         sgd.zero_grad();
         out.loss.backward();
         if let Some(v) = perturbation {
@@ -408,6 +426,20 @@ fn overfit_accuracy(
         device,
     )
     .robust_accuracy()
+}
+
+/// `train_clean_acc` of the last row of an existing `metrics.csv` (resume).
+fn last_clean_accuracy(path: &Path) -> Result<Option<f64>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .last()
+        .and_then(|l| l.split(',').nth(3)?.parse::<f64>().ok()))
 }
 
 /// A collapse: accuracy `acc` more than `drop` (absolute) below the best earlier epoch's.

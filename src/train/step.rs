@@ -3,6 +3,8 @@
 
 use super::recipe::{HybridSpec, Objective, Passes, Recipe};
 use crate::attack::{correct, cross_entropy, Attack, Classifier, Pgd};
+use crate::nn::models::Forward;
+use crate::nn::predictor::Predictor;
 use crate::nn::{Ctx, Mode, Model, Route, Segment, ADV, CLEAN};
 use tch::{Kind, Reduction, Tensor};
 
@@ -55,7 +57,9 @@ pub fn generate(
     match t.objective {
         Objective::Standard => None,
         Objective::PgdAt => Some(pgd().perturb(&through(t.route), x, y)),
-        Objective::Trades | Objective::Mart => Some(pgd().perturb(&through(h.adv_route), x, y)),
+        Objective::Trades | Objective::Mart | Objective::Arat => {
+            Some(pgd().perturb(&through(h.adv_route), x, y))
+        }
         Objective::Hybrid | Objective::Advprop => {
             let na = adv_rows(h, t.objective, n);
             let (xa, ya) = (x.narrow(0, 0, na), y.narrow(0, 0, na));
@@ -85,6 +89,80 @@ pub fn loss(
     loss_with(recipe, model, x, y, x_adv.as_ref(), Mode::Train)
 }
 
+/// What ARAT needs besides the model: its predictor heads and the auto-balance weight `w_a`
+/// (the previous epoch's clean training accuracy; 0.5 in epoch 1).
+#[derive(Clone, Copy)]
+pub struct AratState<'a> {
+    pub predictors: &'a [Predictor],
+    pub adv_weight: f64,
+}
+
+/// `1 - cos(a, b)` per row, averaged over the batch.
+pub fn negative_cosine(a: &Tensor, b: &Tensor) -> Tensor {
+    let cos = Tensor::cosine_similarity(a, b, 1, 1e-8);
+    (cos.neg() + 1.0).mean(Kind::Float)
+}
+
+/// ARAT's loss (see [`Objective::Arat`]) with the ablation switches of `train.arat`.
+pub fn arat_loss(
+    recipe: &Recipe,
+    model: &dyn Model,
+    x: &Tensor,
+    y: &Tensor,
+    x_adv: &Tensor,
+    mode: Mode,
+    state: AratState,
+) -> StepOutput {
+    let t = &recipe.train;
+    let h = &t.hybrid;
+    let a = t.arat.as_ref().expect("validated: arat has [train.arat]");
+    let n = y.size()[0];
+    let (fa, fc) = forward_pair_stages(model, h, x_adv, x, mode);
+    let (wa, wc) = if a.auto_balance {
+        (state.adv_weight, 1.0 - state.adv_weight)
+    } else {
+        (1.0 - h.clean_weight, h.clean_weight)
+    };
+    let ce = |l: &Tensor| cross_entropy(l, y, Reduction::Mean);
+    let mut loss = ce(&fa.logits) * wa + ce(&fc.logits) * wc;
+    let pooled = |f: &Tensor| f.relu().mean_dim(&[-1i64, -2][..], false, Kind::Float);
+    let mut inv = Tensor::zeros([], (Kind::Float, x.device()));
+    for &l in &a.hooks {
+        let (za, zc) = (pooled(&fa.stages[l]), pooled(&fc.stages[l]));
+        let pred = |z: &Tensor| -> Tensor {
+            if a.predictor || a.symmetric {
+                state
+                    .predictors
+                    .iter()
+                    .find(|p| p.stage == l)
+                    .expect("validated: one predictor per hook")
+                    .forward(z, mode)
+            } else {
+                z.shallow_clone()
+            }
+        };
+        let sg = |z: &Tensor| {
+            if a.stop_gradient {
+                z.detach()
+            } else {
+                z.shallow_clone()
+            }
+        };
+        let term = if a.symmetric {
+            (negative_cosine(&pred(&za), &sg(&zc)) + negative_cosine(&pred(&zc), &sg(&za))) * 0.5
+        } else {
+            negative_cosine(&pred(&za), &sg(&zc))
+        };
+        inv = inv + term;
+    }
+    loss = loss + inv * (a.lambda / a.hooks.len() as f64);
+    StepOutput {
+        loss,
+        clean: Some((hits(&fc.logits, y), n)),
+        adv: Some((hits(&fa.logits, y), n)),
+    }
+}
+
 /// The objective's loss given the batch and its adversarial inputs, forwards in `mode`
 /// (`Train`; AWP's proxy pass uses `TrainFrozen`, batch statistics without moving the running
 /// ones, as the reference's separate proxy model).
@@ -95,6 +173,30 @@ pub fn loss_with(
     y: &Tensor,
     x_adv: Option<&Tensor>,
     mode: Mode,
+) -> StepOutput {
+    loss_with_state(
+        recipe,
+        model,
+        x,
+        y,
+        x_adv,
+        mode,
+        AratState {
+            predictors: &[],
+            adv_weight: 0.5,
+        },
+    )
+}
+
+/// [`loss_with`] with ARAT's predictors and auto-balance weight.
+pub fn loss_with_state(
+    recipe: &Recipe,
+    model: &dyn Model,
+    x: &Tensor,
+    y: &Tensor,
+    x_adv: Option<&Tensor>,
+    mode: Mode,
+    arat: AratState,
 ) -> StepOutput {
     let t = &recipe.train;
     let h = &t.hybrid;
@@ -127,6 +229,7 @@ pub fn loss_with(
         // through both distributions as the reference. With Dual BN the clean CE goes through
         // BN_clean and the KL compares the branches; joint passes with one statistics set are
         // the mixed-batch variant. MART (Wang et al. 2020): see [`mart_loss`].
+        Objective::Arat => arat_loss(recipe, model, x, y, adv(), mode, arat),
         Objective::Trades | Objective::Mart => {
             let (la, lc) = forward_pair(model, h, adv(), x, mode);
             let loss = if t.objective == Objective::Trades {
@@ -216,6 +319,48 @@ pub fn forward_pair(
             };
             (pass(xa, h.adv_route), pass(xc, h.clean_route))
         }
+    }
+}
+
+/// [`forward_pair`] with the stage outputs of both parts.
+pub fn forward_pair_stages(
+    model: &dyn Model,
+    h: &HybridSpec,
+    xa: &Tensor,
+    xc: &Tensor,
+    mode: Mode,
+) -> (Forward, Forward) {
+    let (na, nc) = (xa.size()[0], xc.size()[0]);
+    let split = |f: Forward, start: i64, len: i64| Forward {
+        logits: f.logits.narrow(0, start, len),
+        stages: f.stages.iter().map(|s| s.narrow(0, start, len)).collect(),
+    };
+    match h.passes {
+        Passes::Joint => {
+            let segs = [
+                Segment {
+                    size: na,
+                    source: ADV,
+                    route: h.adv_route,
+                },
+                Segment {
+                    size: nc,
+                    source: CLEAN,
+                    route: h.clean_route,
+                },
+            ];
+            let input = Tensor::cat(&[xa, xc], 0);
+            let f = model.forward_stages(&input, &Ctx::mixed(mode, &segs));
+            let fa = Forward {
+                logits: f.logits.narrow(0, 0, na),
+                stages: f.stages.iter().map(|s| s.narrow(0, 0, na)).collect(),
+            };
+            (fa, split(f, na, nc))
+        }
+        Passes::Separate => (
+            model.forward_stages(xa, &Ctx::new(h.adv_route, mode)),
+            model.forward_stages(xc, &Ctx::new(h.clean_route, mode)),
+        ),
     }
 }
 

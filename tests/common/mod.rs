@@ -110,6 +110,7 @@ pub fn confident_small_cnn() -> advtrain::nn::Network {
     use tch::{Device, Kind, Tensor};
     tch::manual_seed(3);
     let arch = ArchSpec {
+        predictors: vec![],
         heads: 1,
         name: "small-cnn".into(),
         num_classes: 10,
