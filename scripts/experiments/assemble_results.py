@@ -6,7 +6,7 @@ import pathlib, subprocess, sys
 head = pathlib.Path(sys.argv[1]).read_text()
 tail = pathlib.Path(sys.argv[2]).read_text()
 tables = subprocess.check_output([sys.executable, "scripts/experiments/norm_results.py", "runs/norm"], text=True)
-tables = tables.replace("\nE7 / E3 / E10", "\n### E7 / E3 / E10").replace("\nE1 / E3 / E5", "\n### E1 / E3 / E5")
+tables = tables.replace("\nE7 / E10", "\n### E7 / E10").replace("\nE1 / E3 / E5", "\n### E1 / E3 / E5")
 for t in ["E10 adapter interpolation", "E9 swap matrix", "bn-divergence of the Dual-BN", "E8 domain gap"]:
     tables = tables.replace("\n" + t, "\n### " + t)
 res = pathlib.Path("docs/RESULTS.md")

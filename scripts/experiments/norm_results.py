@@ -41,7 +41,7 @@ def table(title, names):
             print(f"| {name} | {route} | {','.join(map(str, seeds))} | {c('clean')} | {c('pgd')} | {c('apgd-ce')} |")
 
 
-table("E7 / E3 / E10 (hybrid, paired, a = 0.5)", ["e7-single-cat", "e7-single-separate", "e7-dual-bn", "e7-dual-ap", "e7-dual-ns", "e10-dual-linear", "e7-cross-bn", "advprop"])
+table("E7 / E10 (hybrid, every image used clean and adversarially, a = 0.5)", ["e7-single-cat", "e7-single-separate", "e7-dual-bn", "e7-dual-ap", "e7-dual-ns", "e10-dual-linear", "e7-cross-bn", "advprop"])
 table("E1 / E3 / E5 (clean fraction r mixed into one batch)", ["e1-single-r0", "e1-single-r25", "e1-single-r50", "e3-mbn-r50", "e5-group-r0", "e5-group-r50"])
 
 print("\nE10 adapter interpolation (Dual-AP, AP = w * AP_adv + (1 - w) * AP_clean; clean / PGD-20, n = 500)\n")
