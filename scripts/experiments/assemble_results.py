@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Replace the "Multi-domain normalisation" section of docs/RESULTS.md with HEAD + tables
-(norm_results.py) + TAIL. Usage: assemble_results.py HEAD.md TAIL.md"""
+(norm_results.py) + TAIL. Usage: assemble_results.py scripts/experiments/results_head.md scripts/experiments/results_tail.md"""
 import pathlib, subprocess, sys
 
 head = pathlib.Path(sys.argv[1]).read_text()
