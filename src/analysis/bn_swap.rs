@@ -8,7 +8,7 @@
 //! ([`reestimate`](crate::eval::controls::reestimate) through ns = clean, ap = the column), then
 //! evaluated through ns = clean, ap = the column; the network passed in is never modified.
 
-use super::{bn_layers, check_route, copy_network, is_multi_domain};
+use super::{bn_layers, copy_network, is_multi_domain};
 use crate::attack::{Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
 use crate::data::Dataset;
 use crate::eval::controls::{reestimate, Reestimate};
@@ -130,8 +130,8 @@ pub fn bn_swap(net: &Network, test: &Dataset, train: &Dataset, cfg: &SwapConfig)
         "the model has one statistics set and one affine set in every layer (a single-BN model): \
          bn-swap needs a multi-domain model (norm.ns_domains and/or norm.ap_domains = 2)"
     );
-    check_route(net, Route::domain(ADV), "bn-swap route")?;
-    check_route(net, Route::domain(CLEAN), "bn-swap route")?;
+    net.check_route(Route::domain(ADV), "bn-swap route")?;
+    net.check_route(Route::domain(CLEAN), "bn-swap route")?;
     let device = net.vs.device();
     let model = net.model.as_ref();
     let mut cells = vec![];

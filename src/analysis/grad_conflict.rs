@@ -8,7 +8,7 @@
 //! the fraction of scalar parameters whose two gradient components have opposite signs, and both
 //! norms.
 
-use super::{check_route, is_multi_domain};
+use super::is_multi_domain;
 use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
 use crate::nn::{Ctx, Mode, Model, Network, Route, ADV, CLEAN};
 use crate::report::plot::{BarPlot, BarSeries};
@@ -340,7 +340,7 @@ pub fn grad_conflict(
     );
     anyhow::ensure!(cfg.steps >= 1, "PGD steps must be >= 1");
     anyhow::ensure!(x.size()[0] >= 1, "the batch is empty");
-    check_route(net, cfg.adv_route, "--route")?;
+    net.check_route(cfg.adv_route, "--route")?;
     let model = net.model.as_ref();
     tch::manual_seed(cfg.seed as i64);
     let pgd = Pgd::new(cfg.pgd());

@@ -22,7 +22,7 @@ pub use bn_divergence::{bn_divergence, BnDivergence, Divergence, LayerDivergence
 pub use bn_swap::{bn_swap, swap_step_size, BnSwap, SwapCell, SwapConfig};
 pub use domain_gap::{domain_gap, stat_distances, DomainGap, GapConfig, LayerGap, StatDistance};
 
-use crate::nn::{Model, Network, Norm, Route};
+use crate::nn::{Model, Network, Norm};
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
@@ -107,21 +107,6 @@ pub fn bn_layers(model: &dyn Model) -> Vec<(String, &Norm)> {
         .into_iter()
         .filter(|(_, n)| !n.stats.is_empty())
         .collect()
-}
-
-/// Error unless every norm layer and the classifier head have the domains `route` names
-/// (`flag` names the option the route came from, e.g. `--route`).
-pub fn check_route(net: &Network, route: Route, flag: &str) -> Result<()> {
-    for (name, norm) in net.model.norms() {
-        norm.check_route(route)
-            .map_err(|e| anyhow::anyhow!("{flag} {route}: layer {name}: {e}"))?;
-    }
-    anyhow::ensure!(
-        net.arch.heads <= 1 || route.ap < net.arch.heads,
-        "{flag} {route}: the model has {} classifier heads",
-        net.arch.heads
-    );
-    Ok(())
 }
 
 /// Whether any norm layer has more than one statistics or affine set, or the model more than one

@@ -2,14 +2,12 @@
 //! METHODS.md section 4 (see [`crate::analysis`]). Each kind writes `<out>/<kind>.json` and
 //! `<out>/<kind>.png` (default out: `<run>/analysis`).
 
-use crate::analysis::{
-    bn_divergence, bn_layers, bn_swap, check_route, domain_gap, GapConfig, SwapConfig,
-};
+use super::write_json;
+use crate::analysis::{bn_divergence, bn_layers, bn_swap, domain_gap, GapConfig, SwapConfig};
 use crate::data::{Augment, DataSpec, Dataset};
 use crate::device::{device_name, parse_device};
 use crate::eval::controls::{Reestimate, StatsSource};
 use crate::nn::{Network, Route};
-use crate::train::checkpoint;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -153,42 +151,7 @@ struct Loaded {
 
 /// The checkpoint named by `--run` / `--checkpoint`, with a clear error when it is missing.
 fn checkpoint_file(c: &Common) -> Result<PathBuf> {
-    match (&c.checkpoint, &c.run) {
-        (Some(f), _) => {
-            let (model, _, side) = checkpoint::paths(f);
-            anyhow::ensure!(
-                model.is_file(),
-                "--checkpoint {}: no such checkpoint file ({} does not exist)",
-                f.display(),
-                model.display()
-            );
-            anyhow::ensure!(
-                side.is_file(),
-                "--checkpoint {}: its sidecar {} does not exist",
-                f.display(),
-                side.display()
-            );
-            Ok(f.clone())
-        }
-        (None, Some(r)) => {
-            anyhow::ensure!(r.is_dir(), "--run {}: no such directory", r.display());
-            let best = r.join("checkpoints/best.safetensors");
-            let last = r.join("checkpoints/last.safetensors");
-            if best.is_file() {
-                Ok(best)
-            } else if last.is_file() {
-                Ok(last)
-            } else {
-                anyhow::bail!(
-                    "--run {}: no checkpoint (neither {} nor {} exists)",
-                    r.display(),
-                    best.display(),
-                    last.display()
-                )
-            }
-        }
-        (None, None) => anyhow::bail!("give --run DIR or --checkpoint FILE"),
-    }
+    super::checkpoint_file(c.checkpoint.as_ref(), c.run.as_ref())
 }
 
 /// Default output folder: `<run>/analysis`; for a checkpoint `<dir>/checkpoints/x` the run
@@ -286,13 +249,6 @@ impl Loaded {
     }
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(value)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("wrote {}", path.display());
-    Ok(())
-}
-
 fn check_eps(eps: f64) -> Result<()> {
     anyhow::ensure!(
         eps >= 0.0 && eps.is_finite(),
@@ -343,7 +299,7 @@ fn run_domain_gap(a: DomainGapArgs) -> Result<()> {
     let start = Instant::now();
     let l = load(&a.common)?;
     check_has_bn(&l, "domain-gap")?;
-    check_route(&l.net, a.route, "--route")?;
+    l.net.check_route(a.route, "--route")?;
     let test = l.test(&a.common, a.n)?;
     let (x, y) = test
         .batches(test.len(), None, Augment::default(), l.device)
@@ -640,7 +596,7 @@ fn run_grad_conflict(a: GradConflictArgs) -> Result<()> {
     let start = Instant::now();
     let l = load(&a.common)?;
     let adv_route = a.route.unwrap_or_else(|| default_adv_route(&l.net));
-    check_route(&l.net, adv_route, "--route")?;
+    l.net.check_route(adv_route, "--route")?;
     let test = l.test(&a.common, a.n)?;
     let (x, y) = test
         .batches(test.len(), None, Augment::default(), l.device)

@@ -1,5 +1,6 @@
 //! `advtrain eval (--run DIR | --checkpoint FILE) --attack NAME --eps X [...]`
 
+use super::write_json;
 use crate::attack::fab::{Fab, FabConfig};
 use crate::attack::pgd::{Init, PgdLoss, Target};
 use crate::attack::{
@@ -16,7 +17,7 @@ use crate::report::plot::{LinePlot, Series};
 use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tch::Device;
 
@@ -294,18 +295,7 @@ struct Setup {
 
 fn load(a: &EvalArgs) -> Result<Setup> {
     let device = parse_device(&a.device)?;
-    let ckpt = match (&a.checkpoint, &a.run) {
-        (Some(c), _) => c.clone(),
-        (None, Some(r)) => {
-            let best = r.join("checkpoints/best.safetensors");
-            if best.exists() {
-                best
-            } else {
-                r.join("checkpoints/last.safetensors")
-            }
-        }
-        (None, None) => anyhow::bail!("give --run DIR or --checkpoint FILE"),
-    };
+    let ckpt = super::checkpoint_file(a.checkpoint.as_ref(), a.run.as_ref())?;
     let (net, side) = Network::from_checkpoint(&ckpt, device)?;
     let recipe: crate::train::Recipe = serde_json::from_value(side.recipe.clone())
         .with_context(|| format!("the sidecar of {} holds no valid recipe", ckpt.display()))?;
@@ -317,7 +307,7 @@ fn load(a: &EvalArgs) -> Result<Setup> {
     let test = data_spec.load_test()?;
     anyhow::ensure!(!test.is_empty(), "the test set is empty (--test-limit 0?)");
     let route = if a.swap_ap { swap_ap(a.route) } else { a.route };
-    check_route(&net, route)?;
+    net.check_route(route, "--route")?;
     let soup = a.soup.map(check_soup).transpose()?;
     let reestimate = match a.reestimate {
         Some(source) => {
@@ -380,16 +370,6 @@ fn test_time_label(s: &Setup) -> String {
         );
     }
     l
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(path, serde_json::to_string_pretty(value)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("wrote {}", path.display());
-    Ok(())
 }
 
 fn print_flags(flags: &[Flag]) {
@@ -728,14 +708,5 @@ fn run_curve(a: EvalArgs) -> Result<()> {
     }
     .write(&png)?;
     println!("wrote {}", png.display());
-    Ok(())
-}
-
-/// The route must name domains the model has.
-fn check_route(net: &Network, route: Route) -> Result<()> {
-    for (name, norm) in net.model.norms() {
-        norm.check_route(route)
-            .map_err(|e| anyhow::anyhow!("--route {route}: layer {name}: {e}"))?;
-    }
     Ok(())
 }

@@ -27,16 +27,7 @@ pub struct ExportArgs {
 
 pub fn run(a: ExportArgs) -> Result<()> {
     let (net, side) = Network::from_checkpoint(&a.checkpoint, Device::Cpu)?;
-    for (name, norm) in net.model.norms() {
-        norm.check_route(a.route)
-            .map_err(|e| anyhow::anyhow!("--route {}: layer {name}: {e}", a.route))?;
-    }
-    anyhow::ensure!(
-        net.arch.heads == 1 || a.route.ap < net.arch.heads,
-        "--route {}: the model has {} heads",
-        a.route,
-        net.arch.heads
-    );
+    net.check_route(a.route, "--route")?;
     let soup = a.soup.map(check_soup).transpose()?;
     let (arch, tensors) = export_branch(&net, a.route, soup)?;
     let mut recipe = side.recipe.clone();

@@ -6,7 +6,10 @@ pub mod eval;
 pub mod export;
 pub mod train;
 
+use crate::train::checkpoint;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,4 +56,59 @@ pub fn main() -> anyhow::Result<()> {
         Command::Export(a) => export::run(a),
         Command::Analyze(a) => analyze::run(a),
     }
+}
+
+/// The checkpoint named by `--checkpoint FILE` (checked to exist with its sidecar) or by `--run
+/// DIR` (`checkpoints/best`, else `checkpoints/last`).
+pub(crate) fn checkpoint_file(
+    checkpoint: Option<&PathBuf>,
+    run: Option<&PathBuf>,
+) -> Result<PathBuf> {
+    match (checkpoint, run) {
+        (Some(f), _) => {
+            let (model, _, side) = checkpoint::paths(f);
+            anyhow::ensure!(
+                model.is_file(),
+                "--checkpoint {}: no such checkpoint file ({} does not exist)",
+                f.display(),
+                model.display()
+            );
+            anyhow::ensure!(
+                side.is_file(),
+                "--checkpoint {}: its sidecar {} does not exist",
+                f.display(),
+                side.display()
+            );
+            Ok(f.clone())
+        }
+        (None, Some(r)) => {
+            anyhow::ensure!(r.is_dir(), "--run {}: no such directory", r.display());
+            let best = r.join("checkpoints/best.safetensors");
+            let last = r.join("checkpoints/last.safetensors");
+            if best.is_file() {
+                Ok(best)
+            } else if last.is_file() {
+                Ok(last)
+            } else {
+                anyhow::bail!(
+                    "--run {}: no checkpoint (neither {} nor {} exists, with its .json sidecar)",
+                    r.display(),
+                    best.display(),
+                    last.display()
+                )
+            }
+        }
+        (None, None) => anyhow::bail!("give --run DIR or --checkpoint FILE"),
+    }
+}
+
+/// Write `value` as pretty JSON to `path` (creating its folder) and say so.
+pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

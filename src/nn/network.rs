@@ -1,7 +1,7 @@
 //! A model together with its variable store and architecture: what checkpoints save and load.
 
 use super::models::{build_model, ArchSpec, Model};
-use super::norm::Ctx;
+use super::norm::{Ctx, Route};
 use super::predictor::Predictor;
 use crate::train::checkpoint;
 use anyhow::Result;
@@ -92,6 +92,21 @@ impl Network {
                 }
             }
         });
+    }
+
+    /// Error unless every norm layer and the classifier head have the domains `route` names
+    /// (`flag` names the option the route came from, e.g. `--route`).
+    pub fn check_route(&self, route: Route, flag: &str) -> Result<()> {
+        for (name, norm) in self.model.norms() {
+            norm.check_route(route)
+                .map_err(|e| anyhow::anyhow!("{flag} {route}: layer {name}: {e}"))?;
+        }
+        anyhow::ensure!(
+            self.arch.heads <= 1 || route.ap < self.arch.heads,
+            "{flag} {route}: the model has {} classifier heads",
+            self.arch.heads
+        );
+        Ok(())
     }
 
     /// Number of trainable scalars.

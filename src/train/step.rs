@@ -280,9 +280,7 @@ pub fn loss_with_state(
     }
 }
 
-/// Logits (in `mode`, normally train) of adversarial rows `xa` (through `h.adv_route`) and clean rows `xc`
-/// (through `h.clean_route`): one forward over `[xa; xc]` split by explicit sizes (joint) or one
-/// forward each (separate). An empty part gives an empty [0, 1] tensor.
+/// The logits of [`forward_pair_stages`].
 pub fn forward_pair(
     model: &dyn Model,
     h: &HybridSpec,
@@ -290,39 +288,14 @@ pub fn forward_pair(
     xc: &Tensor,
     mode: Mode,
 ) -> (Tensor, Tensor) {
-    let (na, nc) = (xa.size()[0], xc.size()[0]);
-    match h.passes {
-        Passes::Joint => {
-            let segs = [
-                Segment {
-                    size: na,
-                    source: ADV,
-                    route: h.adv_route,
-                },
-                Segment {
-                    size: nc,
-                    source: CLEAN,
-                    route: h.clean_route,
-                },
-            ];
-            let input = Tensor::cat(&[xa, xc], 0);
-            let logits = model.forward(&input, &Ctx::mixed(mode, &segs));
-            (logits.narrow(0, 0, na), logits.narrow(0, na, nc))
-        }
-        Passes::Separate => {
-            let pass = |xs: &Tensor, r: Route| {
-                if xs.size()[0] > 0 {
-                    model.forward(xs, &Ctx::new(r, mode))
-                } else {
-                    Tensor::zeros([0, 1], (Kind::Float, xs.device()))
-                }
-            };
-            (pass(xa, h.adv_route), pass(xc, h.clean_route))
-        }
-    }
+    let (fa, fc) = forward_pair_stages(model, h, xa, xc, mode);
+    (fa.logits, fc.logits)
 }
 
-/// [`forward_pair`] with the stage outputs of both parts.
+/// Logits and stage outputs (in `mode`, normally train) of adversarial rows `xa` (through
+/// `h.adv_route`) and clean rows `xc` (through `h.clean_route`): one forward over `[xa; xc]` split
+/// by explicit sizes (joint) or one forward each (separate). An empty part gives empty [0, 1]
+/// logits and no stages.
 pub fn forward_pair_stages(
     model: &dyn Model,
     h: &HybridSpec,
@@ -331,7 +304,7 @@ pub fn forward_pair_stages(
     mode: Mode,
 ) -> (Forward, Forward) {
     let (na, nc) = (xa.size()[0], xc.size()[0]);
-    let split = |f: Forward, start: i64, len: i64| Forward {
+    let rows = |f: &Forward, start: i64, len: i64| Forward {
         logits: f.logits.narrow(0, start, len),
         stages: f.stages.iter().map(|s| s.narrow(0, start, len)).collect(),
     };
@@ -351,16 +324,21 @@ pub fn forward_pair_stages(
             ];
             let input = Tensor::cat(&[xa, xc], 0);
             let f = model.forward_stages(&input, &Ctx::mixed(mode, &segs));
-            let fa = Forward {
-                logits: f.logits.narrow(0, 0, na),
-                stages: f.stages.iter().map(|s| s.narrow(0, 0, na)).collect(),
-            };
-            (fa, split(f, na, nc))
+            (rows(&f, 0, na), rows(&f, na, nc))
         }
-        Passes::Separate => (
-            model.forward_stages(xa, &Ctx::new(h.adv_route, mode)),
-            model.forward_stages(xc, &Ctx::new(h.clean_route, mode)),
-        ),
+        Passes::Separate => {
+            let pass = |xs: &Tensor, r: Route| {
+                if xs.size()[0] > 0 {
+                    model.forward_stages(xs, &Ctx::new(r, mode))
+                } else {
+                    Forward {
+                        logits: Tensor::zeros([0, 1], (Kind::Float, xs.device())),
+                        stages: vec![],
+                    }
+                }
+            };
+            (pass(xa, h.adv_route), pass(xc, h.clean_route))
+        }
     }
 }
 
