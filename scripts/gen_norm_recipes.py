@@ -137,10 +137,16 @@ def render(ds, prefix, name, v):
 
 FMNIST_02 = dict(FMNIST, eps=0.2)
 
-for prefix, ds, folder in [("fmnist", FMNIST, "fmnist"), ("fmnist-eps0.2", FMNIST_02, "fmnist-eps0.2"),
-                           ("cifar10", CIFAR, "cifar10")]:
-    d = ROOT / folder
-    d.mkdir(parents=True, exist_ok=True)
-    for name, v in VARIANTS.items():
-        (d / f"{name}.toml").write_text(render(ds, prefix, name, v))
-print("recipes written under", ROOT)
+
+def main():
+    for prefix, ds, folder in [("fmnist", FMNIST, "fmnist"), ("fmnist-eps0.2", FMNIST_02, "fmnist-eps0.2"),
+                               ("cifar10", CIFAR, "cifar10")]:
+        d = ROOT / folder
+        d.mkdir(parents=True, exist_ok=True)
+        for name, v in VARIANTS.items():
+            (d / f"{name}.toml").write_text(render(ds, prefix, name, v))
+    print("recipes written under", ROOT)
+
+
+if __name__ == "__main__":
+    main()

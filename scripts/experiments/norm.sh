@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Issue-4 experiments on Fashion-MNIST (docs/RESULTS.md "Multi-domain normalisation"):
-# train each recipe of recipes/fmnist/ for one seed, then evaluate every branch with clean,
+# Issue-4 and issue-5 experiments on Fashion-MNIST (docs/RESULTS.md "Multi-domain normalisation",
+# "Training objectives"): train each named recipe of recipes/fmnist/ for one seed, then evaluate every branch with clean,
 # PGD-20 and APGD-CE on the first N test images (eps 0.1). Resumable: finished steps are skipped,
 # a killed training run resumes from its last checkpoint.
-#   scripts/experiments/norm.sh SEED [recipe names...]     (default: all below)
+#   scripts/experiments/norm.sh SEED [recipe names...]     (default: the issue-4 set below)
+#   OUT=runs/obj scripts/experiments/norm.sh SEED pgd-at trades arat ...   (issue 5)
 # Env: ADVTRAIN (binary, default target/release/advtrain), THREADS (default 1), N (default 500),
 #      OUT (default runs/norm), RECIPES (default recipes/fmnist; recipes/fmnist-eps0.2 with EPS=0.2),
 #      EPS (evaluation eps, default 0.1; PGD-20 step EPS/10).
@@ -27,6 +28,7 @@ fi
 branches() {
   case $1 in
     e7-dual-bn|e7-dual-ap|e7-dual-ns|e10-dual-linear|e3-mbn-r50|advprop) echo "adv clean" ;;
+    trades-dual-bn|arat|e12-inv-split|e12-symmetric) echo "adv" ;;
     e7-cross-bn) echo "ns=clean,ap=adv clean" ;;
     e8-clean) echo "" ;;
     *) echo "clean" ;;
