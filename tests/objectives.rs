@@ -596,3 +596,79 @@ fn cli_trains_arat_and_checks_its_settings() {
     let o = run("bad", &bad);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("model.predictors"));
 }
+
+/// A norm-layer hook reads that layer's output: on small-cnn, ReLU of `bn3`'s output is stage 2,
+/// so ARAT's invariance term (no predictor) is the same with `hooks = ["bn3"]` as with `[2]`;
+/// predictors keyed by a norm name get that layer's width; unknown names are refused.
+#[test]
+fn arat_norm_layer_hooks_match_stage_hooks() {
+    use advtrain::nn::hook::hooked;
+    use advtrain::nn::{Hook, Route};
+    let _g = common::rng_lock();
+    let no_pred = ARAT.replace(
+        "auto_balance = false",
+        "auto_balance = false\npredictor = false",
+    );
+    let (_d1, r_stage) = recipe(&no_pred);
+    let (_d2, r_norm) = recipe(&no_pred.replace("hooks = [2]", "hooks = [\"bn3\"]"));
+    assert_eq!(
+        r_norm.train.arat.as_ref().unwrap().hooks,
+        vec![Hook::Norm("bn3".into())]
+    );
+    tch::manual_seed(5);
+    let net = Network::new(&r_stage.model, Device::Cpu).unwrap();
+    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
+    let x_adv = (&x - 0.05).clamp(0.0, 1.0);
+    // The tap: ReLU(bn3 output) == stage 2, same forward.
+    let ctx = Ctx::new(Route::domain(1), Mode::Eval);
+    let (f, feats) = hooked(net.model.as_ref(), &[Hook::Norm("bn3".into())], || {
+        net.model.forward_stages(&x, &ctx)
+    });
+    assert!(feats[0].relu().allclose(&f.stages[2], 0.0, 0.0, false));
+    assert!(
+        feats[0].min().double_value(&[]) < 0.0,
+        "pre-activation output has negatives"
+    );
+    let loss = |r: &Recipe| {
+        let state = step::AratState {
+            predictors: &net.predictors,
+            adv_weight: 0.5,
+        };
+        step::arat_loss(
+            r,
+            net.model.as_ref(),
+            &x,
+            &y,
+            &x_adv,
+            Mode::TrainFrozen,
+            state,
+        )
+        .loss
+        .double_value(&[])
+    };
+    let (a, b) = (loss(&r_stage), loss(&r_norm));
+    assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    // Predictors keyed by norm-layer names.
+    let (_d3, r) = recipe(
+        &ARAT
+            .replace("predictors = [2]", "predictors = [\"bn2\", \"bn3\"]")
+            .replace("hooks = [2]", "hooks = [\"bn2\", \"bn3\"]"),
+    );
+    let net = Network::new(&r.model, Device::Cpu).unwrap();
+    let v = net.variables();
+    let widths = (
+        net.model.norms()[1].1.channels,
+        net.model.norms()[2].1.channels,
+    );
+    assert_eq!(v["predictor.bn2.fc2.weight"].size()[0], widths.0);
+    assert_eq!(v["predictor.bn3.fc2.weight"].size()[0], widths.1);
+    let mut bad = r.model.clone();
+    bad.predictors = vec![Hook::Norm("layer4.0.bn1".into())];
+    let e = Network::new(&bad, Device::Cpu)
+        .err()
+        .expect("unknown layer refused");
+    assert!(
+        format!("{e:#}").contains("layer4.0.bn1") && format!("{e:#}").contains("model.predictors")
+    );
+}

@@ -1,10 +1,12 @@
 //! Neural-network building blocks: the route-aware norm layer and the model registry.
 
+pub mod hook;
 pub mod models;
 pub mod network;
 pub mod norm;
 pub mod predictor;
 
+pub use hook::Hook;
 pub use models::{build_model, ArchSpec, Model};
 pub use network::Network;
 pub use norm::{Ctx, Domain, Mode, Norm, NormKind, NormSpec, Route, Segment, ADV, CLEAN};

@@ -1,5 +1,6 @@
 //! A model together with its variable store and architecture: what checkpoints save and load.
 
+use super::hook::{check_hooks, Hook};
 use super::models::{build_model, ArchSpec, Model};
 use super::norm::{Ctx, Route};
 use super::predictor::Predictor;
@@ -24,18 +25,26 @@ impl Network {
         let model = build_model(&vs.root(), arch)?;
         let mut predictors = vec![];
         if !arch.predictors.is_empty() {
-            // Stage widths from one eval-mode forward of a blank image.
+            // Stage widths from one eval-mode forward of a blank image; norm widths from the layer.
             let probe = Tensor::zeros([1, arch.in_channels, 32, 32], (tch::Kind::Float, device));
             let stages = tch::no_grad(|| model.forward_stages(&probe, &Ctx::eval())).stages;
-            for &s in &arch.predictors {
-                let st = stages.get(s).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "model.predictors: stage {s} does not exist ({} has {} stages)",
-                        arch.name,
-                        stages.len()
-                    )
-                })?;
-                predictors.push(Predictor::new(&vs.root(), s, st.size()[1]));
+            check_hooks(
+                model.as_ref(),
+                stages.len(),
+                &arch.predictors,
+                "model.predictors",
+            )?;
+            let norms = model.norms();
+            for h in &arch.predictors {
+                let width = match h {
+                    Hook::Stage(s) => stages[*s].size()[1],
+                    Hook::Norm(n) => norms
+                        .iter()
+                        .find(|(name, _)| name == n)
+                        .map(|(_, l)| l.channels)
+                        .expect("checked"),
+                };
+                predictors.push(Predictor::new(&vs.root(), h.clone(), width));
             }
         }
         Ok(Network {
@@ -107,6 +116,16 @@ impl Network {
             self.arch.heads
         );
         Ok(())
+    }
+
+    /// Error unless every hook exists in this model (`field` names where they came from).
+    pub fn check_hooks(&self, hooks: &[Hook], field: &str) -> Result<()> {
+        let probe = Tensor::zeros(
+            [1, self.arch.in_channels, 32, 32],
+            (tch::Kind::Float, self.vs.device()),
+        );
+        let stages = tch::no_grad(|| self.model.forward_stages(&probe, &Ctx::eval())).stages;
+        check_hooks(self.model.as_ref(), stages.len(), hooks, field)
     }
 
     /// Number of trainable scalars.

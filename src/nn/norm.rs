@@ -380,6 +380,9 @@ pub struct Norm {
     pub affine: Vec<Affine>,
     /// When `Some`, every forward appends its input's batch statistics (analyses).
     probe: std::sync::Mutex<Option<Vec<BatchStats>>>,
+    /// When `Some`, every forward appends its output (with its autograd graph): feature hooks
+    /// on norm layers (ARAT's BN outputs).
+    tap: std::sync::Mutex<Option<Vec<Tensor>>>,
 }
 
 /// Sub-path for set `k` of `n`: the layer itself when shared (`bn1.weight`), else `bn1.k.weight`.
@@ -433,6 +436,7 @@ impl Norm {
             stats,
             affine,
             probe: std::sync::Mutex::new(None),
+            tap: std::sync::Mutex::new(None),
         }
     }
 
@@ -529,6 +533,21 @@ impl Norm {
             .unwrap_or_default()
     }
 
+    /// Start (`Some(vec![])`) or stop (`None`) recording this layer's outputs.
+    pub fn set_tap(&self, on: bool) {
+        *self.tap.lock().expect("tap lock") = on.then(Vec::new);
+    }
+
+    /// The recorded outputs, oldest first (empty when not tapping).
+    pub fn take_tap(&self) -> Vec<Tensor> {
+        self.tap
+            .lock()
+            .expect("tap lock")
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     fn record(&self, x: &Tensor) {
         let mut guard = self.probe.lock().expect("probe lock");
         if let Some(v) = guard.as_mut() {
@@ -541,6 +560,14 @@ impl Norm {
     /// route) in `ctx.mode`.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         self.record(x);
+        let y = self.normalise(x, ctx);
+        if let Some(v) = self.tap.lock().expect("tap lock").as_mut() {
+            v.push(y.shallow_clone());
+        }
+        y
+    }
+
+    fn normalise(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let n = x.size()[0];
         let segs = ctx.segments_for(n);
         match self.spec.kind {

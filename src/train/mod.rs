@@ -7,6 +7,7 @@ pub mod optim;
 pub mod recipe;
 pub mod run;
 pub mod step;
+pub mod swa;
 
 pub use recipe::{Objective, Recipe};
 pub use run::{train, RunOptions};

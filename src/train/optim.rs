@@ -146,6 +146,7 @@ mod tests {
             trades_beta: 6.0,
             mart_lambda: 6.0,
             overfit_check: None,
+            swa: None,
             awp: None,
             arat: None,
             track_clean_accuracy: true,

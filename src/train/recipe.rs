@@ -69,9 +69,10 @@ pub struct AratSpec {
     /// Weight of the invariance term (30 for ResNet-18 in the paper, 100 for WRN-34-10).
     #[serde(default = "thirty")]
     pub lambda: f64,
-    /// Stages (indices of the model's stage outputs) whose `z = GAP(ReLU(feature))` enter the
-    /// invariance term; with `predictor = true` they must equal `model.predictors`.
-    pub hooks: Vec<usize>,
+    /// Features whose `z = GAP(ReLU(feature))` enter the invariance term: stage indices (`2`)
+    /// or norm-layer names (`"layer4.0.bn1"`, the paper's BN outputs); with `predictor = true`
+    /// they must equal `model.predictors`.
+    pub hooks: Vec<crate::nn::Hook>,
     /// `w_a` = clean training accuracy of the previous epoch (0.5 in epoch 1), `w_c = 1 - w_a`;
     /// false: `w_c = train.hybrid.clean_weight`.
     #[serde(default = "yes")]
@@ -103,6 +104,31 @@ pub struct AwpSpec {
     /// Epochs of plain training before AWP starts.
     #[serde(default)]
     pub warmup_epochs: usize,
+}
+
+/// Stochastic weight averaging (Izmailov et al. 2018; ARAT's optional SWA): the trainable
+/// parameters are averaged, `avg_n = avg_{n-1} + (w - avg_{n-1}) / n`, at the end of every epoch
+/// after `start_epoch`; at the end of training the average's BN statistics are re-estimated
+/// (cumulative average over `bn_batches` training batches; per domain for multi-domain models:
+/// the clean route on clean images, the adversarial route on PGD-10 examples at the training
+/// eps; single-statistics models on `bn_source`) and saved as `checkpoints/swa`, validated,
+/// and reported in `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwaSpec {
+    /// Epochs trained before averaging starts (ARAT: ~76% of training).
+    pub start_epoch: usize,
+    /// Training batches for the BN re-estimation (default: one pass over the training set).
+    #[serde(default)]
+    pub bn_batches: Option<usize>,
+    /// Images whose statistics a single-statistics model gets: "clean" (PyTorch's update_bn),
+    /// "adv" or "noise".
+    #[serde(default = "default_swa_source")]
+    pub bn_source: String,
+}
+
+fn default_swa_source() -> String {
+    "clean".into()
 }
 
 /// Catastrophic-overfitting detection (Wong et al. 2020): after every epoch, PGD accuracy on the
@@ -258,6 +284,9 @@ pub struct TrainSpec {
     /// Catastrophic-overfitting check after every epoch (FGSM-RS; any adversarial objective).
     #[serde(default)]
     pub overfit_check: Option<OverfitCheck>,
+    /// Stochastic weight averaging from a given epoch, BN statistics re-estimated at the end.
+    #[serde(default)]
+    pub swa: Option<SwaSpec>,
     /// Measure clean training accuracy with an extra no-grad eval-mode forward (pgd-at only).
     #[serde(default = "yes")]
     pub track_clean_accuracy: bool,
@@ -414,6 +443,28 @@ impl Recipe {
                     self.model.predictors
                 );
             }
+        }
+        if let Some(w) = &t.swa {
+            anyhow::ensure!(
+                w.start_epoch < t.epochs,
+                "train.swa.start_epoch must be below train.epochs = {} (averaging starts after it), got {}",
+                t.epochs,
+                w.start_epoch
+            );
+            anyhow::ensure!(
+                w.bn_batches != Some(0),
+                "train.swa.bn_batches must be >= 1 (or left out for one pass over the training set)"
+            );
+            anyhow::ensure!(
+                matches!(w.bn_source.as_str(), "clean" | "adv" | "noise"),
+                "train.swa.bn_source must be \"clean\", \"adv\" or \"noise\", got {:?}",
+                w.bn_source
+            );
+            anyhow::ensure!(
+                w.bn_source == "clean" || t.attack.is_some(),
+                "train.swa.bn_source = {:?} needs [train.attack] (its eps)",
+                w.bn_source
+            );
         }
         if let Some(a) = &t.awp {
             anyhow::ensure!(

@@ -9,6 +9,7 @@ use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
 use super::optim::{learning_rate, Sgd};
 use super::recipe::{Objective, Recipe};
+use super::swa::{self, SwaAverage};
 use super::{awp, step};
 use crate::attack::{Attack, Classifier, Pgd};
 use crate::data::Splits;
@@ -43,6 +44,20 @@ pub struct RunSummary {
     pub parameters: i64,
     /// Catastrophic overfitting detected by `train.overfit_check`, when it was.
     pub overfitting: Option<Collapse>,
+    /// The SWA model (`train.swa`), when one was made.
+    pub swa: Option<SwaSummary>,
+}
+
+/// What `train.swa` produced: `checkpoints/swa` and its validation accuracy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwaSummary {
+    /// Epochs averaged (the parameters after epochs `first_epoch..=epochs`).
+    pub averaged: usize,
+    pub first_epoch: usize,
+    pub val_clean_acc: Option<f64>,
+    pub val_pgd_acc: Option<f64>,
+    /// Statistics sets re-estimated: route, data, images.
+    pub bn_reestimated: Vec<(String, String, usize)>,
 }
 
 /// A collapse of PGD accuracy on the training subset (catastrophic overfitting).
@@ -101,6 +116,16 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         );
     }
 
+    if let Some(a) = &t.arat {
+        net.check_hooks(&a.hooks, "train.arat.hooks")?;
+    }
+    let swa_file = ckdir.join("swa_avg.safetensors");
+    let mut swa_avg = match &t.swa {
+        Some(_) if start_epoch > 0 && swa_file.exists() => {
+            SwaAverage::load(&swa_file, &net, start_epoch)?
+        }
+        _ => SwaAverage::empty(),
+    };
     print_header(recipe, device, &net, out);
     let data = recipe.data.load()?;
     log::info!(
@@ -160,6 +185,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         checkpoint::save(&last_file, &model_tensors, Some(&sgd.state()), sidecar(&m))?;
         metrics::append(&csv, &m)?;
         log::info!("{}", describe(&m, t.epochs));
+        if let Some(w) = &t.swa {
+            if swa::averages_after(w, epoch + 1) {
+                swa_avg.update(&net);
+                swa_avg.save(&swa_file, recipe, epoch + 1)?;
+            }
+        }
         last = m;
         if let Some(c) = &t.overfit_check {
             let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device);
@@ -207,6 +238,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             check_best = Some(check_best.map_or(acc, |b| b.max(acc)));
         }
     }
+    let swa = match &t.swa {
+        Some(w) if end == t.epochs && swa_avg.n > 0 => Some(finish_swa(
+            recipe, w, &swa_avg, &net, &data, device, &ckdir,
+        )?),
+        _ => None,
+    };
     let summary = RunSummary {
         epochs: t.epochs,
         last,
@@ -214,12 +251,69 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         device: device_name(device),
         parameters: net.num_parameters(),
         overfitting,
+        swa,
     };
     std::fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&summary)?,
     )?;
     Ok(summary)
+}
+
+/// Turn the SWA average into `checkpoints/swa`: load it into `net`, re-estimate the BN
+/// statistics, validate, save.
+fn finish_swa(
+    recipe: &Recipe,
+    spec: &super::recipe::SwaSpec,
+    avg: &SwaAverage,
+    net: &Network,
+    data: &Splits,
+    device: Device,
+    ckdir: &Path,
+) -> Result<SwaSummary> {
+    let t = &recipe.train;
+    avg.apply(net);
+    let sets = swa::reestimate_bn(recipe, spec, net, &data.train, device)?;
+    let mut m = EpochMetrics {
+        epoch: t.epochs,
+        ..Default::default()
+    };
+    validate(recipe, net, data, t.epochs, device, &mut m);
+    let side = Sidecar {
+        format: "advtrain-checkpoint-v1".into(),
+        advtrain_version: env!("CARGO_PKG_VERSION").into(),
+        architecture: recipe.model.clone(),
+        recipe: serde_json::to_value(recipe).expect("serialisable"),
+        epoch: t.epochs,
+        metrics: serde_json::to_value(&m).expect("serialisable"),
+        sha256: String::new(),
+        optimizer_sha256: None,
+        best_metric: None,
+    };
+    checkpoint::save(
+        &ckdir.join("swa.safetensors"),
+        &net.named_tensors(),
+        None,
+        side,
+    )?;
+    let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.2}%", 100.0 * x));
+    log::info!(
+        "SWA of {} epochs (from epoch {}): val clean {} pgd {} -> checkpoints/swa.safetensors",
+        avg.n,
+        spec.start_epoch + 1,
+        f(m.val_clean_acc),
+        f(m.val_pgd_acc)
+    );
+    Ok(SwaSummary {
+        averaged: avg.n,
+        first_epoch: spec.start_epoch + 1,
+        val_clean_acc: m.val_clean_acc,
+        val_pgd_acc: m.val_pgd_acc,
+        bn_reestimated: sets
+            .into_iter()
+            .map(|(r, s, n)| (r.to_string(), s.to_string(), n))
+            .collect(),
+    })
 }
 
 fn resume_from(net: &Network, sgd: &mut Sgd, last_file: &Path) -> Result<Sidecar> {

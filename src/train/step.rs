@@ -1,11 +1,12 @@
 //! One optimisation step's loss for each objective: which rows are attacked, which forward
 //! (route, mode, batch split) they take, and how the loss terms are weighted.
 
-use super::recipe::{HybridSpec, Objective, Passes, Recipe};
+use super::recipe::{AratSpec, HybridSpec, Objective, Passes, Recipe};
 use crate::attack::{correct, cross_entropy, Attack, Classifier, Pgd};
+use crate::nn::hook::hooked;
 use crate::nn::models::Forward;
 use crate::nn::predictor::Predictor;
-use crate::nn::{Ctx, Mode, Model, Route, Segment, ADV, CLEAN};
+use crate::nn::{Ctx, Hook, Mode, Model, Route, Segment, ADV, CLEAN};
 use tch::{Kind, Reduction, Tensor};
 
 /// The loss of one batch and what it saw.
@@ -117,7 +118,7 @@ pub fn arat_loss(
     let h = &t.hybrid;
     let a = t.arat.as_ref().expect("validated: arat has [train.arat]");
     let n = y.size()[0];
-    let (fa, fc) = forward_pair_stages(model, h, x_adv, x, mode);
+    let (fa, fc, ha, hc) = forward_pair_hooked(model, h, x_adv, x, mode, &a.hooks);
     let (wa, wc) = if a.auto_balance {
         (state.adv_weight, 1.0 - state.adv_weight)
     } else {
@@ -125,16 +126,44 @@ pub fn arat_loss(
     };
     let ce = |l: &Tensor| cross_entropy(l, y, Reduction::Mean);
     let mut loss = ce(&fa.logits) * wa + ce(&fc.logits) * wc;
-    let pooled = |f: &Tensor| f.relu().mean_dim(&[-1i64, -2][..], false, Kind::Float);
-    let mut inv = Tensor::zeros([], (Kind::Float, x.device()));
-    for &l in &a.hooks {
-        let (za, zc) = (pooled(&fa.stages[l]), pooled(&fc.stages[l]));
+    let inv = invariance_term(a, state.predictors, &ha, &hc, mode);
+    loss = loss + inv * (a.lambda / a.hooks.len() as f64);
+    StepOutput {
+        loss,
+        clean: Some((hits(&fc.logits, y), n)),
+        adv: Some((hits(&fa.logits, y), n)),
+    }
+}
+
+/// `z = GAP(ReLU(feature))` of a hooked feature [N, C, H, W] (or [N, C]).
+pub fn pooled_feature(f: &Tensor) -> Tensor {
+    let r = f.relu();
+    if r.dim() == 4 {
+        r.mean_dim(&[-1i64, -2][..], false, Kind::Float)
+    } else {
+        r
+    }
+}
+
+/// ARAT's invariance sum `sum_l D_l` (before the `lambda / |S|` factor) from the hooked
+/// adversarial features `ha` and clean features `hc`, with the switches of `a`:
+/// `D_l = 1 - cos(h_l(z'_l), sg(z_l))`; without predictor `h_l` is the identity, without
+/// stop-gradient `sg` is; symmetric: `(D(h(z'), sg z) + D(h(z), sg z')) / 2`.
+pub fn invariance_term(
+    a: &AratSpec,
+    predictors: &[Predictor],
+    ha: &[Tensor],
+    hc: &[Tensor],
+    mode: Mode,
+) -> Tensor {
+    let mut inv = Tensor::zeros([], (Kind::Float, ha[0].device()));
+    for ((hook, fa), fc) in a.hooks.iter().zip(ha).zip(hc) {
+        let (za, zc) = (pooled_feature(fa), pooled_feature(fc));
         let pred = |z: &Tensor| -> Tensor {
             if a.predictor || a.symmetric {
-                state
-                    .predictors
+                predictors
                     .iter()
-                    .find(|p| p.stage == l)
+                    .find(|p| p.hook == *hook)
                     .expect("validated: one predictor per hook")
                     .forward(z, mode)
             } else {
@@ -155,12 +184,7 @@ pub fn arat_loss(
         };
         inv = inv + term;
     }
-    loss = loss + inv * (a.lambda / a.hooks.len() as f64);
-    StepOutput {
-        loss,
-        clean: Some((hits(&fc.logits, y), n)),
-        adv: Some((hits(&fa.logits, y), n)),
-    }
+    inv
 }
 
 /// The objective's loss given the batch and its adversarial inputs, forwards in `mode`
@@ -303,10 +327,26 @@ pub fn forward_pair_stages(
     xc: &Tensor,
     mode: Mode,
 ) -> (Forward, Forward) {
+    let (fa, fc, _, _) = forward_pair_hooked(model, h, xa, xc, mode, &[]);
+    (fa, fc)
+}
+
+/// [`forward_pair_stages`] plus, per hook, the adversarial rows' and the clean rows' features.
+pub fn forward_pair_hooked(
+    model: &dyn Model,
+    h: &HybridSpec,
+    xa: &Tensor,
+    xc: &Tensor,
+    mode: Mode,
+    hooks: &[Hook],
+) -> (Forward, Forward, Vec<Tensor>, Vec<Tensor>) {
     let (na, nc) = (xa.size()[0], xc.size()[0]);
     let rows = |f: &Forward, start: i64, len: i64| Forward {
         logits: f.logits.narrow(0, start, len),
         stages: f.stages.iter().map(|s| s.narrow(0, start, len)).collect(),
+    };
+    let narrow = |v: &[Tensor], start: i64, len: i64| -> Vec<Tensor> {
+        v.iter().map(|t| t.narrow(0, start, len)).collect()
     };
     match h.passes {
         Passes::Joint => {
@@ -323,21 +363,33 @@ pub fn forward_pair_stages(
                 },
             ];
             let input = Tensor::cat(&[xa, xc], 0);
-            let f = model.forward_stages(&input, &Ctx::mixed(mode, &segs));
-            (rows(&f, 0, na), rows(&f, na, nc))
+            let (f, feats) = hooked(model, hooks, || {
+                model.forward_stages(&input, &Ctx::mixed(mode, &segs))
+            });
+            (
+                rows(&f, 0, na),
+                rows(&f, na, nc),
+                narrow(&feats, 0, na),
+                narrow(&feats, na, nc),
+            )
         }
         Passes::Separate => {
             let pass = |xs: &Tensor, r: Route| {
                 if xs.size()[0] > 0 {
-                    model.forward_stages(xs, &Ctx::new(r, mode))
+                    hooked(model, hooks, || {
+                        model.forward_stages(xs, &Ctx::new(r, mode))
+                    })
                 } else {
-                    Forward {
+                    let f = Forward {
                         logits: Tensor::zeros([0, 1], (Kind::Float, xs.device())),
                         stages: vec![],
-                    }
+                    };
+                    (f, vec![])
                 }
             };
-            (pass(xa, h.adv_route), pass(xc, h.clean_route))
+            let (fa, ha) = pass(xa, h.adv_route);
+            let (fc, hc) = pass(xc, h.clean_route);
+            (fa, fc, ha, hc)
         }
     }
 }

@@ -51,9 +51,9 @@ pub struct ArchSpec {
     pub width: Option<i64>,
     #[serde(default)]
     pub norm: NormSpec,
-    /// Stages (indices into `Forward::stages`) with an ARAT predictor head (empty = none).
+    /// Feature hooks (stage indices or norm-layer names) with an ARAT predictor head (empty = none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub predictors: Vec<usize>,
+    pub predictors: Vec<crate::nn::Hook>,
     /// Classifier heads: 1, or one per domain ("Dual-Linear"; selected by `route.ap`).
     #[serde(default = "one_head", skip_serializing_if = "is_one")]
     pub heads: usize,
