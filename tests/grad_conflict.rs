@@ -358,6 +358,28 @@ fn cli_grad_conflict_writes_json_and_png_and_names_bad_terms() {
         .iter()
         .any(|l| l["layer"] == "bn1"));
     assert!(v["tensors"][0]["tensor"].is_string());
+    // An invariance term: hooks default to the last stage and are recorded.
+    let o = advtrain(&[
+        "grad-conflict",
+        "--run",
+        &run_s,
+        "--terms",
+        "adv-ce,dist-sg",
+        "--eps",
+        "0.1",
+        "--n",
+        "16",
+        "--device",
+        "cpu",
+        "--hooks",
+        "bn3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("grad-conflict.json")).unwrap())
+            .unwrap();
+    assert_eq!(w["hooks"], serde_json::json!(["bn3"]));
+    assert_eq!(w["terms"], serde_json::json!(["adv-ce", "dist-sg"]));
     let png = std::fs::read(out.join("grad-conflict.png")).unwrap();
     assert!(png.len() > 1000 && png.starts_with(b"\x89PNG"));
 
@@ -426,4 +448,79 @@ fn cli_grad_conflict_writes_json_and_png_and_names_bad_terms() {
         "0.1"
     ]))
     .contains("foo"));
+}
+
+/// The invariance terms over a hook on a Dual-BN model: the three have the same value without a
+/// predictor (1 - cos(z', z)), but `dist-sg` sends gradient only to the clean branch's BN
+/// parameters, `arat-asym` only to the adversarial branch's (and its predictor), `inv` to both;
+/// with a predictor, `arat-asym` = 1 - cos(h(z'), z) recomputed by hand.
+#[test]
+fn invariance_terms_route_their_gradient_to_one_side() {
+    use advtrain::analysis::grad_conflict::{term_gradients_with, term_loss_with, Features};
+    use advtrain::nn::Hook;
+    let _g = common::rng_lock();
+    let mut a = arch(2, 2);
+    a.predictors = vec![Hook::Norm("bn3".into())];
+    tch::manual_seed(3);
+    let net = Network::new(&a, Device::Cpu).unwrap();
+    let (x, y) = batch(12, 4);
+    let x_adv = (&x + (x.rand_like() - 0.5) * 0.1).clamp(0.0, 1.0);
+    let hooks = [Hook::Norm("bn3".into())];
+    let bare = Features {
+        hooks: &hooks,
+        predictors: &[],
+    };
+    let with_pred = Features {
+        hooks: &hooks,
+        predictors: &net.predictors,
+    };
+    let m = net.model.as_ref();
+    let route = Route::domain(ADV);
+    let val = |t, f| term_loss_with(m, t, &x, &x_adv, &y, route, f).double_value(&[]);
+    let inv = val(Term::Inv, bare);
+    assert!(inv > 1e-6);
+    assert!(close(val(Term::DistSg, bare), inv, 1e-6));
+    assert!(close(val(Term::AratAsym, bare), inv, 1e-6));
+    // Hand computation with the predictor.
+    let pooled = |xs: &Tensor, r: Route| {
+        let (_, f) = advtrain::nn::hook::hooked(m, &hooks, || {
+            m.forward_stages(xs, &Ctx::new(r, Mode::TrainFrozen))
+        });
+        f[0].relu().mean_dim(&[2i64, 3][..], false, Kind::Float)
+    };
+    let p = net.predictors[0]
+        .forward(&pooled(&x_adv, route), Mode::TrainFrozen)
+        .to_kind(Kind::Double);
+    let zc = pooled(&x, Route::domain(CLEAN)).to_kind(Kind::Double);
+    let cos = (&p * &zc).sum_dim_intlist([1i64].as_slice(), false, Kind::Double)
+        / (p.norm_scalaropt_dim(2, [1i64].as_slice(), false)
+            * zc.norm_scalaropt_dim(2, [1i64].as_slice(), false));
+    let want = 1.0 - cos.mean(Kind::Double).double_value(&[]);
+    assert!(close(val(Term::AratAsym, with_pred), want, 1e-5));
+    // Gradient routing.
+    let named = trainable(&net);
+    let vars: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
+    let mass = |t, f, name: &str| {
+        let g = term_gradients_with(m, &vars, t, &x, &x_adv, &y, route, f);
+        let i = named.iter().position(|(n, _)| n == name).unwrap();
+        g[i].abs().sum(Kind::Double).double_value(&[])
+    };
+    let (clean_w, adv_w, pred_w) = ("bn2.0.weight", "bn2.1.weight", "predictor.bn3.fc1.weight");
+    assert!(mass(Term::DistSg, with_pred, clean_w) > 0.0);
+    assert_eq!(mass(Term::DistSg, with_pred, adv_w), 0.0);
+    assert_eq!(mass(Term::DistSg, with_pred, pred_w), 0.0);
+    assert_eq!(mass(Term::AratAsym, with_pred, clean_w), 0.0);
+    assert!(mass(Term::AratAsym, with_pred, adv_w) > 0.0);
+    assert!(mass(Term::AratAsym, with_pred, pred_w) > 0.0);
+    assert!(mass(Term::Inv, bare, clean_w) > 0.0 && mass(Term::Inv, bare, adv_w) > 0.0);
+    // Through the CLI-facing entry point: hooks are required and checked.
+    let mut cfg = ConflictConfig::new([Term::CleanCe, Term::DistSg], 0.1, 0, route);
+    let e = grad_conflict(&net, &x, &y, &cfg).unwrap_err();
+    assert!(format!("{e:#}").contains("--hooks"), "{e:#}");
+    cfg.hooks = vec![Hook::Norm("nope".into())];
+    let e = grad_conflict(&net, &x, &y, &cfg).unwrap_err();
+    assert!(format!("{e:#}").contains("nope"), "{e:#}");
+    cfg.hooks = hooks.to_vec();
+    let g = grad_conflict(&net, &x, &y, &cfg).unwrap();
+    assert!(g.overall.cosine.is_finite());
 }

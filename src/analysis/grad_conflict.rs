@@ -7,12 +7,20 @@
 //! statistics, running statistics untouched) and compared by [`conflict`]: cosine similarity,
 //! the fraction of scalar parameters whose two gradient components have opposite signs, and both
 //! norms.
+//!
+//! Besides the classification terms, three invariance terms over ARAT's feature hooks
+//! (`z = GAP(ReLU(feature))`, averaged over the hooks) reproduce E13: the naive
+//! `1 - cos(z', z)`, `Dist(sg z', z)` (gradient through the clean side only) and ARAT's
+//! asymmetric `1 - cos(h(z'), sg z)` (through the adversarial side, with the model's predictor
+//! `h` when it has one for the hook).
 
 use super::is_multi_domain;
 use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
-use crate::nn::{Ctx, Mode, Model, Network, Route, ADV, CLEAN};
+use crate::nn::hook::hooked;
+use crate::nn::predictor::Predictor;
+use crate::nn::{Ctx, Hook, Mode, Model, Network, Route, ADV, CLEAN};
 use crate::report::plot::{BarPlot, BarSeries};
-use crate::train::step::kl_rows;
+use crate::train::step::{kl_rows, negative_cosine, pooled_feature};
 use anyhow::Result;
 use serde::Serialize;
 use tch::{Kind, Reduction, Tensor};
@@ -29,10 +37,24 @@ pub enum Term {
     Kl,
     /// As [`Term::Kl`] with `p(x)` detached (stop-gradient on the clean side).
     KlSg,
+    /// Naive invariance `1 - cos(z', z)`, gradient through both sides.
+    Inv,
+    /// `Dist(sg z', z) = 1 - cos(sg z', z)`: the gradient moves the clean representation.
+    DistSg,
+    /// ARAT's asymmetric term `1 - cos(h(z'), sg z)`: the gradient moves the adversarial side.
+    AratAsym,
 }
 
 impl Term {
-    pub const ALL: [Term; 4] = [Term::CleanCe, Term::AdvCe, Term::Kl, Term::KlSg];
+    pub const ALL: [Term; 7] = [
+        Term::CleanCe,
+        Term::AdvCe,
+        Term::Kl,
+        Term::KlSg,
+        Term::Inv,
+        Term::DistSg,
+        Term::AratAsym,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,8 +62,30 @@ impl Term {
             Term::AdvCe => "adv-ce",
             Term::Kl => "kl",
             Term::KlSg => "kl-sg",
+            Term::Inv => "inv",
+            Term::DistSg => "dist-sg",
+            Term::AratAsym => "arat-asym",
         }
     }
+
+    /// Whether the term reads feature hooks.
+    pub fn uses_features(self) -> bool {
+        matches!(self, Term::Inv | Term::DistSg | Term::AratAsym)
+    }
+}
+
+/// What the invariance terms read: the hooks and the model's ARAT predictors (may be empty).
+#[derive(Clone, Copy)]
+pub struct Features<'a> {
+    pub hooks: &'a [Hook],
+    pub predictors: &'a [Predictor],
+}
+
+impl Features<'_> {
+    pub const NONE: Features<'static> = Features {
+        hooks: &[],
+        predictors: &[],
+    };
 }
 
 impl std::fmt::Display for Term {
@@ -56,7 +100,11 @@ impl std::str::FromStr for Term {
         Term::ALL
             .into_iter()
             .find(|t| t.name() == s.trim())
-            .ok_or_else(|| format!("unknown term '{s}': expected clean-ce, adv-ce, kl or kl-sg"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown term '{s}': expected clean-ce, adv-ce, kl, kl-sg, inv, dist-sg or arat-asym"
+                )
+            })
     }
 }
 
@@ -99,7 +147,8 @@ pub fn trainable(net: &Network) -> Vec<(String, Tensor)> {
 }
 
 /// The scalar loss of `term` on clean images `x`, adversarial images `x_adv` and labels `y`.
-/// The clean route is always `clean`; forwards run in [`Mode::TrainFrozen`].
+/// The clean route is always `clean`; forwards run in [`Mode::TrainFrozen`]. Feature terms
+/// need [`term_loss_with`].
 pub fn term_loss(
     model: &dyn Model,
     term: Term,
@@ -107,6 +156,20 @@ pub fn term_loss(
     x_adv: &Tensor,
     y: &Tensor,
     adv_route: Route,
+) -> Tensor {
+    term_loss_with(model, term, x, x_adv, y, adv_route, Features::NONE)
+}
+
+/// [`term_loss`] with the hooks (and predictors) the invariance terms read; they average
+/// their per-hook distance over the hooks.
+pub fn term_loss_with(
+    model: &dyn Model,
+    term: Term,
+    x: &Tensor,
+    x_adv: &Tensor,
+    y: &Tensor,
+    adv_route: Route,
+    features: Features,
 ) -> Tensor {
     let clean = Ctx::new(Route::domain(CLEAN), Mode::TrainFrozen);
     let adv = Ctx::new(adv_route, Mode::TrainFrozen);
@@ -120,6 +183,29 @@ pub fn term_loss(
             }
             let la = model.forward(x_adv, &adv);
             kl_rows(&lc, &la).mean(Kind::Float)
+        }
+        Term::Inv | Term::DistSg | Term::AratAsym => {
+            let hooks = features.hooks;
+            assert!(!hooks.is_empty(), "{term} needs feature hooks");
+            let (_, hc) = hooked(model, hooks, || model.forward_stages(x, &clean));
+            let (_, ha) = hooked(model, hooks, || model.forward_stages(x_adv, &adv));
+            let mut sum = Tensor::zeros([], (Kind::Float, x.device()));
+            for ((hook, fa), fc) in hooks.iter().zip(&ha).zip(&hc) {
+                let (za, zc) = (pooled_feature(fa), pooled_feature(fc));
+                let d = match term {
+                    Term::Inv => negative_cosine(&za, &zc),
+                    Term::DistSg => negative_cosine(&za.detach(), &zc),
+                    _ => {
+                        let pa = match features.predictors.iter().find(|p| p.hook == *hook) {
+                            Some(p) => p.forward(&za, Mode::TrainFrozen),
+                            None => za,
+                        };
+                        negative_cosine(&pa, &zc.detach())
+                    }
+                };
+                sum = sum + d;
+            }
+            sum / hooks.len() as f64
         }
     }
 }
@@ -135,7 +221,22 @@ pub fn term_gradients(
     y: &Tensor,
     adv_route: Route,
 ) -> Vec<Tensor> {
-    let loss = term_loss(model, term, x, x_adv, y, adv_route);
+    term_gradients_with(model, vars, term, x, x_adv, y, adv_route, Features::NONE)
+}
+
+/// [`term_gradients`] with the features of [`term_loss_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn term_gradients_with(
+    model: &dyn Model,
+    vars: &[Tensor],
+    term: Term,
+    x: &Tensor,
+    x_adv: &Tensor,
+    y: &Tensor,
+    adv_route: Route,
+    features: Features,
+) -> Vec<Tensor> {
+    let loss = term_loss_with(model, term, x, x_adv, y, adv_route, features);
     let refs: Vec<&Tensor> = vars.iter().collect();
     let grads = if loss.requires_grad() && !refs.is_empty() {
         Tensor::run_backward(&[&loss], &refs, false, false)
@@ -243,7 +344,7 @@ pub struct LayerConflict {
 }
 
 /// Settings of one gradient-conflict measurement.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConflictConfig {
     /// Term A and term B.
     pub terms: [Term; 2],
@@ -255,6 +356,8 @@ pub struct ConflictConfig {
     pub seed: u64,
     /// Route of the attack and of the adversarial side of the terms.
     pub adv_route: Route,
+    /// Feature hooks of the invariance terms (inv, dist-sg, arat-asym).
+    pub hooks: Vec<Hook>,
 }
 
 impl ConflictConfig {
@@ -266,6 +369,7 @@ impl ConflictConfig {
             steps: 10,
             seed,
             adv_route,
+            hooks: vec![],
         }
     }
 
@@ -341,6 +445,19 @@ pub fn grad_conflict(
     anyhow::ensure!(cfg.steps >= 1, "PGD steps must be >= 1");
     anyhow::ensure!(x.size()[0] >= 1, "the batch is empty");
     net.check_route(cfg.adv_route, "--route")?;
+    if cfg.terms.iter().any(|t| t.uses_features()) {
+        anyhow::ensure!(
+            !cfg.hooks.is_empty(),
+            "--terms {},{}: the invariance terms need feature hooks (--hooks)",
+            cfg.terms[0],
+            cfg.terms[1]
+        );
+        net.check_hooks(&cfg.hooks, "--hooks")?;
+    }
+    let features = Features {
+        hooks: &cfg.hooks,
+        predictors: &net.predictors,
+    };
     let model = net.model.as_ref();
     tch::manual_seed(cfg.seed as i64);
     let pgd = Pgd::new(cfg.pgd());
@@ -356,10 +473,13 @@ pub fn grad_conflict(
     let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     let vars: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
     let [ta, tb] = cfg.terms;
-    let loss =
-        |t| tch::no_grad(|| term_loss(model, t, x, &x_adv, y, cfg.adv_route).double_value(&[]));
-    let ga = term_gradients(model, &vars, ta, x, &x_adv, y, cfg.adv_route);
-    let gb = term_gradients(model, &vars, tb, x, &x_adv, y, cfg.adv_route);
+    let loss = |t| {
+        tch::no_grad(|| {
+            term_loss_with(model, t, x, &x_adv, y, cfg.adv_route, features).double_value(&[])
+        })
+    };
+    let ga = term_gradients_with(model, &vars, ta, x, &x_adv, y, cfg.adv_route, features);
+    let gb = term_gradients_with(model, &vars, tb, x, &x_adv, y, cfg.adv_route, features);
     let (overall, layers, tensors) = compare(&names, &ga, &gb);
     Ok(GradConflict {
         loss_a: loss(ta),

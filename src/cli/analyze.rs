@@ -115,9 +115,15 @@ pub struct BnSwapArgs {
 pub struct GradConflictArgs {
     #[command(flatten)]
     pub common: Common,
-    /// The two loss terms compared, `A,B`, each of clean-ce | adv-ce | kl | kl-sg.
+    /// The two loss terms compared, `A,B`, each of clean-ce | adv-ce | kl | kl-sg | inv |
+    /// dist-sg | arat-asym (the last three: invariance terms over --hooks).
     #[arg(long)]
     pub terms: String,
+    /// Feature hooks of the invariance terms: stage indices or norm-layer names, comma
+    /// separated (e.g. `2` or `layer4.0.bn1,layer4.1.bn2`); default: the run's
+    /// train.arat.hooks, else the model's predictors, else the last stage.
+    #[arg(long)]
+    pub hooks: Option<String>,
     /// L-inf budget of the PGD-10 batch (step eps/4, uniform start).
     #[arg(long, allow_negative_numbers = true)]
     pub eps: f64,
@@ -569,6 +575,7 @@ struct GradConflictReport {
     architecture: String,
     objective: serde_json::Value,
     terms: [String; 2],
+    hooks: Vec<crate::nn::Hook>,
     eps: f64,
     n: usize,
     seed: u64,
@@ -584,6 +591,42 @@ struct GradConflictReport {
     device: String,
     elapsed_s: f64,
     plot: String,
+}
+
+/// `--hooks`, else the run's `train.arat.hooks`, else the model's predictors, else the last stage.
+fn conflict_hooks(a: &GradConflictArgs, l: &Loaded) -> Result<Vec<crate::nn::Hook>> {
+    use crate::nn::Hook;
+    if let Some(h) = &a.hooks {
+        return h
+            .split(',')
+            .map(str::trim)
+            .map(|s| {
+                anyhow::ensure!(!s.is_empty(), "--hooks {h}: empty entry");
+                Ok(s.parse::<usize>()
+                    .map(Hook::Stage)
+                    .unwrap_or_else(|_| Hook::Norm(s.to_string())))
+            })
+            .collect();
+    }
+    if let Some(v) = l.recipe.pointer("/train/arat/hooks") {
+        return serde_json::from_value(v.clone())
+            .map_err(|e| anyhow::anyhow!("{}: train.arat.hooks: {e}", l.ckpt.display()));
+    }
+    if !l.net.arch.predictors.is_empty() {
+        return Ok(l.net.arch.predictors.clone());
+    }
+    let probe = tch::Tensor::zeros(
+        [1, l.net.arch.in_channels, 32, 32],
+        (tch::Kind::Float, l.device),
+    );
+    let n = tch::no_grad(|| {
+        l.net
+            .model
+            .forward_stages(&probe, &crate::nn::Ctx::eval())
+            .stages
+            .len()
+    });
+    Ok(vec![Hook::Stage(n.saturating_sub(1))])
 }
 
 fn run_grad_conflict(a: GradConflictArgs) -> Result<()> {
@@ -602,15 +645,17 @@ fn run_grad_conflict(a: GradConflictArgs) -> Result<()> {
         .batches(test.len(), None, Augment::default(), l.device)
         .next()
         .context("the test set is empty")?;
-    let cfg = ConflictConfig::new(terms, a.eps, a.common.seed, adv_route);
+    let mut cfg = ConflictConfig::new(terms, a.eps, a.common.seed, adv_route);
+    cfg.hooks = conflict_hooks(&a, &l)?;
     eprintln!(
-        "grad-conflict {} | {} vs {} | eps {} | n {} | adv route {} | seed {} | device {}",
+        "grad-conflict {} | {} vs {} | eps {} | n {} | adv route {} | hooks {:?} | seed {} | device {}",
         l.ckpt.display(),
         terms[0],
         terms[1],
         a.eps,
         test.len(),
         adv_route,
+        cfg.hooks,
         a.common.seed,
         device_name(l.device)
     );
@@ -638,6 +683,7 @@ fn run_grad_conflict(a: GradConflictArgs) -> Result<()> {
         architecture: l.net.arch.name.clone(),
         objective: l.objective(),
         terms: [terms[0].to_string(), terms[1].to_string()],
+        hooks: cfg.hooks.clone(),
         eps: a.eps,
         n: test.len(),
         seed: a.common.seed,
