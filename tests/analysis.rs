@@ -13,31 +13,9 @@ use advtrain::data::{Augment, Dataset};
 use advtrain::eval::clean_counts;
 use advtrain::eval::controls::{Reestimate, StatsSource};
 use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormKind, NormSpec, Route, ADV, CLEAN};
-use advtrain::train::checkpoint;
+use common::{analyze as advtrain, close, read_json, save_run, small_cnn_arch as arch, stderr};
 use std::path::Path;
-use std::process::{Command, Output};
 use tch::{Device, Kind, Tensor};
-
-fn close(a: f64, b: f64, tol: f64) -> bool {
-    (a - b).abs() <= tol * (1.0 + b.abs())
-}
-
-fn arch(ns: usize, ap: usize) -> ArchSpec {
-    ArchSpec {
-        predictors: vec![],
-        heads: 1,
-        name: "small-cnn".into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth: None,
-        width: None,
-        norm: NormSpec {
-            ns_domains: ns,
-            ap_domains: ap,
-            ..NormSpec::default()
-        },
-    }
-}
 
 fn set(t: &Tensor, v: &Tensor) {
     tch::no_grad(|| {
@@ -404,52 +382,6 @@ fn bn_swap_cells_match_clean_counts_and_leave_the_model_untouched() {
 // ---------------------------------------------------------------------------------------------
 // CLI
 // ---------------------------------------------------------------------------------------------
-
-fn advtrain(args: &[&str]) -> Output {
-    let mut full = vec!["--threads", "1", "analyze"];
-    full.extend_from_slice(args);
-    Command::new(env!("CARGO_BIN_EXE_advtrain"))
-        .args(&full)
-        .env("RUST_LOG", "warn")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Save `net` as `<run>/checkpoints/last` with the tiny recipe of `data` in its sidecar.
-fn save_run(run: &Path, data: &Path, net: &Network) {
-    let file = run.join("recipe.toml");
-    std::fs::create_dir_all(run).unwrap();
-    std::fs::write(&file, common::tiny_recipe_toml(data, 1)).unwrap();
-    let mut recipe = advtrain::train::Recipe::load(&file, &[]).unwrap();
-    recipe.model = net.arch.clone();
-    let side = checkpoint::Sidecar {
-        format: "advtrain-checkpoint-v1".into(),
-        advtrain_version: "test".into(),
-        architecture: net.arch.clone(),
-        recipe: serde_json::to_value(&recipe).unwrap(),
-        epoch: 1,
-        metrics: serde_json::Value::Null,
-        sha256: String::new(),
-        optimizer_sha256: None,
-        best_metric: None,
-    };
-    checkpoint::save(
-        &run.join("checkpoints/last.safetensors"),
-        &net.named_tensors(),
-        None,
-        side,
-    )
-    .unwrap();
-}
-
-fn read_json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
 
 fn assert_png(p: &Path) {
     let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));

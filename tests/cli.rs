@@ -2,20 +2,9 @@
 
 mod common;
 
+use common::{advtrain, stderr};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn advtrain(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advtrain"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn setup(dir: &Path) -> String {
     common::write_tiny_mnist(&dir.join("data"), 160, 50);

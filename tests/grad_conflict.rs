@@ -9,35 +9,12 @@ use advtrain::analysis::grad_conflict::{
     ConflictConfig, Term,
 };
 use advtrain::attack::cross_entropy;
-use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormSpec, Route, ADV, CLEAN};
-use advtrain::train::checkpoint;
-use std::path::Path;
-use std::process::{Command, Output};
+use advtrain::nn::{Ctx, Mode, Network, Route, ADV, CLEAN};
+use common::{analyze as advtrain, close, save_run, small_cnn_arch as arch, stderr};
 use tch::{Device, Kind, Reduction, Tensor};
-
-fn close(a: f64, b: f64, tol: f64) -> bool {
-    (a - b).abs() <= tol * (1.0 + b.abs())
-}
 
 fn v(x: &[f64]) -> Tensor {
     Tensor::from_slice(x)
-}
-
-fn arch(ns: usize, ap: usize) -> ArchSpec {
-    ArchSpec {
-        predictors: vec![],
-        heads: 1,
-        name: "small-cnn".into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth: None,
-        width: None,
-        norm: NormSpec {
-            ns_domains: ns,
-            ap_domains: ap,
-            ..NormSpec::default()
-        },
-    }
 }
 
 fn batch(n: i64, seed: i64) -> (Tensor, Tensor) {
@@ -244,48 +221,6 @@ fn kl_at_eps_zero_has_zero_gradient_and_unreached_parameters_get_zeros() {
 // ---------------------------------------------------------------------------------------------
 // CLI
 // ---------------------------------------------------------------------------------------------
-
-fn advtrain(args: &[&str]) -> Output {
-    let mut full = vec!["--threads", "1", "analyze"];
-    full.extend_from_slice(args);
-    Command::new(env!("CARGO_BIN_EXE_advtrain"))
-        .args(&full)
-        .env("RUST_LOG", "warn")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Save `net` as `<run>/checkpoints/last` with the tiny recipe of `data` in its sidecar.
-fn save_run(run: &Path, data: &Path, net: &Network) {
-    let file = run.join("recipe.toml");
-    std::fs::create_dir_all(run).unwrap();
-    std::fs::write(&file, common::tiny_recipe_toml(data, 1)).unwrap();
-    let mut recipe = advtrain::train::Recipe::load(&file, &[]).unwrap();
-    recipe.model = net.arch.clone();
-    let side = checkpoint::Sidecar {
-        format: "advtrain-checkpoint-v1".into(),
-        advtrain_version: "test".into(),
-        architecture: net.arch.clone(),
-        recipe: serde_json::to_value(&recipe).unwrap(),
-        epoch: 1,
-        metrics: serde_json::Value::Null,
-        sha256: String::new(),
-        optimizer_sha256: None,
-        best_metric: None,
-    };
-    checkpoint::save(
-        &run.join("checkpoints/last.safetensors"),
-        &net.named_tensors(),
-        None,
-        side,
-    )
-    .unwrap();
-}
 
 #[test]
 fn cli_grad_conflict_writes_json_and_png_and_names_bad_terms() {

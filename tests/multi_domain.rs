@@ -4,12 +4,13 @@
 
 mod common;
 
+use common::advtrain;
+
 use advtrain::attack::{cross_entropy, Attack, Classifier, Pgd};
 use advtrain::eval::controls::{export_branch, reestimate, Reestimate, StatsSource};
 use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormKind, NormSpec, Route, Segment, ADV, CLEAN};
 use advtrain::train::recipe::{Objective, Passes, Recipe};
 use advtrain::train::step;
-use std::process::Command;
 use tch::{Device, Kind, Reduction, Tensor};
 
 fn arch(
@@ -433,14 +434,6 @@ fn recipe_routes_are_checked_against_the_model() {
         ],
     );
     assert!(format!("{:#}", bad.unwrap_err()).contains("train.hybrid.clean_fraction"));
-}
-
-fn advtrain(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_advtrain"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
 }
 
 #[test]

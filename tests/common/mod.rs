@@ -128,3 +128,82 @@ pub fn confident_small_cnn() -> advtrain::nn::Network {
     });
     net
 }
+
+/// `|a - b| <= tol * (1 + |b|)`.
+pub fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol * (1.0 + b.abs())
+}
+
+/// The `small-cnn` architecture (10 classes, 1 channel) with `ns` statistics sets and `ap`
+/// affine sets per norm layer.
+pub fn small_cnn_arch(ns: usize, ap: usize) -> advtrain::nn::ArchSpec {
+    advtrain::nn::ArchSpec {
+        predictors: vec![],
+        heads: 1,
+        name: "small-cnn".into(),
+        num_classes: 10,
+        in_channels: 1,
+        depth: None,
+        width: None,
+        norm: advtrain::nn::NormSpec {
+            ns_domains: ns,
+            ap_domains: ap,
+            ..advtrain::nn::NormSpec::default()
+        },
+    }
+}
+
+/// Run the `advtrain` binary with `args` (log level warn, one OpenMP thread).
+pub fn advtrain(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+/// `advtrain --threads 1 analyze ARGS`.
+pub fn analyze(args: &[&str]) -> std::process::Output {
+    let mut full = vec!["--threads", "1", "analyze"];
+    full.extend_from_slice(args);
+    advtrain(&full)
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A JSON file's contents.
+pub fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Save `net` as `<run>/checkpoints/last` with the tiny recipe of `data` in its sidecar.
+pub fn save_run(run: &Path, data: &Path, net: &advtrain::nn::Network) {
+    use advtrain::train::checkpoint;
+    let file = run.join("recipe.toml");
+    std::fs::create_dir_all(run).unwrap();
+    std::fs::write(&file, tiny_recipe_toml(data, 1)).unwrap();
+    let mut recipe = advtrain::train::Recipe::load(&file, &[]).unwrap();
+    recipe.model = net.arch.clone();
+    let side = checkpoint::Sidecar {
+        format: "advtrain-checkpoint-v1".into(),
+        advtrain_version: "test".into(),
+        architecture: net.arch.clone(),
+        recipe: serde_json::to_value(&recipe).unwrap(),
+        epoch: 1,
+        metrics: serde_json::Value::Null,
+        sha256: String::new(),
+        optimizer_sha256: None,
+        best_metric: None,
+    };
+    checkpoint::save(
+        &run.join("checkpoints/last.safetensors"),
+        &net.named_tensors(),
+        None,
+        side,
+    )
+    .unwrap();
+}
