@@ -462,9 +462,10 @@ fn arat_loss_value_and_stop_gradient() {
         let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
         let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
         let x_adv = (&x + 0.05).clamp(0.0, 1.0);
-        let state = step::AratState {
+        let state = step::StepState {
             predictors: &net.predictors,
             adv_weight: 0.5,
+            mixacm: None,
         };
         let out = step::arat_loss(
             &r,
@@ -631,9 +632,10 @@ fn arat_norm_layer_hooks_match_stage_hooks() {
         "pre-activation output has negatives"
     );
     let loss = |r: &Recipe| {
-        let state = step::AratState {
+        let state = step::StepState {
             predictors: &net.predictors,
             adv_weight: 0.5,
+            mixacm: None,
         };
         step::arat_loss(
             r,

@@ -1,6 +1,7 @@
 //! Neural-network building blocks: the route-aware norm layer and the model registry.
 
 pub mod hook;
+pub mod import;
 pub mod models;
 pub mod network;
 pub mod norm;

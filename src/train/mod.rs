@@ -3,11 +3,13 @@
 pub mod awp;
 pub mod checkpoint;
 pub mod metrics;
+pub mod mixacm;
 pub mod optim;
 pub mod recipe;
 pub mod run;
 pub mod step;
 pub mod swa;
+pub mod teacher;
 
 pub use recipe::{Objective, Recipe};
 pub use run::{train, RunOptions};

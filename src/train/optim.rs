@@ -147,6 +147,7 @@ mod tests {
             mart_lambda: 6.0,
             overfit_check: None,
             swa: None,
+            mixacm: None,
             awp: None,
             arat: None,
             track_clean_accuracy: true,

@@ -53,12 +53,16 @@ pub enum Objective {
     /// ARAT (Waseda et al.): `w_a * CE(f(x'; adv_route), y) + w_c * CE(f(x; clean_route), y) +
     /// (lambda / |S|) * sum_l (1 - cos(h_l(z'_l), stopgrad(z_l)))` (`train.arat`).
     Arat,
+    /// MixACM: robustness transfer from a frozen robust teacher without attacks: mixup CE +
+    /// `alpha_kd * tau^2 * KL(teacher || student)` + `beta_acm * sum D(ACM_s, ACM_t)`
+    /// (`train.mixacm`).
+    Mixacm,
 }
 
 impl Objective {
     /// Objectives that generate attacks during training.
     pub fn is_adversarial(self) -> bool {
-        !matches!(self, Objective::Standard)
+        !matches!(self, Objective::Standard | Objective::Mixacm)
     }
 }
 
@@ -287,6 +291,9 @@ pub struct TrainSpec {
     /// Stochastic weight averaging from a given epoch, BN statistics re-estimated at the end.
     #[serde(default)]
     pub swa: Option<SwaSpec>,
+    /// MixACM settings (objective mixacm).
+    #[serde(default)]
+    pub mixacm: Option<super::mixacm::MixAcmSpec>,
     /// Measure clean training accuracy with an extra no-grad eval-mode forward (pgd-at only).
     #[serde(default = "yes")]
     pub track_clean_accuracy: bool,
@@ -444,6 +451,22 @@ impl Recipe {
                 );
             }
         }
+        match (&t.mixacm, t.objective) {
+            (None, Objective::Mixacm) => anyhow::bail!(
+                "[train.mixacm] (teacher, ...) is required for objective mixacm"
+            ),
+            (Some(_), o) if o != Objective::Mixacm => anyhow::bail!(
+                "[train.mixacm] is only used by objective mixacm, not {o:?}: remove it or set train.objective = \"mixacm\""
+            ),
+            (Some(m), _) => {
+                m.validate()?;
+                anyhow::ensure!(
+                    t.awp.is_none() && t.arat.is_none(),
+                    "train.awp and train.arat do not combine with objective mixacm"
+                );
+            }
+            _ => {}
+        }
         if let Some(w) = &t.swa {
             anyhow::ensure!(
                 w.start_epoch < t.epochs,
@@ -566,7 +589,7 @@ impl Recipe {
     pub fn validation_route(&self) -> Route {
         let t = &self.train;
         self.validation.route.unwrap_or(match t.objective {
-            Objective::Standard | Objective::PgdAt => t.route,
+            Objective::Standard | Objective::PgdAt | Objective::Mixacm => t.route,
             Objective::Hybrid => t.hybrid.adv_route,
             Objective::Advprop => t.hybrid.clean_route,
             Objective::Trades | Objective::Mart | Objective::Arat => t.hybrid.adv_route,

@@ -10,6 +10,7 @@ use super::metrics::{self, EpochMetrics};
 use super::optim::{learning_rate, Sgd};
 use super::recipe::{Objective, Recipe};
 use super::swa::{self, SwaAverage};
+use super::teacher::Teacher;
 use super::{awp, step};
 use crate::attack::{Attack, Classifier, Pgd};
 use crate::data::Splits;
@@ -135,6 +136,16 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         data.test.len()
     );
 
+    let mut teacher = match &t.mixacm {
+        Some(spec) => {
+            let mut tr = Teacher::setup(recipe, spec, &net, &data, device, out)?;
+            if start_epoch > 0 {
+                tr.resume(&ckdir, start_epoch)?;
+            }
+            Some(tr)
+        }
+        None => None,
+    };
     let mut last = EpochMetrics::default();
     let mut overfitting = None;
     let overfit_csv = out.join("overfit_check.csv");
@@ -144,7 +155,16 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     for epoch in start_epoch..end {
         // ARAT's auto-balance: w_a = the previous epoch's clean training accuracy.
         let adv_weight = prev_clean_acc.unwrap_or(0.5);
-        let mut m = train_epoch(recipe, &net, &mut sgd, &data, epoch, device, adv_weight)?;
+        let mut m = train_epoch(
+            recipe,
+            &net,
+            &mut sgd,
+            &data,
+            epoch,
+            device,
+            adv_weight,
+            teacher.as_mut(),
+        )?;
         prev_clean_acc = m.train_clean_acc;
         validate(recipe, &net, &data, epoch, device, &mut m);
         validate_branches(
@@ -181,6 +201,9 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         let model_tensors = net.named_tensors();
         if is_best {
             checkpoint::save(&best_file, &model_tensors, None, sidecar(&m))?;
+        }
+        if let Some(tr) = &teacher {
+            tr.save(&ckdir, recipe, epoch + 1)?;
         }
         checkpoint::save(&last_file, &model_tensors, Some(&sgd.state()), sidecar(&m))?;
         metrics::append(&csv, &m)?;
@@ -388,6 +411,7 @@ fn progress_bar(len: usize, epoch: usize, epochs: usize) -> ProgressBar {
 }
 
 /// One training epoch; returns the training part of the metrics.
+#[allow(clippy::too_many_arguments)]
 fn train_epoch(
     recipe: &Recipe,
     net: &Network,
@@ -396,6 +420,7 @@ fn train_epoch(
     epoch: usize,
     device: Device,
     adv_weight: f64,
+    mut teacher: Option<&mut Teacher>,
 ) -> Result<EpochMetrics> {
     let t = &recipe.train;
     tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH) as i64);
@@ -420,9 +445,10 @@ fn train_epoch(
         lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
         let bs = y.size()[0];
         let x_adv = step::generate(recipe, model, attack.as_ref(), &x, &y);
-        let arat = step::AratState {
+        let arat = step::StepState {
             predictors: &net.predictors,
             adv_weight,
+            mixacm: teacher.as_deref().map(Teacher::state),
         };
         let perturbation = match &t.awp {
             Some(a) if epoch >= a.warmup_epochs => Some(awp::perturb(
@@ -443,11 +469,17 @@ fn train_epoch(
         };
         let out = step::loss_with_state(recipe, model, &x, &y, x_adv.as_ref(), Mode::Train, arat);
         sgd.zero_grad();
+        if let Some(tr) = teacher.as_deref_mut() {
+            tr.proj_sgd.zero_grad();
+        }
         out.loss.backward();
         if let Some(v) = perturbation {
             awp::restore(v);
         }
         sgd.step(lr);
+        if let Some(tr) = teacher.as_deref_mut() {
+            tr.proj_sgd.step(lr);
+        }
         if let Some((h, k)) = out.clean {
             clean_hits += h;
             clean_seen += k;

@@ -1,6 +1,7 @@
 //! One optimisation step's loss for each objective: which rows are attacked, which forward
 //! (route, mode, batch split) they take, and how the loss terms are weighted.
 
+use super::mixacm::{mixacm_loss, MixAcmSpec, Projections};
 use super::recipe::{AratSpec, HybridSpec, Objective, Passes, Recipe};
 use crate::attack::{correct, cross_entropy, Attack, Classifier, Pgd};
 use crate::nn::hook::hooked;
@@ -56,7 +57,7 @@ pub fn generate(
     let pgd = || attack.expect("validated: the objective has a training attack");
     let through = |route: Route| Classifier::new(model, Ctx::new(route, t.attack_bn_mode));
     match t.objective {
-        Objective::Standard => None,
+        Objective::Standard | Objective::Mixacm => None,
         Objective::PgdAt => Some(pgd().perturb(&through(t.route), x, y)),
         Objective::Trades | Objective::Mart | Objective::Arat => {
             Some(pgd().perturb(&through(h.adv_route), x, y))
@@ -90,12 +91,32 @@ pub fn loss(
     loss_with(recipe, model, x, y, x_adv.as_ref(), Mode::Train)
 }
 
-/// What ARAT needs besides the model: its predictor heads and the auto-balance weight `w_a`
-/// (the previous epoch's clean training accuracy; 0.5 in epoch 1).
+/// What some objectives need besides the model: ARAT's predictor heads and auto-balance weight
+/// `w_a` (the previous epoch's clean training accuracy; 0.5 in epoch 1), MixACM's teacher.
 #[derive(Clone, Copy)]
-pub struct AratState<'a> {
+pub struct StepState<'a> {
     pub predictors: &'a [Predictor],
     pub adv_weight: f64,
+    pub mixacm: Option<MixAcmState<'a>>,
+}
+
+impl StepState<'_> {
+    /// No predictors, `w_a` = 0.5, no teacher.
+    pub fn plain() -> StepState<'static> {
+        StepState {
+            predictors: &[],
+            adv_weight: 0.5,
+            mixacm: None,
+        }
+    }
+}
+
+/// MixACM's frozen teacher and the student's projections (see [`crate::train::mixacm`]).
+#[derive(Clone, Copy)]
+pub struct MixAcmState<'a> {
+    pub spec: &'a MixAcmSpec,
+    pub teacher: &'a dyn Model,
+    pub projections: &'a Projections,
 }
 
 /// `1 - cos(a, b)` per row, averaged over the batch.
@@ -112,7 +133,7 @@ pub fn arat_loss(
     y: &Tensor,
     x_adv: &Tensor,
     mode: Mode,
-    state: AratState,
+    state: StepState,
 ) -> StepOutput {
     let t = &recipe.train;
     let h = &t.hybrid;
@@ -198,21 +219,10 @@ pub fn loss_with(
     x_adv: Option<&Tensor>,
     mode: Mode,
 ) -> StepOutput {
-    loss_with_state(
-        recipe,
-        model,
-        x,
-        y,
-        x_adv,
-        mode,
-        AratState {
-            predictors: &[],
-            adv_weight: 0.5,
-        },
-    )
+    loss_with_state(recipe, model, x, y, x_adv, mode, StepState::plain())
 }
 
-/// [`loss_with`] with ARAT's predictors and auto-balance weight.
+/// [`loss_with`] with ARAT's predictors and auto-balance weight, or MixACM's teacher.
 pub fn loss_with_state(
     recipe: &Recipe,
     model: &dyn Model,
@@ -220,7 +230,7 @@ pub fn loss_with_state(
     y: &Tensor,
     x_adv: Option<&Tensor>,
     mode: Mode,
-    arat: AratState,
+    state: StepState,
 ) -> StepOutput {
     let t = &recipe.train;
     let h = &t.hybrid;
@@ -253,7 +263,21 @@ pub fn loss_with_state(
         // through both distributions as the reference. With Dual BN the clean CE goes through
         // BN_clean and the KL compares the branches; joint passes with one statistics set are
         // the mixed-batch variant. MART (Wang et al. 2020): see [`mart_loss`].
-        Objective::Arat => arat_loss(recipe, model, x, y, adv(), mode, arat),
+        Objective::Arat => arat_loss(recipe, model, x, y, adv(), mode, state),
+        // MixACM: no attack; mixup CE + KD + ACM against the frozen teacher.
+        Objective::Mixacm => {
+            let m = state
+                .mixacm
+                .expect("the run loop passes MixACM's teacher for objective mixacm");
+            let (loss, parts) = mixacm_loss(m.spec, model, m.teacher, m.projections, x, y, mode)
+                .expect("MixACM pairs and projections are checked when the run starts");
+            // With mixup the logits are of mixed images: accuracy against y is approximate.
+            StepOutput {
+                loss,
+                clean: Some((hits(&parts.logits, y), n)),
+                adv: None,
+            }
+        }
         Objective::Trades | Objective::Mart => {
             let (la, lc) = forward_pair(model, h, adv(), x, mode);
             let loss = if t.objective == Objective::Trades {

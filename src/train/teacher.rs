@@ -1,0 +1,211 @@
+//! MixACM's teacher in a run: loading it, measuring it once (`teacher.json`: file, sha256,
+//! architecture, clean and PGD validation accuracy), and the student-side projections with
+//! their own optimiser state (`checkpoints/projections.*`, saved each epoch, resumed exactly).
+
+use super::checkpoint::{self, Sidecar};
+use super::derive_seed;
+use super::mixacm::{load_teacher, MixAcmSpec, Projections};
+use super::optim::Sgd;
+use super::recipe::Recipe;
+use super::step::MixAcmState;
+use crate::attack::{Classifier, Pgd};
+use crate::data::Splits;
+use crate::eval::{clean_counts, robust_counts};
+use crate::nn::{Ctx, Mode, Network, Route};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+/// The teacher as measured when the run started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TeacherRecord {
+    pub file: PathBuf,
+    pub sha256: String,
+    pub architecture: crate::nn::ArchSpec,
+    /// Loaded by name mapping from a foreign (PyTorch) file.
+    pub foreign: bool,
+    pub val_clean_acc: Option<f64>,
+    pub val_pgd_acc: Option<f64>,
+    /// The PGD of `val_pgd_acc` (the recipe's validation attack) and its image count.
+    pub pgd: Option<serde_json::Value>,
+    pub pgd_images: usize,
+}
+
+pub struct Teacher {
+    pub spec: MixAcmSpec,
+    pub net: Network,
+    pub projections: Projections,
+    pub proj_sgd: Sgd,
+    pub record: TeacherRecord,
+}
+
+const STREAM_TEACHER: u64 = 5;
+
+impl Teacher {
+    /// Load the teacher of `spec`, build the projections against `student`, and write (or, on
+    /// resume, check against) `<out>/teacher.json`.
+    pub fn setup(
+        recipe: &Recipe,
+        spec: &MixAcmSpec,
+        student: &Network,
+        data: &Splits,
+        device: Device,
+        out: &Path,
+    ) -> Result<Teacher> {
+        let t = &recipe.train;
+        let net = load_teacher(spec, device)?;
+        let file = spec.teacher.clone().expect("load_teacher checked it");
+        let sha256 = checkpoint::sha256_file(&file)?;
+        let size = data.train.images.size();
+        let hw = [size[size.len() - 2], size[size.len() - 1]];
+        let projections = Projections::new(spec, student, &net, hw)?;
+        let proj_sgd = Sgd::new(&projections.vs, t.momentum, t.weight_decay, t.nesterov);
+        let json = out.join("teacher.json");
+        let record = if json.exists() {
+            let r: TeacherRecord = serde_json::from_str(
+                &std::fs::read_to_string(&json)
+                    .with_context(|| format!("cannot read {}", json.display()))?,
+            )
+            .with_context(|| format!("{} is not a teacher record", json.display()))?;
+            anyhow::ensure!(
+                r.sha256 == sha256,
+                "train.mixacm.teacher {} changed since the run started (sha256 {} in {}, now {})",
+                file.display(),
+                r.sha256,
+                json.display(),
+                sha256
+            );
+            r
+        } else {
+            let r = measure(recipe, &net, &file, sha256, spec, data, device);
+            std::fs::write(&json, serde_json::to_string_pretty(&r)?)
+                .with_context(|| format!("cannot write {}", json.display()))?;
+            r
+        };
+        let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.2}%", 100.0 * x));
+        eprintln!(
+            "teacher {} ({}, sha256 {}): val clean {} pgd {} | projections: {} of {} pairs",
+            file.display(),
+            record.architecture.name,
+            &record.sha256[..12],
+            f(record.val_clean_acc),
+            f(record.val_pgd_acc),
+            projections.per_pair.iter().filter(|p| p.is_some()).count(),
+            projections.per_pair.len()
+        );
+        Ok(Teacher {
+            spec: spec.clone(),
+            net,
+            projections,
+            proj_sgd,
+            record,
+        })
+    }
+
+    pub fn state(&self) -> MixAcmState<'_> {
+        MixAcmState {
+            spec: &self.spec,
+            teacher: self.net.model.as_ref(),
+            projections: &self.projections,
+        }
+    }
+
+    fn has_projections(&self) -> bool {
+        !self.projections.vs.variables().is_empty()
+    }
+
+    fn named_projections(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<_> = self.projections.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Save the projections and their optimiser state after `epoch` (when there are any).
+    pub fn save(&self, ckdir: &Path, recipe: &Recipe, epoch: usize) -> Result<()> {
+        if !self.has_projections() {
+            return Ok(());
+        }
+        let side = Sidecar {
+            format: "advtrain-mixacm-projections-v1".into(),
+            advtrain_version: env!("CARGO_PKG_VERSION").into(),
+            architecture: recipe.model.clone(),
+            recipe: serde_json::to_value(recipe).expect("serialisable"),
+            epoch,
+            metrics: serde_json::Value::Null,
+            sha256: String::new(),
+            optimizer_sha256: None,
+            best_metric: None,
+        };
+        checkpoint::save(
+            &ckdir.join("projections.safetensors"),
+            &self.named_projections(),
+            Some(&self.proj_sgd.state()),
+            side,
+        )
+    }
+
+    /// Restore the projections saved after `epoch` (resume).
+    pub fn resume(&mut self, ckdir: &Path, epoch: usize) -> Result<()> {
+        if !self.has_projections() {
+            return Ok(());
+        }
+        let file = ckdir.join("projections.safetensors");
+        let side = checkpoint::read_sidecar(&file)?;
+        anyhow::ensure!(
+            side.epoch == epoch,
+            "{}: the projections are from epoch {} but the run resumes after epoch {epoch}",
+            file.display(),
+            side.epoch
+        );
+        let (mpath, opath, _) = checkpoint::paths(&file);
+        checkpoint::verify(&mpath, &side.sha256)?;
+        let src = checkpoint::read_tensors(&mpath)?;
+        checkpoint::load_into(&self.projections.vs.variables(), &src, &mpath)?;
+        let osha = side
+            .optimizer_sha256
+            .as_ref()
+            .with_context(|| format!("{}: no optimiser state", file.display()))?;
+        checkpoint::verify(&opath, osha)?;
+        let state: Vec<(String, Tensor)> = checkpoint::read_tensors(&opath)?.into_iter().collect();
+        self.proj_sgd
+            .load_state(&state, &opath.display().to_string())
+    }
+}
+
+/// Clean accuracy of the teacher on the validation split and PGD accuracy on its first
+/// `validation.pgd_limit` images (the recipe's validation attack), eval mode.
+fn measure(
+    recipe: &Recipe,
+    net: &Network,
+    file: &Path,
+    sha256: String,
+    spec: &MixAcmSpec,
+    data: &Splits,
+    device: Device,
+) -> TeacherRecord {
+    let f = Classifier::new(net.model.as_ref(), Ctx::new(Route::default(), Mode::Eval));
+    let bs = recipe.validation.batch_size;
+    let val = &data.val;
+    let clean = (!val.is_empty()).then(|| clean_counts(&f, val, bs, device).clean_accuracy());
+    let cfg = recipe.validation_attack();
+    let n = recipe.validation.pgd_limit.min(val.len());
+    let pgd = match (&cfg, n > 0) {
+        (Some(c), true) => {
+            tch::manual_seed(derive_seed(recipe.seed, 0, STREAM_TEACHER) as i64);
+            let subset = val.take(n);
+            Some(robust_counts(&f, &Pgd::new(c.clone()), &subset, bs, device).robust_accuracy())
+        }
+        _ => None,
+    };
+    TeacherRecord {
+        file: file.to_path_buf(),
+        sha256,
+        architecture: net.arch.clone(),
+        foreign: spec.teacher_arch.is_some(),
+        val_clean_acc: clean,
+        val_pgd_acc: pgd,
+        pgd: cfg.and_then(|c| serde_json::to_value(c).ok()),
+        pgd_images: if pgd.is_some() { n } else { 0 },
+    }
+}
