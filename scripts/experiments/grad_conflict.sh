@@ -10,6 +10,7 @@ B=${ADVTRAIN:-target/release/advtrain}
 for run in "$@"; do
   for pair in clean-ce,dist-sg clean-ce,arat-asym adv-ce,dist-sg adv-ce,arat-asym clean-ce,adv-ce; do
     out=$run/analysis/${pair/,/_}
+    mkdir -p "$run/analysis"
     [ -f "$out/grad-conflict.json" ] && continue
     $B --threads "${THREADS:-1}" analyze grad-conflict --run "$run" --terms "$pair" --eps "${EPS:-0.1}" \
       --n "${N:-128}" --seed 0 --device cpu --out "$out" > "$out.log" 2>&1 || { mkdir -p "$out"; echo "failed: see $out.log"; exit 1; }
