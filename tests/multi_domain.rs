@@ -324,7 +324,7 @@ fn hybrid_dual_bn_paired_loss_and_statistics() {
         "ns_domains = 2\nap_domains = 2",
         "paired = true\nclean_weight = 0.3\nadv_route = \"adv\"",
     );
-    assert_eq!(r.train.hybrid.passes, Passes::Joint);
+    assert_eq!(r.train.hybrid.passes(), Passes::Joint);
     check_hybrid(&r, true);
 }
 

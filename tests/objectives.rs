@@ -674,3 +674,27 @@ fn arat_norm_layer_hooks_match_stage_hooks() {
         format!("{e:#}").contains("layer4.0.bn1") && format!("{e:#}").contains("model.predictors")
     );
 }
+
+/// TRADES and MART default to separate clean and adversarial passes (the reference codes call
+/// the model twice); hybrid objectives to joint; an explicit setting wins and is kept.
+#[test]
+fn passes_default_per_objective_and_are_recorded() {
+    use advtrain::train::recipe::Passes;
+    let obj = |o: &str, extra: &str| {
+        recipe(&format!(
+            "[train]\nobjective = \"{o}\"\nepochs = 1\nbatch_size = 8\nlr = 0.1\n{extra}[train.attack]\neps = 0.1\nstep_size = 0.05\nsteps = 1\nloss = \"{}\"\n",
+            if o == "trades" { "kl" } else { "ce" }
+        ))
+        .1
+    };
+    assert_eq!(
+        obj("trades", "").train.hybrid.passes,
+        Some(Passes::Separate)
+    );
+    assert_eq!(obj("mart", "").train.hybrid.passes, Some(Passes::Separate));
+    assert_eq!(obj("hybrid", "").train.hybrid.passes, Some(Passes::Joint));
+    let mixed = obj("trades", "[train.hybrid]\npasses = \"joint\"\n");
+    assert_eq!(mixed.train.hybrid.passes, Some(Passes::Joint));
+    assert!(mixed.to_toml().contains("passes = \"joint\""));
+    assert!(obj("mart", "").to_toml().contains("passes = \"separate\""));
+}

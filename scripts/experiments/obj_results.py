@@ -2,12 +2,15 @@
 """Markdown for docs/RESULTS.md from the issue-5 runs (runs/obj): per objective clean / PGD-20 /
 APGD-CE (mean over seeds and each seed) and training throughput; the E12 ladder; the E13
 gradient-conflict numbers (runs/obj/*/analysis/<termA>_<termB>/grad-conflict.json).
-Usage: python3 scripts/experiments/obj_results.py [runs/obj]"""
+With a second folder (runs/mixacm) also the MixACM ladder (E15) with its teacher
+(runs/fmnist-teacher/eval).
+Usage: python3 scripts/experiments/obj_results.py [runs/obj [runs/mixacm]]"""
 import csv, json, pathlib, re, sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "runs/obj")
+roots = [root] + [pathlib.Path(a) for a in sys.argv[2:]]
 ev, speed, notes = {}, {}, {}
-for run in sorted(root.glob("*-seed*")):
+for run in sorted(r for base in roots for r in base.glob("*-seed*")):
     m = re.match(r"(.+)-seed(\d+)$", run.name)
     if not m or not run.is_dir():
         continue
@@ -91,3 +94,20 @@ for f in sorted(root.glob("*-seed*/analysis/*/grad-conflict.json")):
     cb = sum(l["both_nonzero_fraction"] * l["parameters"] for l in convs)
     copp = sum(l["opposite_sign_fraction"] * l["parameters"] for l in convs)
     print(f"| {f.parent.parent.parent.name} | {d['terms'][0]} | {d['terms'][1]} | {o['cosine']:.3f} | {o['opposite_sign_fraction']:.3f} | {cond:.3f} | {ccos:.3f} / {copp / cb if cb else float('nan'):.3f} |")
+
+if len(sys.argv) > 2:
+    print("\n### E15: MixACM ladder (students: 20k images x 5 epochs, no attacks)\n")
+    t = {}
+    for j in sorted(pathlib.Path("runs/fmnist-teacher/eval").glob("*.json")):
+        d = json.loads(j.read_text())
+        t["clean"] = d["clean_accuracy"]
+        t["apgd-ce" if j.stem.endswith("apgd-ce") else "pgd"] = d["robust_accuracy"]
+    if t:
+        ev["teacher"] = {0: dict(t, route="ns=clean,ap=clean")}
+    LAD = {
+        "teacher": "PGD-AT teacher (recipes/fmnist-small-cnn-pgd-at.toml, 55k images x 10 epochs, PGD-10)",
+        "mixacm-mixup-only": "mixup only", "mixacm-kd-clean": "KD only, clean inputs",
+        "mixacm-mixup-kd": "mixup + KD", "mixacm-mixup-kd-acm": "mixup + KD + ACM (full MixACM)",
+        "mixacm-acm-only": "ACM without mixup",
+    }
+    table(list(LAD), LAD)

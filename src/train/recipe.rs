@@ -190,8 +190,11 @@ pub struct HybridSpec {
     /// Every image is used twice, clean and adversarial (2B rows; Zhang et al., AdvProp).
     #[serde(default)]
     pub paired: bool,
+    /// Default: `separate` for trades and mart (the reference codes run `model(x)` and
+    /// `model(x')` as two calls; `joint` is the mixed-batch variant), `joint` otherwise; the
+    /// resolved value is written into the run's recipe.
     #[serde(default)]
-    pub passes: Passes,
+    pub passes: Option<Passes>,
     /// Route of the clean rows.
     #[serde(default = "route_clean")]
     pub clean_route: Route,
@@ -201,13 +204,20 @@ pub struct HybridSpec {
     pub adv_route: Route,
 }
 
+impl HybridSpec {
+    /// The resolved passes (joint when not resolved by [`Recipe::load`]).
+    pub fn passes(&self) -> Passes {
+        self.passes.unwrap_or_default()
+    }
+}
+
 impl Default for HybridSpec {
     fn default() -> Self {
         HybridSpec {
             clean_weight: 0.5,
             clean_fraction: 0.5,
             paired: false,
-            passes: Passes::Joint,
+            passes: None,
             clean_route: route_clean(),
             adv_route: route_adv(),
         }
@@ -368,9 +378,14 @@ impl Recipe {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let recipe: Recipe = value.try_into().map_err(|e: toml::de::Error| {
+        let mut recipe: Recipe = value.try_into().map_err(|e: toml::de::Error| {
             anyhow::anyhow!("recipe {}: {}", path.display(), e.message())
         })?;
+        let t = &mut recipe.train;
+        t.hybrid.passes.get_or_insert(match t.objective {
+            Objective::Trades | Objective::Mart => Passes::Separate,
+            _ => Passes::Joint,
+        });
         recipe
             .validate()
             .with_context(|| format!("invalid recipe {}", path.display()))?;

@@ -372,7 +372,7 @@ pub fn forward_pair_hooked(
     let narrow = |v: &[Tensor], start: i64, len: i64| -> Vec<Tensor> {
         v.iter().map(|t| t.narrow(0, start, len)).collect()
     };
-    match h.passes {
+    match h.passes() {
         Passes::Joint => {
             let segs = [
                 Segment {
