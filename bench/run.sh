@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark in one run: advtrain and the PyTorch eager twin, same models, batch,
-# threads (default 2) and device. Prints both JSON lines per model and the ratio advtrain/pytorch.
+# Side-by-side benchmark in one run: a thin wrapper around `advtrain bench`, which times each part
+# (PGD-10 AT step, PGD-20, AutoAttack-standard) in-process, then its PyTorch eager twin
+# bench/pytorch_bench.py on the same weights, points, batch, threads and device, and prints
+# images/s of both, the ratio advtrain/PyTorch and GFLOP/s next to the measured fp32 GEMM rate.
+# Settings (environment, defaults in brackets):
+#   THREADS [2]  BATCH [128]  ITERS [10]  WARMUP [2]  DEVICE [cpu]  PARTS [at,pgd20,autoattack]
+#   N [100] points for pgd20/autoattack
+#   MODELS [small-cnn,preact-resnet18] fresh models on random points, or
+#   CKPT   a trained checkpoint (its test images; use one for reported AutoAttack figures)
+#   AUTOATTACK_DIR  checkout of fra31/auto-attack (without it the twin skips autoattack)
+#   JSON   write the full report there
+# Further arguments go to `advtrain bench` (e.g. --channels-last, --no-pytorch).
+#   CKPT=runs/fmnist-full-seed0/checkpoints/best.safetensors AUTOATTACK_DIR=/tmp/aa bench/run.sh
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 source scripts/env.sh
-threads="${THREADS:-2}"; batch="${BATCH:-128}"; iters="${ITERS:-10}"; device="${DEVICE:-cpu}"
-models="${MODELS:-small-cnn,preact-resnet18}"
-out="$(mktemp)"
-target/release/advtrain --threads "$threads" bench --models "$models" --batch-size "$batch" --iters "$iters" --device "$device" | tee -a "$out"
-OMP_NUM_THREADS="$threads" python bench/pytorch_pgd_at.py --models "$models" --batch-size "$batch" --iters "$iters" --threads "$threads" --device "$device" | tee -a "$out"
-python - "$out" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-by = {}
-for r in rows:
-    by.setdefault(r["model"], {})[r["impl"]] = r["images_per_s"]
-print(f"{'model':<18}{'advtrain img/s':>16}{'pytorch img/s':>16}{'ratio':>8}")
-for m, d in by.items():
-    print(f"{m:<18}{d['advtrain']:>16.1f}{d['pytorch']:>16.1f}{d['advtrain'] / d['pytorch']:>8.2f}")
-PY
-rm -f "$out"
+args=(--batch-size "${BATCH:-128}" --iters "${ITERS:-10}" --warmup "${WARMUP:-2}"
+  --device "${DEVICE:-cpu}" --parts "${PARTS:-at,pgd20,autoattack}" --n "${N:-100}")
+if [[ -n "${CKPT:-}" ]]; then
+  args+=(--checkpoint "$CKPT")
+else
+  args+=(--models "${MODELS:-small-cnn,preact-resnet18}")
+fi
+if [[ -n "${JSON:-}" ]]; then
+  args+=(--json "$JSON")
+fi
+exec target/release/advtrain --threads "${THREADS:-2}" bench "${args[@]}" "$@"

@@ -19,6 +19,7 @@ OUT=${OUT:-runs/norm}
 RECIPES=${RECIPES:-recipes/fmnist}
 EPS=${EPS:-0.1}
 STEP=$(python3 -c "print($EPS / 10)")
+mkdir -p "$OUT"
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   names=(e7-single-cat e7-single-separate e7-dual-bn e7-dual-ap e7-dual-ns e10-dual-linear

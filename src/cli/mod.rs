@@ -35,7 +35,7 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Analyses of a trained model: domain-gap, bn-divergence, bn-swap (JSON + PNG).
     Analyze(analyze::AnalyzeArgs),
-    /// Time one PGD-10 adversarial-training step (twin of bench/pytorch_pgd_at.py).
+    /// Throughput of the PGD-10 AT step, PGD-20 and AutoAttack against the PyTorch eager twin.
     Bench(bench::BenchArgs),
 }
 
