@@ -9,6 +9,8 @@ import csv, json, pathlib, re, sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "runs/obj")
 roots = [root] + [pathlib.Path(a) for a in sys.argv[2:]]
+if pathlib.Path("runs/obj-extra").is_dir():
+    roots.append(pathlib.Path("runs/obj-extra"))  # exploratory runs (e.g. arat-lambda3)
 ev, speed, notes = {}, {}, {}
 for run in sorted(r for base in roots for r in base.glob("*-seed*")):
     m = re.match(r"(.+)-seed(\d+)$", run.name)
@@ -60,9 +62,11 @@ def table(names, labels):
 
 
 OBJ = {
-    "pgd-at": "PGD-AT", "trades": "TRADES, beta 6", "trades-dual-bn": "TRADES with Dual BN",
+    "pgd-at": "PGD-AT", "trades": "TRADES, beta 6 (separate passes)",
+    "trades-mixed": "mixed-batch TRADES (one BN pass over [x'; x])", "trades-dual-bn": "TRADES with Dual BN",
     "mart": "MART, lambda 6", "awp-at": "AWP-AT, gamma 0.01", "fgsm-rs": "FGSM-RS, step 1.25 eps",
     "arat": "ARAT (split BN + SG + predictor), lambda 30",
+    "arat-lambda3": "ARAT with lambda 3 (exploratory, --set train.arat.lambda=3.0)",
 }
 LADDER = {
     "pgd-at": "AT (no clean CE, no invariance)",
