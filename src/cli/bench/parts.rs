@@ -1,0 +1,217 @@
+//! The parts of the benchmark and our side of each, timed in-process.
+
+use super::flops::sync;
+use super::subject::Subject;
+use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
+use crate::eval::autoattack::{preset, AutoAttack, StateKey};
+use crate::eval::robust_counts;
+use crate::nn::network::channels_last;
+use crate::nn::{Ctx, Network};
+use crate::train::optim::Sgd;
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// A part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// One PGD-k adversarial-training step.
+    At,
+    /// PGD-20 evaluation.
+    Pgd20,
+    /// AutoAttack-standard.
+    Autoattack,
+}
+
+pub const PART_NAMES: &str = "at, pgd20, autoattack";
+
+impl Part {
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::At => "at",
+            Part::Pgd20 => "pgd20",
+            Part::Autoattack => "autoattack",
+        }
+    }
+
+    /// The comma-separated list of `--parts`, in the order given, without repeats.
+    pub fn parse_list(s: &str) -> Result<Vec<Part>> {
+        let mut out = vec![];
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let p = match name {
+                "at" => Part::At,
+                "pgd20" => Part::Pgd20,
+                "autoattack" => Part::Autoattack,
+                other => anyhow::bail!("--parts: unknown part '{other}': expected {PART_NAMES}"),
+            };
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        anyhow::ensure!(
+            !out.is_empty(),
+            "--parts: give at least one of {PART_NAMES}"
+        );
+        Ok(out)
+    }
+}
+
+/// Everything a part needs besides the model and points.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub device: Device,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub n: usize,
+    pub iters: usize,
+    pub warmup: usize,
+    /// PGD steps of the AT step.
+    pub steps: usize,
+    pub seed: u64,
+    pub channels_last: bool,
+}
+
+/// PGD steps of the `pgd20` part.
+pub const EVAL_STEPS: usize = 20;
+
+/// One side's measurement of one part.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    /// Images processed in the timed region.
+    pub images: usize,
+    pub elapsed_s: f64,
+    pub clean_accuracy: Option<f64>,
+    pub robust_accuracy: Option<f64>,
+}
+
+impl Timing {
+    pub fn images_per_s(&self) -> f64 {
+        self.images as f64 / self.elapsed_s
+    }
+}
+
+/// Time our side of `part`.
+pub fn time_ours(part: Part, s: &Subject, o: &Opts) -> Result<Timing> {
+    tch::manual_seed(o.seed as i64);
+    match part {
+        Part::At => time_at(s, o),
+        Part::Pgd20 => time_pgd20(s, o),
+        Part::Autoattack => time_autoattack(s, o),
+    }
+}
+
+fn train_step(net: &Network, sgd: &mut Sgd, pgd: &Pgd, x: &Tensor, y: &Tensor) {
+    let model = net.model.as_ref();
+    let x_adv = pgd.perturb(&Classifier::new(model, Ctx::eval()), x, y);
+    let loss = cross_entropy(
+        &model.forward(&x_adv, &Ctx::train()),
+        y,
+        tch::Reduction::Mean,
+    );
+    sgd.zero_grad();
+    loss.backward();
+    sgd.step(0.01);
+}
+
+/// `iters` AT steps on the first `batch_size` points after `warmup` untimed ones.
+fn time_at(s: &Subject, o: &Opts) -> Result<Timing> {
+    let net = s.network(o)?;
+    let mut sgd = Sgd::new(&net.vs, 0.9, 5e-4, false);
+    let pgd = Pgd::new(PgdConfig::new(
+        ThreatNorm::Linf,
+        s.eps,
+        s.at_step_size(),
+        o.steps,
+    ));
+    let batch = s.data.take(o.batch_size);
+    let mut x = (batch.images.to_device(o.device).to_kind(Kind::Float) / 255.0).contiguous();
+    if o.channels_last {
+        x = channels_last(&x);
+    }
+    let y = batch.labels.to_device(o.device);
+    for _ in 0..o.warmup {
+        train_step(&net, &mut sgd, &pgd, &x, &y);
+    }
+    sync(o.device);
+    let t0 = Instant::now();
+    for _ in 0..o.iters {
+        train_step(&net, &mut sgd, &pgd, &x, &y);
+    }
+    sync(o.device);
+    Ok(Timing {
+        images: o.batch_size * o.iters,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        ..Default::default()
+    })
+}
+
+/// One pass of `eval --attack pgd` (PGD-20) over the first `n` points, after one untimed batch
+/// when `warmup` > 0.
+fn time_pgd20(s: &Subject, o: &Opts) -> Result<Timing> {
+    let net = s.network(o)?;
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let pgd = Pgd::new(PgdConfig::new(
+        ThreatNorm::Linf,
+        s.eps,
+        s.pgd_step_size(),
+        EVAL_STEPS,
+    ));
+    let points = s.data.take(o.n);
+    if o.warmup > 0 {
+        let first = points.take(o.eval_batch_size);
+        robust_counts(&f, &pgd, &first, o.eval_batch_size, o.device);
+        tch::manual_seed(o.seed as i64);
+    }
+    sync(o.device);
+    let t0 = Instant::now();
+    let counts = robust_counts(&f, &pgd, &points, o.eval_batch_size, o.device);
+    sync(o.device);
+    Ok(Timing {
+        images: o.n,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        clean_accuracy: Some(counts.clean_accuracy()),
+        robust_accuracy: Some(counts.robust_accuracy()),
+    })
+}
+
+/// One run of our AutoAttack-standard cascade (clean pass included) over the first `n` points.
+fn time_autoattack(s: &Subject, o: &Opts) -> Result<Timing> {
+    let net = s.network(o)?;
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let points = s.data.take(o.n);
+    let p = preset("standard")?;
+    let aa = AutoAttack::new(
+        p,
+        ThreatNorm::Linf,
+        s.eps,
+        o.seed,
+        o.eval_batch_size,
+        points.num_classes,
+    )?;
+    let key = StateKey {
+        preset: p.name.into(),
+        norm: ThreatNorm::Linf,
+        eps: s.eps,
+        seed: o.seed,
+        batch_size: o.eval_batch_size,
+        route: "clean".into(),
+        bn_mode: "eval".into(),
+        checkpoint_sha256: String::new(),
+        data_sha256: String::new(),
+        n: points.len(),
+    };
+    sync(o.device);
+    let t0 = Instant::now();
+    let r = aa.run(&f, &points, o.device, key, None, |m| {
+        log::info!("autoattack (advtrain): {m}")
+    })?;
+    sync(o.device);
+    Ok(Timing {
+        images: o.n,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+        clean_accuracy: Some(r.clean_accuracy),
+        robust_accuracy: Some(r.robust_accuracy),
+    })
+}

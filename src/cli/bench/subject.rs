@@ -1,0 +1,198 @@
+//! The benchmarked model and its points: a checkpoint on its test images, or a freshly
+//! initialised architecture (weights written for the twin) on random points.
+
+use super::parts::{Opts, EVAL_STEPS};
+use super::BenchArgs;
+use crate::cli::checkpoint_file;
+use crate::data::Dataset;
+use crate::nn::{ArchSpec, Network, NormSpec};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// The benchmarked model (its weights in a safetensors file with PyTorch names, so that the
+/// PyTorch twin loads the same ones) and its points.
+pub struct Subject {
+    pub arch: ArchSpec,
+    pub weights: PathBuf,
+    pub checkpoint: Option<PathBuf>,
+    /// Images (uint8) and labels: the AT step uses the first `batch_size`, the evaluation parts
+    /// the first `n`.
+    pub data: Dataset,
+    /// `random` or where the test images came from.
+    pub data_label: String,
+    pub shape: [i64; 3],
+    pub eps: f64,
+}
+
+impl Subject {
+    /// L-inf step of the AT step's PGD: eps / 4 (Madry's setting).
+    pub fn at_step_size(&self) -> f64 {
+        self.eps / 4.0
+    }
+
+    /// L-inf step of PGD-20: 2.5 eps / 20, `advtrain eval --attack pgd`'s default.
+    pub fn pgd_step_size(&self) -> f64 {
+        2.5 * self.eps / EVAL_STEPS as f64
+    }
+
+    /// A fresh copy of the model on `o.device`.
+    pub fn network(&self, o: &Opts) -> Result<Network> {
+        let net = Network::new(&self.arch, o.device)?;
+        net.load_weights(&self.weights)
+            .with_context(|| format!("loading the weights {}", self.weights.display()))?;
+        if o.channels_last {
+            net.set_channels_last();
+        }
+        Ok(net)
+    }
+
+    /// Write the points as safetensors (`images` uint8 [N,C,H,W], `labels` int64 [N]).
+    pub fn write_data(&self, path: &Path) -> Result<()> {
+        let named = [
+            ("images", self.data.images.contiguous()),
+            ("labels", self.data.labels.contiguous()),
+        ];
+        Tensor::write_safetensors(&named, path)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// `n` random points: uint8 images, uniform labels, from torch's generator seeded with `seed`.
+pub fn random_points(n: usize, shape: [i64; 3], num_classes: i64, seed: u64) -> Dataset {
+    tch::manual_seed(seed as i64);
+    let [c, h, w] = shape;
+    let images =
+        Tensor::randint(256, [n as i64, c, h, w], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
+    let labels = Tensor::randint(num_classes, [n as i64], (Kind::Int64, Device::Cpu));
+    Dataset {
+        images,
+        labels,
+        num_classes: num_classes as usize,
+    }
+}
+
+/// A temporary folder removed on drop.
+pub(super) struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Result<TempDir> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("advtrain-bench-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Default budget for `c`-channel inputs.
+fn default_eps(c: i64) -> f64 {
+    if c == 1 {
+        0.1
+    } else {
+        8.0 / 255.0
+    }
+}
+
+/// The model and points of `--checkpoint`: its test images (first `points`).
+pub(super) fn checkpoint_subject(a: &BenchArgs, ckpt: &Path, points: usize) -> Result<Subject> {
+    let file = checkpoint_file(Some(&ckpt.to_path_buf()), None)?;
+    let (net, side) = Network::from_checkpoint(&file, Device::Cpu)
+        .with_context(|| format!("--checkpoint {}", file.display()))?;
+    let recipe: crate::train::Recipe = serde_json::from_value(side.recipe.clone())
+        .with_context(|| format!("the sidecar of {} holds no valid recipe", file.display()))?;
+    let mut spec = recipe.data.clone();
+    if let Some(d) = &a.data_dir {
+        spec.dir = Some(d.clone());
+    }
+    spec.test_limit = Some(points);
+    let dir = spec.resolved_dir()?;
+    let data = spec.load_test().with_context(|| {
+        format!(
+            "cannot load the test images of --checkpoint {} from {} (give --data-dir)",
+            file.display(),
+            dir.display()
+        )
+    })?;
+    anyhow::ensure!(
+        data.len() >= points,
+        "--n {} / --batch-size {}: the test set in {} holds only {} images",
+        a.n,
+        a.batch_size,
+        dir.display(),
+        data.len()
+    );
+    let sz = data.images.size();
+    let shape = [sz[1], sz[2], sz[3]];
+    anyhow::ensure!(
+        shape[0] == net.arch.in_channels,
+        "the test images in {} have {} channels, the model of {} takes {}",
+        dir.display(),
+        shape[0],
+        file.display(),
+        net.arch.in_channels
+    );
+    Ok(Subject {
+        arch: net.arch.clone(),
+        weights: file.clone(),
+        checkpoint: Some(file),
+        data,
+        data_label: format!("{} test images from {}", spec.dataset, dir.display()),
+        shape,
+        eps: a.eps.unwrap_or(default_eps(shape[0])),
+    })
+}
+
+/// A freshly initialised `name` (seeded with `--seed`; weights written to `tmp`) on random points.
+pub(super) fn fresh_subject(
+    a: &BenchArgs,
+    name: &str,
+    points: usize,
+    tmp: &Path,
+) -> Result<Subject> {
+    let (c, hw) = if name == "small-cnn" {
+        (1, 28)
+    } else {
+        (3, 32)
+    };
+    let arch = ArchSpec {
+        predictors: vec![],
+        heads: 1,
+        name: name.into(),
+        num_classes: 10,
+        in_channels: c,
+        depth: None,
+        width: None,
+        norm: NormSpec::default(),
+    };
+    tch::manual_seed(a.seed as i64);
+    let net = Network::new(&arch, Device::Cpu).with_context(|| format!("--models {name}"))?;
+    let weights = tmp.join(format!("{name}.safetensors"));
+    let named: Vec<(String, Tensor)> = net
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().contiguous()))
+        .collect();
+    Tensor::write_safetensors(&named, &weights)
+        .with_context(|| format!("cannot write {}", weights.display()))?;
+    let shape = [c, hw, hw];
+    Ok(Subject {
+        arch,
+        weights,
+        checkpoint: None,
+        data: random_points(points, shape, 10, a.seed),
+        data_label: "random".into(),
+        shape,
+        eps: a.eps.unwrap_or(default_eps(c)),
+    })
+}

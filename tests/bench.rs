@@ -1,0 +1,141 @@
+//! `advtrain bench`: a tiny smoke run of the CLI (ours only: no PyTorch, no AutoAttack), its
+//! error on a bad `--parts`, and the forward FLOP count it divides by.
+
+use advtrain::cli::bench::flops::forward_flops;
+use advtrain::nn::{ArchSpec, Network, NormSpec};
+use std::process::{Command, Output};
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .args(["--threads", "1", "bench"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+fn positive(v: &serde_json::Value, what: &str) -> f64 {
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    assert!(x.is_finite() && x > 0.0, "{what} = {x}");
+    x
+}
+
+/// 2 x MACs of small-cnn on 1x28x28: conv1 32*1*9*28^2 + conv2 64*32*9*14^2
+/// + conv3 128*64*9*7^2 + fc 128*10.
+const SMALL_CNN_FLOPS: f64 = 2.0 * (225_792.0 + 3_612_672.0 + 3_612_672.0 + 1_280.0);
+
+#[test]
+fn bench_smoke_run_writes_positive_rates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let o = bench(&[
+        "--models",
+        "small-cnn",
+        "--parts",
+        "at,pgd20",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--n",
+        "8",
+        "--batch-size",
+        "16",
+        "--no-pytorch",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("ours img/s"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["parts"], serde_json::json!(["at", "pgd20"]));
+    assert_eq!(r["threads"], 1);
+    assert!(r["pytorch"].is_null());
+    positive(&r["gemm"]["advtrain_gflops_per_s"], "GEMM GFLOP/s");
+    let models = r["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1);
+    let m = &models[0];
+    assert_eq!(m["model"], "small-cnn");
+    assert_eq!(m["data"], "random");
+    assert_eq!(m["input_shape"], serde_json::json!([1, 28, 28]));
+    let f = positive(&m["forward_flops"], "forward FLOPs");
+    assert_eq!(f, SMALL_CNN_FLOPS);
+    let parts = m["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    // (part, images timed, work in forward passes: (2k + 3) for PGD-10 AT, 42 for PGD-20).
+    for (p, (name, images, passes)) in parts.iter().zip([("at", 16, 23.0), ("pgd20", 8, 42.0)]) {
+        assert_eq!(p["part"], name);
+        assert_eq!(p["advtrain"]["images"], images, "{name}");
+        assert_eq!(
+            p["work_flops_per_image"].as_f64(),
+            Some(passes * f),
+            "{name}"
+        );
+        let ips = positive(&p["advtrain"]["images_per_s"], "images/s");
+        let gflops = positive(&p["advtrain"]["gflops_per_s"], "GFLOP/s");
+        assert!(
+            (gflops - passes * f * ips / 1e9).abs() <= 1e-9 * gflops,
+            "{name}"
+        );
+        let elapsed = positive(&p["advtrain"]["elapsed_s"], "elapsed_s");
+        assert!((ips * elapsed - images as f64).abs() < 1e-6, "{name}");
+        assert!(p["pytorch"].is_null() && p["ratio"].is_null(), "{name}");
+    }
+    let robust = parts[1]["advtrain"]["robust_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&robust));
+}
+
+#[test]
+fn bench_rejects_an_unknown_part_naming_the_flag() {
+    let o = bench(&["--parts", "at,bogus", "--no-pytorch"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--parts") && err.contains("'bogus'") && err.contains("pgd20"),
+        "{err}"
+    );
+}
+
+fn arch(name: &str, in_channels: i64, depth: Option<i64>) -> ArchSpec {
+    ArchSpec {
+        predictors: vec![],
+        heads: 1,
+        name: name.into(),
+        num_classes: 10,
+        in_channels,
+        depth,
+        width: None,
+        norm: NormSpec::default(),
+    }
+}
+
+#[test]
+fn forward_flops_are_twice_the_conv_and_linear_macs() {
+    let count = |a: ArchSpec, shape| {
+        let net = Network::new(&a, tch::Device::Cpu).unwrap();
+        forward_flops(&net, shape).unwrap()
+    };
+    assert_eq!(
+        count(arch("small-cnn", 1, None), [1, 28, 28]),
+        SMALL_CNN_FLOPS
+    );
+    // Also what PyTorch's FlopCounterMode reports for bench/pytorch_pgd_at.py's PreActResNet18.
+    assert_eq!(
+        count(arch("preact-resnet18", 3, None), [3, 32, 32]),
+        2.0 * 555_422_720.0
+    );
+    // Bottleneck blocks: the first 1x1 conv of a strided block runs at the previous stage's size.
+    assert_eq!(
+        count(arch("resnet", 3, Some(50)), [3, 32, 32]),
+        2.0 * 1_297_829_888.0
+    );
+}
