@@ -9,8 +9,9 @@ import csv, json, pathlib, re, sys
 
 root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "runs/obj")
 roots = [root] + [pathlib.Path(a) for a in sys.argv[2:]]
-if pathlib.Path("runs/obj-extra").is_dir():
-    roots.append(pathlib.Path("runs/obj-extra"))  # exploratory runs (e.g. arat-lambda3)
+for extra in ["runs/obj-extra", "runs/mixacm-extra"]:  # exploratory runs (e.g. arat-lambda3)
+    if pathlib.Path(extra).is_dir():
+        roots.append(pathlib.Path(extra))
 ev, speed, notes = {}, {}, {}
 for run in sorted(r for base in roots for r in base.glob("*-seed*")):
     m = re.match(r"(.+)-seed(\d+)$", run.name)
@@ -113,5 +114,6 @@ if len(sys.argv) > 2:
         "mixacm-mixup-only": "mixup only", "mixacm-kd-clean": "KD only, clean inputs",
         "mixacm-mixup-kd": "mixup + KD", "mixacm-mixup-kd-acm": "mixup + KD + ACM (full MixACM)",
         "mixacm-acm-only": "ACM without mixup",
+        "mixacm-beta20": "full MixACM with beta_acm 20 (exploratory, --set train.mixacm.beta_acm=20.0)",
     }
     table(list(LAD), LAD)
