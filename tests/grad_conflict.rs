@@ -5,8 +5,7 @@
 mod common;
 
 use advtrain::analysis::grad_conflict::{
-    conflict, grad_conflict, layer_of, parse_terms, term_gradients, term_loss, trainable,
-    ConflictConfig, Term,
+    conflict, grad_conflict, layer_of, parse_terms, term_gradients, term_loss, ConflictConfig, Term,
 };
 use advtrain::attack::cross_entropy;
 use advtrain::nn::{Ctx, Mode, Network, Route, ADV, CLEAN};
@@ -101,7 +100,7 @@ fn clean_ce_gradient_equals_backward_and_leaves_no_grad() {
     tch::manual_seed(5);
     let net = Network::new(&arch(1, 1), Device::Cpu).unwrap();
     let (x, y) = batch(16, 6);
-    let named = trainable(&net);
+    let named = net.trainable();
     let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
     let mut sorted = names.clone();
     sorted.sort();
@@ -163,7 +162,7 @@ fn kl_at_eps_zero_has_zero_gradient_and_unreached_parameters_get_zeros() {
     );
     // Layers and tensors are sorted, every trainable tensor appears once.
     let tn: Vec<&str> = g.tensors.iter().map(|t| t.tensor.as_str()).collect();
-    assert_eq!(tn.len(), trainable(&net).len());
+    assert_eq!(tn.len(), net.trainable().len());
     assert!(tn.windows(2).all(|w| w[0] < w[1]));
     let ln: Vec<&str> = g.layers.iter().map(|l| l.layer.as_str()).collect();
     assert!(ln.windows(2).all(|w| w[0] < w[1]) && ln.contains(&"bn1"));
@@ -433,7 +432,7 @@ fn invariance_terms_route_their_gradient_to_one_side() {
     let want = 1.0 - cos.mean(Kind::Double).double_value(&[]);
     assert!(close(val(Term::AratAsym, with_pred), want, 1e-5));
     // Gradient routing.
-    let named = trainable(&net);
+    let named = net.trainable();
     let vars: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
     let mass = |t, f, name: &str| {
         let g = term_gradients_with(m, &vars, t, &x, &x_adv, &y, route, f);

@@ -11,9 +11,8 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 fn trainable(net: &Network) -> Vec<(String, Tensor)> {
-    net.named_tensors()
+    net.trainable()
         .into_iter()
-        .filter(|(_, t)| t.requires_grad())
         .map(|(k, t)| (k, t.detach().copy()))
         .collect()
 }
@@ -32,12 +31,7 @@ fn the_average_is_the_mean_of_the_folded_parameters() {
     // Move every parameter by k (k = 1, 2): the mean of 0, 1, 2 offsets is 1.
     for k in [1.0, 2.0] {
         tch::no_grad(|| {
-            for ((_, mut w), (_, w0)) in net
-                .named_tensors()
-                .into_iter()
-                .filter(|(_, t)| t.requires_grad())
-                .zip(&p0)
-            {
+            for ((_, mut w), (_, w0)) in net.trainable().into_iter().zip(&p0) {
                 w.copy_(&(w0 + k));
             }
         });

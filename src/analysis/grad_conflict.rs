@@ -138,14 +138,6 @@ pub fn default_adv_route(net: &Network) -> Route {
     }
 }
 
-/// The trainable variables of `net.vs` (those requiring a gradient), sorted by name.
-pub fn trainable(net: &Network) -> Vec<(String, Tensor)> {
-    net.named_tensors()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect()
-}
-
 /// The scalar loss of `term` on clean images `x`, adversarial images `x_adv` and labels `y`.
 /// The clean route is always `clean`; forwards run in [`Mode::TrainFrozen`]. Feature terms
 /// need [`term_loss_with`].
@@ -429,7 +421,7 @@ pub fn compare(
 
 /// The gradient conflict of `cfg.terms` for `net` on the batch `(x, y)` (images in [0, 1]):
 /// `tch::manual_seed(seed)`, PGD through `cfg.adv_route` in eval mode, then both terms'
-/// gradients over [`trainable`] variables. The model's variables and running statistics are
+/// gradients over the [`Network::trainable`] variables. The model's variables and running statistics are
 /// left unchanged.
 pub fn grad_conflict(
     net: &Network,
@@ -468,7 +460,7 @@ pub fn grad_conflict(
             y,
         )
         .detach();
-    let named = trainable(net);
+    let named = net.trainable();
     anyhow::ensure!(!named.is_empty(), "the model has no trainable variables");
     let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     let vars: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();

@@ -615,17 +615,7 @@ fn conflict_hooks(a: &GradConflictArgs, l: &Loaded) -> Result<Vec<crate::nn::Hoo
     if !l.net.arch.predictors.is_empty() {
         return Ok(l.net.arch.predictors.clone());
     }
-    let probe = tch::Tensor::zeros(
-        [1, l.net.arch.in_channels, 32, 32],
-        (tch::Kind::Float, l.device),
-    );
-    let n = tch::no_grad(|| {
-        l.net
-            .model
-            .forward_stages(&probe, &crate::nn::Ctx::eval())
-            .stages
-            .len()
-    });
+    let n = l.net.probe_stages([32, 32]).len();
     Ok(vec![Hook::Stage(n.saturating_sub(1))])
 }
 

@@ -1,8 +1,8 @@
 //! A model together with its variable store and architecture: what checkpoints save and load.
 
 use super::hook::{check_hooks, Hook};
-use super::models::{build_model, ArchSpec, Model};
-use super::norm::{Ctx, Route};
+use super::models::{build_model, probe_stages, ArchSpec, Model};
+use super::norm::Route;
 use super::predictor::Predictor;
 use crate::train::checkpoint;
 use anyhow::Result;
@@ -26,8 +26,7 @@ impl Network {
         let mut predictors = vec![];
         if !arch.predictors.is_empty() {
             // Stage widths from one eval-mode forward of a blank image; norm widths from the layer.
-            let probe = Tensor::zeros([1, arch.in_channels, 32, 32], (tch::Kind::Float, device));
-            let stages = tch::no_grad(|| model.forward_stages(&probe, &Ctx::eval())).stages;
+            let stages = probe_stages(model.as_ref(), arch.in_channels, [32, 32], device);
             check_hooks(
                 model.as_ref(),
                 stages.len(),
@@ -120,12 +119,26 @@ impl Network {
 
     /// Error unless every hook exists in this model (`field` names where they came from).
     pub fn check_hooks(&self, hooks: &[Hook], field: &str) -> Result<()> {
-        let probe = Tensor::zeros(
-            [1, self.arch.in_channels, 32, 32],
-            (tch::Kind::Float, self.vs.device()),
-        );
-        let stages = tch::no_grad(|| self.model.forward_stages(&probe, &Ctx::eval())).stages;
+        let stages = self.probe_stages([32, 32]);
         check_hooks(self.model.as_ref(), stages.len(), hooks, field)
+    }
+
+    /// [`probe_stages`] of this network's model at input size `hw`.
+    pub fn probe_stages(&self, hw: [i64; 2]) -> Vec<Tensor> {
+        probe_stages(
+            self.model.as_ref(),
+            self.arch.in_channels,
+            hw,
+            self.vs.device(),
+        )
+    }
+
+    /// The trainable variables (those requiring a gradient) by name, sorted.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        self.named_tensors()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
     }
 
     /// Number of trainable scalars.

@@ -31,6 +31,30 @@ pub struct Sidecar {
     pub best_metric: Option<f64>,
 }
 
+impl Sidecar {
+    /// A sidecar for a file written by a run of `recipe` after `epoch` (sha256 fields are
+    /// filled in by [`save`]).
+    pub fn for_run(
+        format: &str,
+        recipe: &crate::train::Recipe,
+        epoch: usize,
+        metrics: serde_json::Value,
+        best_metric: Option<f64>,
+    ) -> Sidecar {
+        Sidecar {
+            format: format.into(),
+            advtrain_version: env!("CARGO_PKG_VERSION").into(),
+            architecture: recipe.model.clone(),
+            recipe: serde_json::to_value(recipe).expect("serialisable"),
+            epoch,
+            metrics,
+            sha256: String::new(),
+            optimizer_sha256: None,
+            best_metric,
+        }
+    }
+}
+
 /// Paths of the three files of a checkpoint `stem` (e.g. `run/checkpoints/last`).
 pub fn paths(model_file: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let stem = model_file.with_extension("");
@@ -200,4 +224,25 @@ fn preview(v: &[&str]) -> String {
         s.push_str(", ...");
     }
     s
+}
+
+/// Load a checkpoint written with optimiser state (`save(.., Some(state), ..)`) into `vars`
+/// and `sgd`, both files verified against the sidecar's sha256; returns the sidecar (resume).
+pub fn restore(
+    file: &Path,
+    vars: &HashMap<String, Tensor>,
+    sgd: &mut crate::train::optim::Sgd,
+) -> Result<Sidecar> {
+    let side = read_sidecar(file)?;
+    let (mpath, opath, _) = paths(file);
+    verify(&mpath, &side.sha256)?;
+    load_into(vars, &read_tensors(&mpath)?, &mpath)?;
+    let osha = side
+        .optimizer_sha256
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{}: sidecar has no optimizer state", file.display()))?;
+    verify(&opath, osha)?;
+    let state: Vec<(String, Tensor)> = read_tensors(&opath)?.into_iter().collect();
+    sgd.load_state(&state, &opath.display().to_string())?;
+    Ok(side)
 }

@@ -444,10 +444,7 @@ pub struct Projections {
 
 /// Stage channel counts of `net` from one eval-mode forward of a blank `hw` image.
 pub fn stage_channels(net: &Network, hw: [i64; 2]) -> Vec<i64> {
-    let dev = net.vs.device();
-    let probe = Tensor::zeros([1, net.arch.in_channels, hw[0], hw[1]], (Kind::Float, dev));
-    let fw = tch::no_grad(|| net.model.forward_stages(&probe, &Ctx::eval()));
-    fw.stages.iter().map(|s| s.size()[1]).collect()
+    net.probe_stages(hw).iter().map(|s| s.size()[1]).collect()
 }
 
 impl Projections {

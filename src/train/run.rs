@@ -70,6 +70,7 @@ pub struct Collapse {
     pub rolled_back_to: Option<usize>,
 }
 
+const CHECKPOINT_FORMAT: &str = "advtrain-checkpoint-v1";
 const STREAM_INIT: u64 = 0;
 const STREAM_TORCH: u64 = 1;
 const STREAM_DATA: u64 = 2;
@@ -103,7 +104,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     let mut sgd = Sgd::new(&net.vs, t.momentum, t.weight_decay, t.nesterov);
     let (mut start_epoch, mut best) = (0usize, None::<f64>);
     if opts.resume && last_file.exists() {
-        let side = resume_from(&net, &mut sgd, &last_file)?;
+        let side = checkpoint::restore(&last_file, &net.variables(), &mut sgd)?;
         start_epoch = side.epoch;
         best = side.best_metric;
         metrics::truncate_after(&csv, start_epoch)?;
@@ -187,16 +188,9 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         if is_best {
             best = score.or(best);
         }
-        let sidecar = |metric: &EpochMetrics| Sidecar {
-            format: "advtrain-checkpoint-v1".into(),
-            advtrain_version: env!("CARGO_PKG_VERSION").into(),
-            architecture: recipe.model.clone(),
-            recipe: serde_json::to_value(recipe).expect("serialisable"),
-            epoch: epoch + 1,
-            metrics: serde_json::to_value(metric).expect("serialisable"),
-            sha256: String::new(),
-            optimizer_sha256: None,
-            best_metric: best,
+        let sidecar = |metric: &EpochMetrics| {
+            let metrics = serde_json::to_value(metric).expect("serialisable");
+            Sidecar::for_run(CHECKPOINT_FORMAT, recipe, epoch + 1, metrics, best)
         };
         let model_tensors = net.named_tensors();
         if is_best {
@@ -302,17 +296,8 @@ fn finish_swa(
         ..Default::default()
     };
     validate(recipe, net, data, t.epochs, device, &mut m);
-    let side = Sidecar {
-        format: "advtrain-checkpoint-v1".into(),
-        advtrain_version: env!("CARGO_PKG_VERSION").into(),
-        architecture: recipe.model.clone(),
-        recipe: serde_json::to_value(recipe).expect("serialisable"),
-        epoch: t.epochs,
-        metrics: serde_json::to_value(&m).expect("serialisable"),
-        sha256: String::new(),
-        optimizer_sha256: None,
-        best_metric: None,
-    };
+    let metrics = serde_json::to_value(&m).expect("serialisable");
+    let side = Sidecar::for_run(CHECKPOINT_FORMAT, recipe, t.epochs, metrics, None);
     checkpoint::save(
         &ckdir.join("swa.safetensors"),
         &net.named_tensors(),
@@ -337,20 +322,6 @@ fn finish_swa(
             .map(|(r, s, n)| (r.to_string(), s.to_string(), n))
             .collect(),
     })
-}
-
-fn resume_from(net: &Network, sgd: &mut Sgd, last_file: &Path) -> Result<Sidecar> {
-    let side = checkpoint::read_sidecar(last_file)?;
-    let (mpath, opath, _) = checkpoint::paths(last_file);
-    checkpoint::verify(&mpath, &side.sha256)?;
-    net.load_weights(&mpath)?;
-    let osha = side.optimizer_sha256.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("{}: sidecar has no optimizer state", last_file.display())
-    })?;
-    checkpoint::verify(&opath, osha)?;
-    let state: Vec<(String, Tensor)> = checkpoint::read_tensors(&opath)?.into_iter().collect();
-    sgd.load_state(&state, &opath.display().to_string())?;
-    Ok(side)
 }
 
 fn print_header(recipe: &Recipe, device: Device, net: &Network, out: &Path) {

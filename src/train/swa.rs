@@ -17,14 +17,6 @@ pub struct SwaAverage {
     pub avg: Vec<(String, Tensor)>,
 }
 
-/// Trainable variables of `net` by name, sorted.
-fn trainable(net: &Network) -> Vec<(String, Tensor)> {
-    net.named_tensors()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect()
-}
-
 impl SwaAverage {
     pub fn empty() -> SwaAverage {
         SwaAverage { n: 0, avg: vec![] }
@@ -32,7 +24,7 @@ impl SwaAverage {
 
     /// Fold the current parameters in: `avg <- avg + (w - avg) / (n + 1)`, `n <- n + 1`.
     pub fn update(&mut self, net: &Network) {
-        let now = trainable(net);
+        let now = net.trainable();
         tch::no_grad(|| {
             if self.n == 0 {
                 self.avg = now
@@ -53,7 +45,7 @@ impl SwaAverage {
     /// Copy the average into `net`'s parameters.
     pub fn apply(&self, net: &Network) {
         tch::no_grad(|| {
-            for ((_, a), (_, mut w)) in self.avg.iter().zip(trainable(net)) {
+            for ((_, a), (_, mut w)) in self.avg.iter().zip(net.trainable()) {
                 w.copy_(a);
             }
         });
@@ -61,17 +53,8 @@ impl SwaAverage {
 
     /// Write the average after `epoch` (1-based) to `file` (a checkpoint with sidecar).
     pub fn save(&self, file: &Path, recipe: &Recipe, epoch: usize) -> Result<()> {
-        let side = Sidecar {
-            format: "advtrain-swa-average-v1".into(),
-            advtrain_version: env!("CARGO_PKG_VERSION").into(),
-            architecture: recipe.model.clone(),
-            recipe: serde_json::to_value(recipe).expect("serialisable"),
-            epoch,
-            metrics: serde_json::json!({ "n_averaged": self.n }),
-            sha256: String::new(),
-            optimizer_sha256: None,
-            best_metric: None,
-        };
+        let metrics = serde_json::json!({ "n_averaged": self.n });
+        let side = Sidecar::for_run("advtrain-swa-average-v1", recipe, epoch, metrics, None);
         checkpoint::save(file, &self.avg, None, side)
     }
 
@@ -92,7 +75,8 @@ impl SwaAverage {
         checkpoint::verify(file, &side.sha256)?;
         let mut stored = checkpoint::read_tensors(file)?;
         let device = net.vs.device();
-        let avg = trainable(net)
+        let avg = net
+            .trainable()
             .into_iter()
             .map(|(k, t)| {
                 let v = stored.remove(&k).with_context(|| {

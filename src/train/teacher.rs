@@ -126,17 +126,13 @@ impl Teacher {
         if !self.has_projections() {
             return Ok(());
         }
-        let side = Sidecar {
-            format: "advtrain-mixacm-projections-v1".into(),
-            advtrain_version: env!("CARGO_PKG_VERSION").into(),
-            architecture: recipe.model.clone(),
-            recipe: serde_json::to_value(recipe).expect("serialisable"),
+        let side = Sidecar::for_run(
+            "advtrain-mixacm-projections-v1",
+            recipe,
             epoch,
-            metrics: serde_json::Value::Null,
-            sha256: String::new(),
-            optimizer_sha256: None,
-            best_metric: None,
-        };
+            serde_json::Value::Null,
+            None,
+        );
         checkpoint::save(
             &ckdir.join("projections.safetensors"),
             &self.named_projections(),
@@ -151,25 +147,15 @@ impl Teacher {
             return Ok(());
         }
         let file = ckdir.join("projections.safetensors");
-        let side = checkpoint::read_sidecar(&file)?;
+        let side =
+            checkpoint::restore(&file, &self.projections.vs.variables(), &mut self.proj_sgd)?;
         anyhow::ensure!(
             side.epoch == epoch,
             "{}: the projections are from epoch {} but the run resumes after epoch {epoch}",
             file.display(),
             side.epoch
         );
-        let (mpath, opath, _) = checkpoint::paths(&file);
-        checkpoint::verify(&mpath, &side.sha256)?;
-        let src = checkpoint::read_tensors(&mpath)?;
-        checkpoint::load_into(&self.projections.vs.variables(), &src, &mpath)?;
-        let osha = side
-            .optimizer_sha256
-            .as_ref()
-            .with_context(|| format!("{}: no optimiser state", file.display()))?;
-        checkpoint::verify(&opath, osha)?;
-        let state: Vec<(String, Tensor)> = checkpoint::read_tensors(&opath)?.into_iter().collect();
-        self.proj_sgd
-            .load_state(&state, &opath.display().to_string())
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Work counts for `advtrain bench`: the model's forward FLOPs per image and the machine's
 //! measured fp32 GEMM rate.
 
-use crate::nn::{Ctx, Network};
+use crate::nn::Network;
 use std::collections::HashMap;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -21,10 +21,9 @@ use tch::{Device, Kind, Tensor};
 /// image goes through one); ARAT predictor heads are not part of the forward pass. `None` when a
 /// layer fits none of these rules (then no GFLOP/s are reported).
 pub fn forward_flops(net: &Network, shape: [i64; 3]) -> Option<f64> {
-    let [c, h, w] = shape;
-    let probe = Tensor::zeros([1, c, h, w], (Kind::Float, net.vs.device()));
-    let stages: Vec<i64> = tch::no_grad(|| net.model.forward_stages(&probe, &Ctx::eval()))
-        .stages
+    let [_, h, w] = shape;
+    let stages: Vec<i64> = net
+        .probe_stages([h, w])
         .iter()
         .map(|s| s.size()[2] * s.size()[3])
         .collect();

@@ -21,6 +21,18 @@ pub struct Forward {
     pub stages: Vec<Tensor>,
 }
 
+/// Stage outputs of one eval-mode, no-grad forward of a blank `[1, in_channels, h, w]` image
+/// (their widths and spatial sizes).
+pub fn probe_stages(
+    model: &dyn Model,
+    in_channels: i64,
+    hw: [i64; 2],
+    device: tch::Device,
+) -> Vec<Tensor> {
+    let probe = Tensor::zeros([1, in_channels, hw[0], hw[1]], (tch::Kind::Float, device));
+    tch::no_grad(|| model.forward_stages(&probe, &Ctx::eval())).stages
+}
+
 /// A classifier whose every normalisation layer follows the route and mode of `ctx`.
 pub trait Model: Send {
     /// Logits and stage outputs of `x` (images in [0,1], NCHW).
