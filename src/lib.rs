@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod attack;
 pub mod cli;
+pub mod compute;
 pub mod data;
 pub mod device;
 pub mod eval;

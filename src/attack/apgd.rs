@@ -23,7 +23,7 @@
 //! The iteration loop makes no host synchronisation: counters, masks and step sizes are device
 //! tensors and the checkpoint schedule is fixed on the host before the loop.
 
-use super::{correct, cross_entropy, input_grad, Attack, Classifier, ThreatNorm};
+use super::{correct, cross_entropy, rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -234,11 +234,9 @@ impl Apgd {
         y: &Tensor,
         target: Option<&Tensor>,
     ) -> (Tensor, Tensor, Tensor) {
-        let xr = x_adv.detach().set_requires_grad(true);
-        let logits = f.logits(&xr);
-        let loss = self.loss(&logits, y, target);
-        let g = input_grad(&loss.sum(loss.kind()), &xr);
-        (logits.detach(), loss.detach(), g.detach())
+        f.loss_grad(x_adv, |z, start, len| {
+            self.loss(z, &rows(y, start, len), target.map(|t| rows(t, start, len)).as_ref())
+        })
     }
 
     /// Random start in B_eps(x) (on the sphere of radius eps in L2, on a face of the cube in

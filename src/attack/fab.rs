@@ -41,7 +41,7 @@
 //! a batch and our examples to /tmp/fab_check; then
 //! `python bench/reference/fab_check.py --dir /tmp/fab_check --autoattack <auto-attack checkout>`.
 
-use super::{Attack, Classifier, ThreatNorm};
+use super::{rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -368,15 +368,18 @@ impl Fab {
         y: &Tensor,
         target: Option<&Tensor>,
     ) -> (Tensor, Tensor) {
+        if let Some(t) = target {
+            let (_, diff, g) = f.loss_grad(x1, |z, start, len| {
+                let pick = |c: &Tensor| z.gather(1, &rows(c, start, len).unsqueeze(1), false);
+                (pick(t) - pick(y)).squeeze_dim(1)
+            });
+            return (diff.unsqueeze(1), g.unsqueeze(1));
+        }
         let xr = x1.detach().set_requires_grad(true);
         let logits = f.logits(&xr);
         let z_y = logits.gather(1, &y.unsqueeze(1), false);
         match target {
-            Some(t) => {
-                let diff = logits.gather(1, &t.unsqueeze(1), false) - z_y;
-                let g = super::input_grad(&diff.sum(diff.kind()), &xr);
-                (diff.detach(), g.detach().unsqueeze(1))
-            }
+            Some(_) => unreachable!("targeted boundaries returned above"),
             None => {
                 let k = logits.size()[1];
                 let grads: Vec<Tensor> = (0..k)

@@ -14,22 +14,129 @@ pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
 pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};
 
-use crate::nn::{Ctx, Model};
+use crate::compute::{self, Precision};
+use crate::nn::{Ctx, Mode, Model};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-/// The attacked function: a model frozen to one route and mode.
+/// The attacked function: a model frozen to one route and mode, computed with the process-wide
+/// [`crate::compute`] settings: the precision of attack generation, BN folding, and (for
+/// row-independent eval-mode forwards on CPU) micro-batches of `attack_chunk` rows.
 pub struct Classifier<'a> {
     pub model: &'a dyn Model,
     pub ctx: Ctx,
+    /// Rows per forward/backward micro-batch (0 = whole batch).
+    chunk: i64,
+    precision: Precision,
+    fold: bool,
 }
 
 impl<'a> Classifier<'a> {
     pub fn new(model: &'a dyn Model, ctx: Ctx) -> Self {
-        Classifier { model, ctx }
+        let c = compute::get();
+        // Micro-batching is exact only when every row is computed alone: running statistics,
+        // one route, no norm layer recording its inputs or outputs.
+        let row_independent = ctx.mode == Mode::Eval
+            && ctx.segments.is_empty()
+            && model.norms().iter().all(|(_, n)| !n.recording());
+        Classifier {
+            model,
+            ctx,
+            chunk: if row_independent {
+                c.attack_chunk as i64
+            } else {
+                0
+            },
+            precision: c.precision_attack,
+            fold: c.fold_bn,
+        }
     }
+
+    /// Rows per micro-batch for a batch of `n` rows on `device` (`n` = no split).
+    fn rows_per_chunk(&self, n: i64, device: tch::Device) -> i64 {
+        if self.chunk > 0 && self.chunk < n && device == tch::Device::Cpu {
+            self.chunk
+        } else {
+            n
+        }
+    }
+
+    /// float32 logits of one (micro-)batch, BN folded when possible, in the attack precision.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let z = compute::with_precision(self.precision, x.device(), || {
+            if self.fold {
+                if let Some(z) = self.model.forward_folded(x, &self.ctx) {
+                    return z;
+                }
+            }
+            self.model.forward(x, &self.ctx)
+        });
+        if z.kind() == Kind::Float {
+            z
+        } else {
+            z.to_kind(Kind::Float)
+        }
+    }
+
+    /// `f(x)`: float32 logits of the model under `ctx`. Without autograd recording (inside
+    /// `no_grad`) the batch is computed in micro-batches when allowed.
     pub fn logits(&self, x: &Tensor) -> Tensor {
-        self.model.forward(x, &self.ctx)
+        let n = x.size().first().copied().unwrap_or(0);
+        let step = self.rows_per_chunk(n, x.device());
+        if step >= n || compute::grad_enabled() {
+            return self.forward(x);
+        }
+        let parts: Vec<Tensor> = (0..n)
+            .step_by(step as usize)
+            .map(|s| self.forward(&x.narrow(0, s, step.min(n - s))))
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Logits, per-row loss and input gradient of the summed loss at `x` (all detached):
+    /// `loss = per_row(logits, start, len)` is the `[len]` loss of rows `start..start + len`
+    /// (so the caller can take the matching rows of its labels), and
+    /// `grad = d(sum_i loss_i)/dx`. Parameters accumulate nothing. Forward and backward run in
+    /// micro-batches when allowed; every row's values are those of the whole-batch computation.
+    pub fn loss_grad(
+        &self,
+        x: &Tensor,
+        per_row: impl Fn(&Tensor, i64, i64) -> Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
+        let n = x.size()[0];
+        let step = self.rows_per_chunk(n, x.device());
+        let one = |start: i64, len: i64| {
+            let xr = if len == n {
+                x.detach()
+            } else {
+                x.narrow(0, start, len).detach()
+            }
+            .set_requires_grad(true);
+            let z = self.forward(&xr);
+            let loss = per_row(&z, start, len);
+            let g = input_grad(&loss.sum(loss.kind()), &xr);
+            (z.detach(), loss.detach(), g)
+        };
+        if step >= n {
+            return one(0, n);
+        }
+        let (mut zs, mut ls, mut gs) = (vec![], vec![], vec![]);
+        for start in (0..n).step_by(step as usize) {
+            let (z, l, g) = one(start, step.min(n - start));
+            zs.push(z);
+            ls.push(l);
+            gs.push(g);
+        }
+        (Tensor::cat(&zs, 0), Tensor::cat(&ls, 0), Tensor::cat(&gs, 0))
+    }
+}
+
+/// Rows `start..start + len` of `t`.
+pub fn rows(t: &Tensor, start: i64, len: i64) -> Tensor {
+    if start == 0 && len == t.size()[0] {
+        t.shallow_clone()
+    } else {
+        t.narrow(0, start, len)
     }
 }
 

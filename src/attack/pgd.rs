@@ -4,7 +4,7 @@
 //! Proj = projection onto B_eps(x0) followed by clamping to [0,1].
 
 use super::{
-    correct, cross_entropy, input_grad, per_sample_l2, project, Attack, Classifier, ThreatNorm,
+    correct, cross_entropy, per_sample_l2, project, rows, Attack, Classifier, ThreatNorm,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -145,7 +145,7 @@ impl Pgd {
     fn start(&self, x: &Tensor) -> Tensor {
         let eps = self.cfg.eps;
         match self.cfg.init {
-            Init::Zero => x.shallow_clone(),
+            Init::Zero => x.copy(),
             Init::Normal => (x + x.randn_like() * 0.001).clamp(0.0, 1.0),
             Init::Uniform => match self.cfg.norm {
                 ThreatNorm::Linf => (x + x.rand_like() * (2.0 * eps) - eps).clamp(0.0, 1.0),
@@ -184,13 +184,24 @@ impl Pgd {
         }
     }
 
-    /// Summed loss over the batch (so each sample's gradient is unscaled).
-    fn loss(&self, logits: &Tensor, y: &Tensor, reference: Option<&Tensor>) -> Tensor {
+    /// Per-row loss of rows `start..start + len` (summed by the caller, so each sample's
+    /// gradient is unscaled).
+    fn loss(
+        &self,
+        logits: &Tensor,
+        y: &Tensor,
+        reference: Option<&Tensor>,
+        start: i64,
+        len: i64,
+    ) -> Tensor {
+        let y = rows(y, start, len);
         match (self.cfg.loss, reference) {
-            (PgdLoss::Ce, _) => cross_entropy(logits, y, tch::Reduction::Sum),
-            (PgdLoss::Cw, _) => cw_margin(logits, y).sum(Kind::Float),
-            (PgdLoss::TargetedCe, Some(t)) => -cross_entropy(logits, t, tch::Reduction::Sum),
-            (PgdLoss::Kl, Some(p)) => kl_to_clean(logits, p).sum(Kind::Float),
+            (PgdLoss::Ce, _) => cross_entropy(logits, &y, tch::Reduction::None),
+            (PgdLoss::Cw, _) => cw_margin(logits, &y),
+            (PgdLoss::TargetedCe, Some(t)) => {
+                -cross_entropy(logits, &rows(t, start, len), tch::Reduction::None)
+            }
+            (PgdLoss::Kl, Some(p)) => kl_to_clean(logits, &rows(p, start, len)),
             (loss, None) => unreachable!("{loss:?} needs its reference tensor"),
         }
     }
@@ -203,7 +214,9 @@ impl Pgd {
         }
     }
 
-    /// One run of PGD from a fresh start.
+    /// One run of PGD from a fresh start. L-inf steps are done in place with the projection
+    /// and the [0,1] clamp fused into one clamp to precomputed bounds:
+    /// `x' <- clamp(x' + alpha sign(g), max(x - eps, 0), min(x + eps, 1))`.
     fn run_once(
         &self,
         f: &Classifier,
@@ -213,14 +226,24 @@ impl Pgd {
     ) -> Tensor {
         let (eps, alpha) = (self.cfg.eps, self.cfg.step_size);
         let mut x_adv = self.start(x).detach();
-        for _ in 0..self.cfg.steps {
-            let xr = x_adv.set_requires_grad(true);
-            let g = input_grad(&self.loss(&f.logits(&xr), y, reference), &xr);
-            let step = match self.cfg.norm {
-                ThreatNorm::Linf => g.sign() * alpha,
-                ThreatNorm::L2 => &g * (alpha / (per_sample_l2(&g) + 1e-12)),
-            };
-            x_adv = project(&(xr.detach() + step), x, eps, self.cfg.norm).detach();
+        let loss = |z: &Tensor, start: i64, len: i64| self.loss(z, y, reference, start, len);
+        match self.cfg.norm {
+            ThreatNorm::Linf => {
+                let lo = (x - eps).clamp_min(0.0);
+                let hi = (x + eps).clamp_max(1.0);
+                for _ in 0..self.cfg.steps {
+                    let (_, _, mut g) = f.loss_grad(&x_adv, loss);
+                    let _ = g.sign_().g_mul_scalar_(alpha);
+                    let _ = x_adv.g_add_(&g).clamp_tensor_(Some(&lo), Some(&hi));
+                }
+            }
+            ThreatNorm::L2 => {
+                for _ in 0..self.cfg.steps {
+                    let (_, _, g) = f.loss_grad(&x_adv, loss);
+                    let step = &g * (alpha / (per_sample_l2(&g) + 1e-12));
+                    x_adv = project(&(x_adv + step), x, eps, ThreatNorm::L2);
+                }
+            }
         }
         x_adv
     }

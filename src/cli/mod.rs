@@ -21,6 +21,8 @@ pub struct Cli {
     /// Torch intra-op threads (default: torch's choice, usually the number of cores).
     #[arg(long, global = true)]
     pub threads: Option<i32>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -39,6 +41,64 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Compute settings on the command line ([`crate::compute`]); for `train` they override the
+/// recipe's `[compute]` table.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ComputeArgs {
+    /// Precision of attack generation: fp32 (default) or bf16 (autocast).
+    #[arg(long, global = true, value_name = "fp32|bf16")]
+    pub precision_attack: Option<crate::compute::Precision>,
+    /// Precision of the training forward/backward: fp32 (default) or bf16 (autocast).
+    #[arg(long, global = true, value_name = "fp32|bf16")]
+    pub precision_train: Option<crate::compute::Precision>,
+    /// Do not fold eval-mode BatchNorm into the convolutions in attacks (folding computes the
+    /// same function to float rounding, faster; docs/BENCHMARKS.md).
+    #[arg(long, global = true)]
+    pub no_fold_bn: bool,
+    /// Rows per forward/backward micro-batch of eval-mode attacks on CPU (0 = whole batch;
+    /// default 128).
+    #[arg(long, global = true, value_name = "ROWS")]
+    pub attack_chunk: Option<usize>,
+}
+
+impl ComputeArgs {
+    /// `base` with the flags given applied.
+    pub fn apply(&self, base: crate::compute::Compute) -> crate::compute::Compute {
+        let mut c = base;
+        if let Some(p) = self.precision_attack {
+            c.precision_attack = p;
+        }
+        if let Some(p) = self.precision_train {
+            c.precision_train = p;
+        }
+        if self.no_fold_bn {
+            c.fold_bn = false;
+        }
+        if let Some(n) = self.attack_chunk {
+            c.attack_chunk = n;
+        }
+        c
+    }
+
+    /// The flags given, as recipe `--set` overrides.
+    pub fn as_overrides(&self) -> Vec<String> {
+        let mut v = vec![];
+        if let Some(p) = self.precision_attack {
+            v.push(format!("compute.precision_attack=\"{p}\""));
+        }
+        if let Some(p) = self.precision_train {
+            v.push(format!("compute.precision_train=\"{p}\""));
+        }
+        if self.no_fold_bn {
+            v.push("compute.fold_bn=false".into());
+        }
+        if let Some(n) = self.attack_chunk {
+            v.push(format!("compute.attack_chunk={n}"));
+        }
+        v
+    }
+}
+
 /// Parse the arguments and run the command.
 pub fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -49,8 +109,13 @@ pub fn main() -> anyhow::Result<()> {
         anyhow::ensure!(n >= 1, "--threads must be >= 1");
         tch::set_num_threads(n);
     }
+    crate::compute::set(cli.compute.apply(crate::compute::Compute::default()));
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(mut a) => {
+            // For training the flags are recipe overrides (`compute.*`), saved with the run.
+            a.overrides.extend(cli.compute.as_overrides());
+            train::run(a)
+        }
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Export(a) => export::run(a),

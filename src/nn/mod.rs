@@ -1,5 +1,6 @@
 //! Neural-network building blocks: the route-aware norm layer and the model registry.
 
+pub mod fold;
 pub mod hook;
 pub mod import;
 pub mod models;

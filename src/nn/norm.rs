@@ -517,6 +517,39 @@ impl Norm {
         }
     }
 
+    /// Whether a statistics probe or an output tap is recording this layer.
+    pub fn recording(&self) -> bool {
+        self.probe.lock().expect("probe lock").is_some()
+            || self.tap.lock().expect("tap lock").is_some()
+    }
+
+    /// The per-channel map of this layer when it is affine for every row: eval-mode BatchNorm
+    /// (`s = gamma / sqrt(var + eps)`, `t = beta - mu * s`) or no norm (identity), with one route
+    /// for the whole batch (no explicit segments) and no probe or tap recording. `None`
+    /// otherwise (batch statistics, group/layer/instance norm, mixed batches, analyses).
+    pub fn eval_affine(&self, ctx: &Ctx) -> Option<EvalAffine> {
+        if !ctx.segments.is_empty() || self.recording() {
+            return None;
+        }
+        match self.spec.kind {
+            NormKind::None => Some(EvalAffine::Identity),
+            NormKind::Batch if ctx.mode == Mode::Eval => {
+                let st = self.stats_for(ctx.route.ns);
+                let inv_std = (&st.running_var + self.spec.eps).rsqrt();
+                let s = match self.affine_params(ctx.route.ap, ctx.soup) {
+                    Some((w, _)) => w * inv_std,
+                    None => inv_std,
+                };
+                let t = match self.affine_params(ctx.route.ap, ctx.soup) {
+                    Some((_, b)) => b - &st.running_mean * &s,
+                    None => -(&st.running_mean * &s),
+                };
+                Some(EvalAffine::Affine(s, t))
+            }
+            _ => None,
+        }
+    }
+
     /// Start (`Some(vec![])`) or stop (`None`) recording the per-channel batch statistics of
     /// every input this layer sees.
     pub fn set_probe(&self, on: bool) {
@@ -757,6 +790,15 @@ impl Norm {
             }
         }
     }
+}
+
+/// What an eval-mode norm layer does to each channel (see [`Norm::eval_affine`]).
+#[derive(Debug)]
+pub enum EvalAffine {
+    /// `y = x`.
+    Identity,
+    /// `y = s * x + t` per channel.
+    Affine(Tensor, Tensor),
 }
 
 /// Per-channel batch statistics of one input: mean and biased variance.

@@ -21,6 +21,9 @@ pub struct Recipe {
     /// Lay out convolution weights and inputs channels-last (faster oneDNN convolutions on CPU).
     #[serde(default = "yes")]
     pub channels_last: bool,
+    /// Precision, BN folding and micro-batching of attacks ([`crate::compute`]).
+    #[serde(default)]
+    pub compute: crate::compute::Compute,
     pub data: DataSpec,
     pub model: ArchSpec,
     pub train: TrainSpec,

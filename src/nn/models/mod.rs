@@ -45,6 +45,13 @@ pub trait Model: Send {
 
     /// Every norm layer, in forward order, with its parameter-name prefix (e.g. `layer1.0.bn1`).
     fn norms(&self) -> Vec<(String, &Norm)>;
+
+    /// Logits of `x` computed with every norm folded into the convolution before it
+    /// ([`crate::nn::fold`]): the same function as `forward(x, ctx)` to float rounding, or
+    /// `None` when this model or `ctx` does not allow exact folding (the default).
+    fn forward_folded(&self, _x: &Tensor, _ctx: &Ctx) -> Option<Tensor> {
+        None
+    }
 }
 
 /// Architecture description: enough to rebuild the model (stored in every checkpoint sidecar).

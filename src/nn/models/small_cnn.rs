@@ -3,11 +3,13 @@
 //! PyTorch default init; convolutions carry a bias only when the norm is `none`.
 
 use super::{global_avg_pool, ArchSpec, Forward, Head, Model, TORCH_DEFAULT};
+use crate::nn::fold::FoldedConv;
 use crate::nn::norm::{Ctx, Norm, NormKind};
 use tch::{nn, nn::Module, Tensor};
 
 pub struct SmallCnn {
     convs: Vec<nn::Conv2D>,
+    strides: Vec<i64>,
     norms: Vec<Norm>,
     fc: Head,
 }
@@ -18,6 +20,7 @@ impl SmallCnn {
         let plan = [(spec.in_channels, 32, 1), (32, 64, 2), (64, 128, 2)];
         let mut convs = vec![];
         let mut norms = vec![];
+        let strides = plan.iter().map(|p| p.2).collect();
         for (i, &(cin, cout, stride)) in plan.iter().enumerate() {
             let cfg = nn::ConvConfig {
                 stride,
@@ -30,7 +33,12 @@ impl SmallCnn {
             norms.push(Norm::new(&(p / format!("bn{}", i + 1)), cout, spec.norm));
         }
         let fc = Head::new(p / "fc", 128, spec.num_classes, spec.heads, None);
-        SmallCnn { convs, norms, fc }
+        SmallCnn {
+            convs,
+            strides,
+            norms,
+            fc,
+        }
     }
 }
 
@@ -52,5 +60,14 @@ impl Model for SmallCnn {
             .enumerate()
             .map(|(i, n)| (format!("bn{}", i + 1), n))
             .collect()
+    }
+
+    fn forward_folded(&self, x: &Tensor, ctx: &Ctx) -> Option<Tensor> {
+        let mut h = x.shallow_clone();
+        for ((c, n), &stride) in self.convs.iter().zip(&self.norms).zip(&self.strides) {
+            let folded = FoldedConv::new(&c.ws, c.bs.as_ref(), n, ctx, stride, 1)?;
+            h = folded.forward(&h).relu();
+        }
+        Some(self.fc.forward(&global_avg_pool(&h), ctx))
     }
 }

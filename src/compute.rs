@@ -1,0 +1,159 @@
+//! Compute settings: how (not what) attacks and training compute, recorded with every run,
+//! evaluation and benchmark.
+//!
+//! - `precision_attack`, `precision_train`: `fp32` (default) or `bf16` autocast (PyTorch's
+//!   autocast op lists: convolutions and matmuls in bfloat16, reductions and losses in float32)
+//!   for the forward/backward passes of attack generation and of the training loss.
+//! - `fold_bn`: eval-mode BatchNorm folded into the convolution before it for attacks
+//!   ([`crate::nn::fold`]); the same function to float rounding.
+//! - `attack_chunk`: rows per forward/backward micro-batch of eval-mode attacks on CPU (0 = the
+//!   whole batch). In eval mode every row is computed independently, so splitting a step's
+//!   forward/backward changes nothing but cache use; the attack's own batch, random draws and
+//!   iterations are those of the whole batch.
+//!
+//! The settings are process-wide ([`set`] once at start from the recipe or the command line).
+
+use serde::{Deserialize, Serialize};
+use std::sync::RwLock;
+use tch::Device;
+
+/// Floating-point precision of a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 throughout.
+    #[default]
+    Fp32,
+    /// bfloat16 autocast (CPU and CUDA).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "fp32" | "float32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision '{s}': expected fp32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// Default rows per attack micro-batch on CPU (measured best of 64/128/250/whole for small-cnn on
+/// the project's 2-core machines; docs/BENCHMARKS.md).
+pub const DEFAULT_ATTACK_CHUNK: usize = 128;
+
+/// The compute settings (recipe table `[compute]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compute {
+    #[serde(default)]
+    pub precision_attack: Precision,
+    #[serde(default)]
+    pub precision_train: Precision,
+    #[serde(default = "yes")]
+    pub fold_bn: bool,
+    #[serde(default = "default_chunk")]
+    pub attack_chunk: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_chunk() -> usize {
+    DEFAULT_ATTACK_CHUNK
+}
+
+impl Default for Compute {
+    fn default() -> Self {
+        Compute {
+            precision_attack: Precision::Fp32,
+            precision_train: Precision::Fp32,
+            fold_bn: true,
+            attack_chunk: DEFAULT_ATTACK_CHUNK,
+        }
+    }
+}
+
+impl Compute {
+    /// One line for the start-of-run printout.
+    pub fn describe(&self) -> String {
+        format!(
+            "precision attack {} / train {}, fold_bn {}, attack_chunk {}",
+            self.precision_attack,
+            self.precision_train,
+            self.fold_bn,
+            if self.attack_chunk == 0 {
+                "off".to_string()
+            } else {
+                self.attack_chunk.to_string()
+            }
+        )
+    }
+}
+
+static SETTINGS: RwLock<Compute> = RwLock::new(Compute {
+    precision_attack: Precision::Fp32,
+    precision_train: Precision::Fp32,
+    fold_bn: true,
+    attack_chunk: DEFAULT_ATTACK_CHUNK,
+});
+
+/// The process-wide settings.
+pub fn get() -> Compute {
+    *SETTINGS.read().expect("compute settings lock")
+}
+
+/// Replace the process-wide settings.
+pub fn set(c: Compute) {
+    *SETTINGS.write().expect("compute settings lock") = c;
+}
+
+extern "C" {
+    fn advtrain_autocast_set(device: i32, enabled: i32, dtype: i32) -> i32;
+    fn advtrain_autocast_enabled(device: i32) -> i32;
+    fn advtrain_grad_enabled() -> i32;
+}
+
+fn autocast_device(device: Device) -> i32 {
+    if device.is_cuda() {
+        1
+    } else {
+        0
+    }
+}
+
+/// Whether autograd records operations (false inside `tch::no_grad`).
+pub fn grad_enabled() -> bool {
+    unsafe { advtrain_grad_enabled() != 0 }
+}
+
+/// Whether autocast is on for `device`'s type.
+pub fn autocast_enabled(device: Device) -> bool {
+    unsafe { advtrain_autocast_enabled(autocast_device(device)) != 0 }
+}
+
+/// Run `f` with `precision`'s autocast on `device` (nothing changes for fp32); the previous
+/// autocast state is restored afterwards.
+pub fn with_precision<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
+    match precision {
+        Precision::Fp32 => f(),
+        Precision::Bf16 => {
+            let d = autocast_device(device);
+            let before = unsafe { advtrain_autocast_set(d, 1, 0) };
+            assert!(before >= 0, "enabling bf16 autocast failed on {device:?}");
+            let out = f();
+            unsafe { advtrain_autocast_set(d, before, 0) };
+            out
+        }
+    }
+}
