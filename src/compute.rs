@@ -142,18 +142,18 @@ pub fn autocast_enabled(device: Device) -> bool {
     unsafe { advtrain_autocast_enabled(autocast_device(device)) != 0 }
 }
 
-/// Run `f` with `precision`'s autocast on `device` (nothing changes for fp32); the previous
-/// autocast state is restored afterwards.
+/// Run `f` with autocast on `device` set for `precision` (on for bf16, off for fp32, so an fp32
+/// attack inside a bf16 training step runs in fp32); the previous state is restored afterwards.
 pub fn with_precision<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
-    match precision {
-        Precision::Fp32 => f(),
-        Precision::Bf16 => {
-            let d = autocast_device(device);
-            let before = unsafe { advtrain_autocast_set(d, 1, 0) };
-            assert!(before >= 0, "enabling bf16 autocast failed on {device:?}");
-            let out = f();
-            unsafe { advtrain_autocast_set(d, before, 0) };
-            out
-        }
+    let d = autocast_device(device);
+    let on = precision == Precision::Bf16;
+    let before = unsafe { advtrain_autocast_enabled(d) != 0 };
+    if before == on {
+        return f();
     }
+    let r = unsafe { advtrain_autocast_set(d, on as i32, 0) };
+    assert!(r >= 0, "setting {precision} autocast failed on {device:?}");
+    let out = f();
+    unsafe { advtrain_autocast_set(d, before as i32, 0) };
+    out
 }

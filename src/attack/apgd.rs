@@ -235,7 +235,11 @@ impl Apgd {
         target: Option<&Tensor>,
     ) -> (Tensor, Tensor, Tensor) {
         f.loss_grad(x_adv, |z, start, len| {
-            self.loss(z, &rows(y, start, len), target.map(|t| rows(t, start, len)).as_ref())
+            self.loss(
+                z,
+                &rows(y, start, len),
+                target.map(|t| rows(t, start, len)).as_ref(),
+            )
         })
     }
 

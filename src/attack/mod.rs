@@ -61,21 +61,17 @@ impl<'a> Classifier<'a> {
         }
     }
 
-    /// float32 logits of one (micro-)batch, BN folded when possible, in the attack precision.
+    /// Logits (float32, [`crate::nn::models::Head`]) of one (micro-)batch, BN folded when
+    /// possible, in the attack precision.
     fn forward(&self, x: &Tensor) -> Tensor {
-        let z = compute::with_precision(self.precision, x.device(), || {
+        compute::with_precision(self.precision, x.device(), || {
             if self.fold {
                 if let Some(z) = self.model.forward_folded(x, &self.ctx) {
                     return z;
                 }
             }
             self.model.forward(x, &self.ctx)
-        });
-        if z.kind() == Kind::Float {
-            z
-        } else {
-            z.to_kind(Kind::Float)
-        }
+        })
     }
 
     /// `f(x)`: float32 logits of the model under `ctx`. Without autograd recording (inside
@@ -127,7 +123,11 @@ impl<'a> Classifier<'a> {
             ls.push(l);
             gs.push(g);
         }
-        (Tensor::cat(&zs, 0), Tensor::cat(&ls, 0), Tensor::cat(&gs, 0))
+        (
+            Tensor::cat(&zs, 0),
+            Tensor::cat(&ls, 0),
+            Tensor::cat(&gs, 0),
+        )
     }
 }
 

@@ -3,9 +3,7 @@
 //! L-inf step: x <- Proj(x + alpha * sign(g)); L2 step: x <- Proj(x + alpha * g / ||g||_2);
 //! Proj = projection onto B_eps(x0) followed by clamping to [0,1].
 
-use super::{
-    correct, cross_entropy, per_sample_l2, project, rows, Attack, Classifier, ThreatNorm,
-};
+use super::{correct, cross_entropy, per_sample_l2, project, rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 

@@ -151,6 +151,8 @@ pub struct EvalReport {
     pub seed: u64,
     pub route: String,
     pub bn_mode: String,
+    /// Precision, BN folding and micro-batching of the attacks ([`crate::compute`]).
+    pub compute: crate::compute::Compute,
     /// Model-soup weight of the adversarial parameter sets, when used.
     pub soup: Option<f64>,
     /// Running statistics re-estimated before evaluating, when done.
@@ -188,6 +190,7 @@ pub struct CurveReport {
     pub seed: u64,
     pub route: String,
     pub bn_mode: String,
+    pub compute: crate::compute::Compute,
     pub soup: Option<f64>,
     pub reestimate: Option<Reestimate>,
     pub checkpoint: String,
@@ -438,6 +441,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             device_name(s.device)
         );
         eprintln!("preset {}", aa.config());
+        eprintln!("compute: {}", crate::compute::get().describe());
         match &state {
             Some(p) => eprintln!("state file {} (resumable)", p.display()),
             None => eprintln!("no state file (give --json or --state to make the run resumable)"),
@@ -477,6 +481,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.seed,
             device_name(s.device)
         );
+        eprintln!("compute: {}", crate::compute::get().describe());
         tch::manual_seed(a.seed as i64);
         let counts = robust_counts(&f, attack.as_ref(), &s.test, a.batch_size, s.device);
         let per = vec![PerAttack {
@@ -500,6 +505,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         )
     };
     let report = EvalReport {
+        compute: crate::compute::get(),
         clean_accuracy: clean,
         robust_accuracy: robust,
         attack: name,
@@ -601,6 +607,7 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         a.seed,
         device_name(s.device)
     );
+    eprintln!("compute: {}", crate::compute::get().describe());
     let clean = {
         let c = crate::eval::clean_counts(&f, &s.test, a.batch_size, s.device);
         c.clean_accuracy()
@@ -660,6 +667,7 @@ fn run_curve(a: EvalArgs) -> Result<()> {
     });
     let png = json.with_extension("png");
     let report = CurveReport {
+        compute: crate::compute::get(),
         attack: name.clone(),
         vary: vary.to_string(),
         clean_accuracy: clean,

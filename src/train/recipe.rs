@@ -381,8 +381,19 @@ impl Recipe {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let mut recipe: Recipe = value.try_into().map_err(|e: toml::de::Error| {
-            anyhow::anyhow!("recipe {}: {}", path.display(), e.message())
+        let mut recipe: Recipe = value.clone().try_into().map_err(|e: toml::de::Error| {
+            // A value carries no positions: parse its text again to find the offending line
+            // and name its table and key (overrides applied).
+            let place = toml::to_string(&value).ok().and_then(|t| {
+                let span = toml::from_str::<Recipe>(&t).err()?.span()?;
+                error_place(&t, span.start)
+            });
+            match place {
+                Some(place) => {
+                    anyhow::anyhow!("recipe {}: {place}: {}", path.display(), e.message())
+                }
+                None => anyhow::anyhow!("recipe {}: {}", path.display(), e.message()),
+            }
         })?;
         let t = &mut recipe.train;
         t.hybrid.passes.get_or_insert(match t.objective {
@@ -645,4 +656,22 @@ pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
             .or_insert_with(|| toml::Value::Table(Default::default()));
     }
     unreachable!("split yields at least one part")
+}
+
+/// `[table] line` of the TOML text `t` at byte `pos`: the offending line with the table header
+/// it sits under, to name a field in an error.
+fn error_place(t: &str, pos: usize) -> Option<String> {
+    let head = t.get(..pos)?;
+    let line_start = head.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = t[pos..].find('\n').map_or(t.len(), |i| pos + i);
+    let line = t[line_start..line_end].trim();
+    let table = head[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    Some(match table {
+        Some(tb) if !line.starts_with('[') => format!("{tb} {line}"),
+        _ => line.to_string(),
+    })
 }

@@ -13,6 +13,7 @@ use super::swa::{self, SwaAverage};
 use super::teacher::Teacher;
 use super::{awp, step};
 use crate::attack::{Attack, Classifier, Pgd};
+use crate::compute::with_precision;
 use crate::data::Splits;
 use crate::device::{device_name, parse_device};
 use crate::eval::{clean_counts, robust_counts};
@@ -95,6 +96,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         .with_context(|| format!("cannot create {}", ckdir.display()))?;
     std::fs::write(out.join("recipe.toml"), recipe.to_toml())?;
 
+    crate::compute::set(recipe.compute);
     tch::manual_seed(derive_seed(recipe.seed, 0, STREAM_INIT) as i64);
     let net = Network::new(&recipe.model, device)?;
     if recipe.channels_last {
@@ -342,6 +344,7 @@ fn print_header(recipe: &Recipe, device: Device, net: &Network, out: &Path) {
         t.route,
         t.attack_bn_mode
     );
+    eprintln!("compute: {}", recipe.compute.describe());
     if let Some(a) = &t.attack {
         eprintln!(
             "training attack: {}",
@@ -422,23 +425,26 @@ fn train_epoch(
             mixacm: teacher.as_deref().map(Teacher::state),
         };
         let perturbation = match &t.awp {
-            Some(a) if epoch >= a.warmup_epochs => Some(awp::perturb(
-                net,
-                a.gamma,
-                &step::loss_with_state(
-                    recipe,
-                    model,
-                    &x,
-                    &y,
-                    x_adv.as_ref(),
-                    Mode::TrainFrozen,
-                    arat,
-                )
-                .loss,
-            )),
+            Some(a) if epoch >= a.warmup_epochs => {
+                let adv_loss = with_precision(recipe.compute.precision_train, device, || {
+                    step::loss_with_state(
+                        recipe,
+                        model,
+                        &x,
+                        &y,
+                        x_adv.as_ref(),
+                        Mode::TrainFrozen,
+                        arat,
+                    )
+                    .loss
+                });
+                Some(awp::perturb(net, a.gamma, &adv_loss))
+            }
             _ => None,
         };
-        let out = step::loss_with_state(recipe, model, &x, &y, x_adv.as_ref(), Mode::Train, arat);
+        let out = with_precision(recipe.compute.precision_train, device, || {
+            step::loss_with_state(recipe, model, &x, &y, x_adv.as_ref(), Mode::Train, arat)
+        });
         sgd.zero_grad();
         if let Some(tr) = teacher.as_deref_mut() {
             tr.proj_sgd.zero_grad();

@@ -255,6 +255,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         warmup: a.warmup,
         steps: a.steps,
         channels_last: a.channels_last,
+        compute: crate::compute::get(),
         gemm,
         pytorch: twin.map(|t| TwinInfo {
             python: t.python.display().to_string(),

@@ -82,6 +82,9 @@ pub struct BenchReport {
     pub warmup: usize,
     pub steps: usize,
     pub channels_last: bool,
+    /// Our side's precision, BN folding and attack micro-batches ([`crate::compute`]); the
+    /// PyTorch twin is always plain eager fp32.
+    pub compute: crate::compute::Compute,
     pub gemm: Gemm,
     pub pytorch: Option<TwinInfo>,
     pub models: Vec<ModelReport>,
@@ -140,6 +143,10 @@ pub(super) fn print_model(r: &ModelReport, g: &Gemm, o: &Opts, threads: i32) {
         device_name(o.device)
     );
     println!("data: {}", r.data);
+    println!(
+        "advtrain compute: {} | PyTorch: eager fp32",
+        crate::compute::get().describe()
+    );
     println!(
         "forward: {} MFLOP/image (PyTorch FlopCounterMode: {}) | fp32 GEMM {}^3: advtrain {:.1} \
          GFLOP/s, PyTorch {} GFLOP/s",

@@ -133,8 +133,19 @@ impl Head {
         }
     }
 
-    /// Logits of pooled features `x` [N, C] through the routed head(s).
+    /// Logits of pooled features `x` [N, C] through the routed head(s), always float32 (under
+    /// bf16 autocast the linear layer runs in bf16 and its output is cast back, so losses and
+    /// softmaxes are computed in float32).
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let z = self.forward_any(x, ctx);
+        if z.kind() == tch::Kind::Float {
+            z
+        } else {
+            z.to_kind(tch::Kind::Float)
+        }
+    }
+
+    fn forward_any(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let segs = ctx.segments_for(x.size()[0]);
         let first = self.index(segs[0].route.ap);
         if self.sets.len() <= 1

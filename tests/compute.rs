@@ -1,0 +1,423 @@
+//! Compute settings (issue 7): BN folding, attack micro-batches, the fused PGD step, bf16
+//! autocast, and that attacks leave parameter gradients alone. Each check compares against an
+//! independent computation (the unfolded model, whole-batch autograd, the textbook PGD formula).
+//! The settings are process-wide, so every test here holds one lock and restores the defaults.
+
+mod common;
+
+use advtrain::attack::{
+    Apgd, ApgdConfig, Attack, Classifier, Fab, FabConfig, Fgsm, Pgd, PgdConfig, Square,
+    SquareConfig, ThreatNorm,
+};
+use advtrain::compute::{self, Compute, Precision};
+use advtrain::nn::{Ctx, Mode, Network, NormKind, Route, Segment};
+use common::{advtrain, close, confident_small_cnn, small_cnn_arch, stderr};
+use tch::{Device, Kind, Tensor};
+
+static SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the settings lock with `c` in force; restores the defaults when dropped.
+struct With(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+fn with(c: Compute) -> With {
+    let g = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    compute::set(c);
+    With(g)
+}
+
+impl Drop for With {
+    fn drop(&mut self) {
+        compute::set(Compute::default());
+    }
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Dual-BN small-cnn with distinct, non-trivial running statistics and affine parameters per
+/// domain, so that every route computes a different function.
+fn dual_bn_net() -> Network {
+    tch::manual_seed(11);
+    let net = Network::new(&small_cnn_arch(2, 2), Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for (name, v) in net.variables() {
+            let mut v = v.shallow_clone();
+            if name.ends_with("running_mean") {
+                let _ = v.copy_(&(v.rand_like() * 0.4 - 0.2));
+            } else if name.ends_with("running_var") {
+                let _ = v.copy_(&(v.rand_like() + 0.5));
+            } else if name.contains("bn") && name.ends_with("weight") {
+                let _ = v.copy_(&(v.rand_like() + 0.5));
+            } else if name.contains("bn") && name.ends_with("bias") {
+                let _ = v.copy_(&(v.rand_like() * 0.2 - 0.1));
+            }
+        }
+    });
+    net
+}
+
+#[test]
+fn folded_forward_equals_the_unfolded_one_on_every_route_and_soup() {
+    let _g = with(Compute::default());
+    let net = dual_bn_net();
+    let x = Tensor::rand([6, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let routes: [Route; 4] = [
+        "clean".parse().unwrap(),
+        "adv".parse().unwrap(),
+        "ns=clean,ap=adv".parse().unwrap(),
+        "ns=adv,ap=clean".parse().unwrap(),
+    ];
+    let mut outputs = vec![];
+    for route in routes {
+        for soup in [None, Some(0.3)] {
+            let ctx = Ctx::new(route, Mode::Eval).with_soup(soup);
+            let plain = tch::no_grad(|| net.model.forward(&x, &ctx));
+            let folded = tch::no_grad(|| net.model.forward_folded(&x, &ctx))
+                .unwrap_or_else(|| panic!("route {route} soup {soup:?}: no folded forward"));
+            let scale = plain.abs().max().double_value(&[]);
+            let d = max_abs(&plain, &folded);
+            assert!(
+                d <= 1e-5 * (1.0 + scale),
+                "route {route} soup {soup:?}: folded differs by {d}"
+            );
+            outputs.push(plain);
+        }
+    }
+    // The routes really are different functions (the check above is not vacuous).
+    assert!(max_abs(&outputs[0], &outputs[2]) > 1e-3);
+}
+
+#[test]
+fn folding_declines_where_it_would_not_be_exact() {
+    let _g = with(Compute::default());
+    let net = dual_bn_net();
+    let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let m = net.model.as_ref();
+    assert!(m.forward_folded(&x, &Ctx::eval()).is_some());
+    for mode in [Mode::Train, Mode::TrainFrozen] {
+        let ctx = Ctx::new(Route::default(), mode);
+        assert!(m.forward_folded(&x, &ctx).is_none(), "{mode} folded");
+    }
+    let mixed = Ctx::mixed(
+        Mode::Eval,
+        &[
+            Segment::new(2, "clean".parse().unwrap()),
+            Segment::new(2, "adv".parse().unwrap()),
+        ],
+    );
+    assert!(m.forward_folded(&x, &mixed).is_none(), "mixed batch folded");
+    let (_, bn2) = m.norms().into_iter().nth(1).unwrap();
+    bn2.set_tap(true);
+    assert!(
+        m.forward_folded(&x, &Ctx::eval()).is_none(),
+        "tapped layer folded"
+    );
+    bn2.set_tap(false);
+    let mut arch = small_cnn_arch(1, 1);
+    arch.norm.kind = NormKind::Group;
+    arch.norm.groups = 4;
+    let gn = Network::new(&arch, Device::Cpu).unwrap();
+    assert!(gn.model.forward_folded(&x, &Ctx::eval()).is_none());
+}
+
+/// Whole-batch, unfolded, fp32 reference: logits, per-row CE and input gradient by autograd.
+fn reference_ce_grad(net: &Network, ctx: &Ctx, x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+    let xr = x.detach().set_requires_grad(true);
+    let z = net.model.forward(&xr, ctx);
+    let loss =
+        z.log_softmax(-1, Kind::Float)
+            .g_nll_loss::<Tensor>(y, None, tch::Reduction::Sum, -100);
+    let g = Tensor::run_backward(&[&loss], &[&xr], false, false).remove(0);
+    (z.detach(), g)
+}
+
+#[test]
+fn micro_batched_folded_loss_grad_matches_whole_batch_autograd() {
+    let _g = with(Compute {
+        attack_chunk: 7,
+        ..Compute::default()
+    });
+    let net = dual_bn_net();
+    let x = Tensor::rand([20, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(10, [20], (Kind::Int64, Device::Cpu));
+    let ctx = Ctx::new("adv".parse().unwrap(), Mode::Eval);
+    let (z_ref, g_ref) = reference_ce_grad(&net, &ctx, &x, &y);
+    let f = Classifier::new(net.model.as_ref(), ctx);
+    let (z, loss, g) = f.loss_grad(&x, |z, start, len| {
+        advtrain::attack::cross_entropy(
+            z,
+            &advtrain::attack::rows(&y, start, len),
+            tch::Reduction::None,
+        )
+    });
+    assert_eq!(g.size(), x.size());
+    assert_eq!(loss.size(), vec![20]);
+    let gs = g_ref.abs().max().double_value(&[]);
+    assert!(max_abs(&g, &g_ref) <= 1e-5 * gs, "gradients differ");
+    assert!(max_abs(&z, &z_ref) <= 1e-4, "logits differ");
+    let ce_ref = z_ref.log_softmax(-1, Kind::Float).g_nll_loss::<Tensor>(
+        &y,
+        None,
+        tch::Reduction::None,
+        -100,
+    );
+    assert!(max_abs(&loss, &ce_ref) <= 1e-4, "per-row losses differ");
+    // Without autograd, logits are micro-batched too.
+    let z2 = tch::no_grad(|| f.logits(&x));
+    assert!(max_abs(&z2, &z_ref) <= 1e-4);
+}
+
+#[test]
+fn micro_batches_split_the_rows_in_order() {
+    let _g = with(Compute {
+        attack_chunk: 8,
+        ..Compute::default()
+    });
+    let net = dual_bn_net();
+    let x = Tensor::rand([20, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let seen = std::cell::RefCell::new(vec![]);
+    let _ = f.loss_grad(&x, |z, start, len| {
+        seen.borrow_mut().push((start, len, z.size()[0]));
+        z.sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+    });
+    assert_eq!(*seen.borrow(), vec![(0, 8, 8), (8, 8, 8), (16, 4, 4)]);
+    // A train-mode classifier (batch statistics) is never split.
+    let f = Classifier::new(net.model.as_ref(), Ctx::train());
+    seen.borrow_mut().clear();
+    let _ = f.loss_grad(&x, |z, start, len| {
+        seen.borrow_mut().push((start, len, z.size()[0]));
+        z.sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+    });
+    assert_eq!(*seen.borrow(), vec![(0, 20, 20)]);
+}
+
+#[test]
+fn fused_pgd_step_equals_the_textbook_projection() {
+    let _g = with(Compute {
+        attack_chunk: 5,
+        ..Compute::default()
+    });
+    let _rng = common::rng_lock();
+    let net = confident_small_cnn();
+    let x = Tensor::rand([12, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(10, [12], (Kind::Int64, Device::Cpu));
+    let (eps, alpha) = (0.1, 0.07);
+    let mut cfg = PgdConfig::new(ThreatNorm::Linf, eps, alpha, 1);
+    cfg.init = advtrain::attack::pgd::Init::Zero;
+    let x_before = x.copy();
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let adv = Pgd::new(cfg.clone()).perturb(&f, &x, &y);
+    assert_eq!(
+        max_abs(&x, &x_before),
+        0.0,
+        "the zero start must not alias the input"
+    );
+    // x' = clip_[0,1](x + clip_[-eps,eps](alpha sign g)), g from whole-batch autograd.
+    let (_, g) = reference_ce_grad(&net, &Ctx::eval(), &x, &y);
+    let expect = (&x + (g.sign() * alpha).clamp(-eps, eps)).clamp(0.0, 1.0);
+    assert!(max_abs(&adv, &expect) <= 1e-6, "one fused step differs");
+    // Several steps keep every property of the threat model.
+    cfg.steps = 5;
+    cfg.init = advtrain::attack::pgd::Init::Uniform;
+    let adv = Pgd::new(cfg).perturb(&f, &x, &y);
+    assert!((&adv - &x).abs().max().double_value(&[]) <= eps + 1e-6);
+    assert!(adv.min().double_value(&[]) >= 0.0 && adv.max().double_value(&[]) <= 1.0);
+}
+
+#[test]
+fn attacks_leave_parameter_gradients_untouched() {
+    let _g = with(Compute::default());
+    let _rng = common::rng_lock();
+    let net = confident_small_cnn();
+    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(10, [8], (Kind::Int64, Device::Cpu));
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let attacks: Vec<Box<dyn Attack>> = vec![
+        Box::new(Pgd::new(PgdConfig::new(ThreatNorm::Linf, 0.1, 0.03, 3))),
+        Box::new(Pgd::new(PgdConfig::new(ThreatNorm::L2, 1.0, 0.3, 3))),
+        Box::new(Fgsm { eps: 0.1 }),
+        Box::new(Apgd::new(ApgdConfig {
+            n_iter: 5,
+            ..ApgdConfig::ce(ThreatNorm::Linf, 0.1)
+        })),
+        Box::new(Fab::new(FabConfig {
+            n_iter: 3,
+            n_target_classes: 2,
+            ..FabConfig::targeted(ThreatNorm::Linf, 0.1)
+        })),
+        Box::new(Square::new(SquareConfig {
+            n_queries: 20,
+            ..SquareConfig::new(ThreatNorm::Linf, 0.1)
+        })),
+    ];
+    for a in &attacks {
+        let adv = a.perturb(&f, &x, &y);
+        assert_eq!(adv.size(), x.size(), "{}", a.name());
+        for (name, v) in net.variables() {
+            let g = v.grad();
+            assert!(
+                !g.defined() || g.abs().max().double_value(&[]) == 0.0,
+                "{}: parameter {name} received a gradient",
+                a.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_autocast_runs_the_model_in_bf16_and_restores_the_state() {
+    let _g = with(Compute::default());
+    let w = Tensor::rand([4, 1, 3, 3], (Kind::Float, Device::Cpu));
+    let x = Tensor::rand([2, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let conv = |x: &Tensor| x.conv2d(&w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
+    assert_eq!(conv(&x).kind(), Kind::Float);
+    let (inner, nested) = compute::with_precision(Precision::Bf16, Device::Cpu, || {
+        let nested = compute::with_precision(Precision::Fp32, Device::Cpu, || conv(&x).kind());
+        (conv(&x).kind(), nested)
+    });
+    assert_eq!(
+        inner,
+        Kind::BFloat16,
+        "bf16 autocast did not run the conv in bf16"
+    );
+    assert_eq!(
+        nested,
+        Kind::Float,
+        "an fp32 region inside bf16 must run in fp32"
+    );
+    assert!(!compute::autocast_enabled(Device::Cpu), "autocast left on");
+    assert_eq!(conv(&x).kind(), Kind::Float);
+}
+
+#[test]
+fn bf16_attack_precision_gives_float32_logits_close_to_fp32() {
+    let _rng = common::rng_lock();
+    let net = confident_small_cnn();
+    let x = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
+    let grads = |p: Precision| {
+        let _g = with(Compute {
+            precision_attack: p,
+            ..Compute::default()
+        });
+        let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+        f.loss_grad(&x, |z, s, n| {
+            advtrain::attack::cross_entropy(
+                z,
+                &advtrain::attack::rows(&y, s, n),
+                tch::Reduction::None,
+            )
+        })
+    };
+    let (z32, _, g32) = grads(Precision::Fp32);
+    let (z16, _, g16) = grads(Precision::Bf16);
+    assert_eq!(z16.kind(), Kind::Float);
+    assert_eq!(g16.kind(), Kind::Float);
+    let zs = z32.abs().max().double_value(&[]);
+    let dz = max_abs(&z16, &z32);
+    assert!(
+        dz > 0.0,
+        "bf16 logits are bit-identical to fp32: autocast did nothing"
+    );
+    assert!(
+        dz <= 0.05 * zs,
+        "bf16 logits too far from fp32: {dz} vs scale {zs}"
+    );
+    // The attack direction mostly agrees: sign(g) matches on most pixels with a clear gradient.
+    let strong = g32.abs().gt(1e-3 * g32.abs().max().double_value(&[]));
+    let agree = g16.sign().eq_tensor(&g32.sign()).logical_and(&strong);
+    let frac = agree
+        .to_kind(Kind::Float)
+        .sum(Kind::Float)
+        .double_value(&[])
+        / strong
+            .to_kind(Kind::Float)
+            .sum(Kind::Float)
+            .double_value(&[]);
+    assert!(frac > 0.9, "bf16 gradient signs agree on only {frac:.3}");
+}
+
+#[test]
+fn compute_settings_are_validated_printed_and_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::write_tiny_mnist(&data, 120, 40);
+    let recipe = tmp.path().join("r.toml");
+    let bad = tmp.path().join("bad.toml");
+    let toml = common::tiny_recipe_toml(&data, 1);
+    std::fs::write(&recipe, &toml).unwrap();
+    std::fs::write(
+        &bad,
+        format!("{toml}\n[compute]\nprecision_attack = \"fp16\"\n"),
+    )
+    .unwrap();
+    let o = advtrain(&[
+        "train",
+        "--recipe",
+        &bad.display().to_string(),
+        "--out",
+        &tmp.path().join("bad").display().to_string(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("fp16") && e.contains("precision_attack"),
+        "error must name the field and value: {e}"
+    );
+    let run = tmp.path().join("run");
+    let o = advtrain(&[
+        "--precision-attack",
+        "bf16",
+        "--attack-chunk",
+        "16",
+        "train",
+        "--recipe",
+        &recipe.display().to_string(),
+        "--out",
+        &run.display().to_string(),
+        "--set",
+        "train.attack.steps=1",
+        "--train-limit",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("compute: precision attack bf16 / train fp32, fold_bn true, attack_chunk 16"),
+        "{}",
+        stderr(&o)
+    );
+    let saved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
+    assert!(
+        saved.contains("precision_attack = \"bf16\"") && saved.contains("attack_chunk = 16"),
+        "{saved}"
+    );
+    let json = tmp.path().join("eval.json");
+    let o = advtrain(&[
+        "--no-fold-bn",
+        "eval",
+        "--run",
+        &run.display().to_string(),
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--steps",
+        "2",
+        "--test-limit",
+        "20",
+        "--json",
+        &json.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = common::read_json(&json);
+    assert_eq!(v["compute"]["fold_bn"], false);
+    assert_eq!(v["compute"]["precision_attack"], "fp32");
+    assert!(close(
+        v["compute"]["attack_chunk"].as_f64().unwrap(),
+        128.0,
+        0.0
+    ));
+}
