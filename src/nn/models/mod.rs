@@ -133,15 +133,14 @@ impl Head {
         }
     }
 
-    /// Logits of pooled features `x` [N, C] through the routed head(s), always float32 (under
-    /// bf16 autocast the linear layer runs in bf16 and its output is cast back, so losses and
+    /// Logits of pooled features `x` [N, C] through the routed head(s), never in reduced
+    /// precision (under bf16 autocast the linear layer runs in bf16 and its output is cast back, so losses and
     /// softmaxes are computed in float32).
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let z = self.forward_any(x, ctx);
-        if z.kind() == tch::Kind::Float {
-            z
-        } else {
-            z.to_kind(tch::Kind::Float)
+        match z.kind() {
+            tch::Kind::BFloat16 | tch::Kind::Half => z.to_kind(tch::Kind::Float),
+            _ => z,
         }
     }
 
