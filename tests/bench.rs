@@ -44,6 +44,8 @@ fn bench_smoke_run_writes_positive_rates() {
         "8",
         "--batch-size",
         "16",
+        "--repeat",
+        "3",
         "--no-pytorch",
         "--json",
         json.to_str().unwrap(),
@@ -89,7 +91,19 @@ fn bench_smoke_run_writes_positive_rates() {
         let elapsed = positive(&p["advtrain"]["elapsed_s"], "elapsed_s");
         assert!((ips * elapsed - images as f64).abs() < 1e-6, "{name}");
         assert!(p["pytorch"].is_null() && p["ratio"].is_null(), "{name}");
+        // --repeat 3: three rounds kept; the reported side is their median by images/s.
+        let rounds = p["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 3, "{name}");
+        let mut per_round: Vec<f64> = rounds
+            .iter()
+            .map(|x| positive(&x["advtrain"]["images_per_s"], "round images/s"))
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        assert_eq!(ips, per_round[1], "{name}: not the median round");
     }
+    assert_eq!(r["repeat"], 3);
+    assert_eq!(r["compute"]["fold_bn"], true);
+    assert_eq!(r["compute"]["precision_attack"], "fp32");
     let robust = parts[1]["advtrain"]["robust_accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&robust));
 }

@@ -35,7 +35,7 @@ use anyhow::Result;
 use clap::Args;
 use parts::{time_ours, Opts, Part};
 use report::{
-    print_model, side, twin_timing, work_flops, BenchReport, Gemm, ModelReport, PartReport,
+    print_model, side, twin_timing, work_flops, BenchReport, Gemm, ModelReport, PartReport, Round,
     TwinInfo,
 };
 use std::path::PathBuf;
@@ -101,6 +101,10 @@ pub struct BenchArgs {
     /// without one the twin skips autoattack).
     #[arg(long)]
     pub autoattack_dir: Option<PathBuf>,
+    /// Rounds per part, each timing ours then the twin; the table shows the median round of
+    /// each side and the median of the per-round ratios (the JSON keeps every round).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Write the whole report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -111,6 +115,7 @@ fn check_args(a: &BenchArgs, parts: &[Part]) -> Result<()> {
     anyhow::ensure!(a.eval_batch_size >= 1, "--eval-batch-size must be >= 1");
     anyhow::ensure!(a.iters >= 1, "--iters must be >= 1");
     anyhow::ensure!(a.steps >= 1, "--steps must be >= 1");
+    anyhow::ensure!(a.repeat >= 1, "--repeat must be >= 1");
     if parts.iter().any(|p| *p != Part::At) {
         anyhow::ensure!(a.n >= 1, "--n must be >= 1");
     }
@@ -204,40 +209,48 @@ pub fn run(a: BenchArgs) -> Result<()> {
         };
         let model_skip = report.pytorch_skipped.clone();
         for &part in &parts {
-            log::info!("{}: timing {} (advtrain)", s.arch.name, part.name());
-            let ours = time_ours(part, &s, &o)?;
-            let (mut theirs, mut skipped) = (None, model_skip.clone());
-            if let (Some(t), None) = (&twin, &model_skip) {
-                log::info!("{}: timing {} (PyTorch twin)", s.arch.name, part.name());
-                let r = t.run(
-                    part,
-                    &s,
-                    &o,
-                    &data_file,
-                    threads,
-                    gemm.pytorch_gflops_per_s.is_none(),
-                )?;
-                if let Some(g) = r.info["gemm_gflops_per_s"].as_f64() {
-                    gemm.pytorch_gflops_per_s = Some(g);
-                }
-                torch_version = r.info["torch"].as_str().map(String::from);
-                report.forward_flops_pytorch = r.info["forward_flops"].as_f64();
-                match twin_timing(&r.part)? {
-                    Ok(tm) => theirs = Some(tm),
-                    Err(reason) => skipped = Some(reason),
-                }
-            }
             let work = f.and_then(|f| work_flops(part, f, a.steps));
-            let ours = side(ours, work);
-            let theirs = theirs.map(|t| side(t, work));
-            report.parts.push(PartReport {
-                part,
-                work_flops_per_image: work,
-                ratio: theirs.as_ref().map(|t| ours.images_per_s / t.images_per_s),
-                advtrain: ours,
-                pytorch: theirs,
-                pytorch_skipped: skipped,
-            });
+            let mut rounds = vec![];
+            let mut skipped = model_skip.clone();
+            for round in 0..a.repeat {
+                log::info!(
+                    "{}: timing {} (advtrain), round {}/{}",
+                    s.arch.name,
+                    part.name(),
+                    round + 1,
+                    a.repeat
+                );
+                let ours = side(time_ours(part, &s, &o)?, work);
+                let mut theirs = None;
+                if let (Some(t), None) = (&twin, &skipped) {
+                    log::info!("{}: timing {} (PyTorch twin)", s.arch.name, part.name());
+                    let r = t.run(
+                        part,
+                        &s,
+                        &o,
+                        &data_file,
+                        threads,
+                        gemm.pytorch_gflops_per_s.is_none(),
+                    )?;
+                    if let Some(g) = r.info["gemm_gflops_per_s"].as_f64() {
+                        gemm.pytorch_gflops_per_s = Some(g);
+                    }
+                    torch_version = r.info["torch"].as_str().map(String::from);
+                    report.forward_flops_pytorch = r.info["forward_flops"].as_f64();
+                    match twin_timing(&r.part)? {
+                        Ok(tm) => theirs = Some(side(tm, work)),
+                        Err(reason) => skipped = Some(reason),
+                    }
+                }
+                rounds.push(Round {
+                    ratio: theirs.as_ref().map(|t| ours.images_per_s / t.images_per_s),
+                    advtrain: ours,
+                    pytorch: theirs,
+                });
+            }
+            report
+                .parts
+                .push(PartReport::from_rounds(part, work, rounds, skipped));
         }
         print_model(&report, &gemm, &o, threads);
         models.push(report);
@@ -254,6 +267,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         iters: a.iters,
         warmup: a.warmup,
         steps: a.steps,
+        repeat: a.repeat,
         channels_last: a.channels_last,
         compute: crate::compute::get(),
         gemm,

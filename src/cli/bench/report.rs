@@ -15,18 +15,84 @@ pub struct Side {
     pub gflops_per_s: Option<f64>,
 }
 
+/// One round of one part: ours, then the twin.
+#[derive(Debug, Serialize)]
+pub struct Round {
+    pub advtrain: Side,
+    pub pytorch: Option<Side>,
+    /// advtrain images/s / PyTorch images/s of this round.
+    pub ratio: Option<f64>,
+}
+
 /// One part of one model.
 #[derive(Debug, Serialize)]
 pub struct PartReport {
     pub part: Part,
     /// FLOPs per image of the part (see the module doc); null for autoattack.
     pub work_flops_per_image: Option<f64>,
+    /// The median round of our side (by images/s).
     pub advtrain: Side,
+    /// The median round of the twin's side.
     pub pytorch: Option<Side>,
     /// Why there is no PyTorch figure (null when there is one).
     pub pytorch_skipped: Option<String>,
-    /// advtrain images/s / PyTorch images/s.
+    /// Median over rounds of advtrain images/s / PyTorch images/s.
     pub ratio: Option<f64>,
+    /// Smallest and largest per-round ratio.
+    pub ratio_range: Option<[f64; 2]>,
+    /// Every round (`--repeat`), in order.
+    pub rounds: Vec<Round>,
+}
+
+/// The middle element of `v` by `key` (the upper middle for an even count).
+fn median_by<T>(v: Vec<T>, key: impl Fn(&T) -> f64) -> Option<T> {
+    let mut v = v;
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = v.len() / 2;
+    v.into_iter().nth(mid)
+}
+
+impl PartReport {
+    /// The report of `rounds` (at least one): median sides and the median ratio.
+    pub fn from_rounds(
+        part: Part,
+        work: Option<f64>,
+        rounds: Vec<Round>,
+        pytorch_skipped: Option<String>,
+    ) -> PartReport {
+        let ratios: Vec<f64> = rounds.iter().filter_map(|r| r.ratio).collect();
+        let ratio_range = (!ratios.is_empty()).then(|| {
+            [
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            ]
+        });
+        let ratio = median_by(ratios, |r| *r);
+        let copy = |s: &Side| Side {
+            timing: s.timing.clone(),
+            images_per_s: s.images_per_s,
+            gflops_per_s: s.gflops_per_s,
+        };
+        let ours: Vec<Side> = rounds.iter().map(|r| copy(&r.advtrain)).collect();
+        let theirs: Vec<Side> = rounds
+            .iter()
+            .filter_map(|r| r.pytorch.as_ref().map(copy))
+            .collect();
+        PartReport {
+            part,
+            work_flops_per_image: work,
+            advtrain: median_by(ours, |s| s.images_per_s).expect("at least one round"),
+            pytorch: median_by(theirs, |s| s.images_per_s),
+            pytorch_skipped: if ratio.is_some() {
+                None
+            } else {
+                pytorch_skipped
+            },
+            ratio,
+            ratio_range,
+            rounds,
+        }
+    }
 }
 
 /// One model.
@@ -81,6 +147,8 @@ pub struct BenchReport {
     pub iters: usize,
     pub warmup: usize,
     pub steps: usize,
+    /// Rounds per part (`--repeat`).
+    pub repeat: usize,
     pub channels_last: bool,
     /// Our side's precision, BN folding and attack micro-batches ([`crate::compute`]); the
     /// PyTorch twin is always plain eager fp32.
@@ -194,6 +262,20 @@ pub(super) fn print_model(r: &ModelReport, g: &Gemm, o: &Opts, threads: i32) {
             opt(pt.and_then(|t| t.gflops_per_s), 1),
             robust
         );
+        if p.rounds.len() > 1 {
+            let list: Vec<String> = p
+                .rounds
+                .iter()
+                .map(|r| match (&r.pytorch, r.ratio) {
+                    (Some(t), Some(q)) => format!(
+                        "{:.2}/{:.2}={:.2}",
+                        r.advtrain.images_per_s, t.images_per_s, q
+                    ),
+                    _ => format!("{:.2}", r.advtrain.images_per_s),
+                })
+                .collect();
+            println!("  rounds (ours/PyTorch img/s = ratio): {}", list.join(", "));
+        }
         if let Some(why) = p
             .pytorch_skipped
             .as_ref()
