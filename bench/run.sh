@@ -5,7 +5,7 @@
 # images/s of both, the ratio advtrain/PyTorch and GFLOP/s next to the measured fp32 GEMM rate.
 # Settings (environment, defaults in brackets):
 #   THREADS [2]  BATCH [128]  ITERS [10]  WARMUP [2]  DEVICE [cpu]  PARTS [at,pgd20,autoattack]
-#   N [100] points for pgd20/autoattack
+#   N [100] points for pgd20/autoattack   REPEAT [1] rounds per part (median reported)
 #   MODELS [small-cnn,preact-resnet18] fresh models on random points, or
 #   CKPT   a trained checkpoint (its test images; use one for reported AutoAttack figures)
 #   AUTOATTACK_DIR  checkout of fra31/auto-attack (without it the twin skips autoattack)
@@ -17,7 +17,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 source scripts/env.sh
 args=(--batch-size "${BATCH:-128}" --iters "${ITERS:-10}" --warmup "${WARMUP:-2}"
-  --device "${DEVICE:-cpu}" --parts "${PARTS:-at,pgd20,autoattack}" --n "${N:-100}")
+  --device "${DEVICE:-cpu}" --parts "${PARTS:-at,pgd20,autoattack}" --n "${N:-100}"
+  --repeat "${REPEAT:-1}")
 if [[ -n "${CKPT:-}" ]]; then
   args+=(--checkpoint "$CKPT")
 else

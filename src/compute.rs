@@ -118,6 +118,29 @@ pub fn set(c: Compute) {
     *SETTINGS.write().expect("compute settings lock") = c;
 }
 
+/// Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo). Without
+/// either, torch's bf16 kernels convert to and from float32 and run slower than fp32.
+pub fn cpu_has_native_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|t| {
+            t.lines().filter(|l| l.starts_with("flags")).any(|l| {
+                l.split_whitespace()
+                    .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// A warning when `c` asks for bf16 on a CPU without native bf16 (`None` otherwise).
+pub fn bf16_warning(c: &Compute) -> Option<String> {
+    let bf16 = c.precision_attack == Precision::Bf16 || c.precision_train == Precision::Bf16;
+    (bf16 && !cpu_has_native_bf16()).then(|| {
+        "bf16 requested but this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag): on the \
+         CPU it runs emulated and slower than fp32 (CUDA devices are unaffected)"
+            .to_string()
+    })
+}
+
 extern "C" {
     fn advtrain_autocast_set(device: i32, enabled: i32, dtype: i32) -> i32;
     fn advtrain_autocast_enabled(device: i32) -> i32;

@@ -110,6 +110,9 @@ pub fn main() -> anyhow::Result<()> {
         tch::set_num_threads(n);
     }
     crate::compute::set(cli.compute.apply(crate::compute::Compute::default()));
+    if let Some(w) = crate::compute::bf16_warning(&crate::compute::get()) {
+        log::warn!("{w}");
+    }
     match cli.command {
         Command::Train(mut a) => {
             // For training the flags are recipe overrides (`compute.*`), saved with the run.

@@ -97,6 +97,9 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     std::fs::write(out.join("recipe.toml"), recipe.to_toml())?;
 
     crate::compute::set(recipe.compute);
+    if let (Some(w), Device::Cpu) = (crate::compute::bf16_warning(&recipe.compute), device) {
+        log::warn!("{w}");
+    }
     tch::manual_seed(derive_seed(recipe.seed, 0, STREAM_INIT) as i64);
     let net = Network::new(&recipe.model, device)?;
     if recipe.channels_last {

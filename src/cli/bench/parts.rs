@@ -105,11 +105,11 @@ pub fn time_ours(part: Part, s: &Subject, o: &Opts) -> Result<Timing> {
 fn train_step(net: &Network, sgd: &mut Sgd, pgd: &Pgd, x: &Tensor, y: &Tensor) {
     let model = net.model.as_ref();
     let x_adv = pgd.perturb(&Classifier::new(model, Ctx::eval()), x, y);
-    let loss = cross_entropy(
-        &model.forward(&x_adv, &Ctx::train()),
-        y,
-        tch::Reduction::Mean,
-    );
+    let logits =
+        crate::compute::with_precision(crate::compute::get().precision_train, x.device(), || {
+            model.forward(&x_adv, &Ctx::train())
+        });
+    let loss = cross_entropy(&logits, y, tch::Reduction::Mean);
     sgd.zero_grad();
     loss.backward();
     sgd.step(0.01);
