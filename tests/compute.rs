@@ -313,6 +313,20 @@ fn bf16_attack_precision_gives_float32_logits_close_to_fp32() {
     };
     let (z32, _, g32) = grads(Precision::Fp32);
     let (z16, _, g16) = grads(Precision::Bf16);
+    // Verdicts are judged in fp32 whatever the attack precision.
+    {
+        let _g = with(Compute {
+            precision_attack: Precision::Bf16,
+            ..Compute::default()
+        });
+        let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+        let verdict = tch::no_grad(|| f.predict(&x));
+        assert!(max_abs(&verdict, &z32) <= 1e-5, "predict() is not fp32");
+        assert!(
+            max_abs(&tch::no_grad(|| f.logits(&x)), &z32) > 0.0,
+            "logits() is not bf16"
+        );
+    }
     assert_eq!(z16.kind(), Kind::Float);
     assert_eq!(g16.kind(), Kind::Float);
     let zs = z32.abs().max().double_value(&[]);

@@ -62,9 +62,9 @@ impl<'a> Classifier<'a> {
     }
 
     /// Logits (float32, [`crate::nn::models::Head`]) of one (micro-)batch, BN folded when
-    /// possible, in the attack precision.
-    fn forward(&self, x: &Tensor) -> Tensor {
-        compute::with_precision(self.precision, x.device(), || {
+    /// possible, in `precision`.
+    fn forward_in(&self, x: &Tensor, precision: Precision) -> Tensor {
+        compute::with_precision(precision, x.device(), || {
             if self.fold {
                 if let Some(z) = self.model.forward_folded(x, &self.ctx) {
                     return z;
@@ -74,17 +74,29 @@ impl<'a> Classifier<'a> {
         })
     }
 
-    /// `f(x)`: float32 logits of the model under `ctx`. Without autograd recording (inside
-    /// `no_grad`) the batch is computed in micro-batches when allowed.
+    /// `f(x)` as the attack computes it: float32 logits of the model under `ctx`, in the
+    /// attack precision. Without autograd recording (inside `no_grad`) the batch is computed in
+    /// micro-batches when allowed.
     pub fn logits(&self, x: &Tensor) -> Tensor {
+        self.logits_in(x, self.precision)
+    }
+
+    /// `f(x)` in float32 whatever the attack precision: for verdicts (clean and robust
+    /// accuracy, AutoAttack's which-points-are-left, gradient sanity checks), so that bf16 changes
+    /// how adversarial examples are generated, never how they are judged.
+    pub fn predict(&self, x: &Tensor) -> Tensor {
+        self.logits_in(x, Precision::Fp32)
+    }
+
+    fn logits_in(&self, x: &Tensor, precision: Precision) -> Tensor {
         let n = x.size().first().copied().unwrap_or(0);
         let step = self.rows_per_chunk(n, x.device());
         if step >= n || compute::grad_enabled() {
-            return self.forward(x);
+            return self.forward_in(x, precision);
         }
         let parts: Vec<Tensor> = (0..n)
             .step_by(step as usize)
-            .map(|s| self.forward(&x.narrow(0, s, step.min(n - s))))
+            .map(|s| self.forward_in(&x.narrow(0, s, step.min(n - s)), precision))
             .collect();
         Tensor::cat(&parts, 0)
     }
@@ -108,7 +120,7 @@ impl<'a> Classifier<'a> {
                 x.narrow(0, start, len).detach()
             }
             .set_requires_grad(true);
-            let z = self.forward(&xr);
+            let z = self.forward_in(&xr, self.precision);
             let loss = per_row(&z, start, len);
             let g = input_grad(&loss.sum(loss.kind()), &xr);
             (z.detach(), loss.detach(), g)

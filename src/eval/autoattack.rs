@@ -372,7 +372,7 @@ impl AutoAttack {
                 let (x, y) = select(data, &idx, device);
                 tch::manual_seed(self.seed as i64);
                 let x_adv = attack.perturb(f, &x, &y);
-                let fooled = tch::no_grad(|| correct(&f.logits(&x_adv), &y).logical_not());
+                let fooled = tch::no_grad(|| correct(&f.predict(&x_adv), &y).logical_not());
                 let norms = self.norms(&x_adv, &x);
                 let fooled_v = Vec::<bool>::try_from(&fooled)?;
                 let norms_v = Vec::<f64>::try_from(&norms.to_kind(Kind::Double))?;
@@ -460,7 +460,7 @@ impl AutoAttack {
                 crate::data::Augment::default(),
                 device,
             ) {
-                out.extend(Vec::<bool>::try_from(&correct(&f.logits(&x), &y)).unwrap());
+                out.extend(Vec::<bool>::try_from(&correct(&f.predict(&x), &y)).unwrap());
             }
         });
         out

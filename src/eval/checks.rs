@@ -68,10 +68,10 @@ pub fn model_checks(
         .enumerate()
     {
         let xr = x.set_requires_grad(true);
-        let logits = f.logits(&xr);
+        let logits = f.predict(&xr);
         if i == 0 {
             tch::no_grad(|| {
-                let again = f.logits(&x);
+                let again = f.predict(&x);
                 s.randomized = !again.allclose(&logits.detach(), 0.0, 0.0, true);
                 let sums = logits.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
                 s.outputs_are_probabilities = logits.min().double_value(&[]) >= 0.0

@@ -31,7 +31,7 @@ pub fn clean_counts(f: &Classifier, data: &Dataset, batch_size: usize, device: D
     let mut hits = Tensor::zeros([], (Kind::Int64, device));
     tch::no_grad(|| {
         for (x, y) in data.batches(batch_size, None, Augment::default(), device) {
-            hits += correct(&f.logits(&x), &y).sum(Kind::Int64);
+            hits += correct(&f.predict(&x), &y).sum(Kind::Int64);
         }
     });
     let c = hits.int64_value(&[]) as usize;
@@ -54,9 +54,9 @@ pub fn robust_counts(
     let mut clean = Tensor::zeros([], (Kind::Int64, device));
     let mut robust = Tensor::zeros([], (Kind::Int64, device));
     for (x, y) in data.batches(batch_size, None, Augment::default(), device) {
-        let ok = tch::no_grad(|| correct(&f.logits(&x), &y));
+        let ok = tch::no_grad(|| correct(&f.predict(&x), &y));
         let x_adv = attack.perturb(f, &x, &y);
-        let ok_adv = tch::no_grad(|| correct(&f.logits(&x_adv), &y));
+        let ok_adv = tch::no_grad(|| correct(&f.predict(&x_adv), &y));
         clean += ok.sum(Kind::Int64);
         robust += ok.logical_and(&ok_adv).sum(Kind::Int64);
     }
