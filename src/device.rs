@@ -6,7 +6,8 @@ use tch::Device;
 /// Parse `auto | cpu | cuda | cuda:N` into a device (auto resolves at call time).
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
-        "auto" => Ok(Device::cuda_if_available()),
+        "auto" if tch::Cuda::is_available() => cuda(0),
+        "auto" => Ok(Device::Cpu),
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(0),
         _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
@@ -22,6 +23,8 @@ fn cuda(n: usize) -> Result<Device> {
         "device cuda:{n} requested but CUDA is not available (devices: {})",
         tch::Cuda::device_count()
     );
+    // cuDNN picks the fastest convolution algorithm per shape (shapes repeat every step).
+    tch::Cuda::cudnn_set_benchmark(true);
     Ok(Device::Cuda(n))
 }
 
