@@ -1,7 +1,8 @@
 //! Compute settings (issue 7): BN folding, attack micro-batches, the fused PGD step, bf16
 //! autocast, and that attacks leave parameter gradients alone. Each check compares against an
 //! independent computation (the unfolded model, whole-batch autograd, the textbook PGD formula).
-//! The settings are process-wide, so every test here holds one lock and restores the defaults.
+//! The settings are process-wide, so every test here holds one lock and restores the defaults;
+//! tests that also need the torch RNG lock take it after that one (never the other way round).
 
 mod common;
 
@@ -293,10 +294,16 @@ fn bf16_autocast_runs_the_model_in_bf16_and_restores_the_state() {
 
 #[test]
 fn bf16_attack_precision_gives_float32_logits_close_to_fp32() {
-    let _rng = common::rng_lock();
-    let net = confident_small_cnn();
-    let x = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(10, [16], (Kind::Int64, Device::Cpu));
+    // Lock order in this file: SETTINGS, then the torch RNG lock; so the RNG lock is released
+    // before `with` takes SETTINGS below.
+    let (net, x, y) = {
+        let _rng = common::rng_lock();
+        (
+            confident_small_cnn(),
+            Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu)),
+            Tensor::randint(10, [16], (Kind::Int64, Device::Cpu)),
+        )
+    };
     let grads = |p: Precision| {
         let _g = with(Compute {
             precision_attack: p,
