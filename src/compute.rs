@@ -73,14 +73,17 @@ fn default_chunk() -> usize {
     DEFAULT_ATTACK_CHUNK
 }
 
+/// The defaults: fp32 everywhere, BN folding on, micro-batches of [`DEFAULT_ATTACK_CHUNK`].
+const DEFAULTS: Compute = Compute {
+    precision_attack: Precision::Fp32,
+    precision_train: Precision::Fp32,
+    fold_bn: true,
+    attack_chunk: DEFAULT_ATTACK_CHUNK,
+};
+
 impl Default for Compute {
     fn default() -> Self {
-        Compute {
-            precision_attack: Precision::Fp32,
-            precision_train: Precision::Fp32,
-            fold_bn: true,
-            attack_chunk: DEFAULT_ATTACK_CHUNK,
-        }
+        DEFAULTS
     }
 }
 
@@ -101,12 +104,7 @@ impl Compute {
     }
 }
 
-static SETTINGS: RwLock<Compute> = RwLock::new(Compute {
-    precision_attack: Precision::Fp32,
-    precision_train: Precision::Fp32,
-    fold_bn: true,
-    attack_chunk: DEFAULT_ATTACK_CHUNK,
-});
+static SETTINGS: RwLock<Compute> = RwLock::new(DEFAULTS);
 
 /// The process-wide settings.
 pub fn get() -> Compute {

@@ -378,35 +378,31 @@ impl Fab {
         let xr = x1.detach().set_requires_grad(true);
         let logits = f.logits(&xr);
         let z_y = logits.gather(1, &y.unsqueeze(1), false);
-        match target {
-            Some(_) => unreachable!("targeted boundaries returned above"),
-            None => {
-                let k = logits.size()[1];
-                let grads: Vec<Tensor> = (0..k)
-                    .map(|c| {
-                        let z_c = logits.select(1, c).sum(logits.kind());
-                        Tensor::run_backward(&[z_c], &[&xr], c + 1 < k, false)
-                            .pop()
-                            .expect("one gradient")
-                    })
-                    .collect();
-                let g = Tensor::stack(&grads, 1).detach();
-                let n = x1.size()[0];
-                let mut idx_shape = vec![n, 1];
-                idx_shape.resize(g.dim(), 1);
-                let mut expand = g.size();
-                expand[1] = 1;
-                let g_y = g.gather(
-                    1,
-                    &y.reshape(idx_shape.as_slice())
-                        .expand(expand.as_slice(), false),
-                    false,
-                );
-                let logits = logits.detach();
-                let df = (&logits - z_y.detach()).scatter_value(1, &y.unsqueeze(1), 1e10);
-                (df, g - g_y)
-            }
-        }
+        // FAB (untargeted): the gradient of every logit.
+        let k = logits.size()[1];
+        let grads: Vec<Tensor> = (0..k)
+            .map(|c| {
+                let z_c = logits.select(1, c).sum(logits.kind());
+                Tensor::run_backward(&[z_c], &[&xr], c + 1 < k, false)
+                    .pop()
+                    .expect("one gradient")
+            })
+            .collect();
+        let g = Tensor::stack(&grads, 1).detach();
+        let n = x1.size()[0];
+        let mut idx_shape = vec![n, 1];
+        idx_shape.resize(g.dim(), 1);
+        let mut expand = g.size();
+        expand[1] = 1;
+        let g_y = g.gather(
+            1,
+            &y.reshape(idx_shape.as_slice())
+                .expand(expand.as_slice(), false),
+            false,
+        );
+        let logits = logits.detach();
+        let df = (&logits - z_y.detach()).scatter_value(1, &y.unsqueeze(1), 1e10);
+        (df, g - g_y)
     }
 
     /// The random start of restarts after the first: x plus half the eps radius along random

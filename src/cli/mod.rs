@@ -110,8 +110,11 @@ pub fn main() -> anyhow::Result<()> {
         tch::set_num_threads(n);
     }
     crate::compute::set(cli.compute.apply(crate::compute::Compute::default()));
-    if let Some(w) = crate::compute::bf16_warning(&crate::compute::get()) {
-        log::warn!("{w}");
+    // `train` warns itself, from its recipe's settings and its device.
+    if !matches!(cli.command, Command::Train(_)) {
+        if let Some(w) = crate::compute::bf16_warning(&crate::compute::get()) {
+            log::warn!("{w}");
+        }
     }
     match cli.command {
         Command::Train(mut a) => {

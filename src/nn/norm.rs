@@ -536,15 +536,17 @@ impl Norm {
             NormKind::Batch if ctx.mode == Mode::Eval => {
                 let st = self.stats_for(ctx.route.ns);
                 let inv_std = (&st.running_var + self.spec.eps).rsqrt();
-                let s = match self.affine_params(ctx.route.ap, ctx.soup) {
-                    Some((w, _)) => w * inv_std,
-                    None => inv_std,
-                };
-                let t = match self.affine_params(ctx.route.ap, ctx.soup) {
-                    Some((_, b)) => b - &st.running_mean * &s,
-                    None => -(&st.running_mean * &s),
-                };
-                Some(EvalAffine::Affine(s, t))
+                Some(match self.affine_params(ctx.route.ap, ctx.soup) {
+                    Some((w, b)) => {
+                        let s = w * inv_std;
+                        let t = b - &st.running_mean * &s;
+                        EvalAffine::Affine(s, t)
+                    }
+                    None => {
+                        let t = -(&st.running_mean * &inv_std);
+                        EvalAffine::Affine(inv_std, t)
+                    }
+                })
             }
             _ => None,
         }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 /// One side of one part.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Side {
     #[serde(flatten)]
     pub timing: Timing,
@@ -68,16 +68,8 @@ impl PartReport {
             ]
         });
         let ratio = median_by(ratios, |r| *r);
-        let copy = |s: &Side| Side {
-            timing: s.timing.clone(),
-            images_per_s: s.images_per_s,
-            gflops_per_s: s.gflops_per_s,
-        };
-        let ours: Vec<Side> = rounds.iter().map(|r| copy(&r.advtrain)).collect();
-        let theirs: Vec<Side> = rounds
-            .iter()
-            .filter_map(|r| r.pytorch.as_ref().map(copy))
-            .collect();
+        let ours: Vec<Side> = rounds.iter().map(|r| r.advtrain.clone()).collect();
+        let theirs: Vec<Side> = rounds.iter().filter_map(|r| r.pytorch.clone()).collect();
         PartReport {
             part,
             work_flops_per_image: work,
