@@ -11,6 +11,8 @@ pub mod compute;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod fsio;
+pub mod interrupt;
 pub mod nn;
 pub mod report;
 pub mod train;

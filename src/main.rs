@@ -1,6 +1,9 @@
 fn main() {
     if let Err(e) = advtrain::cli::main() {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let code = e
+            .downcast_ref::<advtrain::interrupt::Interrupted>()
+            .map_or(1, |i| 128 + i.signal);
+        std::process::exit(code);
     }
 }

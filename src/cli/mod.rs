@@ -178,7 +178,7 @@ pub(crate) fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(path, serde_json::to_string_pretty(value)?)
+    crate::fsio::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())

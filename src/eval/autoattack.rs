@@ -184,12 +184,8 @@ pub fn data_fingerprint(data: &Dataset) -> Result<String> {
 }
 
 fn write_atomic(path: &Path, state: &State) -> Result<()> {
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    std::fs::write(&tmp, serde_json::to_vec(state)?)
-        .with_context(|| format!("cannot write the AutoAttack state file {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    crate::fsio::write_atomic(path, &serde_json::to_vec(state)?)
+        .with_context(|| format!("cannot write the AutoAttack state file {}", path.display()))
 }
 
 /// Read a state file and check that it was written for `key`.
@@ -306,6 +302,14 @@ impl AutoAttack {
         let n = data.len();
         anyhow::ensure!(n > 0, "the evaluation set is empty");
         let mut resumed = false;
+        // One writer per state file (a second evaluation on the same --state is refused).
+        let _lock = match state_path {
+            Some(p) => Some(crate::fsio::DirLock::acquire(
+                &PathBuf::from(format!("{}.lock", p.display())),
+                &format!("the AutoAttack state file {}", p.display()),
+            )?),
+            None => None,
+        };
         let mut state = match state_path.filter(|p| p.exists()) {
             Some(p) => {
                 let s = read_state(p, &key)?;

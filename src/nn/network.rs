@@ -59,15 +59,17 @@ impl Network {
         model_file: &Path,
         device: Device,
     ) -> Result<(Network, checkpoint::Sidecar)> {
-        let side = checkpoint::read_sidecar(model_file)?;
-        let net = Network::new(&side.architecture, device)?;
         let (mpath, _, _) = checkpoint::paths(model_file);
         anyhow::ensure!(
             mpath.exists(),
             "checkpoint file {} does not exist",
             mpath.display()
         );
-        checkpoint::verify(&mpath, &side.sha256)?;
+        // Verified against the sidecar; a damaged file of a run's current set falls back to
+        // the previous complete set (with a message).
+        let mpath = checkpoint::resolve_verified(&mpath)?;
+        let side = checkpoint::read_sidecar(&mpath)?;
+        let net = Network::new(&side.architecture, device)?;
         net.load_weights(&mpath)?;
         Ok((net, side))
     }

@@ -2,6 +2,14 @@
 //! (optimizer state) and `<stem>.json` (sidecar: architecture, recipe, metrics, sha256).
 //! Every file is written to a temporary name, synced and renamed; the sidecar goes last and
 //! holds the sha256 of the other two, so a torn write is detected on load.
+//!
+//! A run's checkpoints form atomic *sets* ([`CheckpointStore`]): `run/checkpoints` is a symbolic
+//! link to a generation folder `run/.checkpoints/gNNNNNN/` holding every file of one moment
+//! (`last.*`, `best.*`, `swa_avg.*`, `projections.*`, `swa.*`). A new generation is staged beside
+//! it (unchanged files hard-linked from the current one), synced, marked `COMPLETE`, and made
+//! current by renaming a new link over `checkpoints`: one rename, so a reader, a resume or a
+//! process started after `kill -9` sees the old set or the new one, never a mix. The previous
+//! complete generation is kept as a fallback for a damaged current set.
 
 use crate::nn::ArchSpec;
 use anyhow::{Context, Result};
@@ -71,17 +79,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-fn tmp_name(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
-fn sync_rename(tmp: &Path, dst: &Path) -> Result<()> {
-    std::fs::File::open(tmp)?.sync_all()?;
-    std::fs::rename(tmp, dst)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))
-}
+use crate::fsio::{commit_tmp as sync_rename, test_delay, tmp_path as tmp_name};
 
 /// Named tensors moved to the CPU, contiguous (as safetensors needs).
 fn host(named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
@@ -107,27 +105,53 @@ pub fn save(
     if let Some(dir) = mpath.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mtmp = tmp_name(&mpath);
-    Tensor::write_safetensors(&host(model), &mtmp)
-        .with_context(|| format!("cannot write {}", mtmp.display()))?;
-    sidecar.sha256 = sha256_file(&mtmp)?;
-    let otmp = tmp_name(&opath);
-    if let Some(o) = optim {
-        Tensor::write_safetensors(&host(o), &otmp)
-            .with_context(|| format!("cannot write {}", otmp.display()))?;
-        sidecar.optimizer_sha256 = Some(sha256_file(&otmp)?);
+    let (mtmp, otmp, jtmp) = (tmp_name(&mpath), tmp_name(&opath), tmp_name(&jpath));
+    let written = (|| -> Result<()> {
+        Tensor::write_safetensors(&host(model), &mtmp)
+            .with_context(|| format!("cannot write {}", mtmp.display()))?;
+        sidecar.sha256 = sha256_file(&mtmp)?;
+        test_delay();
+        if let Some(o) = optim {
+            Tensor::write_safetensors(&host(o), &otmp)
+                .with_context(|| format!("cannot write {}", otmp.display()))?;
+            sidecar.optimizer_sha256 = Some(sha256_file(&otmp)?);
+            test_delay();
+        }
+        {
+            let mut f = std::fs::File::create(&jtmp)
+                .with_context(|| format!("cannot write {}", jtmp.display()))?;
+            f.write_all(serde_json::to_string_pretty(&sidecar)?.as_bytes())
+                .with_context(|| format!("cannot write {}", jtmp.display()))?;
+        }
+        sync_rename(&mtmp, &mpath)?;
+        test_delay();
+        if optim.is_some() {
+            sync_rename(&otmp, &opath)?;
+            test_delay();
+        }
+        sync_rename(&jtmp, &jpath)
+    })();
+    if written.is_err() {
+        for t in [&mtmp, &otmp, &jtmp] {
+            let _ = std::fs::remove_file(t);
+        }
     }
-    let jtmp = tmp_name(&jpath);
-    {
-        let mut f = std::fs::File::create(&jtmp)
-            .with_context(|| format!("cannot write {}", jtmp.display()))?;
-        f.write_all(serde_json::to_string_pretty(&sidecar)?.as_bytes())?;
+    written
+}
+
+/// Refuse to checkpoint parameters or buffers that hold NaN or infinity (a diverged run):
+/// the error names the tensor; the last complete checkpoint set stays current.
+pub fn check_finite(tensors: &[(String, Tensor)], epoch: usize) -> Result<()> {
+    for (name, t) in tensors {
+        if t.is_floating_point() && !bool::try_from(t.isfinite().all()).unwrap_or(false) {
+            anyhow::bail!(
+                "training diverged: {name} holds NaN or infinite values after epoch {epoch}; \
+                 not saved (the last complete checkpoint set is kept): lower train.lr or \
+                 check the data"
+            );
+        }
     }
-    sync_rename(&mtmp, &mpath)?;
-    if optim.is_some() {
-        sync_rename(&otmp, &opath)?;
-    }
-    sync_rename(&jtmp, &jpath)
+    Ok(())
 }
 
 /// Read a sidecar.
@@ -144,6 +168,84 @@ pub fn read_sidecar(model_file: &Path) -> Result<Sidecar> {
         .with_context(|| format!("{} is not a valid checkpoint sidecar", jpath.display()))
 }
 
+/// Bytes per element of a safetensors dtype name (None for names this crate does not know).
+fn dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+        "I16" | "U16" | "F16" | "BF16" => 2,
+        "I32" | "U32" | "F32" => 4,
+        "I64" | "U64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// Check a safetensors file's header against its length before handing it to the reader:
+/// the header fits, parses, and every tensor's byte range lies in the file and holds exactly
+/// `prod(shape) * size(dtype)` bytes. Errors name the file, the tensor, its shape, dtype and
+/// both byte counts.
+pub fn check_safetensors_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let file_len = f.metadata()?.len();
+    let bad = |why: String| anyhow::anyhow!("{} is not a valid safetensors file: {why}", path.display());
+    let mut len8 = [0u8; 8];
+    f.read_exact(&mut len8)
+        .map_err(|_| bad(format!("{file_len} bytes, shorter than the 8-byte header length")))?;
+    let n = u64::from_le_bytes(len8);
+    if n > file_len - 8 {
+        return Err(bad(format!(
+            "the header claims {n} bytes but the file has {} after the length field",
+            file_len - 8
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read the {n}-byte header: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("the header is not JSON: {e}")))?;
+    let entries = json
+        .as_object()
+        .ok_or_else(|| bad("the header is not a JSON object".into()))?;
+    let data_len = file_len - 8 - n;
+    for (name, e) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = e["dtype"].as_str().unwrap_or("?");
+        let shape: Option<Vec<u64>> = e["shape"]
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let offsets: Option<Vec<u64>> = e["data_offsets"]
+            .as_array()
+            .and_then(|a| a.iter().map(|d| d.as_u64()).collect());
+        let (Some(shape), Some(offsets)) = (shape, offsets) else {
+            return Err(bad(format!(
+                "tensor {name}: shape and data_offsets must be lists of non-negative integers"
+            )));
+        };
+        let size = dtype_size(dtype)
+            .ok_or_else(|| bad(format!("tensor {name}: unknown dtype {dtype:?}")))?;
+        if offsets.len() != 2 || offsets[0] > offsets[1] || offsets[1] > data_len {
+            return Err(bad(format!(
+                "tensor {name}: data_offsets {offsets:?} outside the {data_len} data bytes"
+            )));
+        }
+        let want = shape
+            .iter()
+            .try_fold(size, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| bad(format!("tensor {name}: shape {shape:?} overflows")))?;
+        let got = offsets[1] - offsets[0];
+        if want != got {
+            return Err(bad(format!(
+                "tensor {name} of shape {shape:?} and dtype {dtype} needs {want} bytes, its \
+                 data_offsets hold {got}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Read a safetensors file into a name -> tensor map.
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     anyhow::ensure!(
@@ -151,6 +253,7 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         "checkpoint file {} does not exist",
         path.display()
     );
+    check_safetensors_header(path)?;
     let v = Tensor::read_safetensors(path).map_err(|e| {
         anyhow::anyhow!("{} is not a readable safetensors file: {e}", path.display())
     })?;
@@ -208,6 +311,7 @@ pub fn load_into(
             mismatched.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
         );
     }
+    check_kinds_and_values(dst, src, file)?;
     tch::no_grad(|| {
         for (k, t) in dst {
             let mut t = t.shallow_clone();
@@ -215,6 +319,54 @@ pub fn load_into(
         }
         Ok::<_, tch::TchError>(())
     })?;
+    Ok(())
+}
+
+/// Floating kinds a float32 variable may be loaded from (converted, with a message).
+fn convertible_float(k: tch::Kind) -> bool {
+    matches!(k, tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16)
+}
+
+/// Every tensor of `src` has its variable's dtype (float64/float16/bfloat16 into float32 are
+/// converted with a message; anything else is refused) and holds only finite values.
+fn check_kinds_and_values(
+    dst: &HashMap<String, Tensor>,
+    src: &HashMap<String, Tensor>,
+    file: &Path,
+) -> Result<()> {
+    let mut names: Vec<&String> = dst.keys().collect();
+    names.sort();
+    let mut converted: Vec<String> = Vec::new();
+    for k in names {
+        let (want, got) = (dst[k].kind(), src[k].kind());
+        if want != got {
+            if want == tch::Kind::Float && convertible_float(got) {
+                converted.push(format!("{k} ({got:?})"));
+            } else {
+                anyhow::bail!(
+                    "checkpoint {}: tensor {k} has dtype {got:?}, the architecture expects \
+                     {want:?} (convert the file in PyTorch, e.g. t.float(), if this is intended)",
+                    file.display()
+                );
+            }
+        }
+        let s = &src[k];
+        if s.is_floating_point() && !bool::try_from(s.isfinite().all()).unwrap_or(false) {
+            anyhow::bail!(
+                "checkpoint {}: tensor {k} holds NaN or infinite values; refusing to evaluate or \
+                 train from it",
+                file.display()
+            );
+        }
+    }
+    if !converted.is_empty() {
+        log::warn!(
+            "checkpoint {}: converting {} tensors to Float (float32): {}",
+            file.display(),
+            converted.len(),
+            preview(&converted.iter().map(String::as_str).collect::<Vec<_>>())
+        );
+    }
     Ok(())
 }
 
@@ -245,4 +397,286 @@ pub fn restore(
     let state: Vec<(String, Tensor)> = read_tensors(&opath)?.into_iter().collect();
     sgd.load_state(&state, &opath.display().to_string())?;
     Ok(side)
+}
+
+/// Name of the link to the current generation inside a run directory.
+pub const CURRENT: &str = "checkpoints";
+/// Folder of the generations inside a run directory.
+pub const GENERATIONS: &str = ".checkpoints";
+/// Marker written last into a generation: its files are all written and synced.
+const COMPLETE: &str = "COMPLETE";
+
+/// The atomic checkpoint sets of one run directory (see the module comment).
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    run: PathBuf,
+}
+
+/// A generation being written: files go into [`Stage::dir`]; [`CheckpointStore::commit`] makes
+/// it current.
+#[derive(Debug)]
+pub struct Stage {
+    dir: PathBuf,
+}
+
+impl Stage {
+    /// The folder to write this generation's files into.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn generation_number(name: &str) -> Option<u64> {
+    name.strip_prefix('g')?.parse().ok()
+}
+
+impl CheckpointStore {
+    /// Open the store of `run` and recover from an interrupted write: remove incomplete
+    /// generations and leftover `*.tmp` files, re-point a missing `checkpoints` link at the
+    /// newest complete generation. Messages say what was cleaned up.
+    pub fn open(run: &Path) -> Result<CheckpointStore> {
+        let store = CheckpointStore {
+            run: run.to_path_buf(),
+        };
+        let gens = store.gen_root();
+        let current = store.current_generation();
+        if gens.is_dir() {
+            for (n, dir) in store.generations()? {
+                let keep = current.as_deref() == Some(dir.as_path()) || dir.join(COMPLETE).is_file();
+                if !keep {
+                    log::warn!(
+                        "removing the incomplete checkpoint generation {} (an interrupted save, g{n:06})",
+                        dir.display()
+                    );
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("cannot remove {}", dir.display()))?;
+                }
+            }
+            for t in crate::fsio::remove_leftover_tmp(&gens) {
+                log::warn!("removed the leftover temporary file {}", gens.join(t).display());
+            }
+        }
+        let link = store.link();
+        if std::fs::symlink_metadata(&link).is_err() || !link.exists() {
+            if let Some((n, dir)) = store.complete_generations()?.pop() {
+                log::warn!(
+                    "{} is missing: pointing it at the newest complete checkpoint set {} (g{n:06})",
+                    link.display(),
+                    dir.display()
+                );
+                store.point_at(&dir)?;
+            }
+        }
+        if link.is_dir() {
+            for t in crate::fsio::remove_leftover_tmp(&link) {
+                log::warn!("removed the leftover temporary file {}", link.join(t).display());
+            }
+        }
+        for t in crate::fsio::remove_leftover_tmp(run) {
+            log::warn!("removed the leftover temporary file {}", run.join(t).display());
+        }
+        Ok(store)
+    }
+
+    /// `run/checkpoints`: the current set as readers see it.
+    pub fn link(&self) -> PathBuf {
+        self.run.join(CURRENT)
+    }
+
+    fn gen_root(&self) -> PathBuf {
+        self.run.join(GENERATIONS)
+    }
+
+    /// The generation folder `checkpoints` points at (None for a missing link or a run of the
+    /// old layout, where `checkpoints` is a plain folder).
+    pub fn current_generation(&self) -> Option<PathBuf> {
+        let target = std::fs::read_link(self.link()).ok()?;
+        let dir = self.run.join(target);
+        dir.is_dir().then_some(dir)
+    }
+
+    /// Every generation folder, oldest first.
+    fn generations(&self) -> Result<Vec<(u64, PathBuf)>> {
+        let root = self.gen_root();
+        if !root.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(&root)
+            .with_context(|| format!("cannot list {}", root.display()))?
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|e| Some((generation_number(&e.file_name().to_string_lossy())?, e.path())))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Complete generations, oldest first.
+    pub fn complete_generations(&self) -> Result<Vec<(u64, PathBuf)>> {
+        Ok(self
+            .generations()?
+            .into_iter()
+            .filter(|(_, d)| d.join(COMPLETE).is_file())
+            .collect())
+    }
+
+    /// Start a new generation: a fresh folder holding hard links to every file of the current
+    /// set (so files not rewritten this time, e.g. `best.*` when the epoch was not the best,
+    /// carry over without copying).
+    pub fn stage(&self) -> Result<Stage> {
+        let root = self.gen_root();
+        std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+        let next = self.generations()?.last().map_or(1, |(n, _)| n + 1);
+        let dir = root.join(format!("g{next:06}"));
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let link = self.link();
+        if link.is_dir() {
+            for e in std::fs::read_dir(&link)
+                .with_context(|| format!("cannot list {}", link.display()))?
+                .flatten()
+            {
+                let name = e.file_name();
+                let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+                if !is_file || name == COMPLETE || name.to_string_lossy().ends_with(".tmp") {
+                    continue;
+                }
+                let dst = dir.join(&name);
+                if std::fs::hard_link(e.path(), &dst).is_err() {
+                    std::fs::copy(e.path(), &dst).with_context(|| {
+                        format!("cannot copy {} to {}", e.path().display(), dst.display())
+                    })?;
+                }
+            }
+        }
+        Ok(Stage { dir })
+    }
+
+    /// Make `stage` the current set: sync its files, write `COMPLETE`, swap the link with one
+    /// rename, then remove generations older than the previous one.
+    pub fn commit(&self, stage: Stage) -> Result<()> {
+        for e in std::fs::read_dir(&stage.dir)?.flatten() {
+            std::fs::File::open(e.path())
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", e.path().display()))?;
+        }
+        test_delay();
+        crate::fsio::write_atomic(&stage.dir.join(COMPLETE), b"complete\n")?;
+        test_delay();
+        let link = self.link();
+        if link.is_dir() && self.current_generation().is_none() {
+            // A run of the old layout: `checkpoints` is a plain folder. Move it aside as
+            // generation 0 (complete as far as it goes); `open` re-points a missing link.
+            let legacy = self.gen_root().join(format!("g{:06}", 0));
+            crate::fsio::write_atomic(&link.join(COMPLETE), b"complete (previous layout)\n")?;
+            std::fs::rename(&link, &legacy).with_context(|| {
+                format!("cannot move {} to {}", link.display(), legacy.display())
+            })?;
+            test_delay();
+        }
+        self.point_at(&stage.dir)?;
+        test_delay();
+        let gens = self.complete_generations()?;
+        let keep_from = gens.len().saturating_sub(2);
+        for (_, dir) in &gens[..keep_from] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+
+    /// Point `checkpoints` at the generation folder `dir` (one rename of a new link).
+    fn point_at(&self, dir: &Path) -> Result<()> {
+        let rel = Path::new(GENERATIONS).join(
+            dir.file_name()
+                .ok_or_else(|| anyhow::anyhow!("{} has no name", dir.display()))?,
+        );
+        let tmp = self.run.join(format!("{CURRENT}.link.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&rel, &tmp)
+            .with_context(|| format!("cannot create the link {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.link()).with_context(|| {
+            format!("cannot point {} at {}", self.link().display(), rel.display())
+        })?;
+        crate::fsio::sync_dir(&self.run);
+        Ok(())
+    }
+
+    /// Make the current set one that holds a verified `file` (e.g. `last.safetensors`): the
+    /// current one when it verifies, else the newest earlier complete generation that does,
+    /// re-pointing `checkpoints` at it with a message. Used by `--resume`.
+    pub fn ensure_verified(&self, file: &str) -> Result<()> {
+        let current = self.link().join(file);
+        let err = match verify_checkpoint(&current) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let cur_gen = self.current_generation();
+        for (n, dir) in self.complete_generations()?.into_iter().rev() {
+            if Some(&dir) == cur_gen.as_ref() {
+                continue;
+            }
+            let candidate = dir.join(file);
+            if candidate.exists() && verify_checkpoint(&candidate).is_ok() {
+                let epoch = read_sidecar(&candidate).map(|s| s.epoch).unwrap_or(0);
+                log::warn!(
+                    "{} is damaged ({err:#}); falling back to the previous complete checkpoint set \
+                     {} (g{n:06}, epoch {epoch})",
+                    current.display(),
+                    dir.display()
+                );
+                self.point_at(&dir)?;
+                return Ok(());
+            }
+        }
+        Err(err)
+    }
+}
+
+/// Verify a checkpoint's files (model, and optimiser state when the sidecar names one) against
+/// its sidecar's sha256.
+pub fn verify_checkpoint(model_file: &Path) -> Result<()> {
+    let side = read_sidecar(model_file)?;
+    let (mpath, opath, _) = paths(model_file);
+    verify(&mpath, &side.sha256)?;
+    if let Some(o) = &side.optimizer_sha256 {
+        verify(&opath, o)?;
+    }
+    Ok(())
+}
+
+/// The checkpoint to read for `model_file`: itself when it verifies; else, when it lies in a
+/// run's `checkpoints` set, the same file of the newest earlier complete set that verifies (with
+/// a message; read-only: the run is not changed). Errors with the original failure otherwise.
+pub fn resolve_verified(model_file: &Path) -> Result<PathBuf> {
+    let err = match verify_checkpoint(model_file) {
+        Ok(()) => return Ok(model_file.to_path_buf()),
+        Err(e) => e,
+    };
+    let (Some(dir), Some(name)) = (model_file.parent(), model_file.file_name()) else {
+        return Err(err);
+    };
+    if dir.file_name().is_none_or(|n| n != CURRENT) {
+        return Err(err);
+    }
+    let Some(run) = dir.parent() else {
+        return Err(err);
+    };
+    let store = CheckpointStore {
+        run: run.to_path_buf(),
+    };
+    let cur_gen = store.current_generation();
+    for (n, gen) in store.complete_generations().unwrap_or_default().into_iter().rev() {
+        if Some(&gen) == cur_gen.as_ref() {
+            continue;
+        }
+        let candidate = gen.join(name);
+        if candidate.exists() && verify_checkpoint(&candidate).is_ok() {
+            log::warn!(
+                "{} is damaged ({err:#}); using the previous complete checkpoint set {} (g{n:06})",
+                model_file.display(),
+                candidate.display()
+            );
+            return Ok(candidate);
+        }
+    }
+    Err(err)
 }

@@ -51,11 +51,17 @@ pub fn append(path: &Path, m: &EpochMetrics) -> Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
+    // One write per append, so a kill leaves a whole row or none (whole rows of epochs after
+    // the last checkpoint are dropped by `truncate_after` on the next start).
+    let mut text = String::new();
     if new {
-        writeln!(f, "{HEADER}")?;
+        text.push_str(HEADER);
+        text.push('\n');
     }
-    writeln!(f, "{}", m.csv_row())?;
-    Ok(())
+    text.push_str(&m.csv_row());
+    text.push('\n');
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot append to {}", path.display()))
 }
 
 /// Keep the header and the rows of epochs `<= last_epoch` (used when resuming).
@@ -65,18 +71,26 @@ pub fn truncate_after(path: &Path, last_epoch: usize) -> Result<()> {
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let fields = text.lines().next().map_or(0, |h| h.split(',').count());
+    // A row is kept when it is whole (as many fields as the header: a row torn by a kill is
+    // dropped) and belongs to an epoch <= last_epoch.
     let kept: Vec<&str> = text
         .lines()
         .enumerate()
         .filter(|(i, l)| {
             *i == 0
-                || l.split(',')
-                    .next()
-                    .and_then(|e| e.parse::<usize>().ok())
-                    .is_some_and(|e| e <= last_epoch)
+                || (l.split(',').count() == fields
+                    && l.split(',')
+                        .next()
+                        .and_then(|e| e.parse::<usize>().ok())
+                        .is_some_and(|e| e <= last_epoch))
         })
         .map(|(_, l)| l)
         .collect();
-    std::fs::write(path, kept.join("\n") + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))
+    let new = kept.join("\n") + "\n";
+    if new == text {
+        return Ok(());
+    }
+    crate::fsio::write_atomic(path, new.as_bytes())
+        .with_context(|| format!("cannot rewrite {}", path.display()))
 }

@@ -4,7 +4,8 @@
 //! `summary.json`. All randomness of epoch e is seeded from (seed, e), so resuming from the
 //! checkpoint after epoch e replays epochs e+1.. exactly as an uninterrupted run (on CPU).
 
-use super::checkpoint::{self, Sidecar};
+use super::checkpoint::{self, CheckpointStore, Sidecar};
+use crate::fsio::{write_atomic, DirLock};
 use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
 use super::optim::{learning_rate, Sgd};
@@ -72,6 +73,10 @@ pub struct Collapse {
 }
 
 const CHECKPOINT_FORMAT: &str = "advtrain-checkpoint-v1";
+/// The lock file of a run directory (see [`DirLock`]).
+pub const LOCK_FILE: &str = ".lock";
+
+
 const STREAM_INIT: u64 = 0;
 const STREAM_TORCH: u64 = 1;
 const STREAM_DATA: u64 = 2;
@@ -82,7 +87,14 @@ const STREAM_OVERFIT: u64 = 4;
 pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     let device = parse_device(&recipe.device)?;
     let out = &opts.out;
-    let ckdir = out.join("checkpoints");
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // One writer per run directory; held until this function returns.
+    let _lock = DirLock::acquire(
+        &out.join(LOCK_FILE),
+        &format!("run directory {}", out.display()),
+    )?;
+    let store = CheckpointStore::open(out)?;
+    let ckdir = store.link();
     let last_file = ckdir.join("last.safetensors");
     let best_file = ckdir.join("best.safetensors");
     let csv = out.join("metrics.csv");
@@ -92,9 +104,8 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             out.display()
         );
     }
-    std::fs::create_dir_all(&ckdir)
-        .with_context(|| format!("cannot create {}", ckdir.display()))?;
-    std::fs::write(out.join("recipe.toml"), recipe.to_toml())?;
+    write_atomic(&out.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+    crate::interrupt::install();
 
     crate::compute::set(recipe.compute);
     if let (Some(w), Device::Cpu) = (crate::compute::bf16_warning(&recipe.compute), device) {
@@ -109,12 +120,10 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     let mut sgd = Sgd::new(&net.vs, t.momentum, t.weight_decay, t.nesterov);
     let (mut start_epoch, mut best) = (0usize, None::<f64>);
     if opts.resume && last_file.exists() {
+        store.ensure_verified("last.safetensors")?;
         let side = checkpoint::restore(&last_file, &net.variables(), &mut sgd)?;
         start_epoch = side.epoch;
         best = side.best_metric;
-        metrics::truncate_after(&csv, start_epoch)?;
-        metrics::truncate_after(&out.join("branches.csv"), start_epoch)?;
-        metrics::truncate_after(&out.join("overfit_check.csv"), start_epoch)?;
         log::info!("resuming {} after epoch {start_epoch}", out.display());
     } else if opts.resume {
         log::warn!(
@@ -123,6 +132,11 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         );
     }
 
+    // Rows are appended before an epoch's checkpoint set is committed: drop those of epochs
+    // after the checkpoint (a kill between the two; also a first epoch that never finished).
+    for f in ["metrics.csv", "branches.csv", "overfit_check.csv"] {
+        metrics::truncate_after(&out.join(f), start_epoch)?;
+    }
     if let Some(a) = &t.arat {
         net.check_hooks(&a.hooks, "train.arat.hooks")?;
     }
@@ -170,7 +184,14 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             device,
             adv_weight,
             teacher.as_mut(),
-        )?;
+        )
+        .map_err(|e| match e.downcast::<crate::interrupt::Interrupted>() {
+            Ok(mut i) => {
+                i.message = i.message.replace("<run dir>", &out.display().to_string());
+                anyhow::Error::new(i)
+            }
+            Err(e) => e,
+        })?;
         prev_clean_acc = m.train_clean_acc;
         validate(recipe, &net, &data, epoch, device, &mut m);
         validate_branches(
@@ -198,22 +219,32 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             Sidecar::for_run(CHECKPOINT_FORMAT, recipe, epoch + 1, metrics, best)
         };
         let model_tensors = net.named_tensors();
+        checkpoint::check_finite(&model_tensors, epoch + 1)?;
+        // Everything of this epoch goes into one new checkpoint generation, made current by a
+        // single rename at the end; the CSV rows are appended first (a resume drops rows after
+        // the checkpoint's epoch, so a kill between the two loses nothing).
+        let stage = store.stage()?;
+        let sdir = stage.dir().to_path_buf();
         if is_best {
-            checkpoint::save(&best_file, &model_tensors, None, sidecar(&m))?;
+            checkpoint::save(&sdir.join("best.safetensors"), &model_tensors, None, sidecar(&m))?;
         }
         if let Some(tr) = &teacher {
-            tr.save(&ckdir, recipe, epoch + 1)?;
+            tr.save(&sdir, recipe, epoch + 1)?;
         }
-        checkpoint::save(&last_file, &model_tensors, Some(&sgd.state()), sidecar(&m))?;
-        metrics::append(&csv, &m)?;
-        log::info!("{}", describe(&m, t.epochs));
+        checkpoint::save(
+            &sdir.join("last.safetensors"),
+            &model_tensors,
+            Some(&sgd.state()),
+            sidecar(&m),
+        )?;
         if let Some(w) = &t.swa {
             if swa::averages_after(w, epoch + 1) {
                 swa_avg.update(&net);
-                swa_avg.save(&swa_file, recipe, epoch + 1)?;
+                swa_avg.save(&sdir.join("swa_avg.safetensors"), recipe, epoch + 1)?;
             }
         }
-        last = m;
+        metrics::append(&csv, &m)?;
+        let mut collapse = None;
         if let Some(c) = &t.overfit_check {
             let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device);
             let collapsed = is_collapse(check_best, acc, c.drop);
@@ -227,6 +258,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
                     collapsed as u8
                 ),
             )?;
+            collapse = Some((c, acc, collapsed));
+        }
+        store.commit(stage)?;
+        log::info!("{}", describe(&m, t.epochs));
+        last = m;
+        if let Some((c, acc, collapsed)) = collapse {
             if collapsed {
                 let before = check_best.unwrap_or(0.0);
                 log::warn!(
@@ -262,7 +299,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     }
     let swa = match &t.swa {
         Some(w) if end == t.epochs && swa_avg.n > 0 => Some(finish_swa(
-            recipe, w, &swa_avg, &net, &data, device, &ckdir,
+            recipe, w, &swa_avg, &net, &data, device, &store,
         )?),
         _ => None,
     };
@@ -275,9 +312,9 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         overfitting,
         swa,
     };
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
+    write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     Ok(summary)
 }
@@ -291,7 +328,7 @@ fn finish_swa(
     net: &Network,
     data: &Splits,
     device: Device,
-    ckdir: &Path,
+    store: &CheckpointStore,
 ) -> Result<SwaSummary> {
     let t = &recipe.train;
     avg.apply(net);
@@ -303,12 +340,11 @@ fn finish_swa(
     validate(recipe, net, data, t.epochs, device, &mut m);
     let metrics = serde_json::to_value(&m).expect("serialisable");
     let side = Sidecar::for_run(CHECKPOINT_FORMAT, recipe, t.epochs, metrics, None);
-    checkpoint::save(
-        &ckdir.join("swa.safetensors"),
-        &net.named_tensors(),
-        None,
-        side,
-    )?;
+    let tensors = net.named_tensors();
+    checkpoint::check_finite(&tensors, t.epochs)?;
+    let stage = store.stage()?;
+    checkpoint::save(&stage.dir().join("swa.safetensors"), &tensors, None, side)?;
+    store.commit(stage)?;
     let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.2}%", 100.0 * x));
     log::info!(
         "SWA of {} epochs (from epoch {}): val clean {} pgd {} -> checkpoints/swa.safetensors",
@@ -414,6 +450,21 @@ fn train_epoch(
     let (mut seen, mut clean_seen, mut adv_seen, mut lr) = (0usize, 0i64, 0i64, t.lr);
     let start = Instant::now();
     for (i, (x, y)) in batches.enumerate() {
+        if let Some(sig) = crate::interrupt::requested() {
+            pb.finish_and_clear();
+            return Err(crate::interrupt::Interrupted {
+                signal: sig,
+                message: format!(
+                    "stopped by {} in epoch {} (before step {} of {n_batches}); the step in \
+                     progress was abandoned and the last complete checkpoint (epoch {epoch}) is \
+                     intact: continue with `advtrain train --out <run dir> --resume`",
+                    crate::interrupt::name(sig),
+                    epoch + 1,
+                    i + 1
+                ),
+            }
+            .into());
+        }
         let x = if recipe.channels_last {
             channels_last(&x)
         } else {
@@ -576,11 +627,13 @@ fn append_line(path: &Path, header: &str, line: &str) -> Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    if new {
-        writeln!(f, "{header}")?;
-    }
-    writeln!(f, "{line}")?;
-    Ok(())
+    let text = if new {
+        format!("{header}\n{line}\n")
+    } else {
+        format!("{line}\n")
+    };
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot append to {}", path.display()))
 }
 
 /// Clean and PGD validation accuracy of every route in `validation.branches`, appended to

@@ -79,7 +79,7 @@ impl Teacher {
             r
         } else {
             let r = measure(recipe, &net, &file, sha256, spec, data, device);
-            std::fs::write(&json, serde_json::to_string_pretty(&r)?)
+            crate::fsio::write_atomic(&json, serde_json::to_string_pretty(&r)?.as_bytes())
                 .with_context(|| format!("cannot write {}", json.display()))?;
             r
         };
