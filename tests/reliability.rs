@@ -459,3 +459,104 @@ fn non_finite_parameters_are_not_saved() {
     let counts = vec![("n".to_string(), tch::Tensor::from_slice(&[7i64]))];
     assert!(checkpoint::check_finite(&counts, 1).is_ok());
 }
+
+/// What a mutation did to a file (for the failure message).
+fn mutate(rng: &mut rand_chacha::ChaCha8Rng, bytes: &[u8], header_len: usize) -> (Vec<u8>, String) {
+    let mut b = bytes.to_vec();
+    match rng.gen_range(0..5) {
+        0 => {
+            let n = rng.gen_range(0..b.len());
+            b.truncate(n);
+            (b, format!("truncated to {n}"))
+        }
+        1 => {
+            let k = rng.gen_range(1..6);
+            for _ in 0..k {
+                let i = rng.gen_range(0..b.len());
+                b[i] ^= 1 << rng.gen_range(0..8);
+            }
+            (b, format!("{k} bit flips"))
+        }
+        2 => {
+            // A flip inside the header (length field or JSON).
+            let i = rng.gen_range(0..header_len.min(b.len()));
+            b[i] = rng.gen();
+            (b, format!("header byte {i}"))
+        }
+        3 => {
+            // The header length field itself.
+            let v: u64 = match rng.gen_range(0..3) {
+                0 => rng.gen(),
+                1 => rng.gen_range(0..header_len as u64 * 2),
+                _ => u64::MAX - rng.gen_range(0..16),
+            };
+            b[..8].copy_from_slice(&v.to_le_bytes());
+            (b, format!("header length {v}"))
+        }
+        _ => {
+            let n = rng.gen_range(1..64);
+            let at = rng.gen_range(0..b.len());
+            let junk: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+            b.splice(at..at, junk);
+            (b, format!("{n} bytes inserted at {at}"))
+        }
+    }
+}
+
+/// Thousands of mutated checkpoint files (safetensors and sidecar): every read returns a
+/// result or an error that names the file, never a panic; a mutated checkpoint never
+/// evaluates (its sha256 no longer matches).
+#[test]
+fn fuzz_checkpoint_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&tmp.path().join("data"), 40, 40);
+    let good = tiny_checkpoint(tmp.path(), |_| {});
+    let bytes = std::fs::read(&good).unwrap();
+    let header_len = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let side_text = std::fs::read(good.with_extension("json")).unwrap();
+    let net = {
+        let _g = common::rng_lock();
+        common::confident_small_cnn()
+    };
+    let vars = net.variables();
+    let dir = tmp.path().join("fuzz/checkpoints");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let (mut errors, mut oks) = (0, 0);
+    for case in 0..1500 {
+        let file = dir.join("last.safetensors");
+        let (m, what) = mutate(&mut rng, &bytes, header_len);
+        std::fs::write(&file, &m).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            checkpoint::read_tensors(&file).and_then(|t| checkpoint::load_into(&vars, &t, &file))
+        }));
+        match r {
+            Err(_) => panic!("case {case} ({what}): the safetensors reader panicked"),
+            Ok(Err(e)) => {
+                errors += 1;
+                assert!(format!("{e:#}").contains("last.safetensors"), "case {case} ({what}): {e:#}");
+            }
+            Ok(Ok(())) => oks += 1,
+        }
+    }
+    // The sidecar: mutated JSON with the model intact.
+    std::fs::write(dir.join("last.safetensors"), &bytes).unwrap();
+    for case in 0..1500 {
+        let (m, what) = mutate(&mut rng, &side_text, side_text.len());
+        std::fs::write(dir.join("last.json"), &m).unwrap();
+        let file = dir.join("last.safetensors");
+        let r = std::panic::catch_unwind(|| {
+            advtrain::nn::Network::from_checkpoint(&file, tch::Device::Cpu).map(|_| ())
+        });
+        match r {
+            Err(_) => panic!("sidecar case {case} ({what}): panicked"),
+            Ok(Err(e)) => {
+                let s = format!("{e:#}");
+                assert!(s.contains("last.json") || s.contains("last.safetensors"),
+                    "sidecar case {case} ({what}): {s}");
+            }
+            Ok(Ok(())) => {}
+        }
+    }
+    assert!(errors > 1000, "{errors} errors, {oks} loads");
+}

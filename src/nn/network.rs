@@ -5,6 +5,7 @@ use super::models::{build_model, probe_stages, ArchSpec, Model};
 use super::norm::Route;
 use super::predictor::Predictor;
 use crate::train::checkpoint;
+use anyhow::Context as _;
 use anyhow::Result;
 use std::collections::HashMap;
 use std::path::Path;
@@ -69,7 +70,12 @@ impl Network {
         // the previous complete set (with a message).
         let mpath = checkpoint::resolve_verified(&mpath)?;
         let side = checkpoint::read_sidecar(&mpath)?;
-        let net = Network::new(&side.architecture, device)?;
+        let net = Network::new(&side.architecture, device).with_context(|| {
+            format!(
+                "the architecture in the sidecar {}",
+                checkpoint::paths(&mpath).2.display()
+            )
+        })?;
         net.load_weights(&mpath)?;
         Ok((net, side))
     }

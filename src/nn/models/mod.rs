@@ -178,21 +178,28 @@ pub const ARCHITECTURES: &[&str] = &[
 /// Build the model named by `spec` with its variables under `p`.
 pub fn build_model(p: &nn::Path, spec: &ArchSpec) -> anyhow::Result<Box<dyn Model>> {
     spec.norm.validate().map_err(anyhow::Error::msg)?;
+    // Bounds far above any real model, so a corrupt sidecar or recipe cannot ask for terabytes.
     anyhow::ensure!(
-        spec.heads >= 1,
-        "model.heads must be >= 1, got {}",
+        (1..=64).contains(&spec.heads),
+        "model.heads must be in 1..=64, got {}",
         spec.heads
     );
     anyhow::ensure!(
-        spec.num_classes >= 2,
-        "model.num_classes must be >= 2, got {}",
+        (2..=100_000).contains(&spec.num_classes),
+        "model.num_classes must be in 2..=100000, got {}",
         spec.num_classes
     );
     anyhow::ensure!(
-        spec.in_channels >= 1,
-        "model.in_channels must be >= 1, got {}",
+        (1..=64).contains(&spec.in_channels),
+        "model.in_channels must be in 1..=64, got {}",
         spec.in_channels
     );
+    if let Some(d) = spec.depth {
+        anyhow::ensure!((1..=1202).contains(&d), "model.depth must be in 1..=1202, got {d}");
+    }
+    if let Some(w) = spec.width {
+        anyhow::ensure!((1..=64).contains(&w), "model.width must be in 1..=64, got {w}");
+    }
     let model: Box<dyn Model> = match spec.name.as_str() {
         "small-cnn" => Box::new(small_cnn::SmallCnn::new(p, spec)),
         "preact-resnet18" => Box::new(preact_resnet::PreActResNet::new(p, spec, [2, 2, 2, 2])?),
