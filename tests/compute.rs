@@ -1,8 +1,8 @@
 //! Compute settings (issue 7): BN folding, attack micro-batches, the fused PGD step, bf16
 //! autocast, and that attacks leave parameter gradients alone. Each check compares against an
 //! independent computation (the unfolded model, whole-batch autograd, the textbook PGD formula).
-//! The settings are process-wide, so every test here holds one lock and restores the defaults;
-//! tests that also need the torch RNG lock take it after that one (never the other way round).
+//! The settings are a value given to each [`Classifier`] (`with_compute`): no process-wide state,
+//! no lock between these tests.
 
 mod common;
 
@@ -14,23 +14,6 @@ use advtrain::compute::{self, Compute, Precision};
 use advtrain::nn::{Ctx, Mode, Network, NormKind, Route, Segment};
 use common::{advtrain, close, confident_small_cnn, small_cnn_arch, stderr};
 use tch::{Device, Kind, Tensor};
-
-static SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Holds the settings lock with `c` in force; restores the defaults when dropped.
-struct With(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
-
-fn with(c: Compute) -> With {
-    let g = SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
-    compute::set(c);
-    With(g)
-}
-
-impl Drop for With {
-    fn drop(&mut self) {
-        compute::set(Compute::default());
-    }
-}
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
@@ -60,7 +43,6 @@ fn dual_bn_net() -> Network {
 
 #[test]
 fn folded_forward_equals_the_unfolded_one_on_every_route_and_soup() {
-    let _g = with(Compute::default());
     let net = dual_bn_net();
     let x = Tensor::rand([6, 1, 28, 28], (Kind::Float, Device::Cpu));
     let routes: [Route; 4] = [
@@ -91,7 +73,6 @@ fn folded_forward_equals_the_unfolded_one_on_every_route_and_soup() {
 
 #[test]
 fn folding_declines_where_it_would_not_be_exact() {
-    let _g = with(Compute::default());
     let net = dual_bn_net();
     let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, Device::Cpu));
     let m = net.model.as_ref();
@@ -135,16 +116,16 @@ fn reference_ce_grad(net: &Network, ctx: &Ctx, x: &Tensor, y: &Tensor) -> (Tenso
 
 #[test]
 fn micro_batched_folded_loss_grad_matches_whole_batch_autograd() {
-    let _g = with(Compute {
+    let c = Compute {
         attack_chunk: 7,
         ..Compute::default()
-    });
+    };
     let net = dual_bn_net();
     let x = Tensor::rand([20, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [20], (Kind::Int64, Device::Cpu));
     let ctx = Ctx::new("adv".parse().unwrap(), Mode::Eval);
     let (z_ref, g_ref) = reference_ce_grad(&net, &ctx, &x, &y);
-    let f = Classifier::new(net.model.as_ref(), ctx);
+    let f = Classifier::new(net.model.as_ref(), ctx).with_compute(&c);
     let (z, loss, g) = f.loss_grad(&x, |z, start, len| {
         advtrain::attack::cross_entropy(
             z,
@@ -171,13 +152,13 @@ fn micro_batched_folded_loss_grad_matches_whole_batch_autograd() {
 
 #[test]
 fn micro_batches_split_the_rows_in_order() {
-    let _g = with(Compute {
+    let c = Compute {
         attack_chunk: 8,
         ..Compute::default()
-    });
+    };
     let net = dual_bn_net();
     let x = Tensor::rand([20, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&c);
     let seen = std::cell::RefCell::new(vec![]);
     let _ = f.loss_grad(&x, |z, start, len| {
         seen.borrow_mut().push((start, len, z.size()[0]));
@@ -185,7 +166,7 @@ fn micro_batches_split_the_rows_in_order() {
     });
     assert_eq!(*seen.borrow(), vec![(0, 8, 8), (8, 8, 8), (16, 4, 4)]);
     // A train-mode classifier (batch statistics) is never split.
-    let f = Classifier::new(net.model.as_ref(), Ctx::train());
+    let f = Classifier::new(net.model.as_ref(), Ctx::train()).with_compute(&c);
     seen.borrow_mut().clear();
     let _ = f.loss_grad(&x, |z, start, len| {
         seen.borrow_mut().push((start, len, z.size()[0]));
@@ -196,10 +177,10 @@ fn micro_batches_split_the_rows_in_order() {
 
 #[test]
 fn fused_pgd_step_equals_the_textbook_projection() {
-    let _g = with(Compute {
+    let c = Compute {
         attack_chunk: 5,
         ..Compute::default()
-    });
+    };
     let _rng = common::rng_lock();
     let net = confident_small_cnn();
     let x = Tensor::rand([12, 1, 28, 28], (Kind::Float, Device::Cpu));
@@ -208,7 +189,7 @@ fn fused_pgd_step_equals_the_textbook_projection() {
     let mut cfg = PgdConfig::new(ThreatNorm::Linf, eps, alpha, 1);
     cfg.init = advtrain::attack::pgd::Init::Zero;
     let x_before = x.copy();
-    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&c);
     let adv = Pgd::new(cfg.clone()).perturb(&f, &x, &y);
     assert_eq!(
         max_abs(&x, &x_before),
@@ -229,12 +210,12 @@ fn fused_pgd_step_equals_the_textbook_projection() {
 
 #[test]
 fn attacks_leave_parameter_gradients_untouched() {
-    let _g = with(Compute::default());
+    let c = Compute::default();
     let _rng = common::rng_lock();
     let net = confident_small_cnn();
     let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [8], (Kind::Int64, Device::Cpu));
-    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&c);
     let attacks: Vec<Box<dyn Attack>> = vec![
         Box::new(Pgd::new(PgdConfig::new(ThreatNorm::Linf, 0.1, 0.03, 3))),
         Box::new(Pgd::new(PgdConfig::new(ThreatNorm::L2, 1.0, 0.3, 3))),
@@ -269,7 +250,6 @@ fn attacks_leave_parameter_gradients_untouched() {
 
 #[test]
 fn bf16_autocast_runs_the_model_in_bf16_and_restores_the_state() {
-    let _g = with(Compute::default());
     let w = Tensor::rand([4, 1, 3, 3], (Kind::Float, Device::Cpu));
     let x = Tensor::rand([2, 1, 8, 8], (Kind::Float, Device::Cpu));
     let conv = |x: &Tensor| x.conv2d(&w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
@@ -294,8 +274,6 @@ fn bf16_autocast_runs_the_model_in_bf16_and_restores_the_state() {
 
 #[test]
 fn bf16_attack_precision_gives_float32_logits_close_to_fp32() {
-    // Lock order in this file: SETTINGS, then the torch RNG lock; so the RNG lock is released
-    // before `with` takes SETTINGS below.
     let (net, x, y) = {
         let _rng = common::rng_lock();
         (
@@ -305,11 +283,11 @@ fn bf16_attack_precision_gives_float32_logits_close_to_fp32() {
         )
     };
     let grads = |p: Precision| {
-        let _g = with(Compute {
+        let c = Compute {
             precision_attack: p,
             ..Compute::default()
-        });
-        let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+        };
+        let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&c);
         f.loss_grad(&x, |z, s, n| {
             advtrain::attack::cross_entropy(
                 z,
@@ -322,11 +300,11 @@ fn bf16_attack_precision_gives_float32_logits_close_to_fp32() {
     let (z16, _, g16) = grads(Precision::Bf16);
     // Verdicts are judged in fp32 whatever the attack precision.
     {
-        let _g = with(Compute {
+        let c = Compute {
             precision_attack: Precision::Bf16,
             ..Compute::default()
-        });
-        let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+        };
+        let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&c);
         let verdict = tch::no_grad(|| f.predict(&x));
         assert!(max_abs(&verdict, &z32) <= 1e-5, "predict() is not fp32");
         assert!(

@@ -14,17 +14,20 @@ pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
 pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};
 
-use crate::compute::{self, Precision};
+use crate::compute::{self, Compute, Precision};
 use crate::nn::{Ctx, Mode, Model};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-/// The attacked function: a model frozen to one route and mode, computed with the process-wide
-/// [`crate::compute`] settings: the precision of attack generation, BN folding, and (for
-/// row-independent eval-mode forwards on CPU) micro-batches of `attack_chunk` rows.
+/// The attacked function: a model frozen to one route and mode, computed with explicit
+/// [`Compute`] settings (the defaults unless [`Classifier::with_compute`] says otherwise): the
+/// precision of attack generation, BN folding, and (for row-independent eval-mode forwards on
+/// CPU) micro-batches of `attack_chunk` rows.
 pub struct Classifier<'a> {
     pub model: &'a dyn Model,
     pub ctx: Ctx,
+    /// Whether rows are computed independently (micro-batches are exact).
+    row_independent: bool,
     /// Rows per forward/backward micro-batch (0 = whole batch).
     chunk: i64,
     precision: Precision,
@@ -32,8 +35,8 @@ pub struct Classifier<'a> {
 }
 
 impl<'a> Classifier<'a> {
+    /// `model` under `ctx` with the default compute settings ([`Compute::default`]).
     pub fn new(model: &'a dyn Model, ctx: Ctx) -> Self {
-        let c = compute::get();
         // Micro-batching is exact only when every row is computed alone: running statistics,
         // one route, no norm layer recording its inputs or outputs.
         let row_independent = ctx.mode == Mode::Eval
@@ -42,14 +45,24 @@ impl<'a> Classifier<'a> {
         Classifier {
             model,
             ctx,
-            chunk: if row_independent {
-                c.attack_chunk as i64
-            } else {
-                0
-            },
-            precision: c.precision_attack,
-            fold: c.fold_bn,
+            row_independent,
+            chunk: 0,
+            precision: Precision::Fp32,
+            fold: false,
         }
+        .with_compute(&Compute::default())
+    }
+
+    /// The same function computed with the settings `c` (a run's or an evaluation's).
+    pub fn with_compute(mut self, c: &Compute) -> Self {
+        self.chunk = if self.row_independent {
+            c.attack_chunk as i64
+        } else {
+            0
+        };
+        self.precision = c.precision_attack;
+        self.fold = c.fold_bn;
+        self
     }
 
     /// Rows per micro-batch for a batch of `n` rows on `device` (`n` = no split).

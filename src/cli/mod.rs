@@ -109,10 +109,13 @@ pub fn main() -> anyhow::Result<()> {
         anyhow::ensure!(n >= 1, "--threads must be >= 1");
         tch::set_num_threads(n);
     }
-    crate::compute::set(cli.compute.apply(crate::compute::Compute::default()));
+    // The compute settings of this command, passed on as a value (for `train` they become
+    // recipe overrides instead, saved with the run).
+    let compute = cli.compute.apply(crate::compute::Compute::default());
+    crate::compute::set(compute);
     // `train` warns itself, from its recipe's settings and its device.
     if !matches!(cli.command, Command::Train(_)) {
-        if let Some(w) = crate::compute::bf16_warning(&crate::compute::get()) {
+        if let Some(w) = crate::compute::bf16_warning(&compute) {
             log::warn!("{w}");
         }
     }
@@ -123,7 +126,7 @@ pub fn main() -> anyhow::Result<()> {
             train::run(a)
         }
         Command::Eval(a) => eval::run(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Bench(a) => bench::run(a, &compute),
         Command::Export(a) => export::run(a),
         Command::Analyze(a) => analyze::run(a),
     }

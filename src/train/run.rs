@@ -107,7 +107,6 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     write_atomic(&out.join("recipe.toml"), recipe.to_toml().as_bytes())?;
     crate::interrupt::install();
 
-    crate::compute::set(recipe.compute);
     if let (Some(w), Device::Cpu) = (crate::compute::bf16_warning(&recipe.compute), device) {
         log::warn!("{w}");
     }
@@ -573,7 +572,8 @@ fn overfit_accuracy(
     let f = Classifier::new(
         net.model.as_ref(),
         Ctx::new(recipe.validation_route(), Mode::Eval),
-    );
+    )
+    .with_compute(&recipe.compute);
     let subset = data.train.take(c.n);
     robust_counts(
         &f,
@@ -654,7 +654,8 @@ fn validate_branches(
         rows += "epoch,route,val_clean_acc,val_pgd_acc\n";
     }
     for &route in &recipe.validation.branches {
-        let f = Classifier::new(net.model.as_ref(), Ctx::new(route, Mode::Eval));
+        let f = Classifier::new(net.model.as_ref(), Ctx::new(route, Mode::Eval))
+            .with_compute(&recipe.compute);
         let bs = recipe.validation.batch_size;
         let clean = clean_counts(&f, &data.val, bs, device).clean_accuracy();
         let pgd = match (recipe.validation_attack(), recipe.validation.pgd_limit > 0) {
@@ -700,7 +701,8 @@ fn validate(
     let f = Classifier::new(
         net.model.as_ref(),
         Ctx::new(recipe.validation_route(), Mode::Eval),
-    );
+    )
+    .with_compute(&recipe.compute);
     let bs = recipe.validation.batch_size;
     m.val_clean_acc = Some(clean_counts(&f, &data.val, bs, device).clean_accuracy());
     if let (Some(cfg), true) = (recipe.validation_attack(), recipe.validation.pgd_limit > 0) {

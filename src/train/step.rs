@@ -55,7 +55,9 @@ pub fn generate(
     let h = &t.hybrid;
     let n = y.size()[0];
     let pgd = || attack.expect("validated: the objective has a training attack");
-    let through = |route: Route| Classifier::new(model, Ctx::new(route, t.attack_bn_mode));
+    let through = |route: Route| {
+        Classifier::new(model, Ctx::new(route, t.attack_bn_mode)).with_compute(&recipe.compute)
+    };
     match t.objective {
         Objective::Standard | Objective::Mixacm => None,
         Objective::PgdAt => Some(pgd().perturb(&through(t.route), x, y)),

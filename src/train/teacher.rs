@@ -170,7 +170,8 @@ fn measure(
     data: &Splits,
     device: Device,
 ) -> TeacherRecord {
-    let f = Classifier::new(net.model.as_ref(), Ctx::new(Route::default(), Mode::Eval));
+    let f = Classifier::new(net.model.as_ref(), Ctx::new(Route::default(), Mode::Eval))
+        .with_compute(&recipe.compute);
     let bs = recipe.validation.batch_size;
     let val = &data.val;
     let clean = (!val.is_empty()).then(|| clean_counts(&f, val, bs, device).clean_accuracy());

@@ -128,7 +128,7 @@ fn check_args(a: &BenchArgs, parts: &[Part]) -> Result<()> {
     Ok(())
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+pub fn run(a: BenchArgs, compute: &crate::compute::Compute) -> Result<()> {
     let parts = Part::parse_list(&a.parts)?;
     check_args(&a, &parts)?;
     let device = parse_device(&a.device)?;
@@ -151,6 +151,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         steps: a.steps,
         seed: a.seed,
         channels_last: a.channels_last,
+        compute: *compute,
     };
     let tmp = TempDir::new()?;
     log::info!(
@@ -269,7 +270,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         steps: a.steps,
         repeat: a.repeat,
         channels_last: a.channels_last,
-        compute: crate::compute::get(),
+        compute: *compute,
         gemm,
         pytorch: twin.map(|t| TwinInfo {
             python: t.python.display().to_string(),

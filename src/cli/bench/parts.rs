@@ -71,6 +71,8 @@ pub struct Opts {
     pub steps: usize,
     pub seed: u64,
     pub channels_last: bool,
+    /// Our side's compute settings (precision, BN folding, attack micro-batches).
+    pub compute: crate::compute::Compute,
 }
 
 /// PGD steps of the `pgd20` part.
@@ -102,13 +104,19 @@ pub fn time_ours(part: Part, s: &Subject, o: &Opts) -> Result<Timing> {
     }
 }
 
-fn train_step(net: &Network, sgd: &mut Sgd, pgd: &Pgd, x: &Tensor, y: &Tensor) {
+fn train_step(
+    net: &Network,
+    sgd: &mut Sgd,
+    pgd: &Pgd,
+    x: &Tensor,
+    y: &Tensor,
+    c: &crate::compute::Compute,
+) {
     let model = net.model.as_ref();
-    let x_adv = pgd.perturb(&Classifier::new(model, Ctx::eval()), x, y);
-    let logits =
-        crate::compute::with_precision(crate::compute::get().precision_train, x.device(), || {
-            model.forward(&x_adv, &Ctx::train())
-        });
+    let x_adv = pgd.perturb(&Classifier::new(model, Ctx::eval()).with_compute(c), x, y);
+    let logits = crate::compute::with_precision(c.precision_train, x.device(), || {
+        model.forward(&x_adv, &Ctx::train())
+    });
     let loss = cross_entropy(&logits, y, tch::Reduction::Mean);
     sgd.zero_grad();
     loss.backward();
@@ -132,12 +140,12 @@ fn time_at(s: &Subject, o: &Opts) -> Result<Timing> {
     }
     let y = batch.labels.to_device(o.device);
     for _ in 0..o.warmup {
-        train_step(&net, &mut sgd, &pgd, &x, &y);
+        train_step(&net, &mut sgd, &pgd, &x, &y, &o.compute);
     }
     sync(o.device);
     let t0 = Instant::now();
     for _ in 0..o.iters {
-        train_step(&net, &mut sgd, &pgd, &x, &y);
+        train_step(&net, &mut sgd, &pgd, &x, &y, &o.compute);
     }
     sync(o.device);
     Ok(Timing {
@@ -151,7 +159,7 @@ fn time_at(s: &Subject, o: &Opts) -> Result<Timing> {
 /// when `warmup` > 0.
 fn time_pgd20(s: &Subject, o: &Opts) -> Result<Timing> {
     let net = s.network(o)?;
-    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&o.compute);
     let pgd = Pgd::new(PgdConfig::new(
         ThreatNorm::Linf,
         s.eps,
@@ -179,7 +187,7 @@ fn time_pgd20(s: &Subject, o: &Opts) -> Result<Timing> {
 /// One run of our AutoAttack-standard cascade (clean pass included) over the first `n` points.
 fn time_autoattack(s: &Subject, o: &Opts) -> Result<Timing> {
     let net = s.network(o)?;
-    let f = Classifier::new(net.model.as_ref(), Ctx::eval());
+    let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&o.compute);
     let points = s.data.take(o.n);
     let p = preset("standard")?;
     let aa = AutoAttack::new(

@@ -205,7 +205,7 @@ pub(super) fn print_model(r: &ModelReport, g: &Gemm, o: &Opts, threads: i32) {
     println!("data: {}", r.data);
     println!(
         "advtrain compute: {} | PyTorch: eager fp32",
-        crate::compute::get().describe()
+        o.compute.describe()
     );
     println!(
         "forward: {} MFLOP/image (PyTorch FlopCounterMode: {}) | fp32 GEMM {}^3: advtrain {:.1} \
