@@ -33,7 +33,8 @@ pub mod twin;
 use crate::device::{device_name, parse_device};
 use anyhow::Result;
 use clap::Args;
-use parts::{time_ours, Opts, Part};
+use parts::{time_ours, Part};
+use subject::Opts;
 use report::{
     print_model, side, twin_timing, work_flops, BenchReport, Gemm, ModelReport, PartReport, Round,
     TwinInfo,

@@ -1,7 +1,7 @@
 //! The parts of the benchmark and our side of each, timed in-process.
 
 use super::flops::sync;
-use super::subject::Subject;
+use super::subject::{Opts, Subject, EVAL_STEPS};
 use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
 use crate::eval::autoattack::{preset, AutoAttack, StateKey};
 use crate::eval::robust_counts;
@@ -11,7 +11,7 @@ use crate::train::optim::Sgd;
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// A part of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,25 +58,6 @@ impl Part {
     }
 }
 
-/// Everything a part needs besides the model and points.
-#[derive(Debug, Clone)]
-pub struct Opts {
-    pub device: Device,
-    pub batch_size: usize,
-    pub eval_batch_size: usize,
-    pub n: usize,
-    pub iters: usize,
-    pub warmup: usize,
-    /// PGD steps of the AT step.
-    pub steps: usize,
-    pub seed: u64,
-    pub channels_last: bool,
-    /// Our side's compute settings (precision, BN folding, attack micro-batches).
-    pub compute: crate::compute::Compute,
-}
-
-/// PGD steps of the `pgd20` part.
-pub const EVAL_STEPS: usize = 20;
 
 /// One side's measurement of one part.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -1,6 +1,7 @@
 //! The report of `advtrain bench`: its JSON (`--json`) and the table printed per model.
 
-use super::parts::{Opts, Part, Timing, EVAL_STEPS};
+use super::parts::{Part, Timing};
+use super::subject::{Opts, EVAL_STEPS};
 use crate::device::device_name;
 use anyhow::{Context, Result};
 use serde::Serialize;

@@ -1,7 +1,6 @@
 //! The benchmarked model and its points: a checkpoint on its test images, or a freshly
 //! initialised architecture (weights written for the twin) on random points.
 
-use super::parts::{Opts, EVAL_STEPS};
 use super::BenchArgs;
 use crate::cli::checkpoint_file;
 use crate::data::Dataset;
@@ -9,6 +8,26 @@ use crate::nn::{ArchSpec, Network, NormSpec};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
+
+/// Everything a part needs besides the model and points.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub device: Device,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub n: usize,
+    pub iters: usize,
+    pub warmup: usize,
+    /// PGD steps of the AT step.
+    pub steps: usize,
+    pub seed: u64,
+    pub channels_last: bool,
+    /// Our side's compute settings (precision, BN folding, attack micro-batches).
+    pub compute: crate::compute::Compute,
+}
+
+/// PGD steps of the `pgd20` part.
+pub const EVAL_STEPS: usize = 20;
 
 /// The benchmarked model (its weights in a safetensors file with PyTorch names, so that the
 /// PyTorch twin loads the same ones) and its points.

@@ -1,7 +1,8 @@
 //! The PyTorch eager twin (`bench/pytorch_bench.py`), run as a subprocess per part on the
 //! weights and points our side used; its JSON lines are parsed back.
 
-use super::parts::{Opts, Part, EVAL_STEPS};
+use super::parts::Part;
+use super::subject::{Opts, EVAL_STEPS};
 use super::subject::Subject;
 use super::BenchArgs;
 use crate::device::device_name;
