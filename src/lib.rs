@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod attack;
+pub mod checkpoint;
 pub mod cli;
 pub mod compute;
 pub mod data;

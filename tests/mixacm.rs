@@ -4,8 +4,9 @@
 
 mod common;
 
-use advtrain::nn::{import, ArchSpec, Ctx, Mode, Network, NormSpec};
-use advtrain::train::checkpoint;
+use advtrain::checkpoint::import;
+use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormSpec};
+use advtrain::checkpoint;
 use advtrain::train::mixacm::*;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 mod common;
 
 use advtrain::fsio::DirLock;
-use advtrain::train::checkpoint::{self, CheckpointStore};
+use advtrain::checkpoint::{self, CheckpointStore};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -72,7 +72,7 @@ fn swa_run_resumes_and_reestimates_bn() {
     };
     train(&r, &opts(false, Some(2))).unwrap();
     let ck = out.join("checkpoints");
-    let e2 = advtrain::train::checkpoint::read_tensors(&ck.join("last.safetensors")).unwrap();
+    let e2 = advtrain::checkpoint::read_tensors(&ck.join("last.safetensors")).unwrap();
     assert!(ck.join("swa_avg.safetensors").exists());
     assert!(
         !ck.join("swa.safetensors").exists(),
@@ -81,8 +81,8 @@ fn swa_run_resumes_and_reestimates_bn() {
     let summary = train(&r, &opts(true, None)).unwrap();
     let s = summary.swa.expect("summary has the SWA model");
     assert_eq!((s.averaged, s.first_epoch), (2, 2));
-    let e3 = advtrain::train::checkpoint::read_tensors(&ck.join("last.safetensors")).unwrap();
-    let swa = advtrain::train::checkpoint::read_tensors(&ck.join("swa.safetensors")).unwrap();
+    let e3 = advtrain::checkpoint::read_tensors(&ck.join("last.safetensors")).unwrap();
+    let swa = advtrain::checkpoint::read_tensors(&ck.join("swa.safetensors")).unwrap();
     let net = Network::new(&r.model, Device::Cpu).unwrap();
     let names: Vec<String> = trainable(&net).into_iter().map(|(k, _)| k).collect();
     for k in &names {

@@ -3,7 +3,7 @@
 
 use crate::eval::controls::{check_soup, export_branch};
 use crate::nn::{Network, Route};
-use crate::train::checkpoint::{self, Sidecar};
+use crate::checkpoint::{self, Sidecar};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;

@@ -6,7 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod train;
 
-use crate::train::checkpoint;
+use crate::checkpoint;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,6 @@
 
 pub mod fold;
 pub mod hook;
-pub mod import;
 pub mod models;
 pub mod network;
 pub mod norm;

@@ -4,11 +4,8 @@ use super::hook::{check_hooks, Hook};
 use super::models::{build_model, probe_stages, ArchSpec, Model};
 use super::norm::Route;
 use super::predictor::Predictor;
-use crate::train::checkpoint;
-use anyhow::Context as _;
 use anyhow::Result;
 use std::collections::HashMap;
-use std::path::Path;
 use tch::{nn::VarStore, Device, Tensor};
 
 pub struct Network {
@@ -53,37 +50,6 @@ impl Network {
             arch: arch.clone(),
             predictors,
         })
-    }
-
-    /// Build from a checkpoint's sidecar and load its weights (sha256 verified).
-    pub fn from_checkpoint(
-        model_file: &Path,
-        device: Device,
-    ) -> Result<(Network, checkpoint::Sidecar)> {
-        let (mpath, _, _) = checkpoint::paths(model_file);
-        anyhow::ensure!(
-            mpath.exists(),
-            "checkpoint file {} does not exist",
-            mpath.display()
-        );
-        // Verified against the sidecar; a damaged file of a run's current set falls back to
-        // the previous complete set (with a message).
-        let mpath = checkpoint::resolve_verified(&mpath)?;
-        let side = checkpoint::read_sidecar(&mpath)?;
-        let net = Network::new(&side.architecture, device).with_context(|| {
-            format!(
-                "the architecture in the sidecar {}",
-                checkpoint::paths(&mpath).2.display()
-            )
-        })?;
-        net.load_weights(&mpath)?;
-        Ok((net, side))
-    }
-
-    /// Load weights from a safetensors file with PyTorch names (strict).
-    pub fn load_weights(&self, path: &Path) -> Result<()> {
-        let src = checkpoint::read_tensors(path)?;
-        checkpoint::load_into(&self.vs.variables(), &src, path)
     }
 
     /// All variables (parameters and buffers) by name, sorted.

@@ -11,7 +11,8 @@
 //! ladder ([`ABLATION_RUNGS`]). The teacher runs in eval mode under `no_grad`.
 
 use crate::nn::models::Model;
-use crate::nn::{import, ArchSpec, Ctx, Mode, Network};
+use crate::checkpoint::import;
+use crate::nn::{ArchSpec, Ctx, Mode, Network};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -289,7 +290,7 @@ pub fn load_teacher(spec: &MixAcmSpec, device: Device) -> Result<Network> {
     let mut net = match &spec.teacher_arch {
         Some(arch) => import::load_foreign(file, arch, device)?,
         None => {
-            let (_, _, side) = crate::train::checkpoint::paths(file);
+            let (_, _, side) = crate::checkpoint::paths(file);
             anyhow::ensure!(
                 side.exists(),
                 "train.mixacm.teacher: {} has no sidecar {} (a foreign PyTorch file needs \

@@ -1,17 +1,20 @@
 //! Training: recipes, the optimiser and schedules, checkpoints and the resumable run loop.
 
 pub mod awp;
-pub mod checkpoint;
 pub mod metrics;
 pub mod mixacm;
 pub mod optim;
 pub mod recipe;
 pub mod run;
+pub mod saved;
 pub mod step;
 pub mod swa;
 pub mod teacher;
 
+/// The checkpoint module under its earlier path (it moved below `nn`).
+pub use crate::checkpoint;
 pub use recipe::{Objective, Recipe};
+pub use saved::restore;
 pub use run::{train, RunOptions};
 
 /// Derive an independent 64-bit seed for (seed, epoch, stream) by SplitMix64 mixing, so every

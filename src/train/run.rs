@@ -4,7 +4,7 @@
 //! `summary.json`. All randomness of epoch e is seeded from (seed, e), so resuming from the
 //! checkpoint after epoch e replays epochs e+1.. exactly as an uninterrupted run (on CPU).
 
-use super::checkpoint::{self, CheckpointStore, Sidecar};
+use crate::checkpoint::{self, CheckpointStore, Sidecar};
 use crate::fsio::{write_atomic, DirLock};
 use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
@@ -120,7 +120,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     let (mut start_epoch, mut best) = (0usize, None::<f64>);
     if opts.resume && last_file.exists() {
         store.ensure_verified("last.safetensors")?;
-        let side = checkpoint::restore(&last_file, &net.variables(), &mut sgd)?;
+        let side = super::restore(&last_file, &net.variables(), &mut sgd)?;
         start_epoch = side.epoch;
         best = side.best_metric;
         log::info!("resuming {} after epoch {start_epoch}", out.display());

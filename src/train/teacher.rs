@@ -2,7 +2,7 @@
 //! architecture, clean and PGD validation accuracy), and the student-side projections with
 //! their own optimiser state (`checkpoints/projections.*`, saved each epoch, resumed exactly).
 
-use super::checkpoint::{self, Sidecar};
+use crate::checkpoint::{self, Sidecar};
 use super::derive_seed;
 use super::mixacm::{load_teacher, MixAcmSpec, Projections};
 use super::optim::Sgd;
@@ -148,7 +148,7 @@ impl Teacher {
         }
         let file = ckdir.join("projections.safetensors");
         let side =
-            checkpoint::restore(&file, &self.projections.vs.variables(), &mut self.proj_sgd)?;
+            super::restore(&file, &self.projections.vs.variables(), &mut self.proj_sgd)?;
         anyhow::ensure!(
             side.epoch == epoch,
             "{}: the projections are from epoch {} but the run resumes after epoch {epoch}",

@@ -182,7 +182,7 @@ pub fn read_json(p: &Path) -> serde_json::Value {
 
 /// Save `net` as `<run>/checkpoints/last` with the tiny recipe of `data` in its sidecar.
 pub fn save_run(run: &Path, data: &Path, net: &advtrain::nn::Network) {
-    use advtrain::train::checkpoint;
+    use advtrain::checkpoint;
     let file = run.join("recipe.toml");
     std::fs::create_dir_all(run).unwrap();
     std::fs::write(&file, tiny_recipe_toml(data, 1)).unwrap();

@@ -1,3 +1,7 @@
+//! Checkpoint files (the layer between models and everything that reads or writes them:
+//! training, evaluation, analyses, export, bench, the MixACM teacher; it depends only on
+//! `nn` and `fsio`). [`import`] reads foreign (PyTorch-named) state dicts.
+//!
 //! Checkpoints: `<stem>.safetensors` (model, PyTorch parameter names), `<stem>.optim.safetensors`
 //! (optimizer state) and `<stem>.json` (sidecar: architecture, recipe, metrics, sha256).
 //! Every file is written to a temporary name, synced and renamed; the sidecar goes last and
@@ -11,14 +15,16 @@
 //! process started after `kill -9` sees the old set or the new one, never a mix. The previous
 //! complete generation is kept as a fallback for a damaged current set.
 
-use crate::nn::ArchSpec;
+use crate::nn::{ArchSpec, Network};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
+use tch::{Device, Tensor};
+
+pub mod import;
 
 /// The JSON sidecar of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,30 +43,6 @@ pub struct Sidecar {
     /// Best validation metric seen so far (for resuming best-checkpoint selection).
     #[serde(default)]
     pub best_metric: Option<f64>,
-}
-
-impl Sidecar {
-    /// A sidecar for a file written by a run of `recipe` after `epoch` (sha256 fields are
-    /// filled in by [`save`]).
-    pub fn for_run(
-        format: &str,
-        recipe: &crate::train::Recipe,
-        epoch: usize,
-        metrics: serde_json::Value,
-        best_metric: Option<f64>,
-    ) -> Sidecar {
-        Sidecar {
-            format: format.into(),
-            advtrain_version: env!("CARGO_PKG_VERSION").into(),
-            architecture: recipe.model.clone(),
-            recipe: serde_json::to_value(recipe).expect("serialisable"),
-            epoch,
-            metrics,
-            sha256: String::new(),
-            optimizer_sha256: None,
-            best_metric,
-        }
-    }
 }
 
 /// Paths of the three files of a checkpoint `stem` (e.g. `run/checkpoints/last`).
@@ -378,26 +360,6 @@ fn preview(v: &[&str]) -> String {
     s
 }
 
-/// Load a checkpoint written with optimiser state (`save(.., Some(state), ..)`) into `vars`
-/// and `sgd`, both files verified against the sidecar's sha256; returns the sidecar (resume).
-pub fn restore(
-    file: &Path,
-    vars: &HashMap<String, Tensor>,
-    sgd: &mut crate::train::optim::Sgd,
-) -> Result<Sidecar> {
-    let side = read_sidecar(file)?;
-    let (mpath, opath, _) = paths(file);
-    verify(&mpath, &side.sha256)?;
-    load_into(vars, &read_tensors(&mpath)?, &mpath)?;
-    let osha = side
-        .optimizer_sha256
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("{}: sidecar has no optimizer state", file.display()))?;
-    verify(&opath, osha)?;
-    let state: Vec<(String, Tensor)> = read_tensors(&opath)?.into_iter().collect();
-    sgd.load_state(&state, &opath.display().to_string())?;
-    Ok(side)
-}
 
 /// Name of the link to the current generation inside a run directory.
 pub const CURRENT: &str = "checkpoints";
@@ -679,4 +641,56 @@ pub fn resolve_verified(model_file: &Path) -> Result<PathBuf> {
         }
     }
     Err(err)
+}
+
+/// A checkpoint loaded for use: the network built from its sidecar's architecture with the
+/// verified weights, the sidecar, the file actually read (after a fallback to the previous
+/// complete set) and its sha256. What eval, analyze, export, bench and the teacher load.
+pub struct LoadedCheckpoint {
+    pub net: Network,
+    pub sidecar: Sidecar,
+    pub file: PathBuf,
+    pub sha256: String,
+}
+
+/// Load `model_file` (sha256 verified against its sidecar; a damaged file of a run's current
+/// set falls back to the previous complete set, with a message).
+pub fn load(model_file: &Path, device: Device) -> Result<LoadedCheckpoint> {
+    let (mpath, _, _) = paths(model_file);
+    anyhow::ensure!(
+        mpath.exists(),
+        "checkpoint file {} does not exist",
+        mpath.display()
+    );
+    let mpath = resolve_verified(&mpath)?;
+    let sidecar = read_sidecar(&mpath)?;
+    let net = Network::new(&sidecar.architecture, device)
+        .with_context(|| format!("the architecture in the sidecar {}", paths(&mpath).2.display()))?;
+    load_weights(&net, &mpath)?;
+    Ok(LoadedCheckpoint {
+        net,
+        sha256: sidecar.sha256.clone(),
+        sidecar,
+        file: mpath,
+    })
+}
+
+/// Load weights from a safetensors file with PyTorch names into `net` (strict: names, shapes,
+/// dtypes, finite values).
+pub fn load_weights(net: &Network, path: &Path) -> Result<()> {
+    let src = read_tensors(path)?;
+    load_into(&net.vs.variables(), &src, path)
+}
+
+impl Network {
+    /// Build from a checkpoint's sidecar and load its weights ([`load`]).
+    pub fn from_checkpoint(model_file: &Path, device: Device) -> Result<(Network, Sidecar)> {
+        let c = load(model_file, device)?;
+        Ok((c.net, c.sidecar))
+    }
+
+    /// Load weights from a safetensors file with PyTorch names (strict; [`load_weights`]).
+    pub fn load_weights(&self, path: &Path) -> Result<()> {
+        load_weights(self, path)
+    }
 }

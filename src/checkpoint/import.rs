@@ -7,8 +7,8 @@
 //! value). Then the file must cover exactly our key set with our shapes; errors name the
 //! file, the tensors and the expected vs found shapes, and list missing/unexpected keys.
 
-use super::{ArchSpec, Network};
-use crate::train::checkpoint;
+use crate::checkpoint;
+use crate::nn::{ArchSpec, Network};
 use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
