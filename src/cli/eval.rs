@@ -309,6 +309,15 @@ fn load(a: &EvalArgs) -> Result<Setup> {
     data_spec.test_limit = a.test_limit;
     let test = data_spec.load_test()?;
     anyhow::ensure!(!test.is_empty(), "the test set is empty (--test-limit 0?)");
+    let channels = test.images.size()[1];
+    anyhow::ensure!(
+        channels == net.arch.in_channels,
+        "the test images in {} have {channels} channels but the model of {} takes {} \
+         (model.in_channels)",
+        data_spec.resolved_dir()?.display(),
+        ckpt.display(),
+        net.arch.in_channels
+    );
     let route = if a.swap_ap { swap_ap(a.route) } else { a.route };
     net.check_route(route, "--route")?;
     let soup = a.soup.map(check_soup).transpose()?;
