@@ -379,7 +379,7 @@ impl Recipe {
         let mut value: toml::Value = toml::from_str(&text)
             .with_context(|| format!("recipe {} is not valid TOML", path.display()))?;
         for o in overrides {
-            apply_override(&mut value, o)?;
+            apply_override(&mut value, o).with_context(|| format!("recipe {}", path.display()))?;
         }
         let mut recipe: Recipe = value.clone().try_into().map_err(|e: toml::de::Error| {
             // A value carries no positions: parse its text again to find the offending line
@@ -645,7 +645,10 @@ pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
     let mut node = root;
     for (i, part) in parts.iter().enumerate() {
         let table = node.as_table_mut().ok_or_else(|| {
-            anyhow::anyhow!("--set {key}: '{}' is not a table", parts[..i].join("."))
+            anyhow::anyhow!(
+                "--set {assignment}: '{}' holds a value, not a table of settings",
+                parts[..i].join(".")
+            )
         })?;
         if i + 1 == parts.len() {
             table.insert(part.to_string(), value);
