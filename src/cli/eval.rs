@@ -4,7 +4,8 @@ use super::write_json;
 use crate::attack::fab::{Fab, FabConfig};
 use crate::attack::pgd::{Init, PgdLoss, Target};
 use crate::attack::{
-    Apgd, ApgdConfig, Attack, Classifier, Fgsm, Pgd, PgdConfig, Square, SquareConfig, ThreatNorm,
+    check_attack_params, check_eps, Apgd, ApgdConfig, Attack, AttackParams, Classifier, Fgsm,
+    ParamNames, Pgd, PgdConfig, Square, SquareConfig, ThreatNorm,
 };
 use crate::data::Dataset;
 use crate::device::{device_name, parse_device};
@@ -59,6 +60,10 @@ pub struct EvalArgs {
     /// Perturbation budget (also the fallback when --curve is given).
     #[arg(long, allow_negative_numbers = true)]
     pub eps: f64,
+    /// Accept an L-inf eps above 1 (--eps, --curve, --reestimate-eps): in [0, 1] pixel space
+    /// such a budget allows any image, and is usually a 0..255 value given by mistake.
+    #[arg(long)]
+    pub allow_large_eps: bool,
     #[arg(long, default_value = "linf")]
     pub norm: ThreatNorm,
     /// Iterations: PGD steps (default 20), APGD/FAB iterations (default 100).
@@ -110,10 +115,10 @@ pub struct EvalArgs {
     /// Re-estimate the route's running statistics first, on clean | adv | noise training data.
     #[arg(long)]
     pub reestimate: Option<StatsSource>,
-    /// Batches averaged by --reestimate.
+    /// Batches averaged by --reestimate (>= 1).
     #[arg(long, default_value_t = 50)]
     pub reestimate_batches: usize,
-    /// Batch size of --reestimate.
+    /// Batch size of --reestimate (>= 1).
     #[arg(long, default_value_t = 128)]
     pub reestimate_batch_size: usize,
     /// eps of --reestimate adv / noise data (default: --eps).
@@ -123,6 +128,7 @@ pub struct EvalArgs {
     pub seed: u64,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Images per attack batch (>= 1).
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
     /// Override the data folder stored in the checkpoint's recipe.
@@ -209,14 +215,72 @@ fn default_steps(attack: &str) -> usize {
     }
 }
 
-/// The attack named by `a.attack` at budget `eps` and `steps` iterations (not autoattack).
-fn build_attack(a: &EvalArgs, eps: f64, steps: usize) -> Result<Box<dyn Attack>> {
-    anyhow::ensure!(
-        eps >= 0.0 && eps.is_finite(),
-        "--eps must be a finite number >= 0, got {eps}"
-    );
-    anyhow::ensure!(a.restarts >= 1, "--restarts must be >= 1");
-    anyhow::ensure!(steps >= 1, "--steps must be >= 1");
+/// Checks of the arguments that need nothing loaded: sizes (0 is never a default), the L-inf
+/// budgets of --reestimate-eps, and the attack settings ([`build_attack`] checks the rest).
+fn check_args(a: &EvalArgs) -> Result<()> {
+    let mut sizes = vec![
+        ("--batch-size", Some(a.batch_size)),
+        ("--test-limit", a.test_limit),
+        ("--max-batches", a.max_batches),
+        ("--reestimate-batches", Some(a.reestimate_batches)),
+        ("--reestimate-batch-size", Some(a.reestimate_batch_size)),
+    ];
+    if a.attack == "square" {
+        sizes.push(("--queries", Some(a.queries)));
+    }
+    for (flag, v) in sizes {
+        let why = if flag == "--test-limit" {
+            " (0 leaves the test set empty; leave the flag out for the whole test split)"
+        } else {
+            ""
+        };
+        anyhow::ensure!(v != Some(0), "{flag} must be >= 1, got 0{why}");
+    }
+    if let Some(e) = a.reestimate_eps {
+        check_eps(
+            "--reestimate-eps",
+            ThreatNorm::Linf,
+            e,
+            a.allow_large_eps,
+            "pass --allow-large-eps",
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// The names of the settings for one attack built from the flags: `--eps` and `--steps`, or
+/// the values of a curve.
+fn flag_names(curve: Option<&str>) -> ParamNames {
+    let mut n = ParamNames::flags();
+    match curve {
+        Some("eps") => n.eps = "--curve eps value".into(),
+        Some(_) => n.steps = "--curve-steps value".into(),
+        None => {}
+    }
+    n
+}
+
+/// The attack named by `a.attack` at budget `eps` and `steps` iterations (not autoattack);
+/// `names` names the settings in errors ([`flag_names`]).
+fn build_attack(
+    a: &EvalArgs,
+    eps: f64,
+    steps: usize,
+    names: &ParamNames,
+) -> Result<Box<dyn Attack>> {
+    check_attack_params(
+        names,
+        &AttackParams {
+            norm: a.norm,
+            eps,
+            steps: Some(steps),
+            step_size: a.step_size,
+            restarts: Some(a.restarts),
+            allow_large_eps: a.allow_large_eps,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let step = a.step_size.unwrap_or(2.5 * eps / steps as f64);
     let apgd = |cfg: ApgdConfig| {
         Apgd::new(ApgdConfig {
@@ -397,17 +461,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.curve.is_some() || a.curve_steps.is_some() {
         return run_curve(a);
     }
-    // Validate the attack before loading anything.
+    // Validate the arguments and the attack before loading anything.
+    check_args(&a)?;
     let aa = if a.attack == "autoattack" {
         let p = preset(&a.preset)?;
-        anyhow::ensure!(
-            a.eps >= 0.0 && a.eps.is_finite(),
-            "--eps must be a finite number >= 0, got {}",
-            a.eps
-        );
+        check_eps(
+            "--eps",
+            a.norm,
+            a.eps,
+            a.allow_large_eps,
+            "pass --allow-large-eps",
+        )
+        .map_err(anyhow::Error::msg)?;
         Some(p)
     } else {
-        build_attack(&a, a.eps, a.steps.unwrap_or(default_steps(&a.attack)))?;
+        build_attack(
+            &a,
+            a.eps,
+            a.steps.unwrap_or(default_steps(&a.attack)),
+            &flag_names(None),
+        )?;
         None
     };
     let s = load(&a)?;
@@ -478,7 +551,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
             json,
         )
     } else {
-        let attack = build_attack(&a, a.eps, a.steps.unwrap_or(default_steps(&a.attack)))?;
+        let attack = build_attack(
+            &a,
+            a.eps,
+            a.steps.unwrap_or(default_steps(&a.attack)),
+            &flag_names(None),
+        )?;
         eprintln!(
             "eval {} | attack {} {} | route {} | BN mode {} | n {} | seed {} | device {}",
             s.ckpt.display(),
@@ -579,20 +657,26 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         _ => unreachable!(),
     };
     anyhow::ensure!(!settings.is_empty(), "--curve needs at least one value");
+    check_args(&a)?;
     let aa = if a.attack == "autoattack" {
         anyhow::ensure!(vary == "eps", "--curve-steps does not apply to autoattack");
         Some(preset(&a.preset)?)
     } else {
         None
     };
+    let names = flag_names(Some(vary));
     for &(eps, steps) in &settings {
         if aa.is_none() {
-            build_attack(&a, eps, steps)?;
+            build_attack(&a, eps, steps, &names)?;
         } else {
-            anyhow::ensure!(
-                eps >= 0.0 && eps.is_finite(),
-                "--curve: eps must be a finite number >= 0, got {eps}"
-            );
+            check_eps(
+                &names.eps,
+                a.norm,
+                eps,
+                a.allow_large_eps,
+                "pass --allow-large-eps",
+            )
+            .map_err(anyhow::Error::msg)?;
         }
     }
     let s = load(&a)?;
@@ -603,7 +687,7 @@ fn run_curve(a: EvalArgs) -> Result<()> {
     let name = match aa {
         Some(p) => format!("autoattack-{}", p.name),
         // The attack's own name (e.g. `pgd-20`) when only eps varies.
-        None if vary == "eps" => build_attack(&a, settings[0].0, settings[0].1)?.name(),
+        None if vary == "eps" => build_attack(&a, settings[0].0, settings[0].1, &names)?.name(),
         None => a.attack.clone(),
     };
     eprintln!(
@@ -634,7 +718,7 @@ fn run_curve(a: EvalArgs) -> Result<()> {
                 r.robust_accuracy
             }
             None => {
-                let attack = build_attack(&a, eps, steps)?;
+                let attack = build_attack(&a, eps, steps, &names)?;
                 tch::manual_seed(a.seed as i64);
                 robust_counts(&f, attack.as_ref(), &s.test, a.batch_size, s.device)
                     .robust_accuracy()

@@ -21,6 +21,11 @@ pub struct Recipe {
     /// Lay out convolution weights and inputs channels-last (faster oneDNN convolutions on CPU).
     #[serde(default = "yes")]
     pub channels_last: bool,
+    /// Accept L-inf attack budgets above 1 (`train.attack.eps`, `validation.attack.eps`); an
+    /// eps above 1 in [0, 1] pixel space is almost always a budget in 0..255 units, so it is
+    /// refused unless this is true. Written to the resolved recipe only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_large_eps: bool,
     /// Precision, BN folding and micro-batching of attacks ([`crate::compute`]).
     #[serde(default)]
     pub compute: crate::compute::Compute,
@@ -364,6 +369,9 @@ fn default_attack_mode() -> Mode {
 fn yes() -> bool {
     true
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 fn default_val_pgd_limit() -> usize {
     1000
 }
@@ -435,7 +443,8 @@ impl Recipe {
             let a = t.attack.as_ref().ok_or_else(|| {
                 anyhow::anyhow!("train.attack is required for objective {:?}", t.objective)
             })?;
-            a.validate("train.attack").map_err(anyhow::Error::msg)?;
+            a.validate("train.attack", self.allow_large_eps)
+                .map_err(anyhow::Error::msg)?;
         }
         for (field, v) in [
             ("train.trades_beta", t.trades_beta),
@@ -576,13 +585,22 @@ impl Recipe {
             check("validation.branches", *r)?;
         }
         if let Some(a) = &self.validation.attack {
-            a.validate("validation.attack")
+            a.validate("validation.attack", self.allow_large_eps)
                 .map_err(anyhow::Error::msg)?;
         }
         anyhow::ensure!(
             self.validation.batch_size >= 1,
             "validation.batch_size must be >= 1"
         );
+        for (field, v) in [
+            ("data.train_limit", self.data.train_limit),
+            ("data.test_limit", self.data.test_limit),
+        ] {
+            anyhow::ensure!(
+                v != Some(0),
+                "{field} must be >= 1 (or left out for the whole split), got 0"
+            );
+        }
         let classes = self.data.num_classes()?;
         anyhow::ensure!(
             self.model.num_classes as usize == classes,
