@@ -155,7 +155,11 @@ pub struct EvalReport {
     pub norm: String,
     pub n: usize,
     pub seed: u64,
+    /// The route used: as requested, except that parts the model holds once (shared by every
+    /// domain) read `shared` when the request named another domain than clean for them.
     pub route: String,
+    /// The route as requested (`--route`, after `--swap-ap`).
+    pub route_requested: String,
     pub bn_mode: String,
     /// Precision, BN folding and micro-batching of the attacks ([`crate::compute`]).
     pub compute: crate::compute::Compute,
@@ -194,7 +198,10 @@ pub struct CurveReport {
     pub norm: String,
     pub n: usize,
     pub seed: u64,
+    /// The route used (see [`EvalReport::route`]).
     pub route: String,
+    /// The route as requested (`--route`, after `--swap-ap`).
+    pub route_requested: String,
     pub bn_mode: String,
     pub compute: crate::compute::Compute,
     pub soup: Option<f64>,
@@ -356,8 +363,44 @@ struct Setup {
     sha256: String,
     test: Dataset,
     ctx: Ctx,
+    /// The route used, `shared` where the model holds one set ([`route_label`]).
+    route_label: String,
     device: Device,
     reestimate: Option<Reestimate>,
+}
+
+/// The label of `route` on `net` (what [`EvalReport::route`] holds) after checking that the
+/// model has the domains it names; warns when it names another domain than clean for a part
+/// the model holds once (`swapped`: the route came from `--swap-ap`).
+fn route_label(net: &Network, route: Route, swapped: bool) -> Result<String> {
+    let norms = net.model.norms();
+    let ns = norms.iter().map(|(_, n)| n.stats.len()).max().unwrap_or(0);
+    let ap = norms
+        .iter()
+        .map(|(_, n)| n.affine.len())
+        .max()
+        .unwrap_or(0)
+        .max(net.arch.heads);
+    let flag = if swapped {
+        "--route (with --swap-ap)"
+    } else {
+        "--route"
+    };
+    crate::nn::norm::check_route_sets(route, ns, ap)
+        .map_err(|e| anyhow::anyhow!("{flag} {route}: {e}"))?;
+    net.check_route(route, flag)?;
+    Ok(match crate::nn::norm::shared_route(route, ns, ap) {
+        Some((label, why)) => {
+            let swap = if swapped && ap <= 1 {
+                " --swap-ap has no other affine set to take;"
+            } else {
+                ""
+            };
+            log::warn!("{flag} {route}:{swap} {why}");
+            label
+        }
+        None => route.to_string(),
+    })
 }
 
 fn load(a: &EvalArgs) -> Result<Setup> {
@@ -383,7 +426,7 @@ fn load(a: &EvalArgs) -> Result<Setup> {
         net.arch.in_channels
     );
     let route = if a.swap_ap { swap_ap(a.route) } else { a.route };
-    net.check_route(route, "--route")?;
+    let label = route_label(&net, route, a.swap_ap)?;
     let soup = a.soup.map(check_soup).transpose()?;
     let reestimate = match a.reestimate {
         Some(source) => {
@@ -412,6 +455,7 @@ fn load(a: &EvalArgs) -> Result<Setup> {
         sha256: side.sha256,
         test,
         ctx: Ctx::new(route, a.bn_mode).with_soup(soup),
+        route_label: label,
         device,
         reestimate,
     })
@@ -435,7 +479,7 @@ fn state_key(a: &EvalArgs, s: &Setup, p: Preset, eps: f64, data_sha256: String) 
 
 /// The route plus every test-time control that changes results (state-file key).
 fn test_time_label(s: &Setup) -> String {
-    let mut l = s.ctx.route.to_string();
+    let mut l = s.route_label.clone();
     if let Some(w) = s.ctx.soup {
         l += &format!(" soup={w}");
     }
@@ -601,7 +645,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         norm: a.norm.to_string(),
         n: s.test.len(),
         seed: a.seed,
-        route: s.ctx.route.to_string(),
+        route: s.route_label.clone(),
+        route_requested: s.ctx.route.to_string(),
         soup: s.ctx.soup,
         reestimate: s.reestimate.clone(),
         bn_mode: a.bn_mode.to_string(),
@@ -768,7 +813,8 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         norm: a.norm.to_string(),
         n: s.test.len(),
         seed: a.seed,
-        route: s.ctx.route.to_string(),
+        route: s.route_label.clone(),
+        route_requested: s.ctx.route.to_string(),
         soup: s.ctx.soup,
         reestimate: s.reestimate.clone(),
         bn_mode: a.bn_mode.to_string(),

@@ -562,27 +562,19 @@ impl Recipe {
             "train.hybrid.clean_fraction must be in [0,1), got {}",
             h.clean_fraction
         );
-        let m = &self.model;
+        let (ns, ap) = self.route_sets();
         let check = |field: &str, r: Route| -> Result<()> {
-            let (ns, ap) = (m.norm.ns_domains, m.norm.ap_domains.max(m.heads));
-            anyhow::ensure!(
-                ns == 1 || r.ns < ns,
-                "{field} = '{r}': the model has {ns} statistics sets (model.norm.ns_domains)"
-            );
-            anyhow::ensure!(
-                ap == 1 || r.ap < ap,
-                "{field} = '{r}': the model has {ap} affine/head sets (model.norm.ap_domains, model.heads)"
-            );
-            Ok(())
+            crate::nn::norm::check_route_sets(r, ns, ap).map_err(|e| {
+                anyhow::anyhow!(
+                    "{field} = '{r}': {e} (model.norm.ns_domains = {}, model.norm.ap_domains = {}, model.heads = {})",
+                    self.model.norm.ns_domains,
+                    self.model.norm.ap_domains,
+                    self.model.heads
+                )
+            })
         };
-        check("train.route", t.route)?;
-        check("train.hybrid.clean_route", h.clean_route)?;
-        check("train.hybrid.adv_route", h.adv_route)?;
-        if let Some(r) = self.validation.route {
-            check("validation.route", r)?;
-        }
-        for r in &self.validation.branches {
-            check("validation.branches", *r)?;
+        for (field, r) in self.routes() {
+            check(field, r)?;
         }
         if let Some(a) = &self.validation.attack {
             a.validate("validation.attack", self.allow_large_eps)
@@ -620,6 +612,43 @@ impl Recipe {
         self.model.norm.validate().map_err(anyhow::Error::msg)?;
         crate::device::parse_device(&self.device)?;
         Ok(())
+    }
+
+    /// Statistics and affine/head sets of the model (each 1 when shared by every domain).
+    fn route_sets(&self) -> (usize, usize) {
+        let n = &self.model.norm;
+        (n.ns_domains, n.ap_domains.max(self.model.heads))
+    }
+
+    /// Every route the recipe names, with its field.
+    fn routes(&self) -> Vec<(&'static str, Route)> {
+        let (t, v) = (&self.train, &self.validation);
+        let mut out = vec![
+            ("train.route", t.route),
+            ("train.hybrid.clean_route", t.hybrid.clean_route),
+            ("train.hybrid.adv_route", t.hybrid.adv_route),
+        ];
+        out.extend(v.route.map(|r| ("validation.route", r)));
+        out.extend(v.branches.iter().map(|&r| ("validation.branches", r)));
+        out
+    }
+
+    /// Settings that are valid but probably not what was meant: a `train.route`,
+    /// `validation.route` or `validation.branches` entry that names the adversarial (or another)
+    /// domain of a model whose statistics or affine parameters are shared, so that it is the
+    /// same as the clean route. (The hybrid routes are left out: their defaults name both
+    /// domains for every model.)
+    pub fn warnings(&self) -> Vec<String> {
+        let (ns, ap) = self.route_sets();
+        self.routes()
+            .into_iter()
+            .filter(|(f, _)| !f.starts_with("train.hybrid"))
+            .filter_map(|(field, r)| {
+                crate::nn::norm::shared_route(r, ns, ap).map(|(_, why)| {
+                    format!("{field} = '{r}': {why}; the run's logs and files label it '{r}'")
+                })
+            })
+            .collect()
     }
 
     /// The validation attack: explicit, or PGD-10 with step eps/4 at the training eps.
