@@ -403,14 +403,54 @@ impl Recipe {
                 None => anyhow::anyhow!("recipe {}: {}", path.display(), e.message()),
             }
         })?;
-        let t = &mut recipe.train;
+        recipe.resolve_passes();
+        recipe
+            .validate()
+            .with_context(|| format!("invalid recipe {}", path.display()))?;
+        Ok(recipe)
+    }
+
+    /// The objective's default `train.hybrid.passes` when the recipe leaves it out.
+    fn resolve_passes(&mut self) {
+        let t = &mut self.train;
         t.hybrid.passes.get_or_insert(match t.objective {
             Objective::Trades | Objective::Mart => Passes::Separate,
             _ => Passes::Joint,
         });
-        recipe
-            .validate()
-            .with_context(|| format!("invalid recipe {}", path.display()))?;
+    }
+
+    /// [`Recipe::load`] for `train`: the `--set` overrides `sets`, then `flags` (the CLI flags
+    /// written as overrides, e.g. `train.epochs=3` for `--epochs 3`), which win. Every `--set`
+    /// is checked on its own as well, applied to the resolved recipe (its type and the value
+    /// checks), so a bad value is an error naming it even when a flag replaces its key. Prints
+    /// [`Recipe::warnings`].
+    pub fn load_with_flags(path: &Path, sets: &[String], flags: &[String]) -> Result<Recipe> {
+        let all: Vec<String> = sets.iter().chain(flags).cloned().collect();
+        let recipe = Recipe::load(path, &all)?;
+        let resolved = toml::Value::try_from(&recipe).context("the resolved recipe")?;
+        for set in sets {
+            let mut v = resolved.clone();
+            apply_override(&mut v, set).with_context(|| format!("recipe {}", path.display()))?;
+            let mut one: Recipe = v.try_into().map_err(|e: toml::de::Error| {
+                anyhow::anyhow!(
+                    "--set {set}: {} (recipe {}; every --set is checked, also when a flag \
+                     overrides its key)",
+                    e.message(),
+                    path.display()
+                )
+            })?;
+            one.resolve_passes();
+            one.validate().with_context(|| {
+                format!(
+                    "--set {set} (recipe {}; every --set is checked, also when a flag overrides \
+                     its key)",
+                    path.display()
+                )
+            })?;
+        }
+        for w in recipe.warnings() {
+            log::warn!("recipe {}: {w}", path.display());
+        }
         Ok(recipe)
     }
 
