@@ -227,6 +227,12 @@ fn linf_eps_above_one_needs_allow_large_eps() {
     eprintln!("{e}");
     let r = load_ok(&f.recipe, &["train.attack.eps=8", "allow_large_eps=true"]);
     assert!(r.allow_large_eps);
+    // A standard objective does not attack, but its train.attack eps is the validation budget.
+    let e = load_err(
+        &f.recipe,
+        &["train.objective=\"standard\"", "train.attack.eps=8"],
+    );
+    assert!(e.contains("train.attack.eps"), "{e}");
     let e = load_err(
         &f.recipe,
         &["validation.attack={eps = 2.0, step_size = 0.5, steps = 2}"],
@@ -493,6 +499,9 @@ fn zero_sizes_are_refused() {
     assert!(e.contains("data.test_limit must be >= 1"), "{e}");
     let e = load_err(&f.recipe, &["data.train_limit=0"]);
     assert!(e.contains("data.train_limit must be >= 1"), "{e}");
+    // A negative crop padding used to mean no crop, silently.
+    let e = load_err(&f.recipe, &["data.crop_padding=-2"]);
+    assert!(e.contains("data.crop_padding must be >= 0"), "{e}");
     fails(
         &[
             "train",

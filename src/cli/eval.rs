@@ -396,7 +396,7 @@ fn route_label(net: &Network, route: Route, swapped: bool) -> Result<String> {
             } else {
                 ""
             };
-            log::warn!("{flag} {route}:{swap} {why}");
+            log::warn!("{flag} {route}:{swap} {why}; the output labels the route '{label}'");
             label
         }
         None => route.to_string(),

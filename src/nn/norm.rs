@@ -142,7 +142,8 @@ pub fn check_route_sets(route: Route, ns_sets: usize, ap_sets: usize) -> Result<
         if n <= 1 {
             ", shared by every domain (a route names clean or adv)".to_string()
         } else {
-            format!(" (domains 0..{}: clean, adv, ...)", n - 1)
+            let names: Vec<String> = (0..n).map(domain_name).collect();
+            format!(" (domains {})", names.join(", "))
         }
     };
     if route.ns >= domain_limit(ns_sets) {
@@ -200,8 +201,8 @@ pub fn shared_route(route: Route, ns_sets: usize, ap_sets: usize) -> Option<(Str
         held.push(count(ap_sets, "affine set"));
     }
     let why = format!(
-        "the model has {}, shared by every domain: this route computes the same as the shared \
-         set (labelled '{label}')",
+        "the model has {}, shared by every domain: this route computes the same as 'clean' \
+         there",
         held.join(" and ")
     );
     Some((label, why))

@@ -479,10 +479,12 @@ impl Recipe {
             "train.lr_gamma must be > 0, got {}",
             t.lr_gamma
         );
-        if t.objective.is_adversarial() {
-            let a = t.attack.as_ref().ok_or_else(|| {
-                anyhow::anyhow!("train.attack is required for objective {:?}", t.objective)
-            })?;
+        if t.objective.is_adversarial() && t.attack.is_none() {
+            anyhow::bail!("train.attack is required for objective {:?}", t.objective);
+        }
+        // Also when the objective does not attack: its eps is the default validation,
+        // overfitting-check and SWA budget.
+        if let Some(a) = &t.attack {
             a.validate("train.attack", self.allow_large_eps)
                 .map_err(anyhow::Error::msg)?;
         }
@@ -624,6 +626,11 @@ impl Recipe {
             self.validation.batch_size >= 1,
             "validation.batch_size must be >= 1"
         );
+        anyhow::ensure!(
+            self.data.crop_padding >= 0,
+            "data.crop_padding must be >= 0 (0 = no random crop), got {}",
+            self.data.crop_padding
+        );
         for (field, v) in [
             ("data.train_limit", self.data.train_limit),
             ("data.test_limit", self.data.test_limit),
@@ -685,7 +692,7 @@ impl Recipe {
             .filter(|(f, _)| !f.starts_with("train.hybrid"))
             .filter_map(|(field, r)| {
                 crate::nn::norm::shared_route(r, ns, ap).map(|(_, why)| {
-                    format!("{field} = '{r}': {why}; the run's logs and files label it '{r}'")
+                    format!("{field} = '{r}': {why} (the run's logs and files still name it '{r}')")
                 })
             })
             .collect()
