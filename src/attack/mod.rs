@@ -193,6 +193,119 @@ impl std::fmt::Display for ThreatNorm {
     }
 }
 
+/// How the shared attack settings are named in messages: recipe fields under one table
+/// (`train.attack.eps`, ...) or `eval` flags (`--eps`, ...), with the way to allow a large
+/// L-inf eps in that place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamNames {
+    pub eps: String,
+    pub steps: String,
+    pub step_size: String,
+    pub restarts: String,
+    /// How to accept an L-inf eps above 1 (named in the error).
+    pub allow_large_eps: String,
+}
+
+impl ParamNames {
+    /// Fields of the recipe table `table` (e.g. `train.attack`).
+    pub fn recipe(table: &str) -> ParamNames {
+        ParamNames {
+            eps: format!("{table}.eps"),
+            steps: format!("{table}.steps"),
+            step_size: format!("{table}.step_size"),
+            restarts: format!("{table}.restarts"),
+            allow_large_eps: "set allow_large_eps = true at the top of the recipe (or --set \
+                              allow_large_eps=true)"
+                .into(),
+        }
+    }
+
+    /// The flags of `advtrain eval`.
+    pub fn flags() -> ParamNames {
+        ParamNames {
+            eps: "--eps".into(),
+            steps: "--steps".into(),
+            step_size: "--step-size".into(),
+            restarts: "--restarts".into(),
+            allow_large_eps: "pass --allow-large-eps".into(),
+        }
+    }
+}
+
+/// The settings every attack family shares (`None` = not used by the attack or left to its
+/// default).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttackParams {
+    pub norm: ThreatNorm,
+    pub eps: f64,
+    pub steps: Option<usize>,
+    pub step_size: Option<f64>,
+    pub restarts: Option<usize>,
+    /// Accept an L-inf eps above 1.
+    pub allow_large_eps: bool,
+}
+
+/// Error unless `eps` is a usable budget: finite, `>= 0`, and for L-inf at most 1 (the whole
+/// [0, 1] pixel range; a larger value is almost always a budget in 0..255 units) unless
+/// `allow_large_eps`. `name` is the field or flag; `allow` says how to accept a large eps.
+pub fn check_eps(
+    name: &str,
+    norm: ThreatNorm,
+    eps: f64,
+    allow_large_eps: bool,
+    allow: &str,
+) -> Result<(), String> {
+    if !(eps >= 0.0) || !eps.is_finite() {
+        return Err(format!("{name} must be a finite number >= 0, got {eps}"));
+    }
+    if norm == ThreatNorm::Linf && eps > 1.0 && !allow_large_eps {
+        return Err(format!(
+            "{name} = {eps} is above 1: L-inf budgets are in [0, 1] pixel units, where eps 1 \
+             already allows any image (did you mean {eps}/255 = {:.6}?); {allow} to use it anyway",
+            eps / 255.0
+        ));
+    }
+    Ok(())
+}
+
+/// The one check of the shared attack settings, used by recipe validation
+/// ([`PgdConfig::validate`]) and by `eval`'s arguments: eps ([`check_eps`]), steps `>= 1`, a
+/// finite step size `>= 0` that is `> 0` when eps is (a zero step never moves), restarts `>= 1`.
+pub fn check_attack_params(names: &ParamNames, p: &AttackParams) -> Result<(), String> {
+    check_eps(
+        &names.eps,
+        p.norm,
+        p.eps,
+        p.allow_large_eps,
+        &names.allow_large_eps,
+    )?;
+    if let Some(steps) = p.steps {
+        if steps == 0 {
+            return Err(format!("{} must be >= 1, got 0", names.steps));
+        }
+    }
+    if let Some(a) = p.step_size {
+        if !(a >= 0.0) || !a.is_finite() {
+            return Err(format!(
+                "{} must be a finite number >= 0, got {a}",
+                names.step_size
+            ));
+        }
+        if a == 0.0 && p.eps > 0.0 {
+            return Err(format!(
+                "{} must be > 0 when {} = {} > 0 (a zero step never moves), got {a}",
+                names.step_size, names.eps, p.eps
+            ));
+        }
+    }
+    if let Some(r) = p.restarts {
+        if r == 0 {
+            return Err(format!("{} must be >= 1, got 0", names.restarts));
+        }
+    }
+    Ok(())
+}
+
 /// An attack: maps clean images and labels to adversarial images in B_eps(x) ∩ [0,1]^d.
 pub trait Attack {
     /// Short name, e.g. `pgd-20`.

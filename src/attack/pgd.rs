@@ -108,24 +108,21 @@ impl PgdConfig {
         }
     }
 
-    /// Checks on the values (names the offending field).
-    pub fn validate(&self, field: &str) -> Result<(), String> {
-        if !(self.eps >= 0.0) || !self.eps.is_finite() {
-            return Err(format!(
-                "{field}.eps must be a finite number >= 0, got {}",
-                self.eps
-            ));
-        }
-        if !(self.step_size >= 0.0) || !self.step_size.is_finite() {
-            return Err(format!(
-                "{field}.step_size must be a finite number >= 0, got {}",
-                self.step_size
-            ));
-        }
-        if self.restarts == 0 {
-            return Err(format!("{field}.restarts must be >= 1"));
-        }
-        Ok(())
+    /// Checks on the values, naming the offending field of the recipe table `field` (e.g.
+    /// `train.attack`): the shared [`super::check_attack_params`] (eps, steps, step size,
+    /// restarts), with an L-inf eps above 1 refused unless `allow_large_eps`.
+    pub fn validate(&self, field: &str, allow_large_eps: bool) -> Result<(), String> {
+        super::check_attack_params(
+            &super::ParamNames::recipe(field),
+            &super::AttackParams {
+                norm: self.norm,
+                eps: self.eps,
+                steps: Some(self.steps),
+                step_size: Some(self.step_size),
+                restarts: Some(self.restarts),
+                allow_large_eps,
+            },
+        )
     }
 }
 

@@ -4,7 +4,8 @@ use super::write_json;
 use crate::attack::fab::{Fab, FabConfig};
 use crate::attack::pgd::{Init, PgdLoss, Target};
 use crate::attack::{
-    Apgd, ApgdConfig, Attack, Classifier, Fgsm, Pgd, PgdConfig, Square, SquareConfig, ThreatNorm,
+    check_attack_params, check_eps, Apgd, ApgdConfig, Attack, AttackParams, Classifier, Fgsm,
+    ParamNames, Pgd, PgdConfig, Square, SquareConfig, ThreatNorm,
 };
 use crate::data::Dataset;
 use crate::device::{device_name, parse_device};
@@ -59,6 +60,10 @@ pub struct EvalArgs {
     /// Perturbation budget (also the fallback when --curve is given).
     #[arg(long, allow_negative_numbers = true)]
     pub eps: f64,
+    /// Accept an L-inf eps above 1 (--eps, --curve, --reestimate-eps): in [0, 1] pixel space
+    /// such a budget allows any image, and is usually a 0..255 value given by mistake.
+    #[arg(long)]
+    pub allow_large_eps: bool,
     #[arg(long, default_value = "linf")]
     pub norm: ThreatNorm,
     /// Iterations: PGD steps (default 20), APGD/FAB iterations (default 100).
@@ -110,10 +115,10 @@ pub struct EvalArgs {
     /// Re-estimate the route's running statistics first, on clean | adv | noise training data.
     #[arg(long)]
     pub reestimate: Option<StatsSource>,
-    /// Batches averaged by --reestimate.
+    /// Batches averaged by --reestimate (>= 1).
     #[arg(long, default_value_t = 50)]
     pub reestimate_batches: usize,
-    /// Batch size of --reestimate.
+    /// Batch size of --reestimate (>= 1).
     #[arg(long, default_value_t = 128)]
     pub reestimate_batch_size: usize,
     /// eps of --reestimate adv / noise data (default: --eps).
@@ -123,6 +128,7 @@ pub struct EvalArgs {
     pub seed: u64,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Images per attack batch (>= 1).
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
     /// Override the data folder stored in the checkpoint's recipe.
@@ -149,7 +155,11 @@ pub struct EvalReport {
     pub norm: String,
     pub n: usize,
     pub seed: u64,
+    /// The route used: as requested, except that parts the model holds once (shared by every
+    /// domain) read `shared` when the request named another domain than clean for them.
     pub route: String,
+    /// The route as requested (`--route`, after `--swap-ap`).
+    pub route_requested: String,
     pub bn_mode: String,
     /// Precision, BN folding and micro-batching of the attacks ([`crate::compute`]).
     pub compute: crate::compute::Compute,
@@ -188,7 +198,10 @@ pub struct CurveReport {
     pub norm: String,
     pub n: usize,
     pub seed: u64,
+    /// The route used (see [`EvalReport::route`]).
     pub route: String,
+    /// The route as requested (`--route`, after `--swap-ap`).
+    pub route_requested: String,
     pub bn_mode: String,
     pub compute: crate::compute::Compute,
     pub soup: Option<f64>,
@@ -209,14 +222,72 @@ fn default_steps(attack: &str) -> usize {
     }
 }
 
-/// The attack named by `a.attack` at budget `eps` and `steps` iterations (not autoattack).
-fn build_attack(a: &EvalArgs, eps: f64, steps: usize) -> Result<Box<dyn Attack>> {
-    anyhow::ensure!(
-        eps >= 0.0 && eps.is_finite(),
-        "--eps must be a finite number >= 0, got {eps}"
-    );
-    anyhow::ensure!(a.restarts >= 1, "--restarts must be >= 1");
-    anyhow::ensure!(steps >= 1, "--steps must be >= 1");
+/// Checks of the arguments that need nothing loaded: sizes (0 is never a default), the L-inf
+/// budgets of --reestimate-eps, and the attack settings ([`build_attack`] checks the rest).
+fn check_args(a: &EvalArgs) -> Result<()> {
+    let mut sizes = vec![
+        ("--batch-size", Some(a.batch_size)),
+        ("--test-limit", a.test_limit),
+        ("--max-batches", a.max_batches),
+        ("--reestimate-batches", Some(a.reestimate_batches)),
+        ("--reestimate-batch-size", Some(a.reestimate_batch_size)),
+    ];
+    if a.attack == "square" {
+        sizes.push(("--queries", Some(a.queries)));
+    }
+    for (flag, v) in sizes {
+        let why = if flag == "--test-limit" {
+            " (0 leaves the test set empty; leave the flag out for the whole test split)"
+        } else {
+            ""
+        };
+        anyhow::ensure!(v != Some(0), "{flag} must be >= 1, got 0{why}");
+    }
+    if let Some(e) = a.reestimate_eps {
+        check_eps(
+            "--reestimate-eps",
+            ThreatNorm::Linf,
+            e,
+            a.allow_large_eps,
+            "pass --allow-large-eps",
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// The names of the settings for one attack built from the flags: `--eps` and `--steps`, or
+/// the values of a curve.
+fn flag_names(curve: Option<&str>) -> ParamNames {
+    let mut n = ParamNames::flags();
+    match curve {
+        Some("eps") => n.eps = "--curve eps value".into(),
+        Some(_) => n.steps = "--curve-steps value".into(),
+        None => {}
+    }
+    n
+}
+
+/// The attack named by `a.attack` at budget `eps` and `steps` iterations (not autoattack);
+/// `names` names the settings in errors ([`flag_names`]).
+fn build_attack(
+    a: &EvalArgs,
+    eps: f64,
+    steps: usize,
+    names: &ParamNames,
+) -> Result<Box<dyn Attack>> {
+    check_attack_params(
+        names,
+        &AttackParams {
+            norm: a.norm,
+            eps,
+            steps: Some(steps),
+            step_size: a.step_size,
+            restarts: Some(a.restarts),
+            allow_large_eps: a.allow_large_eps,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
     let step = a.step_size.unwrap_or(2.5 * eps / steps as f64);
     let apgd = |cfg: ApgdConfig| {
         Apgd::new(ApgdConfig {
@@ -292,8 +363,44 @@ struct Setup {
     sha256: String,
     test: Dataset,
     ctx: Ctx,
+    /// The route used, `shared` where the model holds one set ([`route_label`]).
+    route_label: String,
     device: Device,
     reestimate: Option<Reestimate>,
+}
+
+/// The label of `route` on `net` (what [`EvalReport::route`] holds) after checking that the
+/// model has the domains it names; warns when it names another domain than clean for a part
+/// the model holds once (`swapped`: the route came from `--swap-ap`).
+fn route_label(net: &Network, route: Route, swapped: bool) -> Result<String> {
+    let norms = net.model.norms();
+    let ns = norms.iter().map(|(_, n)| n.stats.len()).max().unwrap_or(0);
+    let ap = norms
+        .iter()
+        .map(|(_, n)| n.affine.len())
+        .max()
+        .unwrap_or(0)
+        .max(net.arch.heads);
+    let flag = if swapped {
+        "--route (with --swap-ap)"
+    } else {
+        "--route"
+    };
+    crate::nn::norm::check_route_sets(route, ns, ap)
+        .map_err(|e| anyhow::anyhow!("{flag} {route}: {e}"))?;
+    net.check_route(route, flag)?;
+    Ok(match crate::nn::norm::shared_route(route, ns, ap) {
+        Some((label, why)) => {
+            let swap = if swapped && ap <= 1 {
+                " --swap-ap has no other affine set to take;"
+            } else {
+                ""
+            };
+            log::warn!("{flag} {route}:{swap} {why}; the output labels the route '{label}'");
+            label
+        }
+        None => route.to_string(),
+    })
 }
 
 fn load(a: &EvalArgs) -> Result<Setup> {
@@ -309,8 +416,17 @@ fn load(a: &EvalArgs) -> Result<Setup> {
     data_spec.test_limit = a.test_limit;
     let test = data_spec.load_test()?;
     anyhow::ensure!(!test.is_empty(), "the test set is empty (--test-limit 0?)");
+    let channels = test.images.size()[1];
+    anyhow::ensure!(
+        channels == net.arch.in_channels,
+        "the test images in {} have {channels} channels but the model of {} takes {} \
+         (model.in_channels)",
+        data_spec.resolved_dir()?.display(),
+        ckpt.display(),
+        net.arch.in_channels
+    );
     let route = if a.swap_ap { swap_ap(a.route) } else { a.route };
-    net.check_route(route, "--route")?;
+    let label = route_label(&net, route, a.swap_ap)?;
     let soup = a.soup.map(check_soup).transpose()?;
     let reestimate = match a.reestimate {
         Some(source) => {
@@ -339,6 +455,7 @@ fn load(a: &EvalArgs) -> Result<Setup> {
         sha256: side.sha256,
         test,
         ctx: Ctx::new(route, a.bn_mode).with_soup(soup),
+        route_label: label,
         device,
         reestimate,
     })
@@ -362,7 +479,7 @@ fn state_key(a: &EvalArgs, s: &Setup, p: Preset, eps: f64, data_sha256: String) 
 
 /// The route plus every test-time control that changes results (state-file key).
 fn test_time_label(s: &Setup) -> String {
-    let mut l = s.ctx.route.to_string();
+    let mut l = s.route_label.clone();
     if let Some(w) = s.ctx.soup {
         l += &format!(" soup={w}");
     }
@@ -388,17 +505,26 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.curve.is_some() || a.curve_steps.is_some() {
         return run_curve(a);
     }
-    // Validate the attack before loading anything.
+    // Validate the arguments and the attack before loading anything.
+    check_args(&a)?;
     let aa = if a.attack == "autoattack" {
         let p = preset(&a.preset)?;
-        anyhow::ensure!(
-            a.eps >= 0.0 && a.eps.is_finite(),
-            "--eps must be a finite number >= 0, got {}",
-            a.eps
-        );
+        check_eps(
+            "--eps",
+            a.norm,
+            a.eps,
+            a.allow_large_eps,
+            "pass --allow-large-eps",
+        )
+        .map_err(anyhow::Error::msg)?;
         Some(p)
     } else {
-        build_attack(&a, a.eps, a.steps.unwrap_or(default_steps(&a.attack)))?;
+        build_attack(
+            &a,
+            a.eps,
+            a.steps.unwrap_or(default_steps(&a.attack)),
+            &flag_names(None),
+        )?;
         None
     };
     let s = load(&a)?;
@@ -469,7 +595,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
             json,
         )
     } else {
-        let attack = build_attack(&a, a.eps, a.steps.unwrap_or(default_steps(&a.attack)))?;
+        let attack = build_attack(
+            &a,
+            a.eps,
+            a.steps.unwrap_or(default_steps(&a.attack)),
+            &flag_names(None),
+        )?;
         eprintln!(
             "eval {} | attack {} {} | route {} | BN mode {} | n {} | seed {} | device {}",
             s.ckpt.display(),
@@ -514,7 +645,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         norm: a.norm.to_string(),
         n: s.test.len(),
         seed: a.seed,
-        route: s.ctx.route.to_string(),
+        route: s.route_label.clone(),
+        route_requested: s.ctx.route.to_string(),
         soup: s.ctx.soup,
         reestimate: s.reestimate.clone(),
         bn_mode: a.bn_mode.to_string(),
@@ -570,20 +702,26 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         _ => unreachable!(),
     };
     anyhow::ensure!(!settings.is_empty(), "--curve needs at least one value");
+    check_args(&a)?;
     let aa = if a.attack == "autoattack" {
         anyhow::ensure!(vary == "eps", "--curve-steps does not apply to autoattack");
         Some(preset(&a.preset)?)
     } else {
         None
     };
+    let names = flag_names(Some(vary));
     for &(eps, steps) in &settings {
         if aa.is_none() {
-            build_attack(&a, eps, steps)?;
+            build_attack(&a, eps, steps, &names)?;
         } else {
-            anyhow::ensure!(
-                eps >= 0.0 && eps.is_finite(),
-                "--curve: eps must be a finite number >= 0, got {eps}"
-            );
+            check_eps(
+                &names.eps,
+                a.norm,
+                eps,
+                a.allow_large_eps,
+                "pass --allow-large-eps",
+            )
+            .map_err(anyhow::Error::msg)?;
         }
     }
     let s = load(&a)?;
@@ -594,7 +732,7 @@ fn run_curve(a: EvalArgs) -> Result<()> {
     let name = match aa {
         Some(p) => format!("autoattack-{}", p.name),
         // The attack's own name (e.g. `pgd-20`) when only eps varies.
-        None if vary == "eps" => build_attack(&a, settings[0].0, settings[0].1)?.name(),
+        None if vary == "eps" => build_attack(&a, settings[0].0, settings[0].1, &names)?.name(),
         None => a.attack.clone(),
     };
     eprintln!(
@@ -625,7 +763,7 @@ fn run_curve(a: EvalArgs) -> Result<()> {
                 r.robust_accuracy
             }
             None => {
-                let attack = build_attack(&a, eps, steps)?;
+                let attack = build_attack(&a, eps, steps, &names)?;
                 tch::manual_seed(a.seed as i64);
                 robust_counts(&f, attack.as_ref(), &s.test, a.batch_size, s.device)
                     .robust_accuracy()
@@ -675,7 +813,8 @@ fn run_curve(a: EvalArgs) -> Result<()> {
         norm: a.norm.to_string(),
         n: s.test.len(),
         seed: a.seed,
-        route: s.ctx.route.to_string(),
+        route: s.route_label.clone(),
+        route_requested: s.ctx.route.to_string(),
         soup: s.ctx.soup,
         reestimate: s.reestimate.clone(),
         bn_mode: a.bn_mode.to_string(),

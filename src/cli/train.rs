@@ -37,7 +37,7 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The flags as `--set` overrides (applied after the explicit ones).
     fn flag_overrides(&self) -> Vec<String> {
-        let mut v = self.overrides.clone();
+        let mut v = vec![];
         if let Some(e) = self.epochs {
             v.push(format!("train.epochs={e}"));
         }
@@ -66,7 +66,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "--recipe FILE is required (or --resume with --out DIR of an existing run)"
         ),
     };
-    let recipe = Recipe::load(&path, &a.flag_overrides())?;
+    let recipe = Recipe::load_with_flags(&path, &a.overrides, &a.flag_overrides())?;
     let out = a
         .out
         .clone()

@@ -39,7 +39,7 @@ pub fn load_idx_dir(dir: &Path, train: bool, num_classes: usize) -> Result<RawIm
         });
     }
     let prefix = if train { "train" } else { "t10k" };
-    let images_path = find_file(dir, &candidates(prefix, "images", 3))?;
+    let images_path = images_file(dir, train)?;
     let labels_path = find_file(dir, &candidates(prefix, "labels", 1))?;
     let (n, h, w, pixels) = read_idx_images(&images_path)?;
     let labels = read_idx_labels(&labels_path)?;
@@ -69,6 +69,13 @@ pub fn load_idx_dir(dir: &Path, train: bool, num_classes: usize) -> Result<RawIm
     })
 }
 
+/// The images file of the train (`train-*`) or test (`t10k-*`) split in `dir` (the one
+/// [`load_idx_dir`] reads).
+pub fn images_file(dir: &Path, train: bool) -> Result<PathBuf, DataError> {
+    let prefix = if train { "train" } else { "t10k" };
+    find_file(dir, &candidates(prefix, "images", 3))
+}
+
 /// File names tried for one split and kind, in order of preference.
 fn candidates(prefix: &str, kind: &str, ndims: u8) -> Vec<String> {
     let dashed = format!("{prefix}-{kind}-idx{ndims}-ubyte");
@@ -93,37 +100,55 @@ fn find_file(dir: &Path, names: &[String]) -> Result<PathBuf, DataError> {
         })
 }
 
-/// Reads a file, decompressing it when it starts with the gzip magic bytes.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+/// Reads an IDX file of u8 data with the given magic (decompressing it when it starts with the
+/// gzip magic bytes); returns its dimensions and body. The body is read only up to the size the
+/// header gives, and only as far as the data goes, so a header claiming more than the file
+/// holds (e.g. 2^32 images), or a gzip stream that inflates past it, is refused without
+/// allocating for it.
+fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let bytes = read_file(path)?;
     if !bytes.starts_with(&GZIP_MAGIC) {
-        return Ok(bytes);
+        return parse_idx(path, magic, &mut bytes.as_slice());
     }
-    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4));
-    flate2::read::MultiGzDecoder::new(bytes.as_slice())
-        .read_to_end(&mut out)
-        .map_err(|source| DataError::BadGzip {
+    let mut stream = flate2::read::MultiGzDecoder::new(bytes.as_slice());
+    let parsed = parse_idx(path, magic, &mut stream);
+    if matches!(parsed, Err(ref e) if !matches!(e, DataError::BadGzip { .. })) {
+        // A corrupt stream is the cause to report, not the header it garbled.
+        std::io::copy(&mut stream, &mut std::io::sink()).map_err(|source| DataError::BadGzip {
             path: path.to_path_buf(),
             source,
         })?;
-    Ok(out)
+    }
+    parsed
 }
 
-/// Reads an IDX file of u8 data with the given magic; returns its dimensions and body.
-fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let mut bytes = read_maybe_gz(path)?;
+/// Parses IDX data from `r` (the whole file, or its decompressed stream).
+fn parse_idx(
+    path: &Path,
+    magic: u32,
+    r: &mut impl Read,
+) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    // Reading a byte slice cannot fail: an error comes from decompression.
+    let gz = |source| DataError::BadGzip {
+        path: path.to_path_buf(),
+        source,
+    };
     let ndims = usize::from(magic.to_be_bytes()[3]);
     let header_len = 4 + 4 * ndims;
-    let found_bytes = bytes.len() as u64;
-    let truncated = |expected_bytes: u64| DataError::Truncated {
+    let mut header = Vec::with_capacity(header_len);
+    r.by_ref()
+        .take(header_len as u64)
+        .read_to_end(&mut header)
+        .map_err(gz)?;
+    let truncated = |expected_bytes: u64, found_bytes: u64| DataError::Truncated {
         path: path.to_path_buf(),
         expected_bytes,
         found_bytes,
     };
-    if bytes.len() < 4 {
-        return Err(truncated(header_len as u64));
+    if header.len() < 4 {
+        return Err(truncated(header_len as u64, header.len() as u64));
     }
-    let found = be_u32(&bytes, 0);
+    let found = be_u32(&header, 0);
     if found != magic {
         return Err(DataError::BadMagic {
             path: path.to_path_buf(),
@@ -131,15 +156,22 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError>
             found,
         });
     }
-    if bytes.len() < header_len {
-        return Err(truncated(header_len as u64));
+    if header.len() < header_len {
+        return Err(truncated(header_len as u64, header.len() as u64));
     }
     let dims: Vec<usize> = (0..ndims)
-        .map(|i| be_u32(&bytes, 4 + 4 * i) as usize)
+        .map(|i| be_u32(&header, 4 + 4 * i) as usize)
         .collect();
     let expected_bytes = expected_len(path, header_len, &dims)?;
+    let mut body = Vec::new();
+    r.by_ref()
+        .take(expected_bytes - header_len as u64)
+        .read_to_end(&mut body)
+        .map_err(gz)?;
+    let rest = std::io::copy(r, &mut std::io::sink()).map_err(gz)?;
+    let found_bytes = (header_len + body.len()) as u64 + rest;
     if found_bytes < expected_bytes {
-        return Err(truncated(expected_bytes));
+        return Err(truncated(expected_bytes, found_bytes));
     }
     if found_bytes > expected_bytes {
         return Err(DataError::TrailingBytes {
@@ -148,8 +180,7 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError>
             found_bytes,
         });
     }
-    bytes.drain(..header_len);
-    Ok((dims, bytes))
+    Ok((dims, body))
 }
 
 /// Header length plus the product of the dimensions, or `BadHeader` if it overflows.
@@ -358,6 +389,42 @@ mod tests {
             assert!(matches!(&err, DataError::BadGzip { .. }), "{name}: {err:?}");
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn gzip_inflating_past_the_header_is_reported_exactly() {
+        // One 1x1 image, then 8 MB of zeros: the body is read up to the header's size only,
+        // the rest counted, not kept.
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = idx_images(1, 1, 1, &[5]);
+        raw.resize(raw.len() + (8 << 20), 0);
+        let p = write(dir.path(), "long.gz", &gzip(&raw));
+        let err = read_idx_images(&p).unwrap_err();
+        match &err {
+            DataError::TrailingBytes {
+                expected_bytes,
+                found_bytes,
+                ..
+            } => assert_eq!((*expected_bytes, *found_bytes), (17, raw.len() as u64)),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A header claiming 2^32 - 1 images of 28x28 over a short gzip body is truncated.
+        let p = write(
+            dir.path(),
+            "huge.gz",
+            &gzip(&idx_images(u32::MAX, 28, 28, &[1; 100])),
+        );
+        let err = read_idx_images(&p).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                DataError::Truncated {
+                    found_bytes: 116,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

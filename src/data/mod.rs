@@ -91,13 +91,32 @@ impl DataSpec {
         }
     }
 
+    /// Reads one split and checks that its images have the shape of the data set (the input
+    /// shape of the models trained and evaluated on it).
     fn read(&self, dir: &Path, train: bool) -> Result<RawImages, DataError> {
-        match self.dataset.as_str() {
+        let raw = match self.dataset.as_str() {
             "cifar10" => cifar::load_cifar10_dir(dir, train),
             "cifar100" => cifar::load_cifar100_dir(dir, train, false),
             "cifar100-coarse" => cifar::load_cifar100_dir(dir, train, true),
             _ => idx::load_idx_dir(dir, train, 10),
+        }?;
+        if let Ok((c, h, w)) = self.image_shape() {
+            let expected = (c as usize, h as usize, w as usize);
+            if (raw.c, raw.h, raw.w) != expected {
+                let path = if self.dataset.starts_with("cifar") {
+                    dir.to_path_buf()
+                } else {
+                    idx::images_file(dir, train)?
+                };
+                return Err(DataError::WrongShape {
+                    path,
+                    dataset: self.dataset.clone(),
+                    found: format!("{}x{}x{}", raw.c, raw.h, raw.w),
+                    expected: format!("{c}x{h}x{w}"),
+                });
+            }
         }
+        Ok(raw)
     }
 
     /// Load the test split only (limited by `test_limit`).

@@ -135,6 +135,20 @@ pub enum DataError {
     /// The header is readable but describes an unusable dataset.
     #[error("{}: bad header: {msg}", path.display())]
     BadHeader { path: PathBuf, msg: String },
+    /// The images are not of the shape the data set's models take.
+    #[error(
+        "{}: the images are {found} (channels x height x width), but data.dataset '{dataset}' \
+         models take {expected} inputs; use files of that image size (or another data.dataset)",
+        path.display()
+    )]
+    WrongShape {
+        path: PathBuf,
+        dataset: String,
+        /// `CxHxW` of the file.
+        found: String,
+        /// `CxHxW` the models expect.
+        expected: String,
+    },
 }
 
 /// Returns `LabelOutOfRange` (naming `path`) for the first label `>= num_classes`.

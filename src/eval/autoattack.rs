@@ -215,13 +215,90 @@ pub fn read_state(path: &Path, key: &StateKey) -> Result<State> {
             }
         }
     }
-    if state.clean.len() != key.n || state.robust.len() != key.n {
-        bail!(
-            "{}: flags of the wrong length (corrupt state file)",
+    check_state(&state, key).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (corrupt state file; remove it to start over)",
             path.display()
-        );
-    }
+        )
+    })?;
     Ok(state)
+}
+
+/// What [`AutoAttack::run`] needs of a state it continues (the key already matches): flags of
+/// length n with every robust point clean; records of the preset's attacks in order; an attack
+/// in progress that is the next one, over sorted in-range points, with no more batches done
+/// than it has; finite non-negative times, accuracies in [0, 1] and perturbation norm.
+fn check_state(s: &State, key: &StateKey) -> std::result::Result<(), String> {
+    let n = key.n;
+    if s.clean.len() != n || s.robust.len() != n {
+        return Err(format!(
+            "flags of the wrong length: {} clean and {} robust flags for {n} points",
+            s.clean.len(),
+            s.robust.len()
+        ));
+    }
+    if let Some(i) = (0..n).find(|&i| s.robust[i] && !s.clean[i]) {
+        return Err(format!("point {i} is robust but not clean"));
+    }
+    let attacks = preset(&key.preset).map_err(|e| e.to_string())?.attacks;
+    if s.done.len() > attacks.len() {
+        return Err(format!(
+            "{} finished attacks recorded, preset '{}' has {}",
+            s.done.len(),
+            key.preset,
+            attacks.len()
+        ));
+    }
+    let finite = |v: f64| v.is_finite() && v >= 0.0;
+    for (k, r) in s.done.iter().enumerate() {
+        if r.attack != attacks[k] {
+            return Err(format!(
+                "finished attack {k} is '{}', preset '{}' runs '{}' there",
+                r.attack, key.preset, attacks[k]
+            ));
+        }
+        if !(finite(r.robust_accuracy) && r.robust_accuracy <= 1.0)
+            || !finite(r.elapsed_s)
+            || r.attacked > n
+        {
+            return Err(format!(
+                "finished attack {k} ({}) has robust_accuracy {}, elapsed_s {}, attacked {} \
+                 (expected a fraction, seconds >= 0 and at most {n} points)",
+                r.attack, r.robust_accuracy, r.elapsed_s, r.attacked
+            ));
+        }
+    }
+    if let Some(c) = &s.current {
+        if c.attack != s.done.len() || c.attack >= attacks.len() {
+            return Err(format!(
+                "attack {} is in progress after {} finished ones of preset '{}' ({} attacks)",
+                c.attack,
+                s.done.len(),
+                key.preset,
+                attacks.len()
+            ));
+        }
+        if let Some(&i) = c.todo.iter().find(|&&i| i >= n) {
+            return Err(format!("the attack in progress lists point {i} of {n}"));
+        }
+        if c.todo.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("the points of the attack in progress are not in increasing order".into());
+        }
+        let batches = c.todo.len().div_ceil(key.batch_size.max(1));
+        if c.batches_done > batches || !finite(c.elapsed_s) {
+            return Err(format!(
+                "the attack in progress has {} of {batches} batches done in {} s",
+                c.batches_done, c.elapsed_s
+            ));
+        }
+    }
+    if !finite(s.clean_elapsed_s) || !finite(s.max_perturbation) {
+        return Err(format!(
+            "clean_elapsed_s {} and max_perturbation {} must be finite and >= 0",
+            s.clean_elapsed_s, s.max_perturbation
+        ));
+    }
+    Ok(())
 }
 
 /// Settings of one cascade.

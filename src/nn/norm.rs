@@ -118,6 +118,96 @@ pub fn parse_domain(s: &str) -> Result<Domain, String> {
     }
 }
 
+/// `n thing` or `n things`.
+fn count(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+/// What a model with `sets` sets of one kind offers a route: domains `0..sets`, or, with one
+/// set or none (shared), the two named domains clean and adv.
+fn domain_limit(sets: usize) -> usize {
+    sets.max(2)
+}
+
+/// Error unless `route` names domains a model with `ns_sets` statistics sets and `ap_sets`
+/// affine sets (the larger of the norm layers' affine sets and the classifier heads) has: an
+/// index below the number of sets, or with one set (shared by every domain) clean or adv.
+/// The message names the domain and the model's number of sets.
+pub fn check_route_sets(route: Route, ns_sets: usize, ap_sets: usize) -> Result<(), String> {
+    let shared = |n: usize| {
+        if n <= 1 {
+            ", shared by every domain (a route names clean or adv)".to_string()
+        } else {
+            let names: Vec<String> = (0..n).map(domain_name).collect();
+            format!(" (domains {})", names.join(", "))
+        }
+    };
+    if route.ns >= domain_limit(ns_sets) {
+        return Err(format!(
+            "NS domain {} does not exist: the model has {}{}",
+            route.ns,
+            count(ns_sets, "statistics set"),
+            shared(ns_sets)
+        ));
+    }
+    if route.ap >= domain_limit(ap_sets) {
+        return Err(format!(
+            "AP domain {} does not exist: the model has {} (BN affine parameters / classifier heads){}",
+            route.ap,
+            count(ap_sets, "affine set"),
+            shared(ap_sets)
+        ));
+    }
+    Ok(())
+}
+
+/// When `route` names a domain other than clean for a part (statistics or affine parameters)
+/// that the model holds once (`ns_sets` / `ap_sets` <= 1), so the route computes the same as
+/// clean there: the label of the route actually used (`shared` for such parts: `shared` when
+/// both are, else e.g. `ns=shared,ap=adv`) and a sentence saying why. `None` when every part
+/// the route names is a set of its own.
+pub fn shared_route(route: Route, ns_sets: usize, ap_sets: usize) -> Option<(String, String)> {
+    let ns_shared = ns_sets <= 1;
+    let ap_shared = ap_sets <= 1;
+    let redundant = (ns_shared && route.ns != CLEAN) || (ap_shared && route.ap != CLEAN);
+    if !redundant {
+        return None;
+    }
+    let part = |shared: bool, d: Domain| {
+        if shared {
+            "shared".to_string()
+        } else {
+            domain_name(d)
+        }
+    };
+    let label = if ns_shared && ap_shared {
+        "shared".to_string()
+    } else {
+        format!(
+            "ns={},ap={}",
+            part(ns_shared, route.ns),
+            part(ap_shared, route.ap)
+        )
+    };
+    let mut held = vec![];
+    if ns_shared {
+        held.push(count(ns_sets, "statistics set"));
+    }
+    if ap_shared {
+        held.push(count(ap_sets, "affine set"));
+    }
+    let why = format!(
+        "the model has {}, shared by every domain: this route computes the same as 'clean' \
+         there",
+        held.join(" and ")
+    );
+    Some((label, why))
+}
+
 impl std::str::FromStr for Route {
     type Err = String;
     /// Accepts `clean`, `adv`, or `ns=clean,ap=adv`.
@@ -453,20 +543,23 @@ impl Norm {
         }
     }
 
-    /// Error when `route` names a domain this layer has no set for.
+    /// Error when `route` names a domain this layer has no set for (with one set or none,
+    /// only the named domains clean and adv, which share it, exist).
     pub fn check_route(&self, route: Route) -> Result<(), String> {
         let ns = self.stats.len();
         let ap = self.affine.len();
-        if ns > 1 && route.ns >= ns {
+        if route.ns >= ns.max(2) {
             return Err(format!(
-                "NS domain {} requested, the layer has {ns} statistics sets",
-                route.ns
+                "NS domain {} requested, the layer has {}",
+                route.ns,
+                count(ns, "statistics set")
             ));
         }
-        if ap > 1 && route.ap >= ap {
+        if route.ap >= ap.max(2) {
             return Err(format!(
-                "AP domain {} requested, the layer has {ap} affine sets",
-                route.ap
+                "AP domain {} requested, the layer has {}",
+                route.ap,
+                count(ap, "affine set")
             ));
         }
         Ok(())

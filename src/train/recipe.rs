@@ -21,6 +21,11 @@ pub struct Recipe {
     /// Lay out convolution weights and inputs channels-last (faster oneDNN convolutions on CPU).
     #[serde(default = "yes")]
     pub channels_last: bool,
+    /// Accept L-inf attack budgets above 1 (`train.attack.eps`, `validation.attack.eps`); an
+    /// eps above 1 in [0, 1] pixel space is almost always a budget in 0..255 units, so it is
+    /// refused unless this is true. Written to the resolved recipe only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_large_eps: bool,
     /// Precision, BN folding and micro-batching of attacks ([`crate::compute`]).
     #[serde(default)]
     pub compute: crate::compute::Compute,
@@ -364,6 +369,9 @@ fn default_attack_mode() -> Mode {
 fn yes() -> bool {
     true
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 fn default_val_pgd_limit() -> usize {
     1000
 }
@@ -379,7 +387,7 @@ impl Recipe {
         let mut value: toml::Value = toml::from_str(&text)
             .with_context(|| format!("recipe {} is not valid TOML", path.display()))?;
         for o in overrides {
-            apply_override(&mut value, o)?;
+            apply_override(&mut value, o).with_context(|| format!("recipe {}", path.display()))?;
         }
         let mut recipe: Recipe = value.clone().try_into().map_err(|e: toml::de::Error| {
             // A value carries no positions: parse its text again to find the offending line
@@ -395,14 +403,54 @@ impl Recipe {
                 None => anyhow::anyhow!("recipe {}: {}", path.display(), e.message()),
             }
         })?;
-        let t = &mut recipe.train;
+        recipe.resolve_passes();
+        recipe
+            .validate()
+            .with_context(|| format!("invalid recipe {}", path.display()))?;
+        Ok(recipe)
+    }
+
+    /// The objective's default `train.hybrid.passes` when the recipe leaves it out.
+    fn resolve_passes(&mut self) {
+        let t = &mut self.train;
         t.hybrid.passes.get_or_insert(match t.objective {
             Objective::Trades | Objective::Mart => Passes::Separate,
             _ => Passes::Joint,
         });
-        recipe
-            .validate()
-            .with_context(|| format!("invalid recipe {}", path.display()))?;
+    }
+
+    /// [`Recipe::load`] for `train`: the `--set` overrides `sets`, then `flags` (the CLI flags
+    /// written as overrides, e.g. `train.epochs=3` for `--epochs 3`), which win. Every `--set`
+    /// is checked on its own as well, applied to the resolved recipe (its type and the value
+    /// checks), so a bad value is an error naming it even when a flag replaces its key. Prints
+    /// [`Recipe::warnings`].
+    pub fn load_with_flags(path: &Path, sets: &[String], flags: &[String]) -> Result<Recipe> {
+        let all: Vec<String> = sets.iter().chain(flags).cloned().collect();
+        let recipe = Recipe::load(path, &all)?;
+        let resolved = toml::Value::try_from(&recipe).context("the resolved recipe")?;
+        for set in sets {
+            let mut v = resolved.clone();
+            apply_override(&mut v, set).with_context(|| format!("recipe {}", path.display()))?;
+            let mut one: Recipe = v.try_into().map_err(|e: toml::de::Error| {
+                anyhow::anyhow!(
+                    "--set {set}: {} (recipe {}; every --set is checked, also when a flag \
+                     overrides its key)",
+                    e.message(),
+                    path.display()
+                )
+            })?;
+            one.resolve_passes();
+            one.validate().with_context(|| {
+                format!(
+                    "--set {set} (recipe {}; every --set is checked, also when a flag overrides \
+                     its key)",
+                    path.display()
+                )
+            })?;
+        }
+        for w in recipe.warnings() {
+            log::warn!("recipe {}: {w}", path.display());
+        }
         Ok(recipe)
     }
 
@@ -431,11 +479,14 @@ impl Recipe {
             "train.lr_gamma must be > 0, got {}",
             t.lr_gamma
         );
-        if t.objective.is_adversarial() {
-            let a = t.attack.as_ref().ok_or_else(|| {
-                anyhow::anyhow!("train.attack is required for objective {:?}", t.objective)
-            })?;
-            a.validate("train.attack").map_err(anyhow::Error::msg)?;
+        if t.objective.is_adversarial() && t.attack.is_none() {
+            anyhow::bail!("train.attack is required for objective {:?}", t.objective);
+        }
+        // Also when the objective does not attack: its eps is the default validation,
+        // overfitting-check and SWA budget.
+        if let Some(a) = &t.attack {
+            a.validate("train.attack", self.allow_large_eps)
+                .map_err(anyhow::Error::msg)?;
         }
         for (field, v) in [
             ("train.trades_beta", t.trades_beta),
@@ -553,36 +604,42 @@ impl Recipe {
             "train.hybrid.clean_fraction must be in [0,1), got {}",
             h.clean_fraction
         );
-        let m = &self.model;
+        let (ns, ap) = self.route_sets();
         let check = |field: &str, r: Route| -> Result<()> {
-            let (ns, ap) = (m.norm.ns_domains, m.norm.ap_domains.max(m.heads));
-            anyhow::ensure!(
-                ns == 1 || r.ns < ns,
-                "{field} = '{r}': the model has {ns} statistics sets (model.norm.ns_domains)"
-            );
-            anyhow::ensure!(
-                ap == 1 || r.ap < ap,
-                "{field} = '{r}': the model has {ap} affine/head sets (model.norm.ap_domains, model.heads)"
-            );
-            Ok(())
+            crate::nn::norm::check_route_sets(r, ns, ap).map_err(|e| {
+                anyhow::anyhow!(
+                    "{field} = '{r}': {e} (model.norm.ns_domains = {}, model.norm.ap_domains = {}, model.heads = {})",
+                    self.model.norm.ns_domains,
+                    self.model.norm.ap_domains,
+                    self.model.heads
+                )
+            })
         };
-        check("train.route", t.route)?;
-        check("train.hybrid.clean_route", h.clean_route)?;
-        check("train.hybrid.adv_route", h.adv_route)?;
-        if let Some(r) = self.validation.route {
-            check("validation.route", r)?;
-        }
-        for r in &self.validation.branches {
-            check("validation.branches", *r)?;
+        for (field, r) in self.routes() {
+            check(field, r)?;
         }
         if let Some(a) = &self.validation.attack {
-            a.validate("validation.attack")
+            a.validate("validation.attack", self.allow_large_eps)
                 .map_err(anyhow::Error::msg)?;
         }
         anyhow::ensure!(
             self.validation.batch_size >= 1,
             "validation.batch_size must be >= 1"
         );
+        anyhow::ensure!(
+            self.data.crop_padding >= 0,
+            "data.crop_padding must be >= 0 (0 = no random crop), got {}",
+            self.data.crop_padding
+        );
+        for (field, v) in [
+            ("data.train_limit", self.data.train_limit),
+            ("data.test_limit", self.data.test_limit),
+        ] {
+            anyhow::ensure!(
+                v != Some(0),
+                "{field} must be >= 1 (or left out for the whole split), got 0"
+            );
+        }
         let classes = self.data.num_classes()?;
         anyhow::ensure!(
             self.model.num_classes as usize == classes,
@@ -602,6 +659,43 @@ impl Recipe {
         self.model.norm.validate().map_err(anyhow::Error::msg)?;
         crate::device::parse_device(&self.device)?;
         Ok(())
+    }
+
+    /// Statistics and affine/head sets of the model (each 1 when shared by every domain).
+    fn route_sets(&self) -> (usize, usize) {
+        let n = &self.model.norm;
+        (n.ns_domains, n.ap_domains.max(self.model.heads))
+    }
+
+    /// Every route the recipe names, with its field.
+    fn routes(&self) -> Vec<(&'static str, Route)> {
+        let (t, v) = (&self.train, &self.validation);
+        let mut out = vec![
+            ("train.route", t.route),
+            ("train.hybrid.clean_route", t.hybrid.clean_route),
+            ("train.hybrid.adv_route", t.hybrid.adv_route),
+        ];
+        out.extend(v.route.map(|r| ("validation.route", r)));
+        out.extend(v.branches.iter().map(|&r| ("validation.branches", r)));
+        out
+    }
+
+    /// Settings that are valid but probably not what was meant: a `train.route`,
+    /// `validation.route` or `validation.branches` entry that names the adversarial (or another)
+    /// domain of a model whose statistics or affine parameters are shared, so that it is the
+    /// same as the clean route. (The hybrid routes are left out: their defaults name both
+    /// domains for every model.)
+    pub fn warnings(&self) -> Vec<String> {
+        let (ns, ap) = self.route_sets();
+        self.routes()
+            .into_iter()
+            .filter(|(f, _)| !f.starts_with("train.hybrid"))
+            .filter_map(|(field, r)| {
+                crate::nn::norm::shared_route(r, ns, ap).map(|(_, why)| {
+                    format!("{field} = '{r}': {why} (the run's logs and files still name it '{r}')")
+                })
+            })
+            .collect()
     }
 
     /// The validation attack: explicit, or PGD-10 with step eps/4 at the training eps.
@@ -645,7 +739,10 @@ pub fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
     let mut node = root;
     for (i, part) in parts.iter().enumerate() {
         let table = node.as_table_mut().ok_or_else(|| {
-            anyhow::anyhow!("--set {key}: '{}' is not a table", parts[..i].join("."))
+            anyhow::anyhow!(
+                "--set {assignment}: '{}' holds a value, not a table of settings",
+                parts[..i].join(".")
+            )
         })?;
         if i + 1 == parts.len() {
             table.insert(part.to_string(), value);
