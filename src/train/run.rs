@@ -87,6 +87,8 @@ const STREAM_OVERFIT: u64 = 4;
 pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     let device = parse_device(&recipe.device)?;
     let out = &opts.out;
+    // The data first: a data error leaves no run directory behind.
+    let data = recipe.data.load()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // One writer per run directory; held until this function returns.
     let _lock = DirLock::acquire(
@@ -147,7 +149,6 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         _ => SwaAverage::empty(),
     };
     print_header(recipe, device, &net, out);
-    let data = recipe.data.load()?;
     log::info!(
         "data: {} train, {} validation, {} test images",
         data.train.len(),
