@@ -125,3 +125,50 @@ fn swa_run_resumes_and_reestimates_bn() {
     let e = Recipe::load(&f, &["train.swa={ start_epoch = 3 }".into()]).unwrap_err();
     assert!(format!("{e:#}").contains("train.swa.start_epoch"), "{e:#}");
 }
+
+/// An L2 recipe with `[train.swa] bn_source = "adv"` re-estimates the statistics on L2 PGD
+/// examples at the L2 eps (the recipe's threat model), not on L-inf examples at that eps: the
+/// statistics equal an independent re-estimation with an L2 probe and differ from an L-inf one.
+#[test]
+fn swa_reestimates_adversarial_statistics_in_the_recipes_norm() {
+    use advtrain::attack::ThreatNorm;
+    use advtrain::eval::controls::{reestimate, Reestimate, StatsSource};
+    let _g = common::rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(dir.path(), 96, 20);
+    let f = dir.path().join("r.toml");
+    let text = common::tiny_recipe_toml(dir.path(), 2)
+        .replace("eps = 0.1\nstep_size = 0.05", "norm = \"l2\"\neps = 1.5\nstep_size = 0.4")
+        + "[train.swa]\nstart_epoch = 1\nbn_batches = 2\nbn_source = \"adv\"\n";
+    std::fs::write(&f, &text).unwrap();
+    let r = Recipe::load(&f, &[]).unwrap();
+    assert_eq!(r.train.attack.as_ref().unwrap().norm, ThreatNorm::L2);
+    let data = r.data.load().unwrap();
+    let spec = r.train.swa.clone().unwrap();
+    assert_eq!(spec.bn_source, StatsSource::Adv);
+    let fresh = || {
+        tch::manual_seed(5);
+        Network::new(&r.model, Device::Cpu).unwrap()
+    };
+    let stats = |net: &Network| net.variables()["bn1.running_mean"].copy();
+    let net = fresh();
+    advtrain::train::swa::reestimate_bn(&r, &spec, &net, &data.train, Device::Cpu).unwrap();
+    let ours = stats(&net);
+    let by_hand = |norm: ThreatNorm| {
+        let net = fresh();
+        let re = Reestimate {
+            source: StatsSource::Adv,
+            batches: 2,
+            batch_size: r.train.batch_size,
+            norm,
+            eps: 1.5,
+            seed: r.seed,
+        };
+        reestimate(net.model.as_ref(), r.validation_route(), &re, &data.train, Device::Cpu)
+            .unwrap();
+        stats(&net)
+    };
+    let d = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+    assert!(d(&ours, &by_hand(ThreatNorm::L2)) < 1e-6, "not the L2 re-estimation");
+    assert!(d(&ours, &by_hand(ThreatNorm::Linf)) > 1e-4, "L-inf gives the same statistics");
+}

@@ -99,6 +99,14 @@ impl PgdConfig {
         }
     }
 
+    /// The derived validation / probe attack (every place that needs "a PGD at this budget"
+    /// without its own settings: validation, the overfitting check, BN re-estimation on
+    /// adversarial data, the analyses): PGD-`steps` with step `eps / 4`, uniform start, CE, in
+    /// the caller's norm (the recipe's, so an L2 recipe is probed in L2).
+    pub fn probe(norm: ThreatNorm, eps: f64, steps: usize) -> Self {
+        PgdConfig::new(norm, eps, eps / 4.0, steps)
+    }
+
     /// TRADES' inner maximisation: KL to the clean prediction from `x + 0.001 * N(0, I)`.
     pub fn trades(norm: ThreatNorm, eps: f64, step_size: f64, steps: usize) -> Self {
         PgdConfig {

@@ -502,6 +502,7 @@ fn run_bn_swap(a: BnSwapArgs) -> Result<()> {
             source: a.reestimate_on,
             batches: a.reestimate_batches,
             batch_size: a.reestimate_batch_size,
+            norm: crate::attack::ThreatNorm::Linf,
             eps: reestimate_eps,
             seed: a.common.seed,
         },

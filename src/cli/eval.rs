@@ -434,6 +434,7 @@ fn load(a: &EvalArgs) -> Result<Setup> {
                 source,
                 batches: a.reestimate_batches,
                 batch_size: a.reestimate_batch_size,
+                norm: a.norm,
                 eps: a.reestimate_eps.unwrap_or(a.eps),
                 seed: a.seed,
             };

@@ -19,8 +19,9 @@ use tch::{Device, Kind, Tensor};
 pub enum StatsSource {
     /// Training images as they are.
     Clean,
-    /// PGD-10 (L-inf, step eps/4, uniform start) adversarial examples of the training images,
-    /// generated through the route with the statistics held *before* re-estimation.
+    /// PGD-10 ([`PgdConfig::probe`]: the re-estimation's norm, step eps/4, uniform start)
+    /// adversarial examples of the training images, generated through the route with the
+    /// statistics held *before* re-estimation.
     Adv,
     /// `clip(x + U(-eps, eps), 0, 1)`.
     Noise,
@@ -50,6 +51,10 @@ impl std::fmt::Display for StatsSource {
     }
 }
 
+fn linf() -> ThreatNorm {
+    ThreatNorm::Linf
+}
+
 /// How running statistics are re-estimated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Reestimate {
@@ -57,7 +62,11 @@ pub struct Reestimate {
     /// Batches averaged (cumulative average: momentum 1/(k+1) at batch k).
     pub batches: usize,
     pub batch_size: usize,
-    /// eps of the adversarial / noise data (L-inf).
+    /// Threat norm of the adversarial data (the recipe's or the evaluation's; L-inf in files
+    /// written before this field existed).
+    #[serde(default = "linf")]
+    pub norm: ThreatNorm,
+    /// eps of the adversarial / noise data (noise is uniform in [-eps, eps] per pixel).
     pub eps: f64,
     /// Seed of the batch order, the noise and the PGD start.
     pub seed: u64,
@@ -110,7 +119,7 @@ pub fn reestimate(
                 tch::no_grad(|| (&x + (x.rand_like() * 2.0 - 1.0) * r.eps).clamp(0.0, 1.0))
             }
             StatsSource::Adv => {
-                let pgd = Pgd::new(PgdConfig::new(ThreatNorm::Linf, r.eps, r.eps / 4.0, 10));
+                let pgd = Pgd::new(PgdConfig::probe(r.norm, r.eps, 10));
                 pgd.perturb(&Classifier::new(model, Ctx::new(route, Mode::Eval)), &x, &y)
             }
         })

@@ -134,13 +134,13 @@ pub struct SwaSpec {
     #[serde(default)]
     pub bn_batches: Option<usize>,
     /// Images whose statistics a single-statistics model gets: "clean" (PyTorch's update_bn),
-    /// "adv" or "noise".
+    /// "adv" (PGD-10 in the recipe's norm at the training eps) or "noise".
     #[serde(default = "default_swa_source")]
-    pub bn_source: String,
+    pub bn_source: crate::eval::controls::StatsSource,
 }
 
-fn default_swa_source() -> String {
-    "clean".into()
+fn default_swa_source() -> crate::eval::controls::StatsSource {
+    crate::eval::controls::StatsSource::Clean
 }
 
 /// Catastrophic-overfitting detection (Wong et al. 2020): after every epoch, PGD accuracy on the
@@ -559,13 +559,8 @@ impl Recipe {
                 "train.swa.bn_batches must be >= 1 (or left out for one pass over the training set)"
             );
             anyhow::ensure!(
-                matches!(w.bn_source.as_str(), "clean" | "adv" | "noise"),
-                "train.swa.bn_source must be \"clean\", \"adv\" or \"noise\", got {:?}",
-                w.bn_source
-            );
-            anyhow::ensure!(
-                w.bn_source == "clean" || t.attack.is_some(),
-                "train.swa.bn_source = {:?} needs [train.attack] (its eps)",
+                w.bn_source == crate::eval::controls::StatsSource::Clean || t.attack.is_some(),
+                "train.swa.bn_source = \"{}\" needs [train.attack] (its eps and norm)",
                 w.bn_source
             );
         }
@@ -704,7 +699,7 @@ impl Recipe {
             self.train
                 .attack
                 .as_ref()
-                .map(|a| PgdConfig::new(a.norm, a.eps, a.eps / 4.0, 10))
+                .map(|a| PgdConfig::probe(a.norm, a.eps, 10))
         })
     }
 

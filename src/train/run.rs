@@ -568,7 +568,7 @@ fn overfit_accuracy(
     device: Device,
 ) -> f64 {
     let a = recipe.train.attack.as_ref().expect("validated");
-    let cfg = crate::attack::PgdConfig::new(a.norm, a.eps, a.eps / 4.0, c.steps);
+    let cfg = crate::attack::PgdConfig::probe(a.norm, a.eps, c.steps);
     tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_OVERFIT) as i64);
     let f = Classifier::new(
         net.model.as_ref(),

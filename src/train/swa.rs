@@ -4,6 +4,7 @@
 
 use crate::checkpoint::{self, Sidecar};
 use super::recipe::{Recipe, SwaSpec};
+use crate::attack::ThreatNorm;
 use crate::data::Dataset;
 use crate::eval::controls::{reestimate, Reestimate, StatsSource};
 use crate::nn::{Network, Route};
@@ -112,6 +113,8 @@ pub fn reestimate_bn(
 ) -> Result<Vec<(Route, StatsSource, usize)>> {
     let t = &recipe.train;
     let eps = t.attack.as_ref().map_or(0.0, |a| a.eps);
+    // Adversarial data in the recipe's threat model (an L2 recipe re-estimates on L2 examples).
+    let norm = t.attack.as_ref().map_or(ThreatNorm::Linf, |a| a.norm);
     let batches = spec
         .bn_batches
         .unwrap_or_else(|| train.len().div_ceil(t.batch_size));
@@ -122,8 +125,7 @@ pub fn reestimate_bn(
             (t.hybrid.adv_route, StatsSource::Adv),
         ]
     } else {
-        let source = spec.bn_source.parse().map_err(anyhow::Error::msg)?;
-        vec![(recipe.validation_route(), source)]
+        vec![(recipe.validation_route(), spec.bn_source)]
     };
     let mut done = vec![];
     for (route, source) in sets {
@@ -131,6 +133,7 @@ pub fn reestimate_bn(
             source,
             batches,
             batch_size: t.batch_size,
+            norm,
             eps,
             seed: recipe.seed,
         };
