@@ -450,3 +450,157 @@ fn in_memory_rendering_matches_the_requested_size() {
         &svg[..svg.len().min(200)]
     );
 }
+
+/// One figure of every kind the crate draws, with the titles, labels and series names its callers
+/// use (eval curves, domain gap, BN divergence, gradient conflict, BN swap), written to
+/// `$ADVTRAIN_PLOT_GALLERY` when set (to look at them) and to a temporary folder otherwise.
+#[test]
+fn gallery_of_every_kind() {
+    let tmp = tmp();
+    let dir = std::env::var_os("ADVTRAIN_PLOT_GALLERY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    let eps = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0];
+    // src/cli/eval.rs: accuracy (%) against eps, here with three series.
+    LinePlot {
+        title: "pgd (linf, n=1000) on runs/cifar10-pgdat-seed0/checkpoints/best.safetensors".into(),
+        x_label: "eps (linf)".into(),
+        y_label: "accuracy (%)".into(),
+        series: vec![
+            Series::new("pgd robust", eps.iter().map(|&e| (e, 84.0 * (-e / 9.0f64).exp()))),
+            Series::new("apgd-ce robust", eps.iter().map(|&e| (e, 83.0 * (-e / 8.0f64).exp()))),
+            Series::new("clean", eps.iter().map(|&e| (e, 84.5))),
+        ],
+        y_range: Some((0.0, 100.0)),
+    }
+    .write(&dir.join("eval_eps.png"))
+    .unwrap();
+    // src/cli/eval.rs with --vary steps: one series, no legend.
+    LinePlot {
+        title: "pgd (linf, n=500) on runs/fmnist/checkpoints/last.safetensors".into(),
+        x_label: "steps".into(),
+        y_label: "accuracy (%)".into(),
+        series: vec![Series::new(
+            "pgd robust",
+            [1.0, 2.0, 5.0, 10.0, 20.0, 50.0].map(|k: f64| (k, 40.0 + 30.0 / k.sqrt())),
+        )],
+        y_range: Some((0.0, 100.0)),
+    }
+    .write(&dir.join("eval_steps.png"))
+    .unwrap();
+    // src/analysis/domain_gap.rs: six series against the BN layer index, auto y range.
+    let layer = |i: usize| (i + 1) as f64;
+    let gap = |f: fn(f64) -> f64| (0..20).map(move |i| (layer(i), f(i as f64)));
+    LinePlot {
+        title: "Domain gap, eps 0.03137 (n=512, route adv): preact-resnet18".into(),
+        x_label: "BN layer (forward order)".into(),
+        y_label: "W1 to clean running statistics".into(),
+        series: vec![
+            Series::new("adv-mu", gap(|i| 0.05 + 0.02 * i + 0.01 * (i * 1.3).sin())),
+            Series::new("noise-mu", gap(|i| 0.03 + 0.004 * i)),
+            Series::new("adv-sigma", gap(|i| 0.08 + 0.03 * i)),
+            Series::new("noise-sigma", gap(|i| 0.04 + 0.006 * i)),
+            Series::new("clean-mu (baseline)", gap(|i| 0.01 + 0.0005 * i)),
+            Series::new("clean-sigma (baseline)", gap(|i| 0.015 + 0.0008 * i)),
+        ],
+        y_range: None,
+    }
+    .write(&dir.join("domain_gap.png"))
+    .unwrap();
+    // src/analysis/bn_divergence.rs: up to four W1 series, auto y range.
+    let div = |f: fn(f64) -> f64| (0..20).map(move |i| (layer(i), f(i as f64)));
+    LinePlot {
+        title: "BN branch divergence (clean vs adv): preact-resnet18".into(),
+        x_label: "norm layer (forward order)".into(),
+        y_label: "W1 (clean vs adv)".into(),
+        series: vec![
+            Series::new("W1 mu (running mean)", div(|i| 0.2 + 0.1 * i)),
+            Series::new("W1 sigma (running std)", div(|i| 0.1 + 0.15 * i)),
+            Series::new("W1 gamma", div(|i| 0.05 + 0.01 * (i * 0.7).cos().abs())),
+            Series::new("W1 beta", div(|i| 0.02 + 0.03 * i)),
+        ],
+        y_range: None,
+    }
+    .write(&dir.join("bn_divergence.png"))
+    .unwrap();
+    // src/analysis/grad_conflict.rs: cosine (may be negative) and a fraction per layer, with the
+    // layer names of a PreAct ResNet-18 (sorted).
+    let mut layers = vec!["bn".to_string(), "conv1".to_string(), "linear".to_string()];
+    for s in 1..=4 {
+        for b in 0..2 {
+            for p in ["bn1", "bn2", "conv1", "conv2"] {
+                layers.push(format!("layer{s}.{b}.{p}"));
+            }
+            if s > 1 && b == 0 {
+                layers.push(format!("layer{s}.{b}.shortcut.0"));
+            }
+        }
+    }
+    layers.sort();
+    let n = layers.len() as f64;
+    BarPlot {
+        title: "Gradient conflict clean vs adv, eps 0.03137 (n=256, adv route adv): preact-resnet18"
+            .into(),
+        x_label: "layer".into(),
+        y_label: "cosine / fraction".into(),
+        series: vec![
+            BarSeries::new(
+                "cosine",
+                (0..layers.len()).map(|i| 0.6 - 0.9 * i as f64 / n),
+            ),
+            BarSeries::new(
+                "opposite-sign fraction",
+                (0..layers.len()).map(|i| 0.2 + 0.3 * i as f64 / n),
+            ),
+        ],
+        categories: layers,
+    }
+    .write(&dir.join("grad_conflict.png"))
+    .unwrap();
+    // A small grouped bar plot with three series.
+    BarPlot {
+        title: "Robust accuracy per attack".into(),
+        x_label: "attack".into(),
+        y_label: "accuracy".into(),
+        categories: ["clean", "pgd-20", "apgd-ce", "apgd-t", "square"].map(String::from).to_vec(),
+        series: vec![
+            BarSeries::new("standard", [0.93, 0.0, 0.0, 0.0, 0.01]),
+            BarSeries::new("PGD-AT", [0.84, 0.52, 0.50, 0.48, 0.55]),
+            BarSeries::new("MDN", [0.86, 0.55, 0.53, 0.50, 0.58]),
+        ],
+    }
+    .write(&dir.join("bars_grouped.png"))
+    .unwrap();
+    // src/analysis/bn_swap.rs: rows NS, columns AP, at its size 760x560.
+    let swap = |what: &str, values| Heatmap {
+        title: format!("{what} (n=1000): preact-resnet18"),
+        row_label: "normalisation statistics".into(),
+        col_label: "affine parameters".into(),
+        rows: vec!["NS adv".into(), "NS clean".into(), "NS re-est. (train)".into()],
+        cols: vec!["AP adv".into(), "AP clean".into()],
+        values,
+        value_format: ValueFormat::Percent(1),
+        value_range: Some((0.0, 1.0)),
+    };
+    swap(
+        "clean accuracy",
+        vec![vec![0.812, 0.455], vec![0.64, 0.871], vec![0.79, f64::NAN]],
+    )
+    .write_sized(&dir.join("bn_swap_clean.png"), (760, 560))
+    .unwrap();
+    swap(
+        "pgd accuracy (eps 0.03137)",
+        vec![vec![0.47, 0.12], vec![0.21, 0.02], vec![0.44, 0.31]],
+    )
+    .write_sized(&dir.join("bn_swap_robust.png"), (760, 560))
+    .unwrap();
+    // The same figures as SVG (text stays text).
+    let svg = swap("clean accuracy", vec![vec![0.8, 0.4], vec![0.6, 0.9], vec![0.7, 0.3]])
+        .to_svg((760, 560))
+        .unwrap();
+    std::fs::write(dir.join("bn_swap_clean.svg"), svg).unwrap();
+    robust_plot().write(&dir.join("robust.svg")).unwrap();
+    layer_bars().write(&dir.join("layer_bars.png")).unwrap();
+    swap_matrix().write(&dir.join("swap_3x3.png")).unwrap();
+}
