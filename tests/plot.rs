@@ -192,8 +192,79 @@ fn line_plot_svg_has_title_and_series_names() {
         "MDN model",
         "eps (x 1/255)",
         "accuracy",
+        // Tick labels of both axes (y range 0..1, x 0..16), each the whole text of an element.
+        ">\n0.4\n</text>",
+        ">\n1.0\n</text>",
+        ">\n16\n</text>",
     ] {
         assert!(svg.contains(needle), "SVG lacks {needle:?}");
+    }
+}
+
+/// tab10, the series colours in order.
+const SERIES_COLOURS: [(u8, u8, u8); 3] = [(31, 119, 180), (255, 127, 14), (44, 160, 44)];
+
+#[test]
+fn legend_covers_no_data_and_every_series_is_drawn_in_its_colour() {
+    // Data in every corner of a fixed y range: a legend anywhere inside the plot covers some.
+    let plot = LinePlot {
+        title: "legend placement".into(),
+        x_label: "x".into(),
+        y_label: "y".into(),
+        series: vec![
+            Series::new("top", (0..=10).map(|i| (i as f64, 0.98))),
+            Series::new("bottom", (0..=10).map(|i| (i as f64, 0.02))),
+            Series::new("rising", (0..=10).map(|i| (i as f64, 0.1 * i as f64))),
+        ],
+        y_range: Some((0.0, 1.0)),
+    };
+    let img = Image::decode(&plot.to_png(SIZE).unwrap());
+    // The legend box: rows with a long run of its border grey.
+    let grey = |x: usize, y: usize| img.px(x, y) == (160, 160, 160);
+    let mut boxed: Option<(usize, usize, usize, usize)> = None;
+    for y in 0..img.h {
+        let mut run = 0;
+        for x in 0..img.w {
+            run = if grey(x, y) { run + 1 } else { 0 };
+            if run >= 40 {
+                let (x0, x1, y0, y1) = boxed.unwrap_or((x + 1 - run, x, y, y));
+                boxed = Some((x0.min(x + 1 - run), x1.max(x), y0.min(y), y1.max(y)));
+            }
+        }
+    }
+    let (lx0, lx1, ly0, ly1) = boxed.expect("no legend box found");
+    assert!(
+        ly1 > ly0 + 40 && lx1 > lx0 + 60,
+        "legend box {lx0}..{lx1} x {ly0}..{ly1}"
+    );
+    let in_legend = |x: usize, y: usize| x >= lx0 && x <= lx1 && y >= ly0 && y <= ly1;
+    for (i, &c) in SERIES_COLOURS.iter().enumerate() {
+        let (mut data, mut sample, mut right) = (0, 0, 0);
+        for y in 0..img.h {
+            for x in 0..img.w {
+                if img.px(x, y) != c {
+                    continue;
+                }
+                if in_legend(x, y) {
+                    sample += 1;
+                } else {
+                    data += 1;
+                    right = right.max(x);
+                }
+            }
+        }
+        assert!(
+            data > 800,
+            "series {i}: only {data} pixels of its colour in the plot"
+        );
+        assert!(
+            sample > 20,
+            "series {i}: only {sample} pixels of its colour in the legend"
+        );
+        assert!(
+            right < lx0,
+            "series {i} reaches x = {right}, the legend starts at {lx0}"
+        );
     }
 }
 
@@ -468,8 +539,14 @@ fn gallery_of_every_kind() {
         x_label: "eps (linf)".into(),
         y_label: "accuracy (%)".into(),
         series: vec![
-            Series::new("pgd robust", eps.iter().map(|&e| (e, 84.0 * (-e / 9.0f64).exp()))),
-            Series::new("apgd-ce robust", eps.iter().map(|&e| (e, 83.0 * (-e / 8.0f64).exp()))),
+            Series::new(
+                "pgd robust",
+                eps.iter().map(|&e| (e, 84.0 * (-e / 9.0f64).exp())),
+            ),
+            Series::new(
+                "apgd-ce robust",
+                eps.iter().map(|&e| (e, 83.0 * (-e / 8.0f64).exp())),
+            ),
             Series::new("clean", eps.iter().map(|&e| (e, 84.5))),
         ],
         y_range: Some((0.0, 100.0)),
@@ -540,8 +617,9 @@ fn gallery_of_every_kind() {
     layers.sort();
     let n = layers.len() as f64;
     BarPlot {
-        title: "Gradient conflict clean vs adv, eps 0.03137 (n=256, adv route adv): preact-resnet18"
-            .into(),
+        title:
+            "Gradient conflict clean vs adv, eps 0.03137 (n=256, adv route adv): preact-resnet18"
+                .into(),
         x_label: "layer".into(),
         y_label: "cosine / fraction".into(),
         series: vec![
@@ -563,7 +641,9 @@ fn gallery_of_every_kind() {
         title: "Robust accuracy per attack".into(),
         x_label: "attack".into(),
         y_label: "accuracy".into(),
-        categories: ["clean", "pgd-20", "apgd-ce", "apgd-t", "square"].map(String::from).to_vec(),
+        categories: ["clean", "pgd-20", "apgd-ce", "apgd-t", "square"]
+            .map(String::from)
+            .to_vec(),
         series: vec![
             BarSeries::new("standard", [0.93, 0.0, 0.0, 0.0, 0.01]),
             BarSeries::new("PGD-AT", [0.84, 0.52, 0.50, 0.48, 0.55]),
@@ -577,7 +657,11 @@ fn gallery_of_every_kind() {
         title: format!("{what} (n=1000): preact-resnet18"),
         row_label: "normalisation statistics".into(),
         col_label: "affine parameters".into(),
-        rows: vec!["NS adv".into(), "NS clean".into(), "NS re-est. (train)".into()],
+        rows: vec![
+            "NS adv".into(),
+            "NS clean".into(),
+            "NS re-est. (train)".into(),
+        ],
         cols: vec!["AP adv".into(), "AP clean".into()],
         values,
         value_format: ValueFormat::Percent(1),
@@ -596,11 +680,48 @@ fn gallery_of_every_kind() {
     .write_sized(&dir.join("bn_swap_robust.png"), (760, 560))
     .unwrap();
     // The same figures as SVG (text stays text).
-    let svg = swap("clean accuracy", vec![vec![0.8, 0.4], vec![0.6, 0.9], vec![0.7, 0.3]])
-        .to_svg((760, 560))
-        .unwrap();
+    let svg = swap(
+        "clean accuracy",
+        vec![vec![0.8, 0.4], vec![0.6, 0.9], vec![0.7, 0.3]],
+    )
+    .to_svg((760, 560))
+    .unwrap();
     std::fs::write(dir.join("bn_swap_clean.svg"), svg).unwrap();
     robust_plot().write(&dir.join("robust.svg")).unwrap();
     layer_bars().write(&dir.join("layer_bars.png")).unwrap();
     swap_matrix().write(&dir.join("swap_3x3.png")).unwrap();
+    // Edge cases at the tests' smaller size: gaps and a fixed y range the data leaves, negative
+    // bars, many layer names.
+    LinePlot {
+        title: "with gaps, y range 0.4..0.6".into(),
+        x_label: "x".into(),
+        y_label: "y".into(),
+        series: vec![
+            Series::new(
+                "gappy",
+                [
+                    (0.0, 0.9),
+                    (1.0, f64::NAN),
+                    (2.0, 0.5),
+                    (3.0, 0.45),
+                    (4.0, 0.3),
+                ],
+            ),
+            Series::new("inside", [(0.0, 0.5), (2.0, 0.55), (4.0, 0.42)]),
+        ],
+        y_range: Some((0.4, 0.6)),
+    }
+    .write_sized(&dir.join("clip_small.png"), SIZE)
+    .unwrap();
+    BarPlot {
+        title: "delta".into(),
+        categories: vec!["a".into(), "b".into(), "c".into()],
+        series: vec![BarSeries::new("delta", [-0.5, 0.25, 0.1])],
+        ..Default::default()
+    }
+    .write_sized(&dir.join("neg_bars_small.png"), SIZE)
+    .unwrap();
+    layer_bars()
+        .write_sized(&dir.join("layer_bars_small.png"), SIZE)
+        .unwrap();
 }
