@@ -6,7 +6,7 @@
 //! drawn: empty or mismatched data is an error naming the figure and the file, never a panic.
 //! Non-finite values are skipped: a line breaks at them, a bar is left out, a cell is grey `n/a`.
 //!
-//! Every figure is built the same way ([`frame`], [`chart`], [`mesh`]): the title over the whole
+//! Every figure is built the same way (`frame`, `chart`, `mesh` below): the title over the whole
 //! width (`DrawingArea::titled`, its font shrunk when the title is wider than the figure); a strip
 //! split off the right for what must not cover the data, namely the legend (plotters'
 //! `configure_series_labels` at `SeriesLabelPosition::UpperLeft` on a chart of its own, drawn
