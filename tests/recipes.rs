@@ -2,6 +2,7 @@
 //! predictors on the named hooks), so a typo in a generated recipe fails CI.
 
 use advtrain::nn::Network;
+use advtrain::train::objectives::Objective;
 use advtrain::train::recipe::Recipe;
 use std::path::Path;
 use tch::Device;
@@ -32,8 +33,8 @@ fn every_shipped_recipe_loads_and_builds() {
         let net = built.entry(key).or_insert_with(|| {
             Network::new(&r.model, Device::Cpu).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()))
         });
-        if let Some(a) = &r.train.arat {
-            net.check_hooks(&a.hooks, "train.arat.hooks")
+        if let Objective::Arat(o) = &r.train.objective {
+            net.check_hooks(&o.arat.hooks, "train.arat.hooks")
                 .unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
         }
     }
