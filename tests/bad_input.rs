@@ -553,5 +553,5 @@ fn every_set_is_validated_before_flags_override_it() {
         &s(&["train.epochs=2"]),
     )
     .unwrap();
-    assert_eq!((r.train.epochs, r.train.attack.unwrap().eps), (2, 0.2));
+    assert_eq!((r.train.epochs, r.train.attack().unwrap().eps), (2, 0.2));
 }

@@ -4,9 +4,9 @@
 
 mod common;
 
+use advtrain::checkpoint;
 use advtrain::checkpoint::import;
 use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormSpec};
-use advtrain::checkpoint;
 use advtrain::train::mixacm::*;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -995,7 +995,7 @@ fn mixacm_runs_resume_exactly_and_record_the_teacher() {
         );
     std::fs::write(&f, &text).unwrap();
     let r = Recipe::load(&f, &[]).unwrap();
-    assert!(r.train.attack.is_none(), "no training attack: {text}");
+    assert!(r.train.attack().is_none(), "no training attack: {text}");
     let run = |out: &str, resume: bool, stop: Option<usize>| {
         train(
             &r,

@@ -9,7 +9,8 @@ use common::advtrain;
 use advtrain::attack::{cross_entropy, Attack, Classifier, Pgd};
 use advtrain::eval::controls::{export_branch, reestimate, Reestimate, StatsSource};
 use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormKind, NormSpec, Route, Segment, ADV, CLEAN};
-use advtrain::train::recipe::{Objective, Passes, Recipe};
+use advtrain::train::objectives::{Objective, StepCx, TrainObjective};
+use advtrain::train::recipe::{Passes, Recipe};
 use advtrain::train::step;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -261,7 +262,7 @@ steps = 2
 /// The step's loss against an independent recomputation on an identical second model.
 fn check_hybrid(r: &Recipe, joint_equals_separate: bool) {
     let _g = common::rng_lock();
-    let h = &r.train.hybrid;
+    let h = r.train.objective.hybrid().unwrap();
     let build = || {
         tch::manual_seed(21);
         Network::new(&r.model, Device::Cpu).unwrap()
@@ -270,13 +271,28 @@ fn check_hybrid(r: &Recipe, joint_equals_separate: bool) {
     tch::manual_seed(4);
     let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
-    let pgd = Pgd::new(r.train.attack.clone().unwrap());
+    let pgd = Pgd::new(r.train.attack().unwrap().clone());
     tch::manual_seed(99);
-    let out = step::loss(r, a.model.as_ref(), Some(&pgd), &x, &y);
+    let cx = StepCx::new(r, a.model.as_ref());
+    // generate, then the loss in train mode (what the run loop does per step).
+    fn one_step<O: TrainObjective<State = ()>>(
+        o: &O,
+        cx: &StepCx,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> step::StepOutput {
+        let xa = o.generate(cx, x, y);
+        o.loss(cx, &(), x, y, xa.as_ref(), Mode::Train).unwrap()
+    }
+    let (out, advprop) = match &r.train.objective {
+        Objective::Hybrid(o) => (one_step(o, &cx, &x, &y), false),
+        Objective::Advprop(o) => (one_step(o, &cx, &x, &y), true),
+        o => panic!("not a hybrid objective: {}", o.name()),
+    };
     // Reference on b.
     let n = 8;
-    let na = step::adv_rows(h, r.train.objective, n);
-    let nc = step::clean_rows(h, r.train.objective, n);
+    let na = step::adv_rows(h, advprop, n);
+    let nc = step::clean_rows(h, advprop, n);
     tch::manual_seed(99);
     let f = Classifier::new(
         b.model.as_ref(),
@@ -302,9 +318,9 @@ fn check_hybrid(r: &Recipe, joint_equals_separate: bool) {
         (l.narrow(0, 0, na), l.narrow(0, na, nc))
     };
     let ce = |l: &Tensor, yy: &Tensor| cross_entropy(l, yy, Reduction::Mean).double_value(&[]);
-    let want = match r.train.objective {
-        Objective::Advprop => ce(&la, &ya) + ce(&lc, &yc),
-        _ => (1.0 - h.clean_weight) * ce(&la, &ya) + h.clean_weight * ce(&lc, &yc),
+    let want = match advprop {
+        true => ce(&la, &ya) + ce(&lc, &yc),
+        false => (1.0 - h.clean_weight) * ce(&la, &ya) + h.clean_weight * ce(&lc, &yc),
     };
     let got = out.loss.double_value(&[]);
     assert!((got - want).abs() < 1e-5, "loss {got} vs reference {want}");
@@ -325,7 +341,7 @@ fn hybrid_dual_bn_paired_loss_and_statistics() {
         "ns_domains = 2\nap_domains = 2",
         "paired = true\nclean_weight = 0.3\nadv_route = \"adv\"",
     );
-    assert_eq!(r.train.hybrid.passes(), Passes::Joint);
+    assert_eq!(r.train.objective.hybrid().unwrap().passes(), Passes::Joint);
     check_hybrid(&r, true);
 }
 
@@ -338,8 +354,8 @@ fn hybrid_single_bn_cat_with_clean_fraction() {
     );
     assert_eq!(
         (
-            step::adv_rows(&r.train.hybrid, Objective::Hybrid, 8),
-            step::clean_rows(&r.train.hybrid, Objective::Hybrid, 8)
+            step::adv_rows(r.train.objective.hybrid().unwrap(), false, 8),
+            step::clean_rows(r.train.objective.hybrid().unwrap(), false, 8)
         ),
         (6, 2)
     );

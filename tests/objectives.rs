@@ -5,6 +5,7 @@ mod common;
 
 use advtrain::attack::{cross_entropy, Attack, Classifier, Pgd};
 use advtrain::nn::{Ctx, Mode, Network};
+use advtrain::train::objectives::{arat, Objective, StepCx, TrainObjective};
 use advtrain::train::recipe::Recipe;
 use advtrain::train::step;
 use std::process::Command;
@@ -116,14 +117,21 @@ fn trades_is_ce_plus_beta_times_the_batch_mean_of_per_sample_kl_sums() {
     tch::manual_seed(4);
     let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
-    let pgd = Pgd::new(r.train.attack.clone().unwrap());
+    let Objective::Trades(o) = &r.train.objective else {
+        panic!("a trades recipe")
+    };
+    let pgd = Pgd::new(o.attack.clone());
     tch::manual_seed(99);
-    let got = step::loss(&r, a.model.as_ref(), Some(&pgd), &x, &y)
+    let cx = StepCx::new(&r, a.model.as_ref());
+    let xa = o.generate(&cx, &x, &y);
+    let got = o
+        .loss(&cx, &(), &x, &y, xa.as_ref(), Mode::Train)
+        .unwrap()
         .loss
         .double_value(&[]);
     // Reference in float64 from the same logits: CE through BN_clean, KL(clean || adv branch).
     tch::manual_seed(99);
-    let h = &r.train.hybrid;
+    let h = &o.hybrid;
     let f = Classifier::new(
         b.model.as_ref(),
         Ctx::new(h.adv_route, r.train.attack_bn_mode),
@@ -158,8 +166,26 @@ fn trades_requires_the_kl_attack() {
     std::fs::write(&f, common::tiny_recipe_toml(dir.path(), 1)).unwrap();
     let e = Recipe::load(&f, &["train.objective=\"trades\"".into()]).unwrap_err();
     assert!(format!("{e:#}").contains("train.attack.loss"), "{e:#}");
-    let e = Recipe::load(&f, &["train.trades_beta=-1".into()]).unwrap_err();
-    assert!(format!("{e:#}").contains("train.trades_beta"), "{e:#}");
+    let trades = [
+        "train.objective=\"trades\"".to_string(),
+        "train.attack.loss=\"kl\"".into(),
+    ];
+    let e = Recipe::load(
+        &f,
+        &[&trades[..], &["train.trades_beta=-1".into()]].concat(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("train.trades_beta must be >= 0"),
+        "{e:#}"
+    );
+    // With another objective the key has no effect: it is dropped with a note naming it.
+    let (r, notes) = Recipe::load_noting(&f, &["train.trades_beta=-1".into()]).unwrap();
+    assert_eq!(r.train.objective.name(), "pgd-at");
+    assert!(
+        notes.len() == 1 && notes[0].contains("train.trades_beta = -1"),
+        "{notes:?}"
+    );
 }
 
 #[test]
@@ -462,20 +488,12 @@ fn arat_loss_value_and_stop_gradient() {
         let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
         let y = Tensor::arange(8, (Kind::Int64, Device::Cpu)).remainder(10);
         let x_adv = (&x + 0.05).clamp(0.0, 1.0);
-        let state = step::StepState {
-            predictors: &net.predictors,
-            adv_weight: 0.5,
-            mixacm: None,
+        let Objective::Arat(o) = &r.train.objective else {
+            panic!("an arat recipe")
         };
-        let out = step::arat_loss(
-            &r,
-            net.model.as_ref(),
-            &x,
-            &y,
-            &x_adv,
-            Mode::TrainFrozen,
-            state,
-        );
+        // No previous epoch: auto-balance would use w_a = 0.5 (off here).
+        let cx = StepCx::new(&r, net.model.as_ref()).with_predictors(&net.predictors);
+        let out = arat::arat_loss(o, &cx, &x, &y, &x_adv, Mode::TrainFrozen).unwrap();
         // Independent value: separate forwards (per-domain statistics make joint == separate).
         let fa = net
             .model
@@ -613,7 +631,10 @@ fn arat_norm_layer_hooks_match_stage_hooks() {
     let (_d1, r_stage) = recipe(&no_pred);
     let (_d2, r_norm) = recipe(&no_pred.replace("hooks = [2]", "hooks = [\"bn3\"]"));
     assert_eq!(
-        r_norm.train.arat.as_ref().unwrap().hooks,
+        match &r_norm.train.objective {
+            Objective::Arat(o) => o.arat.hooks.clone(),
+            o => panic!("{}", o.name()),
+        },
         vec![Hook::Norm("bn3".into())]
     );
     tch::manual_seed(5);
@@ -632,22 +653,14 @@ fn arat_norm_layer_hooks_match_stage_hooks() {
         "pre-activation output has negatives"
     );
     let loss = |r: &Recipe| {
-        let state = step::StepState {
-            predictors: &net.predictors,
-            adv_weight: 0.5,
-            mixacm: None,
+        let Objective::Arat(o) = &r.train.objective else {
+            panic!("an arat recipe")
         };
-        step::arat_loss(
-            r,
-            net.model.as_ref(),
-            &x,
-            &y,
-            &x_adv,
-            Mode::TrainFrozen,
-            state,
-        )
-        .loss
-        .double_value(&[])
+        let cx = StepCx::new(r, net.model.as_ref()).with_predictors(&net.predictors);
+        arat::arat_loss(o, &cx, &x, &y, &x_adv, Mode::TrainFrozen)
+            .unwrap()
+            .loss
+            .double_value(&[])
     };
     let (a, b) = (loss(&r_stage), loss(&r_norm));
     assert!((a - b).abs() < 1e-6, "{a} vs {b}");
@@ -688,13 +701,22 @@ fn passes_default_per_objective_and_are_recorded() {
         .1
     };
     assert_eq!(
-        obj("trades", "").train.hybrid.passes,
+        obj("trades", "").train.objective.hybrid().unwrap().passes,
         Some(Passes::Separate)
     );
-    assert_eq!(obj("mart", "").train.hybrid.passes, Some(Passes::Separate));
-    assert_eq!(obj("hybrid", "").train.hybrid.passes, Some(Passes::Joint));
+    assert_eq!(
+        obj("mart", "").train.objective.hybrid().unwrap().passes,
+        Some(Passes::Separate)
+    );
+    assert_eq!(
+        obj("hybrid", "").train.objective.hybrid().unwrap().passes,
+        Some(Passes::Joint)
+    );
     let mixed = obj("trades", "[train.hybrid]\npasses = \"joint\"\n");
-    assert_eq!(mixed.train.hybrid.passes, Some(Passes::Joint));
+    assert_eq!(
+        mixed.train.objective.hybrid().unwrap().passes,
+        Some(Passes::Joint)
+    );
     assert!(mixed.to_toml().contains("passes = \"joint\""));
     assert!(obj("mart", "").to_toml().contains("passes = \"separate\""));
 }

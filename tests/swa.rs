@@ -142,7 +142,7 @@ fn swa_reestimates_adversarial_statistics_in_the_recipes_norm() {
         + "[train.swa]\nstart_epoch = 1\nbn_batches = 2\nbn_source = \"adv\"\n";
     std::fs::write(&f, &text).unwrap();
     let r = Recipe::load(&f, &[]).unwrap();
-    assert_eq!(r.train.attack.as_ref().unwrap().norm, ThreatNorm::L2);
+    assert_eq!(r.train.attack().unwrap().norm, ThreatNorm::L2);
     let data = r.data.load().unwrap();
     let spec = r.train.swa.clone().unwrap();
     assert_eq!(spec.bn_source, StatsSource::Adv);

@@ -1,8 +1,10 @@
-//! Training: recipes, the optimiser and schedules, checkpoints and the resumable run loop.
+//! Training: recipes, the objectives (one file each under [`objectives`]), the optimiser and
+//! schedules, checkpoints and the resumable run loop.
 
 pub mod awp;
 pub mod metrics;
 pub mod mixacm;
+pub mod objectives;
 pub mod optim;
 pub mod recipe;
 pub mod run;

@@ -123,12 +123,15 @@ pub fn learning_rate(spec: &TrainSpec, t: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::recipe::Objective;
+    use crate::train::objectives::{standard::Standard, Objective};
     use tch::{nn::VarStore, Device, Kind};
 
     fn spec(schedule: Schedule) -> TrainSpec {
         TrainSpec {
-            objective: Objective::Standard,
+            objective: Objective::Standard(Standard {
+                attack: None,
+                route: Default::default(),
+            }),
             epochs: 10,
             batch_size: 1,
             lr: 0.1,
@@ -139,18 +142,10 @@ mod tests {
             milestones: vec![5, 8],
             lr_gamma: 0.1,
             warmup_epochs: 0,
-            attack: None,
             attack_bn_mode: crate::nn::Mode::Eval,
-            route: Default::default(),
-            hybrid: Default::default(),
-            trades_beta: 6.0,
-            mart_lambda: 6.0,
             overfit_check: None,
             swa: None,
-            mixacm: None,
             awp: None,
-            arat: None,
-            track_clean_accuracy: true,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::attack::PgdConfig;
 use crate::data::DataSpec;
-use crate::nn::{ArchSpec, Mode, Route, ADV, CLEAN};
+use crate::nn::{ArchSpec, Mode, Route};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -36,73 +36,8 @@ pub struct Recipe {
     pub validation: ValidationSpec,
 }
 
-/// Training objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Objective {
-    /// CE on clean inputs.
-    Standard,
-    /// Madry PGD-AT: CE on PGD examples.
-    PgdAt,
-    /// Hybrid-AT: `(1-a) * CE(f(x'; adv_route), y) + a * CE(f(x; clean_route), y)` with the
-    /// clean/adversarial split of `train.hybrid` (clean fraction r, paired, joint/separate passes).
-    Hybrid,
-    /// AdvProp: `CE(f(x; main), y) + CE(f(x'; aux), y)`, x' generated through aux; validated
-    /// through main. Routes and passes from `train.hybrid` (paired is implied).
-    Advprop,
-    /// TRADES: `CE(f(x), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i))` (`train.trades_beta`);
-    /// routes/passes from `train.hybrid` (Dual BN: clean CE through BN_clean).
-    Trades,
-    /// MART: `BCE(p(x'), y) + lambda * (1/B) sum_i KL(p(x_i) || p(x'_i)) (1 - p_y(x_i))`
-    /// (`train.mart_lambda`).
-    Mart,
-    /// FGSM with a uniform random start ("fast is better than free"), step `train.attack.step_size`.
-    FgsmRs,
-    /// ARAT (Waseda et al.): `w_a * CE(f(x'; adv_route), y) + w_c * CE(f(x; clean_route), y) +
-    /// (lambda / |S|) * sum_l (1 - cos(h_l(z'_l), stopgrad(z_l)))` (`train.arat`).
-    Arat,
-    /// MixACM: robustness transfer from a frozen robust teacher without attacks: mixup CE +
-    /// `alpha_kd * tau^2 * KL(teacher || student)` + `beta_acm * sum D(ACM_s, ACM_t)`
-    /// (`train.mixacm`).
-    Mixacm,
-}
-
-impl Objective {
-    /// Objectives that generate attacks during training.
-    pub fn is_adversarial(self) -> bool {
-        !matches!(self, Objective::Standard | Objective::Mixacm)
-    }
-}
-
-/// ARAT settings and its ablation switches.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AratSpec {
-    /// Weight of the invariance term (30 for ResNet-18 in the paper, 100 for WRN-34-10).
-    #[serde(default = "thirty")]
-    pub lambda: f64,
-    /// Features whose `z = GAP(ReLU(feature))` enter the invariance term: stage indices (`2`)
-    /// or norm-layer names (`"layer4.0.bn1"`, the paper's BN outputs); with `predictor = true`
-    /// they must equal `model.predictors`.
-    pub hooks: Vec<crate::nn::Hook>,
-    /// `w_a` = clean training accuracy of the previous epoch (0.5 in epoch 1), `w_c = 1 - w_a`;
-    /// false: `w_c = train.hybrid.clean_weight`.
-    #[serde(default = "yes")]
-    pub auto_balance: bool,
-    /// Stop-gradient on the clean side (ablation: false).
-    #[serde(default = "yes")]
-    pub stop_gradient: bool,
-    /// Predictor head on the adversarial side (ablation: false compares z' with z directly).
-    #[serde(default = "yes")]
-    pub predictor: bool,
-    /// Symmetric ablation: `(D(h(z'), sg z) + D(h(z), sg z')) / 2` instead of the asymmetric term.
-    #[serde(default)]
-    pub symmetric: bool,
-}
-
-fn thirty() -> f64 {
-    30.0
-}
+pub use super::objectives::arat::AratSpec;
+pub use super::objectives::{HybridSpec, Objective, Passes};
 
 /// AWP (Wu et al. 2020): per weight tensor with more than one dimension, `v_l = gamma *
 /// ||w_l|| / ||d_l|| * d_l` with `d` the gradient of the objective's loss at the current weights
@@ -171,80 +106,6 @@ fn default_check_drop() -> f64 {
     0.2
 }
 
-/// How the clean and adversarial rows of a hybrid batch are normalised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Passes {
-    /// One forward over `[x'; x]` split by explicit sizes: rows of one statistics set share
-    /// batch statistics ("cat" for single BN, Dual-AP), per-domain sets get their own.
-    #[default]
-    Joint,
-    /// One forward per domain: batch statistics per sub-batch, running statistics see both.
-    Separate,
-}
-
-/// The clean/adversarial composition of a Hybrid-AT or AdvProp batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HybridSpec {
-    /// a: weight of the clean loss, `(1-a) * CE_adv + a * CE_clean` (a term with no rows is
-    /// dropped, the other then has weight 1).
-    #[serde(default = "half")]
-    pub clean_weight: f64,
-    /// r: share of each batch's images kept clean, the rest attacked (Xie & Yuille); used
-    /// when `paired = false`.
-    #[serde(default = "half")]
-    pub clean_fraction: f64,
-    /// Every image is used twice, clean and adversarial (2B rows; Zhang et al., AdvProp).
-    #[serde(default)]
-    pub paired: bool,
-    /// Default: `separate` for trades and mart (the reference codes run `model(x)` and
-    /// `model(x')` as two calls; `joint` is the mixed-batch variant), `joint` otherwise; the
-    /// resolved value is written into the run's recipe.
-    #[serde(default)]
-    pub passes: Option<Passes>,
-    /// Route of the clean rows.
-    #[serde(default = "route_clean")]
-    pub clean_route: Route,
-    /// Route of the adversarial rows and of the training attack. `ns=clean,ap=adv` with joint
-    /// passes is Cross-BN: adversarial rows normalised with the clean rows' batch statistics.
-    #[serde(default = "route_adv")]
-    pub adv_route: Route,
-}
-
-impl HybridSpec {
-    /// The resolved passes (joint when not resolved by [`Recipe::load`]).
-    pub fn passes(&self) -> Passes {
-        self.passes.unwrap_or_default()
-    }
-}
-
-impl Default for HybridSpec {
-    fn default() -> Self {
-        HybridSpec {
-            clean_weight: 0.5,
-            clean_fraction: 0.5,
-            paired: false,
-            passes: None,
-            clean_route: route_clean(),
-            adv_route: route_adv(),
-        }
-    }
-}
-
-fn six() -> f64 {
-    6.0
-}
-fn half() -> f64 {
-    0.5
-}
-fn route_clean() -> Route {
-    Route::domain(CLEAN)
-}
-fn route_adv() -> Route {
-    Route::domain(ADV)
-}
-
 /// Learning-rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -256,9 +117,13 @@ pub enum Schedule {
     Cosine,
 }
 
+/// `[train]`: the objective with its own settings, and what every objective shares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TrainSpec {
+    /// `objective = "..."` and that objective's keys beside it (`attack`, `route`, `hybrid`,
+    /// `trades_beta`, `mart_lambda`, `arat`, `mixacm`, `track_clean_accuracy`: see
+    /// [`crate::train::objectives`]). Unknown keys are refused by the objective, naming them.
+    #[serde(flatten)]
     pub objective: Objective,
     pub epochs: usize,
     pub batch_size: usize,
@@ -279,27 +144,9 @@ pub struct TrainSpec {
     /// Linear warm-up from 0 over this many epochs (0 = none).
     #[serde(default)]
     pub warmup_epochs: usize,
-    /// The training attack (required for pgd-at).
-    #[serde(default)]
-    pub attack: Option<PgdConfig>,
     /// BN mode while generating training attacks (eval, train or train-frozen).
     #[serde(default = "default_attack_mode")]
     pub attack_bn_mode: Mode,
-    /// Route of the training forward and attack (standard, pgd-at).
-    #[serde(default)]
-    pub route: Route,
-    /// Batch composition for hybrid and advprop; routes and passes for trades and mart.
-    #[serde(default)]
-    pub hybrid: HybridSpec,
-    /// TRADES' beta (6 on CIFAR-10, 1 on MNIST in the reference code).
-    #[serde(default = "six")]
-    pub trades_beta: f64,
-    /// MART's lambda.
-    #[serde(default = "six")]
-    pub mart_lambda: f64,
-    /// ARAT settings (objective arat).
-    #[serde(default)]
-    pub arat: Option<AratSpec>,
     /// Adversarial weight perturbation around the objective (pgd-at, trades, mart, hybrid, ...).
     #[serde(default)]
     pub awp: Option<AwpSpec>,
@@ -309,12 +156,31 @@ pub struct TrainSpec {
     /// Stochastic weight averaging from a given epoch, BN statistics re-estimated at the end.
     #[serde(default)]
     pub swa: Option<SwaSpec>,
-    /// MixACM settings (objective mixacm).
-    #[serde(default)]
-    pub mixacm: Option<super::mixacm::MixAcmSpec>,
-    /// Measure clean training accuracy with an extra no-grad eval-mode forward (pgd-at only).
-    #[serde(default = "yes")]
-    pub track_clean_accuracy: bool,
+}
+
+impl TrainSpec {
+    /// The `[train]` keys of every objective (besides `objective` and the objective's own).
+    pub const COMMON_KEYS: &'static [&'static str] = &[
+        "epochs",
+        "batch_size",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "nesterov",
+        "schedule",
+        "milestones",
+        "lr_gamma",
+        "warmup_epochs",
+        "attack_bn_mode",
+        "awp",
+        "overfit_check",
+        "swa",
+    ];
+
+    /// `[train.attack]` (see [`Objective::attack`]).
+    pub fn attack(&self) -> Option<&PgdConfig> {
+        self.objective.attack()
+    }
 }
 
 /// Per-epoch validation on the held-out split.
@@ -382,6 +248,13 @@ fn default_val_batch() -> usize {
 impl Recipe {
     /// Read a recipe file and apply `key=value` overrides (dotted keys, TOML values).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe> {
+        Ok(Recipe::load_noting(path, overrides)?.0)
+    }
+
+    /// [`Recipe::load`], and what it ignored: keys of the earlier `[train]` layout the
+    /// objective does not use, when their value is not the one the earlier code wrote by
+    /// default ([`crate::train::objectives::legacy`]).
+    pub fn load_noting(path: &Path, overrides: &[String]) -> Result<(Recipe, Vec<String>)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read recipe {}", path.display()))?;
         let mut value: toml::Value = toml::from_str(&text)
@@ -389,49 +262,49 @@ impl Recipe {
         for o in overrides {
             apply_override(&mut value, o).with_context(|| format!("recipe {}", path.display()))?;
         }
-        let mut recipe: Recipe = value.clone().try_into().map_err(|e: toml::de::Error| {
+        let recipe: Recipe = value.clone().try_into().map_err(|e: toml::de::Error| {
             // A value carries no positions: parse its text again to find the offending line
-            // and name its table and key (overrides applied).
+            // and name its table and key (overrides applied). An objective's settings are
+            // read from a buffer, without positions: their errors name the key themselves.
             let place = toml::to_string(&value).ok().and_then(|t| {
                 let span = toml::from_str::<Recipe>(&t).err()?.span()?;
                 error_place(&t, span.start)
             });
             match place {
-                Some(place) => {
+                Some(place) if !e.message().starts_with("train.") => {
                     anyhow::anyhow!("recipe {}: {place}: {}", path.display(), e.message())
                 }
-                None => anyhow::anyhow!("recipe {}: {}", path.display(), e.message()),
+                _ => anyhow::anyhow!("recipe {}: {}", path.display(), e.message()),
             }
         })?;
-        recipe.resolve_passes();
+        let ignored = value
+            .get("train")
+            .map(|t| {
+                let o = &recipe.train.objective;
+                crate::train::objectives::legacy::ignored(t, o.name(), o.keys())
+            })
+            .transpose()
+            .with_context(|| format!("invalid recipe {}", path.display()))?
+            .unwrap_or_default();
         recipe
             .validate()
             .with_context(|| format!("invalid recipe {}", path.display()))?;
-        Ok(recipe)
-    }
-
-    /// The objective's default `train.hybrid.passes` when the recipe leaves it out.
-    fn resolve_passes(&mut self) {
-        let t = &mut self.train;
-        t.hybrid.passes.get_or_insert(match t.objective {
-            Objective::Trades | Objective::Mart => Passes::Separate,
-            _ => Passes::Joint,
-        });
+        Ok((recipe, ignored))
     }
 
     /// [`Recipe::load`] for `train`: the `--set` overrides `sets`, then `flags` (the CLI flags
     /// written as overrides, e.g. `train.epochs=3` for `--epochs 3`), which win. Every `--set`
     /// is checked on its own as well, applied to the resolved recipe (its type and the value
     /// checks), so a bad value is an error naming it even when a flag replaces its key. Prints
-    /// [`Recipe::warnings`].
+    /// [`Recipe::warnings`] and the ignored keys of [`Recipe::load_noting`].
     pub fn load_with_flags(path: &Path, sets: &[String], flags: &[String]) -> Result<Recipe> {
         let all: Vec<String> = sets.iter().chain(flags).cloned().collect();
-        let recipe = Recipe::load(path, &all)?;
+        let (recipe, ignored) = Recipe::load_noting(path, &all)?;
         let resolved = toml::Value::try_from(&recipe).context("the resolved recipe")?;
         for set in sets {
             let mut v = resolved.clone();
             apply_override(&mut v, set).with_context(|| format!("recipe {}", path.display()))?;
-            let mut one: Recipe = v.try_into().map_err(|e: toml::de::Error| {
+            let one: Recipe = v.try_into().map_err(|e: toml::de::Error| {
                 anyhow::anyhow!(
                     "--set {set}: {} (recipe {}; every --set is checked, also when a flag \
                      overrides its key)",
@@ -439,7 +312,6 @@ impl Recipe {
                     path.display()
                 )
             })?;
-            one.resolve_passes();
             one.validate().with_context(|| {
                 format!(
                     "--set {set} (recipe {}; every --set is checked, also when a flag overrides \
@@ -448,7 +320,7 @@ impl Recipe {
                 )
             })?;
         }
-        for w in recipe.warnings() {
+        for w in recipe.warnings().into_iter().chain(ignored) {
             log::warn!("recipe {}: {w}", path.display());
         }
         Ok(recipe)
@@ -479,74 +351,13 @@ impl Recipe {
             "train.lr_gamma must be > 0, got {}",
             t.lr_gamma
         );
-        if t.objective.is_adversarial() && t.attack.is_none() {
-            anyhow::bail!("train.attack is required for objective {:?}", t.objective);
-        }
         // Also when the objective does not attack: its eps is the default validation,
         // overfitting-check and SWA budget.
-        if let Some(a) = &t.attack {
+        if let Some(a) = t.attack() {
             a.validate("train.attack", self.allow_large_eps)
                 .map_err(anyhow::Error::msg)?;
         }
-        for (field, v) in [
-            ("train.trades_beta", t.trades_beta),
-            ("train.mart_lambda", t.mart_lambda),
-        ] {
-            anyhow::ensure!(v >= 0.0 && v.is_finite(), "{field} must be >= 0, got {v}");
-        }
-        if t.objective == Objective::Trades {
-            let a = t.attack.as_ref().expect("checked above");
-            anyhow::ensure!(
-                a.loss == crate::attack::pgd::PgdLoss::Kl,
-                "train.attack.loss must be \"kl\" for objective trades (TRADES maximises the KL to the clean prediction)"
-            );
-        }
-        if t.objective == Objective::FgsmRs {
-            let a = t.attack.as_ref().expect("checked above");
-            anyhow::ensure!(
-                a.norm == crate::attack::ThreatNorm::Linf,
-                "train.attack.norm must be \"linf\" for objective fgsm-rs"
-            );
-        }
-        if t.objective == Objective::Arat {
-            let a = t.arat.as_ref().ok_or_else(|| {
-                anyhow::anyhow!("[train.arat] (lambda, hooks) is required for objective arat")
-            })?;
-            anyhow::ensure!(
-                !a.hooks.is_empty(),
-                "train.arat.hooks must name at least one stage"
-            );
-            anyhow::ensure!(
-                a.lambda >= 0.0 && a.lambda.is_finite(),
-                "train.arat.lambda must be >= 0, got {}",
-                a.lambda
-            );
-            if a.predictor || a.symmetric {
-                anyhow::ensure!(
-                    self.model.predictors == a.hooks,
-                    "train.arat.hooks = {:?} needs model.predictors = {:?} (one predictor per hook), got {:?}",
-                    a.hooks,
-                    a.hooks,
-                    self.model.predictors
-                );
-            }
-        }
-        match (&t.mixacm, t.objective) {
-            (None, Objective::Mixacm) => anyhow::bail!(
-                "[train.mixacm] (teacher, ...) is required for objective mixacm"
-            ),
-            (Some(_), o) if o != Objective::Mixacm => anyhow::bail!(
-                "[train.mixacm] is only used by objective mixacm, not {o:?}: remove it or set train.objective = \"mixacm\""
-            ),
-            (Some(m), _) => {
-                m.validate()?;
-                anyhow::ensure!(
-                    t.awp.is_none() && t.arat.is_none(),
-                    "train.awp and train.arat do not combine with objective mixacm"
-                );
-            }
-            _ => {}
-        }
+        t.objective.validate(self)?;
         if let Some(w) = &t.swa {
             anyhow::ensure!(
                 w.start_epoch < t.epochs,
@@ -559,7 +370,7 @@ impl Recipe {
                 "train.swa.bn_batches must be >= 1 (or left out for one pass over the training set)"
             );
             anyhow::ensure!(
-                w.bn_source == crate::eval::controls::StatsSource::Clean || t.attack.is_some(),
+                w.bn_source == crate::eval::controls::StatsSource::Clean || t.attack().is_some(),
                 "train.swa.bn_source = \"{}\" needs [train.attack] (its eps and norm)",
                 w.bn_source
             );
@@ -577,7 +388,7 @@ impl Recipe {
         }
         if let Some(c) = &t.overfit_check {
             anyhow::ensure!(
-                t.attack.is_some(),
+                t.attack().is_some(),
                 "train.overfit_check needs train.attack (its eps)"
             );
             anyhow::ensure!(c.n >= 1, "train.overfit_check.n must be >= 1");
@@ -588,17 +399,6 @@ impl Recipe {
                 c.drop
             );
         }
-        let h = &t.hybrid;
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&h.clean_weight),
-            "train.hybrid.clean_weight must be in [0,1], got {}",
-            h.clean_weight
-        );
-        anyhow::ensure!(
-            (0.0..1.0).contains(&h.clean_fraction),
-            "train.hybrid.clean_fraction must be in [0,1), got {}",
-            h.clean_fraction
-        );
         let (ns, ap) = self.route_sets();
         let check = |field: &str, r: Route| -> Result<()> {
             crate::nn::norm::check_route_sets(r, ns, ap).map_err(|e| {
@@ -664,12 +464,8 @@ impl Recipe {
 
     /// Every route the recipe names, with its field.
     fn routes(&self) -> Vec<(&'static str, Route)> {
-        let (t, v) = (&self.train, &self.validation);
-        let mut out = vec![
-            ("train.route", t.route),
-            ("train.hybrid.clean_route", t.hybrid.clean_route),
-            ("train.hybrid.adv_route", t.hybrid.adv_route),
-        ];
+        let v = &self.validation;
+        let mut out = self.train.objective.routes();
         out.extend(v.route.map(|r| ("validation.route", r)));
         out.extend(v.branches.iter().map(|&r| ("validation.branches", r)));
         out
@@ -697,22 +493,16 @@ impl Recipe {
     pub fn validation_attack(&self) -> Option<PgdConfig> {
         self.validation.attack.clone().or_else(|| {
             self.train
-                .attack
-                .as_ref()
+                .attack()
                 .map(|a| PgdConfig::probe(a.norm, a.eps, 10))
         })
     }
 
     /// The route validated each epoch (see [`ValidationSpec::route`]).
     pub fn validation_route(&self) -> Route {
-        let t = &self.train;
-        self.validation.route.unwrap_or(match t.objective {
-            Objective::Standard | Objective::PgdAt | Objective::Mixacm => t.route,
-            Objective::Hybrid => t.hybrid.adv_route,
-            Objective::Advprop => t.hybrid.clean_route,
-            Objective::Trades | Objective::Mart | Objective::Arat => t.hybrid.adv_route,
-            Objective::FgsmRs => t.route,
-        })
+        self.validation
+            .route
+            .unwrap_or_else(|| self.train.objective.validation_route())
     }
 
     pub fn to_toml(&self) -> String {

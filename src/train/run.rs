@@ -9,10 +9,10 @@ use crate::fsio::{write_atomic, DirLock};
 use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
 use super::optim::{learning_rate, Sgd};
-use super::recipe::{Objective, Recipe};
+use super::objectives::{Active, SetupCx, StepCx};
+use super::recipe::Recipe;
 use super::swa::{self, SwaAverage};
-use super::teacher::Teacher;
-use super::{awp, step};
+use super::awp;
 use crate::attack::{Attack, Classifier, Pgd};
 use crate::compute::with_precision;
 use crate::data::Splits;
@@ -138,9 +138,6 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     for f in ["metrics.csv", "branches.csv", "overfit_check.csv"] {
         metrics::truncate_after(&out.join(f), start_epoch)?;
     }
-    if let Some(a) = &t.arat {
-        net.check_hooks(&a.hooks, "train.arat.hooks")?;
-    }
     let swa_file = ckdir.join("swa_avg.safetensors");
     let mut swa_avg = match &t.swa {
         Some(_) if start_epoch > 0 && swa_file.exists() => {
@@ -156,16 +153,18 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         data.test.len()
     );
 
-    let mut teacher = match &t.mixacm {
-        Some(spec) => {
-            let mut tr = Teacher::setup(recipe, spec, &net, &data, device, out)?;
-            if start_epoch > 0 {
-                tr.resume(&ckdir, start_epoch)?;
-            }
-            Some(tr)
-        }
-        None => None,
-    };
+    // The objective's extra parameters and checks against the built model (MixACM: teacher and
+    // projections, restored on resume; ARAT: its hooks).
+    let mut objective = t.objective.start(&SetupCx {
+        recipe,
+        net: &net,
+        data: &data,
+        device,
+        out,
+    })?;
+    if start_epoch > 0 {
+        objective.resume(&ckdir, start_epoch)?;
+    }
     let mut last = EpochMetrics::default();
     let mut overfitting = None;
     let overfit_csv = out.join("overfit_check.csv");
@@ -173,8 +172,6 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     let mut prev_clean_acc = last_clean_accuracy(&csv)?;
     let end = opts.stop_after.map_or(t.epochs, |s| s.min(t.epochs));
     for epoch in start_epoch..end {
-        // ARAT's auto-balance: w_a = the previous epoch's clean training accuracy.
-        let adv_weight = prev_clean_acc.unwrap_or(0.5);
         let mut m = train_epoch(
             recipe,
             &net,
@@ -182,8 +179,8 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             &data,
             epoch,
             device,
-            adv_weight,
-            teacher.as_mut(),
+            prev_clean_acc,
+            objective.as_mut(),
         )
         .map_err(|e| match e.downcast::<crate::interrupt::Interrupted>() {
             Ok(mut i) => {
@@ -202,10 +199,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             device,
             &out.join("branches.csv"),
         )?;
-        let score = match t.objective {
-            Objective::Standard => m.val_clean_acc,
-            _ => m.val_pgd_acc.or(m.val_clean_acc),
-        };
+        let score = t.objective.score(&m);
         let is_best = match (score, best) {
             (Some(s), Some(b)) => s >= b,
             (Some(_), None) => true,
@@ -228,9 +222,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         if is_best {
             checkpoint::save(&sdir.join("best.safetensors"), &model_tensors, None, sidecar(&m))?;
         }
-        if let Some(tr) = &teacher {
-            tr.save(&sdir, recipe, epoch + 1)?;
-        }
+        objective.save(&sdir, recipe, epoch + 1)?;
         checkpoint::save(
             &sdir.join("last.safetensors"),
             &model_tensors,
@@ -246,7 +238,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         metrics::append(&csv, &m)?;
         let mut collapse = None;
         if let Some(c) = &t.overfit_check {
-            let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device);
+            let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device)?;
             let collapsed = is_collapse(check_best, acc, c.drop);
             append_line(
                 &overfit_csv,
@@ -375,16 +367,16 @@ fn print_header(recipe: &Recipe, device: Device, net: &Network, out: &Path) {
         recipe.seed
     );
     eprintln!(
-        "model {} ({} parameters), norm {:?} | objective {:?} | route {} | attack BN mode {}",
+        "model {} ({} parameters), norm {:?} | objective {} | validation route {} | attack BN mode {}",
         recipe.model.name,
         net.num_parameters(),
         recipe.model.norm.kind,
-        t.objective,
-        t.route,
+        t.objective.name(),
+        recipe.validation_route(),
         t.attack_bn_mode
     );
     eprintln!("compute: {}", recipe.compute.describe());
-    if let Some(a) = &t.attack {
+    if let Some(a) = t.objective.training_attack() {
         eprintln!(
             "training attack: {}",
             serde_json::to_string(a).unwrap_or_default()
@@ -432,8 +424,8 @@ fn train_epoch(
     data: &Splits,
     epoch: usize,
     device: Device,
-    adv_weight: f64,
-    mut teacher: Option<&mut Teacher>,
+    prev_clean_acc: Option<f64>,
+    objective: &mut dyn Active,
 ) -> Result<EpochMetrics> {
     let t = &recipe.train;
     tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH) as i64);
@@ -444,7 +436,12 @@ fn train_epoch(
     let n_batches = batches.num_batches();
     let pb = progress_bar(n_batches, epoch, t.epochs);
     let model = net.model.as_ref();
-    let attack = t.attack.clone().map(Pgd::new);
+    let cx = StepCx {
+        recipe,
+        model,
+        predictors: &net.predictors,
+        prev_clean_acc,
+    };
     let zero = || Tensor::zeros([], (Kind::Float, device));
     let (mut loss_sum, mut clean_hits, mut adv_hits) = (zero(), zero(), zero());
     let (mut seen, mut clean_seen, mut adv_seen, mut lr) = (0usize, 0i64, 0i64, t.lr);
@@ -472,45 +469,28 @@ fn train_epoch(
         };
         lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
         let bs = y.size()[0];
-        let x_adv = step::generate(recipe, model, attack.as_ref(), &x, &y);
-        let arat = step::StepState {
-            predictors: &net.predictors,
-            adv_weight,
-            mixacm: teacher.as_deref().map(Teacher::state),
-        };
+        let x_adv = objective.generate(&cx, &x, &y);
         let perturbation = match &t.awp {
             Some(a) if epoch >= a.warmup_epochs => {
                 let adv_loss = with_precision(recipe.compute.precision_train, device, || {
-                    step::loss_with_state(
-                        recipe,
-                        model,
-                        &x,
-                        &y,
-                        x_adv.as_ref(),
-                        Mode::TrainFrozen,
-                        arat,
-                    )
-                    .loss
-                });
+                    objective.loss(&cx, &x, &y, x_adv.as_ref(), Mode::TrainFrozen)
+                })?
+                .loss;
                 Some(awp::perturb(net, a.gamma, &adv_loss))
             }
             _ => None,
         };
         let out = with_precision(recipe.compute.precision_train, device, || {
-            step::loss_with_state(recipe, model, &x, &y, x_adv.as_ref(), Mode::Train, arat)
-        });
+            objective.loss(&cx, &x, &y, x_adv.as_ref(), Mode::Train)
+        })?;
         sgd.zero_grad();
-        if let Some(tr) = teacher.as_deref_mut() {
-            tr.proj_sgd.zero_grad();
-        }
+        objective.zero_grad();
         out.loss.backward();
         if let Some(v) = perturbation {
             awp::restore(v);
         }
         sgd.step(lr);
-        if let Some(tr) = teacher.as_deref_mut() {
-            tr.proj_sgd.step(lr);
-        }
+        objective.step(lr);
         if let Some((h, k)) = out.clean {
             clean_hits += h;
             clean_seen += k;
@@ -566,8 +546,11 @@ fn overfit_accuracy(
     data: &Splits,
     epoch: usize,
     device: Device,
-) -> f64 {
-    let a = recipe.train.attack.as_ref().expect("validated");
+) -> Result<f64> {
+    let a = recipe
+        .train
+        .attack()
+        .context("train.overfit_check needs train.attack (its eps)")?;
     let cfg = crate::attack::PgdConfig::probe(a.norm, a.eps, c.steps);
     tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_OVERFIT) as i64);
     let f = Classifier::new(
@@ -576,14 +559,14 @@ fn overfit_accuracy(
     )
     .with_compute(&recipe.compute);
     let subset = data.train.take(c.n);
-    robust_counts(
+    Ok(robust_counts(
         &f,
         &Pgd::new(cfg),
         &subset,
         recipe.validation.batch_size,
         device,
     )
-    .robust_accuracy()
+    .robust_accuracy())
 }
 
 /// `train_clean_acc` of the last row of an existing `metrics.csv` (resume).

@@ -112,18 +112,16 @@ pub fn reestimate_bn(
     device: Device,
 ) -> Result<Vec<(Route, StatsSource, usize)>> {
     let t = &recipe.train;
-    let eps = t.attack.as_ref().map_or(0.0, |a| a.eps);
+    let eps = t.attack().map_or(0.0, |a| a.eps);
     // Adversarial data in the recipe's threat model (an L2 recipe re-estimates on L2 examples).
-    let norm = t.attack.as_ref().map_or(ThreatNorm::Linf, |a| a.norm);
+    let norm = t.attack().map_or(ThreatNorm::Linf, |a| a.norm);
     let batches = spec
         .bn_batches
         .unwrap_or_else(|| train.len().div_ceil(t.batch_size));
     let multi = recipe.model.norm.ns_domains > 1;
     let sets: Vec<(Route, StatsSource)> = if multi {
-        vec![
-            (t.hybrid.clean_route, StatsSource::Clean),
-            (t.hybrid.adv_route, StatsSource::Adv),
-        ]
+        let (clean, adv) = t.objective.domain_routes();
+        vec![(clean, StatsSource::Clean), (adv, StatsSource::Adv)]
     } else {
         vec![(recipe.validation_route(), spec.bn_source)]
     };

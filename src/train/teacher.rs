@@ -7,7 +7,6 @@ use super::derive_seed;
 use super::mixacm::{load_teacher, MixAcmSpec, Projections};
 use super::optim::Sgd;
 use super::recipe::Recipe;
-use super::step::MixAcmState;
 use crate::attack::{Classifier, Pgd};
 use crate::data::Splits;
 use crate::eval::{clean_counts, robust_counts};
@@ -55,7 +54,10 @@ impl Teacher {
     ) -> Result<Teacher> {
         let t = &recipe.train;
         let net = load_teacher(spec, device)?;
-        let file = spec.teacher.clone().expect("load_teacher checked it");
+        let file = spec
+            .teacher
+            .clone()
+            .context("train.mixacm.teacher: no teacher file given")?;
         let sha256 = checkpoint::sha256_file(&file)?;
         let size = data.train.images.size();
         let hw = [size[size.len() - 2], size[size.len() - 1]];
@@ -101,14 +103,6 @@ impl Teacher {
             proj_sgd,
             record,
         })
-    }
-
-    pub fn state(&self) -> MixAcmState<'_> {
-        MixAcmState {
-            spec: &self.spec,
-            teacher: self.net.model.as_ref(),
-            projections: &self.projections,
-        }
     }
 
     fn has_projections(&self) -> bool {
