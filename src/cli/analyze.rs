@@ -237,7 +237,7 @@ impl Loaded {
     fn objective(&self) -> serde_json::Value {
         self.recipe
             .as_ref()
-            .and_then(|r| serde_json::to_value(r.train.objective).ok())
+            .map(|r| serde_json::json!(r.train.objective.name()))
             .unwrap_or(serde_json::Value::Null)
     }
 
@@ -608,8 +608,10 @@ fn conflict_hooks(a: &GradConflictArgs, l: &Loaded) -> Result<Vec<crate::nn::Hoo
             })
             .collect();
     }
-    if let Some(a) = l.recipe.as_ref().and_then(|r| r.train.arat.as_ref()) {
-        return Ok(a.hooks.clone());
+    if let Some(crate::train::objectives::Objective::Arat(a)) =
+        l.recipe.as_ref().map(|r| &r.train.objective)
+    {
+        return Ok(a.arat.hooks.clone());
     }
     if !l.net.arch.predictors.is_empty() {
         return Ok(l.net.arch.predictors.clone());
