@@ -18,35 +18,19 @@ use std::sync::RwLock;
 use tch::Device;
 
 /// Floating-point precision of a phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// float32 throughout.
     #[default]
+    #[value(name = "fp32", alias = "float32")]
     Fp32,
     /// bfloat16 autocast (CPU and CUDA).
+    #[value(name = "bf16", alias = "bfloat16")]
     Bf16,
 }
 
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "fp32" | "float32" => Ok(Precision::Fp32),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision '{s}': expected fp32 or bf16")),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-        })
-    }
-}
+crate::choice::value_enum_text!(Precision => "precision");
 
 /// Default rows per attack micro-batch on CPU (measured best of 64/128/250/whole for small-cnn on
 /// the project's 2-core machines; docs/BENCHMARKS.md).

@@ -165,33 +165,18 @@ pub fn rows(t: &Tensor, start: i64, len: i64) -> Tensor {
     }
 }
 
-/// Threat model norm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Threat model norm (`linf`, also `l-inf` / `inf`; `l2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThreatNorm {
+    /// L-infinity ball (per-pixel budget).
+    #[value(alias = "l-inf", alias = "inf")]
     Linf,
+    /// L2 ball.
     L2,
 }
 
-impl std::str::FromStr for ThreatNorm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "linf" | "l-inf" | "inf" => Ok(ThreatNorm::Linf),
-            "l2" => Ok(ThreatNorm::L2),
-            _ => Err(format!("unknown norm '{s}': expected linf or l2")),
-        }
-    }
-}
-
-impl std::fmt::Display for ThreatNorm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ThreatNorm::Linf => "linf",
-            ThreatNorm::L2 => "l2",
-        })
-    }
-}
+crate::choice::value_enum_text!(ThreatNorm => "norm");
 
 /// How the shared attack settings are named in messages: recipe fields under one table
 /// (`train.attack.eps`, ...) or `eval` flags (`--eps`, ...), with the way to allow a large

@@ -36,16 +36,19 @@ pub enum PgdLoss {
 }
 
 /// How [`PgdLoss::TargetedCe`] picks the target class of each point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// Uniform over the classes other than the label (drawn from torch's generator).
+    #[default]
     Random,
     /// The class with the smallest clean logit other than the label.
     LeastLikely,
     /// The class with the largest clean logit other than the label (the runner-up).
     RunnerUp,
 }
+
+crate::choice::value_enum_text!(Target => "target choice");
 
 /// PGD hyperparameters (defaults: Madry's CIFAR-10 L-inf setting, PGD-10, step eps/4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -46,10 +46,10 @@ pub enum Command {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ComputeArgs {
     /// Precision of attack generation: fp32 (default) or bf16 (autocast).
-    #[arg(long, global = true, value_name = "fp32|bf16")]
+    #[arg(long, global = true, value_parser = crate::choice::choice::<crate::compute::Precision>())]
     pub precision_attack: Option<crate::compute::Precision>,
     /// Precision of the training forward/backward: fp32 (default) or bf16 (autocast).
-    #[arg(long, global = true, value_name = "fp32|bf16")]
+    #[arg(long, global = true, value_parser = crate::choice::choice::<crate::compute::Precision>())]
     pub precision_train: Option<crate::compute::Precision>,
     /// Do not fold eval-mode BatchNorm into the convolutions in attacks (folding computes the
     /// same function to float rounding, faster; docs/BENCHMARKS.md).
