@@ -6,12 +6,14 @@ pub mod apgd;
 pub mod fab;
 pub mod fgsm;
 pub mod pgd;
+pub mod spec;
 pub mod square;
 
 pub use apgd::{checkpoints, dlr_loss, dlr_targeted_loss, Apgd, ApgdConfig, ApgdLoss};
 pub use fab::{Fab, FabConfig};
 pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
+pub use spec::{AttackConfig, AttackName, AttackSettings, AttackSpec};
 pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};
 
 use crate::compute::{self, Compute, Precision};

@@ -320,3 +320,34 @@ impl Attack for Pgd {
         best
     }
 }
+
+/// `eval`'s PGD family (`pgd`, `pgd-t`, `pgd-kl`, `cw`): [`PgdConfig::new`] with step
+/// `2.5 * eps / steps` unless given, the loss (and TRADES' normal start for the KL) of the name.
+impl super::spec::AttackConfig for PgdConfig {
+    fn from_settings(
+        name: super::spec::AttackName,
+        s: &super::spec::AttackSettings,
+        steps: usize,
+    ) -> Result<Self, String> {
+        use super::spec::AttackName as N;
+        let (loss, init) = match name {
+            N::PgdT => (PgdLoss::TargetedCe, Init::Uniform),
+            N::PgdKl => (PgdLoss::Kl, Init::Normal),
+            N::Cw => (PgdLoss::Cw, Init::Uniform),
+            _ => (PgdLoss::Ce, Init::Uniform),
+        };
+        let step_size = s.step_size.unwrap_or(2.5 * s.eps / steps as f64);
+        let base = PgdConfig::new(s.norm, s.eps, step_size, steps);
+        Ok(PgdConfig {
+            restarts: s.restarts.unwrap_or(base.restarts),
+            init,
+            loss,
+            target: s.target,
+            ..base
+        })
+    }
+
+    fn build(&self) -> Box<dyn Attack> {
+        Box::new(Pgd::new(self.clone()))
+    }
+}

@@ -125,7 +125,7 @@ pub fn main() -> anyhow::Result<()> {
             a.overrides.extend(cli.compute.as_overrides());
             train::run(a)
         }
-        Command::Eval(a) => eval::run(a),
+        Command::Eval(a) => eval::run(a, compute),
         Command::Bench(a) => bench::run(a, &compute),
         Command::Export(a) => export::run(a),
         Command::Analyze(a) => analyze::run(a),
