@@ -11,10 +11,11 @@
 //!   forward/backward changes nothing but cache use; the attack's own batch, random draws and
 //!   iterations are those of the whole batch.
 //!
-//! The settings are process-wide ([`set`] once at start from the recipe or the command line).
+//! The settings are a value: a run's (its recipe's `[compute]`), an evaluation's
+//! ([`crate::eval::EvalSetup::compute`]) or a benchmark's, given to each attacked function with
+//! [`crate::attack::Classifier::with_compute`]. There is no process-wide state.
 
 use serde::{Deserialize, Serialize};
-use std::sync::RwLock;
 use tch::Device;
 
 /// Floating-point precision of a phase.
@@ -86,18 +87,6 @@ impl Compute {
             }
         )
     }
-}
-
-static SETTINGS: RwLock<Compute> = RwLock::new(DEFAULTS);
-
-/// The process-wide settings.
-pub fn get() -> Compute {
-    *SETTINGS.read().expect("compute settings lock")
-}
-
-/// Replace the process-wide settings.
-pub fn set(c: Compute) {
-    *SETTINGS.write().expect("compute settings lock") = c;
 }
 
 /// Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo). Without

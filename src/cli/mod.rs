@@ -112,7 +112,6 @@ pub fn main() -> anyhow::Result<()> {
     // The compute settings of this command, passed on as a value (for `train` they become
     // recipe overrides instead, saved with the run).
     let compute = cli.compute.apply(crate::compute::Compute::default());
-    crate::compute::set(compute);
     // `train` warns itself, from its recipe's settings and its device.
     if !matches!(cli.command, Command::Train(_)) {
         if let Some(w) = crate::compute::bf16_warning(&compute) {

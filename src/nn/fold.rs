@@ -15,11 +15,6 @@
 use crate::nn::norm::{Ctx, EvalAffine, Norm};
 use tch::Tensor;
 
-/// Whether BN folding is on ([`crate::compute::Compute::fold_bn`]).
-pub fn enabled() -> bool {
-    crate::compute::get().fold_bn
-}
-
 /// A convolution with the eval-mode norm after it folded in: `conv_{W',b'}`.
 pub struct FoldedConv {
     pub weight: Tensor,
