@@ -5,7 +5,7 @@
 //!   autocast op lists: convolutions and matmuls in bfloat16, reductions and losses in float32)
 //!   for the forward/backward passes of attack generation and of the training loss.
 //! - `fold_bn`: eval-mode BatchNorm folded into the convolution before it for attacks
-//!   ([`crate::nn::fold`]); the same function to float rounding.
+//!   (`nn::fold`); the same function to float rounding.
 //! - `attack_chunk`: rows per forward/backward micro-batch of eval-mode attacks on CPU (0 = the
 //!   whole batch). In eval mode every row is computed independently, so splitting a step's
 //!   forward/backward changes nothing but cache use; the attack's own batch, random draws and

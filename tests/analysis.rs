@@ -328,6 +328,7 @@ fn bn_swap_cells_match_clean_counts_and_leave_the_model_untouched() {
             source: StatsSource::Noise,
             batches: 2,
             batch_size: 16,
+            norm: advtrain::attack::ThreatNorm::Linf,
             eps: 0.1,
             seed: 0,
         },

@@ -149,7 +149,7 @@ fn images_of_another_size_are_refused_in_eval_and_train() {
     eprintln!("train: {e}");
     // The library call that train, eval, analyze and bench load data through.
     let spec = DataSpec {
-        dataset: "mnist".into(),
+        dataset: advtrain::data::DatasetName::Mnist,
         dir: Some(f.small.clone()),
         val_size: 0,
         split_seed: 0,

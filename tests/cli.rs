@@ -331,6 +331,9 @@ fn train_then_eval_writes_the_contracted_json() {
 fn bad_input_gets_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let recipe = setup(tmp.path());
+    // An existing run directory without a checkpoint (a failed start leaves none behind: the
+    // data is loaded before anything is written).
+    std::fs::create_dir_all(tmp.path().join("run")).unwrap();
     let run = tmp.path().join("run").display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (

@@ -137,3 +137,48 @@ fn the_contract_check_detects_renames_and_changes() {
         assert!(!errors.is_empty(), "{bad} passed");
     }
 }
+
+/// Checkpoints written before the library refactor (recipe format version 1, sidecars without
+/// `recipe_version`; files made by advtrain at commit 64a9e5d with `train --recipe
+/// recipes/fmnist/{trades-dual-bn,arat}.toml --train-limit 128 --test-limit 32 --epochs 1`,
+/// `checkpoints/best.*` copied) load with their typed recipe and evaluate.
+#[test]
+fn checkpoints_of_the_first_recipe_format_still_load() {
+    use advtrain::train::saved::load_run;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/checkpoint-v1");
+    let tmp = tempfile::tempdir().unwrap();
+    common::write_tiny_mnist(&tmp.path().join("data"), 20, 30);
+    for (name, objective) in [("trades-dual-bn", "trades"), ("arat", "arat")] {
+        let file = dir.join(format!("{name}.safetensors"));
+        let text = std::fs::read_to_string(file.with_extension("json")).unwrap();
+        assert!(!text.contains("recipe_version"), "{name}: not a first-format sidecar");
+        // Building the network draws its initial weights from torch's global generator.
+        let run = {
+            let _g = common::rng_lock();
+            load_run(&file, tch::Device::Cpu).unwrap()
+        };
+        assert_eq!(run.checkpoint.sidecar.recipe_version, 1);
+        let r = &run.recipe;
+        assert_eq!(
+            serde_json::to_value(r.train.objective).unwrap(),
+            serde_json::json!(objective),
+            "{name}"
+        );
+        assert_eq!(r.model.norm.ns_domains, 2, "{name}: Dual BN");
+        assert_eq!(r.data.train_limit, Some(128));
+        if name == "arat" {
+            let a = r.train.arat.as_ref().unwrap();
+            assert_eq!(a.hooks, r.model.predictors);
+        } else {
+            assert_eq!(r.train.trades_beta, 6.0);
+        }
+        let out = tmp.path().join(format!("{name}.json"));
+        let o = common::advtrain(&[
+            "--threads", "1", "eval", "--checkpoint", file.to_str().unwrap(), "--data-dir",
+            tmp.path().join("data").to_str().unwrap(), "--test-limit", "30", "--attack", "pgd",
+            "--eps", "0.1", "--steps", "3", "--route", "adv", "--json", out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", common::stderr(&o));
+        assert_eq!(common::read_json(&out)["route"], "ns=adv,ap=adv");
+    }
+}

@@ -363,7 +363,7 @@ fn idx_folders_load_consistently_or_name_the_file() {
         }
         let (ip, lp) = idx_dir(&dir, &im, &lb, gz);
         let spec = DataSpec {
-            dataset: "fashion-mnist".into(),
+            dataset: advtrain::data::DatasetName::FashionMnist,
             dir: Some(dir.clone()),
             val_size: 0,
             split_seed: 0,

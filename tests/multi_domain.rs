@@ -183,6 +183,7 @@ fn reestimation_is_the_cumulative_average_of_batch_statistics() {
         source: StatsSource::Clean,
         batches: 3,
         batch_size: 8,
+        norm: advtrain::attack::ThreatNorm::Linf,
         eps: 0.1,
         seed: 1,
     };

@@ -192,8 +192,79 @@ fn line_plot_svg_has_title_and_series_names() {
         "MDN model",
         "eps (x 1/255)",
         "accuracy",
+        // Tick labels of both axes (y range 0..1, x 0..16), each the whole text of an element.
+        ">\n0.4\n</text>",
+        ">\n1.0\n</text>",
+        ">\n16\n</text>",
     ] {
         assert!(svg.contains(needle), "SVG lacks {needle:?}");
+    }
+}
+
+/// tab10, the series colours in order.
+const SERIES_COLOURS: [(u8, u8, u8); 3] = [(31, 119, 180), (255, 127, 14), (44, 160, 44)];
+
+#[test]
+fn legend_covers_no_data_and_every_series_is_drawn_in_its_colour() {
+    // Data in every corner of a fixed y range: a legend anywhere inside the plot covers some.
+    let plot = LinePlot {
+        title: "legend placement".into(),
+        x_label: "x".into(),
+        y_label: "y".into(),
+        series: vec![
+            Series::new("top", (0..=10).map(|i| (i as f64, 0.98))),
+            Series::new("bottom", (0..=10).map(|i| (i as f64, 0.02))),
+            Series::new("rising", (0..=10).map(|i| (i as f64, 0.1 * i as f64))),
+        ],
+        y_range: Some((0.0, 1.0)),
+    };
+    let img = Image::decode(&plot.to_png(SIZE).unwrap());
+    // The legend box: rows with a long run of its border grey.
+    let grey = |x: usize, y: usize| img.px(x, y) == (160, 160, 160);
+    let mut boxed: Option<(usize, usize, usize, usize)> = None;
+    for y in 0..img.h {
+        let mut run = 0;
+        for x in 0..img.w {
+            run = if grey(x, y) { run + 1 } else { 0 };
+            if run >= 40 {
+                let (x0, x1, y0, y1) = boxed.unwrap_or((x + 1 - run, x, y, y));
+                boxed = Some((x0.min(x + 1 - run), x1.max(x), y0.min(y), y1.max(y)));
+            }
+        }
+    }
+    let (lx0, lx1, ly0, ly1) = boxed.expect("no legend box found");
+    assert!(
+        ly1 > ly0 + 40 && lx1 > lx0 + 60,
+        "legend box {lx0}..{lx1} x {ly0}..{ly1}"
+    );
+    let in_legend = |x: usize, y: usize| x >= lx0 && x <= lx1 && y >= ly0 && y <= ly1;
+    for (i, &c) in SERIES_COLOURS.iter().enumerate() {
+        let (mut data, mut sample, mut right) = (0, 0, 0);
+        for y in 0..img.h {
+            for x in 0..img.w {
+                if img.px(x, y) != c {
+                    continue;
+                }
+                if in_legend(x, y) {
+                    sample += 1;
+                } else {
+                    data += 1;
+                    right = right.max(x);
+                }
+            }
+        }
+        assert!(
+            data > 800,
+            "series {i}: only {data} pixels of its colour in the plot"
+        );
+        assert!(
+            sample > 20,
+            "series {i}: only {sample} pixels of its colour in the legend"
+        );
+        assert!(
+            right < lx0,
+            "series {i} reaches x = {right}, the legend starts at {lx0}"
+        );
     }
 }
 
@@ -449,4 +520,208 @@ fn in_memory_rendering_matches_the_requested_size() {
         "{}",
         &svg[..svg.len().min(200)]
     );
+}
+
+/// One figure of every kind the crate draws, with the titles, labels and series names its callers
+/// use (eval curves, domain gap, BN divergence, gradient conflict, BN swap), written to
+/// `$ADVTRAIN_PLOT_GALLERY` when set (to look at them) and to a temporary folder otherwise.
+#[test]
+fn gallery_of_every_kind() {
+    let tmp = tmp();
+    let dir = std::env::var_os("ADVTRAIN_PLOT_GALLERY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).unwrap();
+    let eps = [0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0];
+    // src/cli/eval.rs: accuracy (%) against eps, here with three series.
+    LinePlot {
+        title: "pgd (linf, n=1000) on runs/cifar10-pgdat-seed0/checkpoints/best.safetensors".into(),
+        x_label: "eps (linf)".into(),
+        y_label: "accuracy (%)".into(),
+        series: vec![
+            Series::new(
+                "pgd robust",
+                eps.iter().map(|&e| (e, 84.0 * (-e / 9.0f64).exp())),
+            ),
+            Series::new(
+                "apgd-ce robust",
+                eps.iter().map(|&e| (e, 83.0 * (-e / 8.0f64).exp())),
+            ),
+            Series::new("clean", eps.iter().map(|&e| (e, 84.5))),
+        ],
+        y_range: Some((0.0, 100.0)),
+    }
+    .write(&dir.join("eval_eps.png"))
+    .unwrap();
+    // src/cli/eval.rs with --vary steps: one series, no legend.
+    LinePlot {
+        title: "pgd (linf, n=500) on runs/fmnist/checkpoints/last.safetensors".into(),
+        x_label: "steps".into(),
+        y_label: "accuracy (%)".into(),
+        series: vec![Series::new(
+            "pgd robust",
+            [1.0, 2.0, 5.0, 10.0, 20.0, 50.0].map(|k: f64| (k, 40.0 + 30.0 / k.sqrt())),
+        )],
+        y_range: Some((0.0, 100.0)),
+    }
+    .write(&dir.join("eval_steps.png"))
+    .unwrap();
+    // src/analysis/domain_gap.rs: six series against the BN layer index, auto y range.
+    let layer = |i: usize| (i + 1) as f64;
+    let gap = |f: fn(f64) -> f64| (0..20).map(move |i| (layer(i), f(i as f64)));
+    LinePlot {
+        title: "Domain gap, eps 0.03137 (n=512, route adv): preact-resnet18".into(),
+        x_label: "BN layer (forward order)".into(),
+        y_label: "W1 to clean running statistics".into(),
+        series: vec![
+            Series::new("adv-mu", gap(|i| 0.05 + 0.02 * i + 0.01 * (i * 1.3).sin())),
+            Series::new("noise-mu", gap(|i| 0.03 + 0.004 * i)),
+            Series::new("adv-sigma", gap(|i| 0.08 + 0.03 * i)),
+            Series::new("noise-sigma", gap(|i| 0.04 + 0.006 * i)),
+            Series::new("clean-mu (baseline)", gap(|i| 0.01 + 0.0005 * i)),
+            Series::new("clean-sigma (baseline)", gap(|i| 0.015 + 0.0008 * i)),
+        ],
+        y_range: None,
+    }
+    .write(&dir.join("domain_gap.png"))
+    .unwrap();
+    // src/analysis/bn_divergence.rs: up to four W1 series, auto y range.
+    let div = |f: fn(f64) -> f64| (0..20).map(move |i| (layer(i), f(i as f64)));
+    LinePlot {
+        title: "BN branch divergence (clean vs adv): preact-resnet18".into(),
+        x_label: "norm layer (forward order)".into(),
+        y_label: "W1 (clean vs adv)".into(),
+        series: vec![
+            Series::new("W1 mu (running mean)", div(|i| 0.2 + 0.1 * i)),
+            Series::new("W1 sigma (running std)", div(|i| 0.1 + 0.15 * i)),
+            Series::new("W1 gamma", div(|i| 0.05 + 0.01 * (i * 0.7).cos().abs())),
+            Series::new("W1 beta", div(|i| 0.02 + 0.03 * i)),
+        ],
+        y_range: None,
+    }
+    .write(&dir.join("bn_divergence.png"))
+    .unwrap();
+    // src/analysis/grad_conflict.rs: cosine (may be negative) and a fraction per layer, with the
+    // layer names of a PreAct ResNet-18 (sorted).
+    let mut layers = vec!["bn".to_string(), "conv1".to_string(), "linear".to_string()];
+    for s in 1..=4 {
+        for b in 0..2 {
+            for p in ["bn1", "bn2", "conv1", "conv2"] {
+                layers.push(format!("layer{s}.{b}.{p}"));
+            }
+            if s > 1 && b == 0 {
+                layers.push(format!("layer{s}.{b}.shortcut.0"));
+            }
+        }
+    }
+    layers.sort();
+    let n = layers.len() as f64;
+    BarPlot {
+        title:
+            "Gradient conflict clean vs adv, eps 0.03137 (n=256, adv route adv): preact-resnet18"
+                .into(),
+        x_label: "layer".into(),
+        y_label: "cosine / fraction".into(),
+        series: vec![
+            BarSeries::new(
+                "cosine",
+                (0..layers.len()).map(|i| 0.6 - 0.9 * i as f64 / n),
+            ),
+            BarSeries::new(
+                "opposite-sign fraction",
+                (0..layers.len()).map(|i| 0.2 + 0.3 * i as f64 / n),
+            ),
+        ],
+        categories: layers,
+    }
+    .write(&dir.join("grad_conflict.png"))
+    .unwrap();
+    // A small grouped bar plot with three series.
+    BarPlot {
+        title: "Robust accuracy per attack".into(),
+        x_label: "attack".into(),
+        y_label: "accuracy".into(),
+        categories: ["clean", "pgd-20", "apgd-ce", "apgd-t", "square"]
+            .map(String::from)
+            .to_vec(),
+        series: vec![
+            BarSeries::new("standard", [0.93, 0.0, 0.0, 0.0, 0.01]),
+            BarSeries::new("PGD-AT", [0.84, 0.52, 0.50, 0.48, 0.55]),
+            BarSeries::new("MDN", [0.86, 0.55, 0.53, 0.50, 0.58]),
+        ],
+    }
+    .write(&dir.join("bars_grouped.png"))
+    .unwrap();
+    // src/analysis/bn_swap.rs: rows NS, columns AP, at its size 760x560.
+    let swap = |what: &str, values| Heatmap {
+        title: format!("{what} (n=1000): preact-resnet18"),
+        row_label: "normalisation statistics".into(),
+        col_label: "affine parameters".into(),
+        rows: vec![
+            "NS adv".into(),
+            "NS clean".into(),
+            "NS re-est. (train)".into(),
+        ],
+        cols: vec!["AP adv".into(), "AP clean".into()],
+        values,
+        value_format: ValueFormat::Percent(1),
+        value_range: Some((0.0, 1.0)),
+    };
+    swap(
+        "clean accuracy",
+        vec![vec![0.812, 0.455], vec![0.64, 0.871], vec![0.79, f64::NAN]],
+    )
+    .write_sized(&dir.join("bn_swap_clean.png"), (760, 560))
+    .unwrap();
+    swap(
+        "pgd accuracy (eps 0.03137)",
+        vec![vec![0.47, 0.12], vec![0.21, 0.02], vec![0.44, 0.31]],
+    )
+    .write_sized(&dir.join("bn_swap_robust.png"), (760, 560))
+    .unwrap();
+    // The same figures as SVG (text stays text).
+    let svg = swap(
+        "clean accuracy",
+        vec![vec![0.8, 0.4], vec![0.6, 0.9], vec![0.7, 0.3]],
+    )
+    .to_svg((760, 560))
+    .unwrap();
+    std::fs::write(dir.join("bn_swap_clean.svg"), svg).unwrap();
+    robust_plot().write(&dir.join("robust.svg")).unwrap();
+    layer_bars().write(&dir.join("layer_bars.png")).unwrap();
+    swap_matrix().write(&dir.join("swap_3x3.png")).unwrap();
+    // Edge cases at the tests' smaller size: gaps and a fixed y range the data leaves, negative
+    // bars, many layer names.
+    LinePlot {
+        title: "with gaps, y range 0.4..0.6".into(),
+        x_label: "x".into(),
+        y_label: "y".into(),
+        series: vec![
+            Series::new(
+                "gappy",
+                [
+                    (0.0, 0.9),
+                    (1.0, f64::NAN),
+                    (2.0, 0.5),
+                    (3.0, 0.45),
+                    (4.0, 0.3),
+                ],
+            ),
+            Series::new("inside", [(0.0, 0.5), (2.0, 0.55), (4.0, 0.42)]),
+        ],
+        y_range: Some((0.4, 0.6)),
+    }
+    .write_sized(&dir.join("clip_small.png"), SIZE)
+    .unwrap();
+    BarPlot {
+        title: "delta".into(),
+        categories: vec!["a".into(), "b".into(), "c".into()],
+        series: vec![BarSeries::new("delta", [-0.5, 0.25, 0.1])],
+        ..Default::default()
+    }
+    .write_sized(&dir.join("neg_bars_small.png"), SIZE)
+    .unwrap();
+    layer_bars()
+        .write_sized(&dir.join("layer_bars_small.png"), SIZE)
+        .unwrap();
 }

@@ -154,6 +154,7 @@ fn checkpoint_round_trip_and_mismatch_errors() {
         advtrain_version: "test".into(),
         architecture: arch.clone(),
         recipe: serde_json::Value::Null,
+        recipe_version: 1,
         epoch: 1,
         metrics: serde_json::Value::Null,
         sha256: String::new(),

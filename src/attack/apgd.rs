@@ -6,7 +6,8 @@
 //! One run of `n_iter` iterations on a batch:
 //! * start: L-inf `x + eps * t / max|t|` with `t ~ U(-1,1)`; L2 `x + eps * t / ||t||_2` with
 //!   `t ~ N(0,I)`; then clamped to [0,1]. The noise is drawn in float32 on the CPU (as the
-//!   reference does), so the start does not depend on the device.
+//!   reference does), so the start does not depend on the device; for float64 inputs it is
+//!   drawn in float64, as the reference run in float64 draws it (`noise_kind` in `attack`).
 //! * step size `eta = 2 * eps` per point; step `z = P(x_k + eta * s)` with `s = sign(g)` (L-inf)
 //!   or `g / ||g||_2` (L2), then `x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))` with
 //!   `a = 1` on the first iteration and `0.75` after; `P` = projection onto B_eps(x) ∩ [0,1]^d.
@@ -23,7 +24,7 @@
 //! The iteration loop makes no host synchronisation: counters, masks and step sizes are device
 //! tensors and the checkpoint schedule is fixed on the host before the loop.
 
-use super::{correct, cross_entropy, rows, Attack, Classifier, ThreatNorm};
+use super::{correct, cross_entropy, noise_kind, rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -248,7 +249,7 @@ impl Apgd {
     fn start(&self, x: &Tensor) -> Tensor {
         let eps = self.cfg.eps;
         let size = x.size();
-        let cpu = (Kind::Float, Device::Cpu);
+        let cpu = (noise_kind(x.kind()), Device::Cpu);
         let t = match self.cfg.norm {
             ThreatNorm::Linf => Tensor::rand(size.as_slice(), cpu) * 2.0 - 1.0,
             ThreatNorm::L2 => Tensor::randn(size.as_slice(), cpu),

@@ -41,7 +41,7 @@
 //! a batch and our examples to /tmp/fab_check; then
 //! `python bench/reference/fab_check.py --dir /tmp/fab_check --autoattack <auto-attack checkout>`.
 
-use super::{rows, Attack, Classifier, ThreatNorm};
+use super::{noise_kind, rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -406,13 +406,14 @@ impl Fab {
     }
 
     /// The random start of restarts after the first: x plus half the eps radius along random
-    /// noise drawn in float32 on the CPU, clamped to [0,1].
+    /// noise drawn in float32 on the CPU (float64 for float64 inputs, [`noise_kind`]), clamped
+    /// to [0,1].
     fn random_start(&self, x: &Tensor) -> Tensor {
         let n = x.size()[0];
         let size = x.size();
         let mut bshape = vec![n];
         bshape.resize(x.dim(), 1);
-        let cpu = (Kind::Float, Device::Cpu);
+        let cpu = (noise_kind(x.kind()), Device::Cpu);
         let t = match self.cfg.norm {
             ThreatNorm::Linf => Tensor::rand(size.as_slice(), cpu) * 2.0 - 1.0,
             ThreatNorm::L2 => Tensor::randn(size.as_slice(), cpu),

@@ -167,6 +167,17 @@ pub fn rows(t: &Tensor, start: i64, len: i64) -> Tensor {
     }
 }
 
+/// The kind the random starts are drawn in: float32 (the reference's default dtype), or float64
+/// for float64 inputs (the reference run in float64, under torch's float64 default dtype, draws
+/// them in float64). Drawn on the CPU, so the start does not depend on the device.
+pub(crate) fn noise_kind(input: Kind) -> Kind {
+    if input == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
 /// Threat model norm (`linf`, also `l-inf` / `inf`; `l2`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -32,8 +32,13 @@ pub struct Sidecar {
     pub format: String,
     pub advtrain_version: String,
     pub architecture: ArchSpec,
-    /// The resolved recipe (as a JSON value so any later recipe fields round-trip).
+    /// The resolved recipe of the run that wrote the file, in the recipe format
+    /// `recipe_version`. Stored as JSON at this layer (below `train`); read it typed with
+    /// `train::saved::recipe_of` / `load_run`, which migrate older versions.
     pub recipe: serde_json::Value,
+    /// Version of the recipe format in `recipe` (1 = the first; sidecars without the field).
+    #[serde(default = "first_recipe_version")]
+    pub recipe_version: u32,
     /// Epochs completed.
     pub epoch: usize,
     pub metrics: serde_json::Value,
@@ -43,6 +48,10 @@ pub struct Sidecar {
     /// Best validation metric seen so far (for resuming best-checkpoint selection).
     #[serde(default)]
     pub best_metric: Option<f64>,
+}
+
+fn first_recipe_version() -> u32 {
+    1
 }
 
 /// Paths of the three files of a checkpoint `stem` (e.g. `run/checkpoints/last`).

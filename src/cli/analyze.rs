@@ -150,7 +150,9 @@ struct Loaded {
     net: Network,
     ckpt: PathBuf,
     sha256: String,
-    recipe: serde_json::Value,
+    sidecar: crate::checkpoint::Sidecar,
+    /// The typed recipe of the run (None when the sidecar holds none, e.g. a foreign import).
+    recipe: Option<crate::train::Recipe>,
     device: Device,
     out: PathBuf,
 }
@@ -187,13 +189,16 @@ fn out_dir(c: &Common, ckpt: &Path) -> PathBuf {
 fn load(c: &Common) -> Result<Loaded> {
     let device = parse_device(&c.device).context("--device")?;
     let ckpt = checkpoint_file(c)?;
-    let (net, side) = Network::from_checkpoint(&ckpt, device)
+    let loaded = crate::checkpoint::load(&ckpt, device)
         .with_context(|| format!("cannot load checkpoint {}", ckpt.display()))?;
+    let (net, side) = (loaded.net, loaded.sidecar);
+    let recipe = crate::train::saved::recipe_of(&side, &ckpt).ok();
     let out = out_dir(c, &ckpt);
     Ok(Loaded {
         net,
-        sha256: side.sha256,
-        recipe: side.recipe,
+        sha256: side.sha256.clone(),
+        sidecar: side,
+        recipe,
         device,
         out,
         ckpt,
@@ -203,13 +208,8 @@ fn load(c: &Common) -> Result<Loaded> {
 impl Loaded {
     /// The recipe's data spec (with `--data-dir` applied).
     fn data_spec(&self, c: &Common) -> Result<DataSpec> {
-        let recipe: crate::train::Recipe = serde_json::from_value(self.recipe.clone())
-            .with_context(|| {
-                format!(
-                    "the sidecar of {} holds no valid recipe, so its data set is unknown",
-                    self.ckpt.display()
-                )
-            })?;
+        let recipe = crate::train::saved::recipe_of(&self.sidecar, &self.ckpt)
+            .context("its data set is unknown")?;
         let mut spec = recipe.data;
         if let Some(d) = &c.data_dir {
             spec.dir = Some(d.clone());
@@ -236,9 +236,8 @@ impl Loaded {
 
     fn objective(&self) -> serde_json::Value {
         self.recipe
-            .get("train")
-            .and_then(|t| t.get("objective"))
-            .cloned()
+            .as_ref()
+            .and_then(|r| serde_json::to_value(r.train.objective).ok())
             .unwrap_or(serde_json::Value::Null)
     }
 
@@ -609,9 +608,8 @@ fn conflict_hooks(a: &GradConflictArgs, l: &Loaded) -> Result<Vec<crate::nn::Hoo
             })
             .collect();
     }
-    if let Some(v) = l.recipe.pointer("/train/arat/hooks") {
-        return serde_json::from_value(v.clone())
-            .map_err(|e| anyhow::anyhow!("{}: train.arat.hooks: {e}", l.ckpt.display()));
+    if let Some(a) = l.recipe.as_ref().and_then(|r| r.train.arat.as_ref()) {
+        return Ok(a.hooks.clone());
     }
     if !l.net.arch.predictors.is_empty() {
         return Ok(l.net.arch.predictors.clone());

@@ -2,7 +2,7 @@
 //! single-BN checkpoint that loads, evaluates and fine-tunes as an ordinary model.
 
 use crate::eval::controls::{check_soup, export_branch};
-use crate::nn::{Network, Route};
+use crate::nn::Route;
 use crate::checkpoint::{self, Sidecar};
 use anyhow::Result;
 use clap::Args;
@@ -26,7 +26,8 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
-    let (net, side) = Network::from_checkpoint(&a.checkpoint, Device::Cpu)?;
+    let loaded = checkpoint::load(&a.checkpoint, Device::Cpu)?;
+    let (net, side) = (loaded.net, loaded.sidecar);
     net.check_route(a.route, "--route")?;
     let soup = a.soup.map(check_soup).transpose()?;
     let (arch, tensors) = export_branch(&net, a.route, soup)?;
@@ -46,6 +47,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let sidecar = Sidecar {
         architecture: arch,
         recipe,
+        recipe_version: side.recipe_version,
         metrics,
         sha256: String::new(),
         optimizer_sha256: None,

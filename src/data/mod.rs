@@ -16,12 +16,89 @@ use std::path::{Path, PathBuf};
 /// Where Debian's `dataset-fashion-mnist` package puts its IDX files.
 pub const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
+/// The built-in data sets: name (as written in recipes), classes, image shape, default folder
+/// and reader. Adding a data set = one variant here (with its arms below) + its reader file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    /// Fashion-MNIST (IDX files; Debian's `dataset-fashion-mnist` by default).
+    FashionMnist,
+    /// MNIST (IDX files).
+    Mnist,
+    /// CIFAR-10 (binary version).
+    Cifar10,
+    /// CIFAR-100 with its 100 fine labels (binary version).
+    Cifar100,
+    /// CIFAR-100 with its 20 coarse labels.
+    #[serde(rename = "cifar100-coarse")]
+    #[value(name = "cifar100-coarse")]
+    Cifar100Coarse,
+}
+
+impl DatasetName {
+    /// Number of classes.
+    pub fn num_classes(self) -> usize {
+        match self {
+            DatasetName::FashionMnist | DatasetName::Mnist | DatasetName::Cifar10 => 10,
+            DatasetName::Cifar100 => 100,
+            DatasetName::Cifar100Coarse => 20,
+        }
+    }
+
+    /// Image shape (channels, height, width): the input shape of models trained on it.
+    pub fn image_shape(self) -> (i64, i64, i64) {
+        if self.is_cifar() {
+            (3, 32, 32)
+        } else {
+            (1, 28, 28)
+        }
+    }
+
+    fn is_cifar(self) -> bool {
+        matches!(
+            self,
+            DatasetName::Cifar10 | DatasetName::Cifar100 | DatasetName::Cifar100Coarse
+        )
+    }
+
+    /// Folder used when `data.dir` is not given (None: it must be given).
+    pub fn default_dir(self) -> Option<PathBuf> {
+        (self == DatasetName::FashionMnist).then(|| PathBuf::from(DEBIAN_FASHION_MNIST))
+    }
+
+    /// Read the training (`train`) or test split from `dir`.
+    fn read_split(self, dir: &Path, train: bool) -> Result<RawImages, DataError> {
+        match self {
+            DatasetName::Cifar10 => cifar::load_cifar10_dir(dir, train),
+            DatasetName::Cifar100 => cifar::load_cifar100_dir(dir, train, false),
+            DatasetName::Cifar100Coarse => cifar::load_cifar100_dir(dir, train, true),
+            DatasetName::FashionMnist | DatasetName::Mnist => idx::load_idx_dir(dir, train, 10),
+        }
+    }
+
+    /// The file (or folder) named when a split has the wrong image shape.
+    fn split_path(self, dir: &Path, train: bool) -> Result<PathBuf, DataError> {
+        if self.is_cifar() {
+            Ok(dir.to_path_buf())
+        } else {
+            idx::images_file(dir, train)
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(v.as_str().unwrap_or("?"))
+    }
+}
+
 /// Which data set, where it lives, and how it is split and augmented.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     /// fashion-mnist | mnist | cifar10 | cifar100 | cifar100-coarse
-    pub dataset: String,
+    pub dataset: DatasetName,
     /// Folder with the files (default for fashion-mnist: Debian's package folder).
     #[serde(default)]
     pub dir: Option<PathBuf>,
@@ -55,33 +132,21 @@ pub struct Splits {
 impl DataSpec {
     /// Folder the files are read from.
     pub fn resolved_dir(&self) -> Result<PathBuf> {
-        match (&self.dir, self.dataset.as_str()) {
+        match (&self.dir, self.dataset.default_dir()) {
             (Some(d), _) => Ok(d.clone()),
-            (None, "fashion-mnist") => Ok(PathBuf::from(DEBIAN_FASHION_MNIST)),
-            (None, other) => anyhow::bail!("data.dir is required for dataset '{other}'"),
+            (None, Some(d)) => Ok(d),
+            (None, None) => anyhow::bail!("data.dir is required for dataset '{}'", self.dataset),
         }
     }
 
     /// Number of classes of the data set.
     pub fn num_classes(&self) -> Result<usize> {
-        Ok(match self.dataset.as_str() {
-            "fashion-mnist" | "mnist" | "cifar10" => 10,
-            "cifar100" => 100,
-            "cifar100-coarse" => 20,
-            other => anyhow::bail!(
-                "unknown data.dataset '{other}': expected fashion-mnist, mnist, cifar10, cifar100 or cifar100-coarse"
-            ),
-        })
+        Ok(self.dataset.num_classes())
     }
 
     /// Image shape (channels, height, width).
     pub fn image_shape(&self) -> Result<(i64, i64, i64)> {
-        self.num_classes()?;
-        Ok(if self.dataset.starts_with("cifar") {
-            (3, 32, 32)
-        } else {
-            (1, 28, 28)
-        })
+        Ok(self.dataset.image_shape())
     }
 
     pub fn augment(&self) -> Augment {
@@ -94,23 +159,14 @@ impl DataSpec {
     /// Reads one split and checks that its images have the shape of the data set (the input
     /// shape of the models trained and evaluated on it).
     fn read(&self, dir: &Path, train: bool) -> Result<RawImages, DataError> {
-        let raw = match self.dataset.as_str() {
-            "cifar10" => cifar::load_cifar10_dir(dir, train),
-            "cifar100" => cifar::load_cifar100_dir(dir, train, false),
-            "cifar100-coarse" => cifar::load_cifar100_dir(dir, train, true),
-            _ => idx::load_idx_dir(dir, train, 10),
-        }?;
+        let raw = self.dataset.read_split(dir, train)?;
         if let Ok((c, h, w)) = self.image_shape() {
             let expected = (c as usize, h as usize, w as usize);
             if (raw.c, raw.h, raw.w) != expected {
-                let path = if self.dataset.starts_with("cifar") {
-                    dir.to_path_buf()
-                } else {
-                    idx::images_file(dir, train)?
-                };
+                let path = self.dataset.split_path(dir, train)?;
                 return Err(DataError::WrongShape {
                     path,
-                    dataset: self.dataset.clone(),
+                    dataset: self.dataset.to_string(),
                     found: format!("{}x{}x{}", raw.c, raw.h, raw.w),
                     expected: format!("{c}x{h}x{w}"),
                 });

@@ -1,9 +1,11 @@
 //! Reports: figures written next to a run's results.
 //!
-//! [`plot`] draws every figure the tool makes (robust accuracy against eps, per-layer statistics,
-//! swap matrices) as PNG or SVG, chosen by the file extension. It needs no system library or
-//! font: glyphs are rasterised in Rust from DejaVu Sans, embedded in the binary from
-//! `assets/fonts/`.
+//! [`plot`] draws every figure the tool makes: [`LinePlot`] (robust accuracy against eps or steps
+//! from `eval`; per-layer statistics from `analyze domain-gap` and `analyze bn-divergence`),
+//! [`BarPlot`] (per-layer gradient conflict) and [`Heatmap`] (the BN swap matrices), as PNG or
+//! SVG by the file extension. plotters lays them out (title, `ChartBuilder` label areas,
+//! `configure_mesh`, a legend or colour scale in a strip beside the plot); glyphs are rasterised in
+//! Rust from DejaVu Sans, embedded from `assets/fonts/`, so no system library or font is needed.
 
 pub mod plot;
 

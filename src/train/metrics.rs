@@ -94,3 +94,21 @@ pub fn truncate_after(path: &Path, last_epoch: usize) -> Result<()> {
     crate::fsio::write_atomic(path, new.as_bytes())
         .with_context(|| format!("cannot rewrite {}", path.display()))
 }
+
+/// Every row of a `metrics.csv` (as [`append`] writes it), in file order, read with the `csv`
+/// crate into [`EpochMetrics`] by header name; empty fields are `None`. A missing file, a row that
+/// does not parse (a torn or hand-edited line, a missing column) is an error naming the file and,
+/// for a row, its line.
+pub fn read(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .deserialize()
+        .map(|row| {
+            row.map_err(|e| match e.position() {
+                Some(p) => anyhow::anyhow!("{} line {}: {e}", path.display(), p.line()),
+                None => anyhow::anyhow!("cannot read {}: {e}", path.display()),
+            })
+        })
+        .collect()
+}

@@ -1,11 +1,62 @@
 //! What training keeps in checkpoints beyond the file format ([`crate::checkpoint`]): the
-//! sidecar of a run-written file and the restore of model + optimiser state for `--resume`.
+//! sidecar of a run-written file, the typed (versioned) recipe read back from a sidecar, a
+//! checkpoint loaded with its recipe ([`LoadedRun`]), and the restore of model + optimiser
+//! state for `--resume`.
 
-use crate::checkpoint::{self, read_sidecar, read_tensors, verify, Sidecar};
-use anyhow::Result;
+use super::Recipe;
+use crate::checkpoint::{self, read_sidecar, read_tensors, verify, LoadedCheckpoint, Sidecar};
+use anyhow::{Context, Result};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
+
+/// The recipe format this code writes into sidecars ([`Sidecar::recipe_version`]).
+pub const RECIPE_VERSION: u32 = 1;
+
+/// The typed recipe of a sidecar read from `file` (named in errors). Versions older than
+/// [`RECIPE_VERSION`] are migrated here; a newer one is refused (written by a newer advtrain).
+pub fn recipe_of(side: &Sidecar, file: &Path) -> Result<Recipe> {
+    anyhow::ensure!(
+        side.recipe_version <= RECIPE_VERSION,
+        "the sidecar of {} holds a recipe of format version {} (this advtrain reads up to {}): \
+         use a newer advtrain",
+        file.display(),
+        side.recipe_version,
+        RECIPE_VERSION
+    );
+    anyhow::ensure!(
+        !side.recipe.is_null(),
+        "the sidecar of {} holds no recipe (a file not written by a run, e.g. a foreign import)",
+        file.display()
+    );
+    serde_json::from_value(side.recipe.clone()).with_context(|| {
+        format!(
+            "the sidecar of {} holds no valid recipe (format version {})",
+            file.display(),
+            side.recipe_version
+        )
+    })
+}
+
+/// A checkpoint loaded with the typed recipe of the run that wrote it.
+pub struct LoadedRun {
+    pub checkpoint: LoadedCheckpoint,
+    pub recipe: Recipe,
+}
+
+impl LoadedRun {
+    /// The file read (after any fallback to the previous complete set).
+    pub fn file(&self) -> &PathBuf {
+        &self.checkpoint.file
+    }
+}
+
+/// Load `model_file` and its typed recipe ([`checkpoint::load`], [`recipe_of`]).
+pub fn load_run(model_file: &Path, device: tch::Device) -> Result<LoadedRun> {
+    let checkpoint = checkpoint::load(model_file, device)?;
+    let recipe = recipe_of(&checkpoint.sidecar, &checkpoint.file)?;
+    Ok(LoadedRun { checkpoint, recipe })
+}
 
 impl Sidecar {
     /// A sidecar for a file written by a run of `recipe` after `epoch` (sha256 fields are
@@ -22,6 +73,7 @@ impl Sidecar {
             advtrain_version: env!("CARGO_PKG_VERSION").into(),
             architecture: recipe.model.clone(),
             recipe: serde_json::to_value(recipe).expect("serialisable"),
+            recipe_version: RECIPE_VERSION,
             epoch,
             metrics,
             sha256: String::new(),

@@ -193,6 +193,7 @@ pub fn save_run(run: &Path, data: &Path, net: &advtrain::nn::Network) {
         advtrain_version: "test".into(),
         architecture: net.arch.clone(),
         recipe: serde_json::to_value(&recipe).unwrap(),
+        recipe_version: 1,
         epoch: 1,
         metrics: serde_json::Value::Null,
         sha256: String::new(),

@@ -140,10 +140,9 @@ fn default_eps(c: i64) -> f64 {
 /// The model and points of `--checkpoint`: its test images (first `points`).
 pub(super) fn checkpoint_subject(a: &BenchArgs, ckpt: &Path, points: usize) -> Result<Subject> {
     let file = checkpoint_file(Some(&ckpt.to_path_buf()), None)?;
-    let (net, side) = Network::from_checkpoint(&file, Device::Cpu)
+    let run = crate::train::saved::load_run(&file, Device::Cpu)
         .with_context(|| format!("--checkpoint {}", file.display()))?;
-    let recipe: crate::train::Recipe = serde_json::from_value(side.recipe.clone())
-        .with_context(|| format!("the sidecar of {} holds no valid recipe", file.display()))?;
+    let (net, recipe) = (run.checkpoint.net, run.recipe);
     let mut spec = recipe.data.clone();
     if let Some(d) = &a.data_dir {
         spec.dir = Some(d.clone());

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Compare advtrain's APGD (src/attack/apgd.rs) with the reference implementation, AutoAttack's
+`APGDAttack` / `APGDAttack_targeted` (fra31/auto-attack, autoattack/autopgd_base.py), on CPU,
+in float32 and in float64.
+
+Inputs (written by `cargo test --release --test attack_apgd -- --ignored dump_for_reference`,
+into $APGD_CHECK_DIR, default /tmp/apgd_check):
+  model.safetensors   the test model's state dict (small-cnn, PyTorch names, float32)
+  batch.safetensors   x (float32 [N,1,28,28]) and y (int64 [N])
+  <tag>.json          one ApgdConfig (serde JSON) per setting
+  <tag>.safetensors   our x_adv and robust mask for that setting; the tag ends in _f32 or _f64,
+                      the dtype our attack ran in (and the reference is run in)
+
+For every setting this runs the reference on the same weights and images (seed from the config,
+torch's generator seeded by the reference's perturb as ours does) and prints whether the robust
+masks agree, the largest |x_adv(ours) - x_adv(reference)|, and both sums |x' - x| (float64 sums).
+The robust mask of the reference is "classified correctly at the reference's example"; the
+reference returns the clean point for points it did not fool.
+
+float64: the model's weights and the images are converted (exactly) to float64 and the
+reference's code runs unchanged with every tensor in float64 (float64.py: torch's default dtype
+float64 and `Tensor.float()` returning float64 while it runs).
+
+Exit status 1 if a mask differs or an example differs by more than --tol (float32) or
+--tol64 (float64).
+
+  python bench/reference/apgd_check.py --dir /tmp/apgd_check --autoattack /path/to/auto-attack
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pytorch_pgd_at import SmallCnn  # noqa: E402  (twin of src/nn/models/small_cnn.rs)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from float64 import reference_dtype  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default=os.environ.get("APGD_CHECK_DIR", "/tmp/apgd_check"))
+    ap.add_argument("--autoattack", required=True,
+                    help="a checkout of fra31/auto-attack (the folder holding autoattack/)")
+    ap.add_argument("--tol", type=float, default=1e-5)
+    ap.add_argument("--tol64", type=float, default=1e-9)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    sys.path.insert(0, a.autoattack)
+    from autoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    torch.set_num_threads(a.threads)
+    state = load_file(os.path.join(a.dir, "model.safetensors"))
+    batch = load_file(os.path.join(a.dir, "batch.safetensors"))
+    failed = False
+    for cfg_path in sorted(glob.glob(os.path.join(a.dir, "*.json"))):
+        tag = os.path.basename(cfg_path)[:-5]
+        cfg = json.load(open(cfg_path))
+        ours = load_file(os.path.join(a.dir, tag + ".safetensors"))
+        double = ours["x_adv"].dtype == torch.float64
+        with reference_dtype(double):
+            model = SmallCnn()
+            model.load_state_dict(state, strict=True)  # copies into the default dtype
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            x = batch["x"].to(torch.get_default_dtype())
+            y = batch["y"]
+            norm = {"linf": "Linf", "l2": "L2"}[cfg["norm"]]
+            seed = cfg["seed"] if cfg["seed"] is not None else 0
+            common = dict(norm=norm, n_iter=cfg["n_iter"], n_restarts=cfg["n_restarts"],
+                          eps=cfg["eps"], seed=seed, rho=cfg["rho"], device=torch.device("cpu"))
+            if cfg["loss"] == "dlr-targeted":
+                attack = APGDAttack_targeted(model, n_target_classes=cfg["n_target_classes"],
+                                             **common)
+            else:
+                attack = APGDAttack(model, loss=cfg["loss"], **common)
+            adv = attack.perturb(x.clone(), y.clone())
+            with torch.no_grad():
+                robust_ref = model(adv).max(1)[1] == y
+        robust_ours = ours["robust"].bool()
+        mask = lambda m: "".join(str(int(v)) for v in m.tolist())
+        diff = (adv - ours["x_adv"]).abs().max().item()
+        l1_ref = (adv.double() - x.double()).abs().sum().item()
+        l1_ours = (ours["x_adv"].double() - x.double()).abs().sum().item()
+        same_mask = torch.equal(robust_ref, robust_ours)
+        ok = same_mask and diff <= (a.tol64 if double else a.tol)
+        failed |= not ok
+        print(json.dumps({
+            "setting": tag, "dtype": str(adv.dtype), "ok": ok, "mask_ref": mask(robust_ref),
+            "mask_ours": mask(robust_ours), "max_abs_diff": diff,
+            "bitwise_equal": torch.equal(adv, ours["x_adv"]),
+            "sum_abs_pert_ref": l1_ref, "sum_abs_pert_ours": l1_ours,
+            "rel_diff_sum": abs(l1_ours - l1_ref) / l1_ref,
+        }))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
