@@ -12,8 +12,8 @@
 //!   iterations are those of the whole batch.
 //!
 //! The settings are a value: a run's (its recipe's `[compute]`), an evaluation's
-//! ([`crate::eval::EvalSetup::compute`]) or a benchmark's, given to each attacked function with
-//! [`crate::attack::Classifier::with_compute`]. There is no process-wide state.
+//! (`eval::EvalSetup::compute`) or a benchmark's, given to each attacked function with
+//! `attack::Classifier::with_compute`. There is no process-wide state.
 
 use serde::{Deserialize, Serialize};
 use tch::Device;

@@ -5,9 +5,9 @@
 
 mod common;
 
+use advtrain::attack::AttackName;
 use advtrain::attack::{correct, Classifier, ThreatNorm};
 use advtrain::data::Dataset;
-use advtrain::attack::AttackName;
 use advtrain::eval::autoattack::{preset, AutoAttack, Preset, StateKey};
 use advtrain::eval::robust_counts;
 use advtrain::nn::{Ctx, Network};

@@ -41,10 +41,7 @@ fn every_name_makes_the_attack_eval_always_made() {
         init,
         ..PgdConfig::new(ThreatNorm::Linf, 0.1, 2.5 * 0.1 / 20.0, 20)
     };
-    let apgd = |c: ApgdConfig| ApgdConfig {
-        seed: Some(0),
-        ..c
-    };
+    let apgd = |c: ApgdConfig| ApgdConfig { seed: Some(0), ..c };
     let fab = |c: FabConfig| FabConfig {
         n_restarts: 1,
         seed: Some(0),
@@ -53,16 +50,56 @@ fn every_name_makes_the_attack_eval_always_made() {
     let (l, e) = (ThreatNorm::Linf, 0.1);
     let cases = [
         (AttackName::Fgsm, AttackSpec::Fgsm(Fgsm { eps: e }), "fgsm"),
-        (AttackName::Pgd, AttackSpec::Pgd(pgd(PgdLoss::Ce, Init::Uniform)), "pgd-20"),
-        (AttackName::PgdT, AttackSpec::PgdT(pgd(PgdLoss::TargetedCe, Init::Uniform)), "pgd-t-20"),
-        (AttackName::PgdKl, AttackSpec::PgdKl(pgd(PgdLoss::Kl, Init::Normal)), "pgd-kl-20"),
-        (AttackName::Cw, AttackSpec::Cw(pgd(PgdLoss::Cw, Init::Uniform)), "pgd-cw-20"),
-        (AttackName::ApgdCe, AttackSpec::ApgdCe(apgd(ApgdConfig::ce(l, e))), "apgd-ce"),
-        (AttackName::ApgdDlr, AttackSpec::ApgdDlr(apgd(ApgdConfig::dlr(l, e))), "apgd-dlr"),
-        (AttackName::ApgdT, AttackSpec::ApgdT(apgd(ApgdConfig::targeted(l, e))), "apgd-t"),
-        (AttackName::Fab, AttackSpec::Fab(fab(FabConfig::untargeted(l, e))), "fab"),
-        (AttackName::FabT, AttackSpec::FabT(fab(FabConfig::targeted(l, e))), "fab-t"),
-        (AttackName::Square, AttackSpec::Square(SquareConfig::new(l, e)), "square-5000"),
+        (
+            AttackName::Pgd,
+            AttackSpec::Pgd(pgd(PgdLoss::Ce, Init::Uniform)),
+            "pgd-20",
+        ),
+        (
+            AttackName::PgdT,
+            AttackSpec::PgdT(pgd(PgdLoss::TargetedCe, Init::Uniform)),
+            "pgd-t-20",
+        ),
+        (
+            AttackName::PgdKl,
+            AttackSpec::PgdKl(pgd(PgdLoss::Kl, Init::Normal)),
+            "pgd-kl-20",
+        ),
+        (
+            AttackName::Cw,
+            AttackSpec::Cw(pgd(PgdLoss::Cw, Init::Uniform)),
+            "pgd-cw-20",
+        ),
+        (
+            AttackName::ApgdCe,
+            AttackSpec::ApgdCe(apgd(ApgdConfig::ce(l, e))),
+            "apgd-ce",
+        ),
+        (
+            AttackName::ApgdDlr,
+            AttackSpec::ApgdDlr(apgd(ApgdConfig::dlr(l, e))),
+            "apgd-dlr",
+        ),
+        (
+            AttackName::ApgdT,
+            AttackSpec::ApgdT(apgd(ApgdConfig::targeted(l, e))),
+            "apgd-t",
+        ),
+        (
+            AttackName::Fab,
+            AttackSpec::Fab(fab(FabConfig::untargeted(l, e))),
+            "fab",
+        ),
+        (
+            AttackName::FabT,
+            AttackSpec::FabT(fab(FabConfig::targeted(l, e))),
+            "fab-t",
+        ),
+        (
+            AttackName::Square,
+            AttackSpec::Square(SquareConfig::new(l, e)),
+            "square-5000",
+        ),
     ];
     // Every registered attack is listed once, and autoattack is the only other name.
     let mut listed: Vec<AttackName> = cases.iter().map(|c| c.0).collect();
@@ -76,7 +113,10 @@ fn every_name_makes_the_attack_eval_always_made() {
         assert_eq!(got.config(), want.build().config(), "{name}");
         // Specs are data: a JSON round trip gives the same attack.
         let text = serde_json::to_string(&got).unwrap();
-        assert!(text.starts_with(&format!("{{\"attack\":\"{name}\",\"config\":")), "{text}");
+        assert!(
+            text.starts_with(&format!("{{\"attack\":\"{name}\",\"config\":")),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<AttackSpec>(&text).unwrap(), got);
     }
     // Defaults: APGD / FAB iterate 100 times, the rest 20 (checked for every attack).
@@ -120,14 +160,35 @@ fn specs_are_checked_with_the_names_of_their_settings() {
         name.spec(&s, &ParamNames::flags(), false).unwrap_err()
     };
     let s = flags(0.1);
-    let e = check(AttackName::Pgd, AttackSettings { steps: Some(0), ..s });
+    let e = check(
+        AttackName::Pgd,
+        AttackSettings {
+            steps: Some(0),
+            ..s
+        },
+    );
     assert_eq!(e, "--steps must be >= 1, got 0");
-    let e = check(AttackName::Fgsm, AttackSettings { steps: Some(0), ..s });
+    let e = check(
+        AttackName::Fgsm,
+        AttackSettings {
+            steps: Some(0),
+            ..s
+        },
+    );
     assert_eq!(e, "--steps must be >= 1, got 0");
-    let e = check(AttackName::Pgd, AttackSettings { step_size: Some(0.0), ..s });
+    let e = check(
+        AttackName::Pgd,
+        AttackSettings {
+            step_size: Some(0.0),
+            ..s
+        },
+    );
     assert!(e.starts_with("--step-size must be > 0"), "{e}");
     let e = check(AttackName::ApgdCe, flags(8.0));
-    assert!(e.contains("--eps = 8 is above 1") && e.contains("--allow-large-eps"), "{e}");
+    assert!(
+        e.contains("--eps = 8 is above 1") && e.contains("--allow-large-eps"),
+        "{e}"
+    );
     assert!(AttackName::ApgdCe
         .spec(&flags(8.0), &ParamNames::flags(), true)
         .is_ok());
@@ -135,11 +196,19 @@ fn specs_are_checked_with_the_names_of_their_settings() {
     assert!(check(AttackName::Fgsm, l2).contains("L-inf attack"));
     let e = check(AttackName::Autoattack, s);
     assert!(e.contains("autoattack") && e.contains("preset"), "{e}");
-    let e = check(AttackName::Square, AttackSettings { restarts: Some(0), ..s });
+    let e = check(
+        AttackName::Square,
+        AttackSettings {
+            restarts: Some(0),
+            ..s
+        },
+    );
     assert_eq!(e, "--restarts must be >= 1, got 0");
     let mut names = ParamNames::flags();
     names.eps = "--curve eps value".into();
-    let e = AttackName::Pgd.spec(&flags(2.0), &names, false).unwrap_err();
+    let e = AttackName::Pgd
+        .spec(&flags(2.0), &names, false)
+        .unwrap_err();
     assert!(e.starts_with("--curve eps value = 2 is above 1"), "{e}");
 }
 
@@ -158,7 +227,12 @@ fn presets_are_lists_of_specs() {
     );
     assert_eq!(Preset::Standard.attacks(), kinds);
     match (&std[0], &std[1], &std[2], &std[3]) {
-        (AttackSpec::ApgdCe(ce), AttackSpec::ApgdT(t), AttackSpec::FabT(f), AttackSpec::Square(q)) => {
+        (
+            AttackSpec::ApgdCe(ce),
+            AttackSpec::ApgdT(t),
+            AttackSpec::FabT(f),
+            AttackSpec::Square(q),
+        ) => {
             assert_eq!((ce.n_iter, ce.n_restarts, ce.seed), (100, 1, Some(3)));
             assert_eq!((t.n_iter, t.n_target_classes, t.seed), (100, 9, Some(3)));
             assert_eq!((f.n_iter, f.n_target_classes, f.seed), (100, 9, Some(3)));
@@ -171,12 +245,19 @@ fn presets_are_lists_of_specs() {
         AttackSpec::ApgdT(t) => assert_eq!((t.n_target_classes, t.norm), (4, ThreatNorm::L2)),
         other => panic!("{other:?}"),
     }
-    assert_eq!(Preset::Fast.attacks(), [AttackName::ApgdCe, AttackName::ApgdT]);
+    assert_eq!(
+        Preset::Fast.attacks(),
+        [AttackName::ApgdCe, AttackName::ApgdT]
+    );
 }
 
 /// The serde name of `v` (a unit variant) as a string.
 fn serde_name(v: &impl Serialize) -> String {
-    serde_json::to_value(v).unwrap().as_str().unwrap().to_string()
+    serde_json::to_value(v)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Every choice's command-line name is its serde name and its `Display`, and parses back.
@@ -251,9 +332,27 @@ fn the_library_evaluation_is_the_cli_evaluation() {
     let ck = run.join("checkpoints/last.safetensors");
     let json = tmp.path().join("cli.json");
     let o = common::advtrain(&[
-        "--threads", "1", "--attack-chunk", "0", "eval", "--checkpoint", ck.to_str().unwrap(),
-        "--test-limit", "30", "--batch-size", "16", "--json", json.to_str().unwrap(),
-        "--attack", "pgd", "--eps", "0.1", "--steps", "3", "--device", "cpu",
+        "--threads",
+        "1",
+        "--attack-chunk",
+        "0",
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--test-limit",
+        "30",
+        "--batch-size",
+        "16",
+        "--json",
+        json.to_str().unwrap(),
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let cli = common::read_json(&json);
@@ -270,6 +369,10 @@ fn the_library_evaluation_is_the_cli_evaluation() {
         setup: EvalSetup {
             checkpoint: ck.clone(),
             data: DataSelection {
+                spec: advtrain::train::saved::load_run(&ck, tch::Device::Cpu)
+                    .unwrap()
+                    .recipe
+                    .data,
                 test_limit: Some(30),
                 batch_size: 16,
                 data_dir: None,
@@ -309,11 +412,20 @@ fn the_library_evaluation_is_the_cli_evaluation() {
     ] {
         assert_eq!(lib[key], cli[key], "{key}");
     }
-    assert_eq!(lib["per_attack"][0]["robust_accuracy"], cli["per_attack"][0]["robust_accuracy"]);
+    assert_eq!(
+        lib["per_attack"][0]["robust_accuracy"],
+        cli["per_attack"][0]["robust_accuracy"]
+    );
     assert_eq!(lib["compute"]["attack_chunk"], 0);
     assert_eq!(lib["attack"], "pgd-3");
     // The printed table names the attack and the accuracies.
     let table = report.to_string();
-    assert!(table.starts_with("attack ") && table.contains("pgd-3"), "{table}");
-    assert!(table.contains(&format!("{:.2}%", 100.0 * report.robust_accuracy)), "{table}");
+    assert!(
+        table.starts_with("attack ") && table.contains("pgd-3"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("{:.2}%", 100.0 * report.robust_accuracy)),
+        "{table}"
+    );
 }

@@ -3,7 +3,7 @@
 //! [`AttackSpec`] is one attack with its whole configuration (serialisable: `{"attack":
 //! "apgd-t", "config": {...}}`); [`AttackName`] is its name on the command line (`eval
 //! --attack`, a [`clap::ValueEnum`] whose help is the doc comment of each entry below), plus
-//! `autoattack`, the cascade of a preset ([`crate::eval::autoattack::preset`], a
+//! `autoattack`, the cascade of a preset (`eval::autoattack::preset`, a
 //! `Vec<AttackSpec>`). Both are generated from the one list at the end of this file.
 //!
 //! Adding an attack: write `src/attack/<name>.rs` with its config type (serde, defaults in its
@@ -84,7 +84,7 @@ impl AttackName {
         self.default_steps_of()
     }
 
-    /// The attack `self` at `s` (not `autoattack`: see [`crate::eval::autoattack::preset`]),
+    /// The attack `self` at `s` (not `autoattack`: see `eval::autoattack::preset`),
     /// after the one check of the shared settings ([`check_attack_params`]: eps, steps, step
     /// size, restarts; an L-inf eps above 1 only with `allow_large_eps`), naming them as
     /// `names` says, then the attack's own checks.

@@ -26,9 +26,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// The AutoAttack presets (`eval --preset`): named cascades, as data ([`preset`]).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// The reference protocol: APGD-CE -> APGD-T -> FAB-T -> Square.

@@ -16,7 +16,10 @@ pub use plan::{
     EvalSetup, TestTime, Threat,
 };
 pub use report::{CurvePoint, CurveReport, EvalReport, PerAttack};
-pub use run::{evaluate, evaluate_curve, Console, Progress, Silent};
+pub use run::{
+    evaluate, evaluate_curve, evaluate_curve_on, evaluate_on, load_checkpoint, Console, Progress,
+    Silent,
+};
 
 use crate::attack::{correct, Attack, Classifier};
 use crate::data::{Augment, Dataset};

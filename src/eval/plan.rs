@@ -5,8 +5,9 @@
 
 use super::autoattack::Preset;
 use super::controls::Reestimate;
-use crate::attack::{AttackSpec, ThreatNorm};
+use crate::attack::{check_eps, AttackName, AttackSettings, AttackSpec, ParamNames, ThreatNorm};
 use crate::compute::Compute;
+use crate::data::DataSpec;
 use crate::device::DeviceChoice;
 use crate::nn::{Mode, Route};
 use serde::{Deserialize, Serialize};
@@ -22,12 +23,28 @@ pub struct Threat {
 /// The test images evaluated and how they are batched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSelection {
-    /// Only the first N test images (`None`: the whole test split).
+    /// The data set: the `[data]` of the recipe that trained the checkpoint (the CLI reads it
+    /// with `train::saved::load_run`); its test split is evaluated, its training split feeds
+    /// re-estimation.
+    pub spec: DataSpec,
+    /// Only the first N test images (`None`: the whole test split; replaces the spec's).
     pub test_limit: Option<usize>,
     /// Images per batch of the attacks and the checks.
     pub batch_size: usize,
-    /// The data folder, instead of the one in the checkpoint's recipe.
+    /// The data folder, instead of the spec's.
     pub data_dir: Option<PathBuf>,
+}
+
+impl DataSelection {
+    /// The spec with the test limit and the folder applied.
+    pub fn resolved(&self) -> DataSpec {
+        let mut spec = self.spec.clone();
+        if let Some(d) = &self.data_dir {
+            spec.dir = Some(d.clone());
+        }
+        spec.test_limit = self.test_limit;
+        spec
+    }
 }
 
 /// The function attacked: the route through the normalisation layers, the BN mode, and the
@@ -62,7 +79,7 @@ impl Default for TestTime {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSetup {
     /// The checkpoint file (`.safetensors` with its `.json` sidecar), loaded with
-    /// [`crate::checkpoint::load`].
+    /// [`crate::checkpoint::load`] (the name reports give).
     pub checkpoint: PathBuf,
     pub data: DataSelection,
     pub test_time: TestTime,
@@ -95,6 +112,28 @@ pub enum EvalAttack {
 }
 
 impl EvalAttack {
+    /// The attack `name` at `s`, checked as [`AttackName::spec`] does (the settings named as
+    /// `names` says); `autoattack` is the cascade of `preset` at `s.eps` (checked), with no
+    /// state file and no batch limit.
+    pub fn from_settings(
+        name: AttackName,
+        preset: Preset,
+        s: &AttackSettings,
+        names: &ParamNames,
+        allow_large_eps: bool,
+    ) -> Result<EvalAttack, String> {
+        if name != AttackName::Autoattack {
+            return name.spec(s, names, allow_large_eps).map(EvalAttack::Single);
+        }
+        let allow = &names.allow_large_eps;
+        check_eps(&names.eps, s.norm, s.eps, allow_large_eps, allow)?;
+        Ok(EvalAttack::AutoAttack(AutoAttackPlan {
+            preset,
+            state: None,
+            max_batches: None,
+        }))
+    }
+
     /// The name in reports and default file names: the attack's (`pgd-20`) or
     /// `autoattack-<preset>`.
     pub fn name(&self) -> String {
@@ -147,7 +186,7 @@ pub struct CurvePlan {
     pub norm: ThreatNorm,
     pub axis: CurveAxis,
     pub points: Vec<CurvePointPlan>,
-    /// The PNG plot the report names ([`super::CurveReport::write_plot`]).
+    /// The PNG plot the report names (drawn by the caller from the report's points).
     pub plot: PathBuf,
 }
 

@@ -7,11 +7,8 @@ use super::controls::Reestimate;
 use super::plan::CurveAxis;
 use crate::attack::ThreatNorm;
 use crate::nn::Mode;
-use crate::report::plot::{LinePlot, Series};
-use anyhow::Result;
 use serde::Serialize;
 use std::fmt;
-use std::path::Path;
 
 /// Robust accuracy after one attack (for a cascade: after it and every earlier one).
 #[derive(Debug, Clone, Serialize)]
@@ -88,7 +85,7 @@ pub struct CurveReport {
     pub device: String,
     pub flags: Vec<Flag>,
     pub gradient_checks: GradientStats,
-    /// The PNG plot of the curve ([`CurveReport::write_plot`]).
+    /// The PNG plot of the curve ([`CurveReport::xy`], drawn by the CLI).
     pub plot: String,
 }
 
@@ -152,41 +149,5 @@ impl CurveReport {
                 (x, p.robust_accuracy)
             })
             .collect()
-    }
-
-    /// The plot: robust accuracy (%) over the varied setting, and the clean accuracy over eps.
-    pub fn line_plot(&self) -> LinePlot {
-        let xy = self.xy();
-        let mut series = vec![Series {
-            name: format!("{} robust", self.attack),
-            points: xy.iter().map(|&(x, y)| (x, 100.0 * y)).collect(),
-        }];
-        if self.vary == CurveAxis::Eps {
-            series.push(Series {
-                name: "clean".into(),
-                points: xy
-                    .iter()
-                    .map(|&(x, _)| (x, 100.0 * self.clean_accuracy))
-                    .collect(),
-            });
-        }
-        LinePlot {
-            title: format!(
-                "{} ({}, n={}) on {}",
-                self.attack, self.norm, self.n, self.checkpoint
-            ),
-            x_label: match self.vary {
-                CurveAxis::Eps => format!("eps ({})", self.norm),
-                CurveAxis::Steps => "steps".into(),
-            },
-            y_label: "accuracy (%)".into(),
-            series,
-            y_range: Some((0.0, 100.0)),
-        }
-    }
-
-    /// Write the plot to [`CurveReport::plot`].
-    pub fn write_plot(&self) -> Result<()> {
-        self.line_plot().write(Path::new(&self.plot))
     }
 }

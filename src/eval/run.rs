@@ -5,12 +5,11 @@
 use super::autoattack::{data_fingerprint, AutoAttack, AutoAttackResult, StateKey};
 use super::checks::{curve_flags, gradient_flags, model_checks, Flag, GradientStats};
 use super::controls::{check_soup, reestimate, swap_ap, Reestimate};
-use super::plan::{
-    AutoAttackPlan, CurveAxis, CurvePlan, EvalAttack, EvalPlan, EvalSetup, Threat,
-};
+use super::plan::{AutoAttackPlan, CurveAxis, CurvePlan, EvalAttack, EvalPlan, EvalSetup, Threat};
 use super::report::{CurvePoint, CurveReport, EvalReport, PerAttack};
 use super::{clean_counts, robust_counts};
 use crate::attack::Classifier;
+use crate::checkpoint::LoadedCheckpoint;
 use crate::data::Dataset;
 use crate::device::device_name;
 use crate::nn::{Ctx, Network, Route};
@@ -171,20 +170,18 @@ fn route_label(net: &Network, route: Route, swapped: bool) -> Result<String> {
     })
 }
 
-/// Load the checkpoint ([`crate::checkpoint::load`]) and the test data, check the route, and
-/// apply the soup and the re-estimation.
-fn load(s: &EvalSetup, out: &mut dyn Progress) -> Result<Loaded> {
-    let device = s.device.resolve()?;
+/// The checkpoint of `s` loaded on its device ([`crate::checkpoint::load`]).
+pub fn load_checkpoint(s: &EvalSetup) -> Result<LoadedCheckpoint> {
+    crate::checkpoint::load(&s.checkpoint, s.device.resolve()?)
+}
+
+/// Set up the evaluation of `loaded` (the checkpoint of `s`): the test data, the route, the
+/// soup and the re-estimation.
+fn load(s: &EvalSetup, loaded: LoadedCheckpoint, out: &mut dyn Progress) -> Result<Loaded> {
     let ckpt = s.checkpoint.clone();
-    let loaded = crate::checkpoint::load(&ckpt, device)?;
     let net = loaded.net;
-    let recipe: crate::train::Recipe = serde_json::from_value(loaded.sidecar.recipe.clone())
-        .with_context(|| format!("the sidecar of {} holds no valid recipe", ckpt.display()))?;
-    let mut data_spec = recipe.data.clone();
-    if let Some(d) = &s.data.data_dir {
-        data_spec.dir = Some(d.clone());
-    }
-    data_spec.test_limit = s.data.test_limit;
+    let device = net.vs.device();
+    let data_spec = s.data.resolved();
     let test = data_spec.load_test()?;
     anyhow::ensure!(!test.is_empty(), "the test set is empty (--test-limit 0?)");
     let channels = test.images.size()[1];
@@ -229,9 +226,18 @@ fn load(s: &EvalSetup, out: &mut dyn Progress) -> Result<Loaded> {
 /// Clean and robust accuracy of the plan's checkpoint under its attack, with the gradient
 /// checks' flags (and, for AutoAttack, the cascade's).
 pub fn evaluate(plan: &EvalPlan, out: &mut dyn Progress) -> Result<EvalReport> {
+    evaluate_on(plan, load_checkpoint(&plan.setup)?, out)
+}
+
+/// [`evaluate`] with the plan's checkpoint already loaded (on the plan's device).
+pub fn evaluate_on(
+    plan: &EvalPlan,
+    checkpoint: LoadedCheckpoint,
+    out: &mut dyn Progress,
+) -> Result<EvalReport> {
     let s = &plan.setup;
     let t = plan.threat;
-    let l = load(s, out)?;
+    let l = load(s, checkpoint, out)?;
     let checks = l.checks(s);
     let mut flags = gradient_flags(&checks);
     let start = Instant::now();
@@ -277,7 +283,13 @@ pub fn evaluate(plan: &EvalPlan, out: &mut dyn Progress) -> Result<EvalReport> {
                     elapsed_s: x.elapsed_s,
                 })
                 .collect();
-            (aa.name(), aa.config(), r.clean_accuracy, r.robust_accuracy, per)
+            (
+                aa.name(),
+                aa.config(),
+                r.clean_accuracy,
+                r.robust_accuracy,
+                per,
+            )
         }
         EvalAttack::Single(spec) => {
             let attack = spec.build();
@@ -332,9 +344,18 @@ pub fn evaluate(plan: &EvalPlan, out: &mut dyn Progress) -> Result<EvalReport> {
 /// Robust accuracy at every point of the curve (AutoAttack points without a state file),
 /// with the monotonicity flags over the curve.
 pub fn evaluate_curve(plan: &CurvePlan, out: &mut dyn Progress) -> Result<CurveReport> {
+    evaluate_curve_on(plan, load_checkpoint(&plan.setup)?, out)
+}
+
+/// [`evaluate_curve`] with the plan's checkpoint already loaded (on the plan's device).
+pub fn evaluate_curve_on(
+    plan: &CurvePlan,
+    checkpoint: LoadedCheckpoint,
+    out: &mut dyn Progress,
+) -> Result<CurveReport> {
     let s = &plan.setup;
     let axis = plan.axis.as_str();
-    let l = load(s, out)?;
+    let l = load(s, checkpoint, out)?;
     let checks = l.checks(s);
     let mut flags: Vec<Flag> = gradient_flags(&checks);
     let name = plan.name();

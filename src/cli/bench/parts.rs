@@ -58,7 +58,6 @@ impl Part {
     }
 }
 
-
 /// One side's measurement of one part.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timing {
