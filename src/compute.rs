@@ -11,42 +11,27 @@
 //!   forward/backward changes nothing but cache use; the attack's own batch, random draws and
 //!   iterations are those of the whole batch.
 //!
-//! The settings are process-wide ([`set`] once at start from the recipe or the command line).
+//! The settings are a value: a run's (its recipe's `[compute]`), an evaluation's
+//! (`eval::EvalSetup::compute`) or a benchmark's, given to each attacked function with
+//! `attack::Classifier::with_compute`. There is no process-wide state.
 
 use serde::{Deserialize, Serialize};
-use std::sync::RwLock;
 use tch::Device;
 
 /// Floating-point precision of a phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// float32 throughout.
     #[default]
+    #[value(name = "fp32", alias = "float32")]
     Fp32,
     /// bfloat16 autocast (CPU and CUDA).
+    #[value(name = "bf16", alias = "bfloat16")]
     Bf16,
 }
 
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "fp32" | "float32" => Ok(Precision::Fp32),
-            "bf16" | "bfloat16" => Ok(Precision::Bf16),
-            _ => Err(format!("unknown precision '{s}': expected fp32 or bf16")),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Precision::Fp32 => "fp32",
-            Precision::Bf16 => "bf16",
-        })
-    }
-}
+crate::choice::value_enum_text!(Precision => "precision");
 
 /// Default rows per attack micro-batch on CPU (measured best of 64/128/250/whole for small-cnn on
 /// the project's 2-core machines; docs/BENCHMARKS.md).
@@ -102,18 +87,6 @@ impl Compute {
             }
         )
     }
-}
-
-static SETTINGS: RwLock<Compute> = RwLock::new(DEFAULTS);
-
-/// The process-wide settings.
-pub fn get() -> Compute {
-    *SETTINGS.read().expect("compute settings lock")
-}
-
-/// Replace the process-wide settings.
-pub fn set(c: Compute) {
-    *SETTINGS.write().expect("compute settings lock") = c;
 }
 
 /// Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo). Without

@@ -81,6 +81,7 @@
 pub mod analysis;
 pub mod attack;
 pub mod checkpoint;
+pub mod choice;
 pub mod cli;
 pub mod compute;
 pub mod data;

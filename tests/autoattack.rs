@@ -5,9 +5,10 @@
 
 mod common;
 
+use advtrain::attack::AttackName;
 use advtrain::attack::{correct, Classifier, ThreatNorm};
 use advtrain::data::Dataset;
-use advtrain::eval::autoattack::{component, preset, AutoAttack, StateKey, PRESETS};
+use advtrain::eval::autoattack::{preset, AutoAttack, Preset, StateKey};
 use advtrain::eval::robust_counts;
 use advtrain::nn::{Ctx, Network};
 use advtrain::train::{self, Recipe, RunOptions};
@@ -80,7 +81,7 @@ fn autoattack_is_at_most_each_of_its_components() {
     let _rng = common::rng_lock();
     let f = Classifier::new(fx.net.model.as_ref(), Ctx::eval());
     let n = fx.test.len();
-    let std = preset("standard").unwrap();
+    let std = Preset::Standard;
     let aa = AutoAttack::new(std, ThreatNorm::Linf, EPS, 0, 12, 10).unwrap();
     let full = aa
         .run(
@@ -125,8 +126,8 @@ fn autoattack_is_at_most_each_of_its_components() {
         );
     }
     // At most each component alone (same seed, same batch size).
-    for name in std.attacks {
-        let a = component(name, ThreatNorm::Linf, EPS, 0, 10).unwrap();
+    for spec in preset(std, ThreatNorm::Linf, EPS, 0, 10) {
+        let (name, a) = (spec.kind(), spec.build());
         tch::manual_seed(0);
         let alone = robust_counts(&f, a.as_ref(), &fx.test, 12, Device::Cpu).robust_accuracy();
         assert!(
@@ -139,14 +140,16 @@ fn autoattack_is_at_most_each_of_its_components() {
 
 #[test]
 fn presets_are_data_and_fast_is_labelled_non_standard() {
-    let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+    let names = advtrain::choice::names::<Preset>();
     assert_eq!(names, ["standard", "fast"]);
-    let s = preset("standard").unwrap();
-    assert!(s.standard);
-    let fast = preset("fast").unwrap();
-    assert!(!fast.standard && fast.description.contains("NOT standard"));
-    assert_eq!(fast.attacks, ["apgd-ce", "apgd-t"]);
-    let err = preset("plus").unwrap_err().to_string();
+    let s: Preset = "standard".parse().unwrap();
+    assert!(s.standard());
+    let fast: Preset = "fast".parse().unwrap();
+    assert!(!fast.standard() && fast.description().contains("NOT standard"));
+    assert_eq!(fast.attacks(), [AttackName::ApgdCe, AttackName::ApgdT]);
+    let std_names: Vec<String> = s.attacks().iter().map(|a| a.to_string()).collect();
+    assert_eq!(std_names, ["apgd-ce", "apgd-t", "fab-t", "square"]);
+    let err = "plus".parse::<Preset>().unwrap_err();
     assert!(
         err.contains("plus") && err.contains("standard, fast"),
         "{err}"
@@ -171,7 +174,7 @@ fn fast_preset_is_flagged_and_an_interrupted_run_resumes_exactly() {
     let _rng = common::rng_lock();
     let f = Classifier::new(fx.net.model.as_ref(), Ctx::eval());
     let n = fx.test.len();
-    let fast = preset("fast").unwrap();
+    let fast = Preset::Fast;
     let aa = AutoAttack::new(fast, ThreatNorm::Linf, EPS, 0, 4, 10).unwrap();
     let full = aa
         .run(

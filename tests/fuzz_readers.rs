@@ -13,7 +13,7 @@
 mod common;
 
 use advtrain::data::{cifar, idx, DataSpec};
-use advtrain::eval::autoattack::{preset, read_state, AttackRecord, InProgress, State, StateKey};
+use advtrain::eval::autoattack::{read_state, AttackRecord, InProgress, Preset, State, StateKey};
 use advtrain::train::Recipe;
 use flate2::{write::GzEncoder, Compression};
 use rand::seq::SliceRandom;
@@ -784,7 +784,14 @@ fn valid_state() -> State {
 /// flags of length n, robust points clean, records of the preset's attacks in order, an
 /// in-progress attack that is the next one, with sorted in-range points and batches.
 fn check_state(s: &State, key: &StateKey) -> Result<(), String> {
-    let attacks = preset(&key.preset).unwrap().attacks;
+    let attacks: Vec<String> = key
+        .preset
+        .parse::<Preset>()
+        .unwrap()
+        .attacks()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     let n = key.n;
     let fin = |v: f64| v.is_finite() && v >= 0.0;
     let mut bad = vec![];
@@ -805,7 +812,7 @@ fn check_state(s: &State, key: &StateKey) -> Result<(), String> {
         ));
     }
     for (k, r) in s.done.iter().enumerate() {
-        if attacks.get(k) != Some(&r.attack.as_str()) {
+        if attacks.get(k) != Some(&r.attack) {
             bad.push(format!("record {k} is '{}'", r.attack));
         }
         if !(fin(r.robust_accuracy) && r.robust_accuracy <= 1.0)

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Top-level modules from the lowest layer to the highest.
 const LAYERS: &[&str] = &[
-    "fsio", "interrupt", "device", "compute", "data", "nn", "checkpoint", "attack", "eval",
+    "choice", "fsio", "interrupt", "device", "compute", "data", "nn", "checkpoint", "attack", "eval",
     "train", "report", "analysis", "cli",
 ];
 

@@ -459,3 +459,34 @@ impl Attack for Apgd {
         self.attack(f, x, y).0
     }
 }
+
+/// `apgd-ce`, `apgd-dlr`, `apgd-t`: AutoAttack's standard settings ([`ApgdConfig::ce`], ...)
+/// with the iterations, restarts and seed given.
+impl super::spec::AttackConfig for ApgdConfig {
+    fn default_steps() -> usize {
+        default_n_iter()
+    }
+
+    fn from_settings(
+        name: super::spec::AttackName,
+        s: &super::spec::AttackSettings,
+        steps: usize,
+    ) -> Result<Self, String> {
+        use super::spec::AttackName as N;
+        let base = match name {
+            N::ApgdDlr => ApgdConfig::dlr(s.norm, s.eps),
+            N::ApgdT => ApgdConfig::targeted(s.norm, s.eps),
+            _ => ApgdConfig::ce(s.norm, s.eps),
+        };
+        Ok(ApgdConfig {
+            n_iter: steps,
+            n_restarts: s.restarts.unwrap_or(base.n_restarts),
+            seed: Some(s.seed),
+            ..base
+        })
+    }
+
+    fn build(&self) -> Box<dyn Attack> {
+        Box::new(Apgd::new(self.clone()))
+    }
+}

@@ -610,3 +610,32 @@ impl Attack for Fab {
         self.attack(f, x, y).0
     }
 }
+
+/// `fab`, `fab-t`: [`FabConfig::untargeted`] / [`FabConfig::targeted`] with the iterations,
+/// restarts and seed given.
+impl super::spec::AttackConfig for FabConfig {
+    fn default_steps() -> usize {
+        default_n_iter()
+    }
+
+    fn from_settings(
+        name: super::spec::AttackName,
+        s: &super::spec::AttackSettings,
+        steps: usize,
+    ) -> Result<Self, String> {
+        let base = match name {
+            super::spec::AttackName::Fab => FabConfig::untargeted(s.norm, s.eps),
+            _ => FabConfig::targeted(s.norm, s.eps),
+        };
+        Ok(FabConfig {
+            n_iter: steps,
+            n_restarts: s.restarts.unwrap_or(base.n_restarts),
+            seed: Some(s.seed),
+            ..base
+        })
+    }
+
+    fn build(&self) -> Box<dyn Attack> {
+        Box::new(Fab::new(self.clone()))
+    }
+}

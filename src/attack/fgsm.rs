@@ -1,10 +1,13 @@
 //! FGSM (Goodfellow et al.): x' = clip(x + eps * sign(grad_x CE(f(x), y))), L-inf.
 
+use super::spec::{AttackConfig, AttackName, AttackSettings};
 use super::{cross_entropy, project, rows, Attack, Classifier, ThreatNorm};
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-/// Fast gradient sign method, one step of size eps from x.
-#[derive(Debug, Clone)]
+/// Fast gradient sign method, one step of size eps from x (its own configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Fgsm {
     pub eps: f64,
 }
@@ -21,5 +24,18 @@ impl Attack for Fgsm {
             cross_entropy(z, &rows(y, start, len), tch::Reduction::None)
         });
         project(&(x + g.sign() * self.eps), x, self.eps, ThreatNorm::Linf).detach()
+    }
+}
+
+impl AttackConfig for Fgsm {
+    fn from_settings(_: AttackName, s: &AttackSettings, _steps: usize) -> Result<Self, String> {
+        if s.norm != ThreatNorm::Linf {
+            return Err("fgsm is an L-inf attack; use --norm linf".into());
+        }
+        Ok(Fgsm { eps: s.eps })
+    }
+
+    fn build(&self) -> Box<dyn Attack> {
+        Box::new(self.clone())
     }
 }

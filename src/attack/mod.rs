@@ -6,12 +6,14 @@ pub mod apgd;
 pub mod fab;
 pub mod fgsm;
 pub mod pgd;
+pub mod spec;
 pub mod square;
 
 pub use apgd::{checkpoints, dlr_loss, dlr_targeted_loss, Apgd, ApgdConfig, ApgdLoss};
 pub use fab::{Fab, FabConfig};
 pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
+pub use spec::{AttackConfig, AttackName, AttackSettings, AttackSpec};
 pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};
 
 use crate::compute::{self, Compute, Precision};
@@ -176,33 +178,18 @@ pub(crate) fn noise_kind(input: Kind) -> Kind {
     }
 }
 
-/// Threat model norm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Threat model norm (`linf`, also `l-inf` / `inf`; `l2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThreatNorm {
+    /// L-infinity ball (per-pixel budget).
+    #[value(alias = "l-inf", alias = "inf")]
     Linf,
+    /// L2 ball.
     L2,
 }
 
-impl std::str::FromStr for ThreatNorm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "linf" | "l-inf" | "inf" => Ok(ThreatNorm::Linf),
-            "l2" => Ok(ThreatNorm::L2),
-            _ => Err(format!("unknown norm '{s}': expected linf or l2")),
-        }
-    }
-}
-
-impl std::fmt::Display for ThreatNorm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ThreatNorm::Linf => "linf",
-            ThreatNorm::L2 => "l2",
-        })
-    }
-}
+crate::choice::value_enum_text!(ThreatNorm => "norm");
 
 /// How the shared attack settings are named in messages: recipe fields under one table
 /// (`train.attack.eps`, ...) or `eval` flags (`--eps`, ...), with the way to allow a large

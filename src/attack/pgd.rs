@@ -36,16 +36,19 @@ pub enum PgdLoss {
 }
 
 /// How [`PgdLoss::TargetedCe`] picks the target class of each point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// Uniform over the classes other than the label (drawn from torch's generator).
+    #[default]
     Random,
     /// The class with the smallest clean logit other than the label.
     LeastLikely,
     /// The class with the largest clean logit other than the label (the runner-up).
     RunnerUp,
 }
+
+crate::choice::value_enum_text!(Target => "target choice");
 
 /// PGD hyperparameters (defaults: Madry's CIFAR-10 L-inf setting, PGD-10, step eps/4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -315,5 +318,36 @@ impl Attack for Pgd {
             best = cand.where_self(&mask, &best);
         }
         best
+    }
+}
+
+/// `eval`'s PGD family (`pgd`, `pgd-t`, `pgd-kl`, `cw`): [`PgdConfig::new`] with step
+/// `2.5 * eps / steps` unless given, the loss (and TRADES' normal start for the KL) of the name.
+impl super::spec::AttackConfig for PgdConfig {
+    fn from_settings(
+        name: super::spec::AttackName,
+        s: &super::spec::AttackSettings,
+        steps: usize,
+    ) -> Result<Self, String> {
+        use super::spec::AttackName as N;
+        let (loss, init) = match name {
+            N::PgdT => (PgdLoss::TargetedCe, Init::Uniform),
+            N::PgdKl => (PgdLoss::Kl, Init::Normal),
+            N::Cw => (PgdLoss::Cw, Init::Uniform),
+            _ => (PgdLoss::Ce, Init::Uniform),
+        };
+        let step_size = s.step_size.unwrap_or(2.5 * s.eps / steps as f64);
+        let base = PgdConfig::new(s.norm, s.eps, step_size, steps);
+        Ok(PgdConfig {
+            restarts: s.restarts.unwrap_or(base.restarts),
+            init,
+            loss,
+            target: s.target,
+            ..base
+        })
+    }
+
+    fn build(&self) -> Box<dyn Attack> {
+        Box::new(Pgd::new(self.clone()))
     }
 }

@@ -485,3 +485,25 @@ impl Attack for Square {
         })
     }
 }
+
+/// `square`: [`SquareConfig::new`] with the queries and restarts given.
+impl super::spec::AttackConfig for SquareConfig {
+    fn from_settings(
+        _: super::spec::AttackName,
+        s: &super::spec::AttackSettings,
+        _steps: usize,
+    ) -> Result<Self, String> {
+        let base = SquareConfig::new(s.norm, s.eps);
+        let cfg = SquareConfig {
+            n_queries: s.queries.unwrap_or(base.n_queries),
+            n_restarts: s.restarts.unwrap_or(base.n_restarts),
+            ..base
+        };
+        cfg.validate("square")?;
+        Ok(cfg)
+    }
+
+    fn build(&self) -> Box<dyn Attack> {
+        Box::new(Square::new(self.clone()))
+    }
+}

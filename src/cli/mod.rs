@@ -46,10 +46,10 @@ pub enum Command {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ComputeArgs {
     /// Precision of attack generation: fp32 (default) or bf16 (autocast).
-    #[arg(long, global = true, value_name = "fp32|bf16")]
+    #[arg(long, global = true, value_parser = crate::choice::choice::<crate::compute::Precision>())]
     pub precision_attack: Option<crate::compute::Precision>,
     /// Precision of the training forward/backward: fp32 (default) or bf16 (autocast).
-    #[arg(long, global = true, value_name = "fp32|bf16")]
+    #[arg(long, global = true, value_parser = crate::choice::choice::<crate::compute::Precision>())]
     pub precision_train: Option<crate::compute::Precision>,
     /// Do not fold eval-mode BatchNorm into the convolutions in attacks (folding computes the
     /// same function to float rounding, faster; docs/BENCHMARKS.md).
@@ -112,7 +112,6 @@ pub fn main() -> anyhow::Result<()> {
     // The compute settings of this command, passed on as a value (for `train` they become
     // recipe overrides instead, saved with the run).
     let compute = cli.compute.apply(crate::compute::Compute::default());
-    crate::compute::set(compute);
     // `train` warns itself, from its recipe's settings and its device.
     if !matches!(cli.command, Command::Train(_)) {
         if let Some(w) = crate::compute::bf16_warning(&compute) {
@@ -125,7 +124,7 @@ pub fn main() -> anyhow::Result<()> {
             a.overrides.extend(cli.compute.as_overrides());
             train::run(a)
         }
-        Command::Eval(a) => eval::run(a),
+        Command::Eval(a) => eval::run(a, compute),
         Command::Bench(a) => bench::run(a, &compute),
         Command::Export(a) => export::run(a),
         Command::Analyze(a) => analyze::run(a),

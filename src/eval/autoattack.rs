@@ -13,9 +13,9 @@
 //! the field that differs.
 
 use super::checks::{perturbation_flag, square_beats_white_box, Flag};
-use crate::attack::fab::{Fab, FabConfig};
 use crate::attack::{
-    correct, per_sample_l2, Apgd, ApgdConfig, Attack, Classifier, Square, SquareConfig, ThreatNorm,
+    correct, per_sample_l2, ApgdConfig, Attack, AttackName, AttackSpec, Classifier, FabConfig,
+    SquareConfig, ThreatNorm,
 };
 use crate::data::Dataset;
 use anyhow::{bail, Context, Result};
@@ -25,80 +25,81 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// A named list of attacks run as a cascade. Presets are data: add one here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Preset {
-    pub name: &'static str,
+/// The AutoAttack presets (`eval --preset`): named cascades, as data ([`preset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// The reference protocol: APGD-CE -> APGD-T -> FAB-T -> Square.
+    #[default]
+    Standard,
+    /// APGD-CE + APGD-T only: NOT standard AutoAttack (an upper bound; flagged).
+    Fast,
+}
+
+crate::choice::value_enum_text!(Preset => "AutoAttack preset");
+
+impl Preset {
+    /// The preset's name (`standard`, `fast`).
+    pub fn name(self) -> String {
+        self.to_string()
+    }
+
     /// Whether this is the reference protocol (numbers comparable to published AutoAttack ones).
-    pub standard: bool,
-    pub attacks: &'static [&'static str],
-    pub description: &'static str,
+    pub fn standard(self) -> bool {
+        self == Preset::Standard
+    }
+
+    /// What the preset is, for printing and result files.
+    pub fn description(self) -> &'static str {
+        match self {
+            Preset::Standard => "the reference AutoAttack protocol (version='standard')",
+            Preset::Fast => {
+                "NOT standard AutoAttack: APGD-CE + APGD-T only, an upper bound on the \
+                 standard robust accuracy; do not report it as AutoAttack"
+            }
+        }
+    }
+
+    /// The names of the preset's attacks, in cascade order.
+    pub fn attacks(self) -> Vec<AttackName> {
+        preset(self, ThreatNorm::Linf, 0.0, 0, 10)
+            .iter()
+            .map(AttackSpec::kind)
+            .collect()
+    }
 }
 
-/// The presets `--preset` accepts.
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "standard",
-        standard: true,
-        attacks: &["apgd-ce", "apgd-t", "fab-t", "square"],
-        description: "the reference AutoAttack protocol (version='standard')",
-    },
-    Preset {
-        name: "fast",
-        standard: false,
-        attacks: &["apgd-ce", "apgd-t"],
-        description: "NOT standard AutoAttack: APGD-CE + APGD-T only, an upper bound on the \
-                      standard robust accuracy; do not report it as AutoAttack",
-    },
-];
-
-/// The preset called `name`.
-pub fn preset(name: &str) -> Result<Preset> {
-    PRESETS
-        .iter()
-        .copied()
-        .find(|p| p.name == name)
-        .with_context(|| {
-            let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-            format!(
-                "unknown AutoAttack preset '{name}': expected one of {}",
-                names.join(", ")
-            )
-        })
-}
-
-/// One component with the reference's standard hyperparameters. Targeted attacks use
-/// `min(9, num_classes - 1)` target classes (9 for 10-class data, as the reference).
-pub fn component(
-    name: &str,
+/// The attacks of `p` at `eps` in `norm`, in cascade order, with the reference's standard
+/// hyperparameters, `seed` for the attacks that reseed per batch, and
+/// `min(9, num_classes - 1)` target classes for the targeted ones (9 for 10-class data, as
+/// the reference).
+pub fn preset(
+    p: Preset,
     norm: ThreatNorm,
     eps: f64,
     seed: u64,
     num_classes: usize,
-) -> Result<Box<dyn Attack>> {
+) -> Vec<AttackSpec> {
     let targets = 9.min(num_classes.saturating_sub(1)).max(1);
-    Ok(match name {
-        "apgd-ce" => Box::new(Apgd::new(ApgdConfig {
-            seed: Some(seed),
-            ..ApgdConfig::ce(norm, eps)
-        })),
-        "apgd-dlr" => Box::new(Apgd::new(ApgdConfig {
-            seed: Some(seed),
-            ..ApgdConfig::dlr(norm, eps)
-        })),
-        "apgd-t" => Box::new(Apgd::new(ApgdConfig {
-            seed: Some(seed),
-            n_target_classes: targets,
-            ..ApgdConfig::targeted(norm, eps)
-        })),
-        "fab-t" => Box::new(Fab::new(FabConfig {
-            seed: Some(seed),
-            n_target_classes: targets,
-            ..FabConfig::targeted(norm, eps)
-        })),
-        "square" => Box::new(Square::new(SquareConfig::new(norm, eps))),
-        other => bail!("unknown AutoAttack component '{other}'"),
-    })
+    let apgd_ce = AttackSpec::ApgdCe(ApgdConfig {
+        seed: Some(seed),
+        ..ApgdConfig::ce(norm, eps)
+    });
+    let apgd_t = AttackSpec::ApgdT(ApgdConfig {
+        seed: Some(seed),
+        n_target_classes: targets,
+        ..ApgdConfig::targeted(norm, eps)
+    });
+    let fab_t = AttackSpec::FabT(FabConfig {
+        seed: Some(seed),
+        n_target_classes: targets,
+        ..FabConfig::targeted(norm, eps)
+    });
+    let square = AttackSpec::Square(SquareConfig::new(norm, eps));
+    match p {
+        Preset::Standard => vec![apgd_ce, apgd_t, fab_t, square],
+        Preset::Fast => vec![apgd_ce, apgd_t],
+    }
 }
 
 /// Robust accuracy after one attack of the cascade.
@@ -240,7 +241,13 @@ fn check_state(s: &State, key: &StateKey) -> std::result::Result<(), String> {
     if let Some(i) = (0..n).find(|&i| s.robust[i] && !s.clean[i]) {
         return Err(format!("point {i} is robust but not clean"));
     }
-    let attacks = preset(&key.preset).map_err(|e| e.to_string())?.attacks;
+    let attacks: Vec<String> = key
+        .preset
+        .parse::<Preset>()?
+        .attacks()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     if s.done.len() > attacks.len() {
         return Err(format!(
             "{} finished attacks recorded, preset '{}' has {}",
@@ -308,6 +315,8 @@ pub struct AutoAttack {
     pub eps: f64,
     pub seed: u64,
     pub batch_size: usize,
+    /// The cascade ([`preset`]).
+    pub specs: Vec<AttackSpec>,
     pub attacks: Vec<Box<dyn Attack>>,
     /// Stop after this many attack batches in one call (the state file keeps the progress and
     /// a later call continues): time-boxed evaluation in pieces.
@@ -327,34 +336,31 @@ impl AutoAttack {
             eps >= 0.0 && eps.is_finite(),
             "eps must be a finite number >= 0, got {eps}"
         );
-        let attacks = preset
-            .attacks
-            .iter()
-            .map(|a| component(a, norm, eps, seed, num_classes))
-            .collect::<Result<Vec<_>>>()?;
+        let specs = self::preset(preset, norm, eps, seed, num_classes);
         Ok(AutoAttack {
             preset,
             norm,
             eps,
             seed,
             batch_size: batch_size.max(1),
-            attacks,
+            attacks: specs.iter().map(AttackSpec::build).collect(),
+            specs,
             max_batches: None,
         })
     }
 
     /// `autoattack-<preset>`.
     pub fn name(&self) -> String {
-        format!("autoattack-{}", self.preset.name)
+        format!("autoattack-{}", self.preset)
     }
 
     /// The preset and every component's hyperparameters.
     pub fn config(&self) -> serde_json::Value {
         serde_json::json!({
             "attack": "autoattack",
-            "preset": self.preset.name,
-            "standard": self.preset.standard,
-            "description": self.preset.description,
+            "preset": self.preset,
+            "standard": self.preset.standard(),
+            "description": self.preset.description(),
             "norm": self.norm,
             "eps": self.eps,
             "seed": self.seed,
@@ -472,7 +478,7 @@ impl AutoAttack {
             }
             let robust = state.robust.iter().filter(|&&r| r).count();
             let rec = AttackRecord {
-                attack: self.preset.attacks[k].to_string(),
+                attack: self.specs[k].kind().to_string(),
                 robust_accuracy: robust as f64 / n as f64,
                 elapsed_s: cur.elapsed_s,
                 attacked: cur.todo.len(),
@@ -509,12 +515,13 @@ impl AutoAttack {
             .collect();
         flags.extend(square_beats_white_box(&acc));
         flags.extend(perturbation_flag(state.max_perturbation, self.eps));
-        if !self.preset.standard {
+        if !self.preset.standard() {
             flags.push(Flag::new(
                 "non-standard-autoattack",
                 format!(
                     "preset '{}' is not the standard AutoAttack: {}",
-                    self.preset.name, self.preset.description
+                    self.preset,
+                    self.preset.description()
                 ),
             ));
         }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// Data the running statistics are re-estimated on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum StatsSource {
     /// Training images as they are.
@@ -27,36 +27,14 @@ pub enum StatsSource {
     Noise,
 }
 
-impl std::str::FromStr for StatsSource {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "clean" => Ok(StatsSource::Clean),
-            "adv" => Ok(StatsSource::Adv),
-            "noise" => Ok(StatsSource::Noise),
-            _ => Err(format!(
-                "unknown re-estimation data '{s}': expected clean, adv or noise"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for StatsSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            StatsSource::Clean => "clean",
-            StatsSource::Adv => "adv",
-            StatsSource::Noise => "noise",
-        })
-    }
-}
+crate::choice::value_enum_text!(StatsSource => "re-estimation data");
 
 fn linf() -> ThreatNorm {
     ThreatNorm::Linf
 }
 
 /// How running statistics are re-estimated.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reestimate {
     pub source: StatsSource,
     /// Batches averaged (cumulative average: momentum 1/(k+1) at batch k).

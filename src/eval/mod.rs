@@ -1,8 +1,25 @@
 //! Evaluation: clean accuracy and robust accuracy under an attack, through a fixed route and mode.
+//!
+//! As a library: describe the evaluation as an [`EvalPlan`] (or a [`CurvePlan`]) and call
+//! [`evaluate`] (or [`evaluate_curve`]); the [`EvalReport`] is what `advtrain eval` prints and
+//! writes as JSON. The counting functions below are the building blocks.
 
 pub mod autoattack;
 pub mod checks;
 pub mod controls;
+pub mod plan;
+pub mod report;
+pub mod run;
+
+pub use plan::{
+    AutoAttackPlan, CurveAxis, CurvePlan, CurvePointPlan, DataSelection, EvalAttack, EvalPlan,
+    EvalSetup, TestTime, Threat,
+};
+pub use report::{CurvePoint, CurveReport, EvalReport, PerAttack};
+pub use run::{
+    evaluate, evaluate_curve, evaluate_curve_on, evaluate_on, load_checkpoint, Console, Progress,
+    Silent,
+};
 
 use crate::attack::{correct, Attack, Classifier};
 use crate::data::{Augment, Dataset};

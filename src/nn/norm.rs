@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 /// Which statistics are used and whether running statistics move (METHODS.md section 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Batch statistics; running statistics updated by EMA.
@@ -22,29 +22,7 @@ pub enum Mode {
     TrainFrozen,
 }
 
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "train" => Ok(Mode::Train),
-            "eval" => Ok(Mode::Eval),
-            "train-frozen" => Ok(Mode::TrainFrozen),
-            _ => Err(format!(
-                "unknown BN mode '{s}': expected train, eval or train-frozen"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Train => "train",
-            Mode::Eval => "eval",
-            Mode::TrainFrozen => "train-frozen",
-        })
-    }
-}
+crate::choice::value_enum_text!(Mode => "BN mode");
 
 /// Domain index: 0 = clean / main, 1 = adversarial / auxiliary.
 pub type Domain = usize;

@@ -1,9 +1,9 @@
 //! The parts of the benchmark and our side of each, timed in-process.
 
 use super::flops::sync;
-use super::subject::{Opts, Subject, EVAL_STEPS};
+use super::subject::{Opts, Subject};
 use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
-use crate::eval::autoattack::{preset, AutoAttack, StateKey};
+use crate::eval::autoattack::{AutoAttack, Preset, StateKey};
 use crate::eval::robust_counts;
 use crate::nn::network::channels_last;
 use crate::nn::{Ctx, Network};
@@ -57,7 +57,6 @@ impl Part {
         Ok(out)
     }
 }
-
 
 /// One side's measurement of one part.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -141,12 +140,7 @@ fn time_at(s: &Subject, o: &Opts) -> Result<Timing> {
 fn time_pgd20(s: &Subject, o: &Opts) -> Result<Timing> {
     let net = s.network(o)?;
     let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&o.compute);
-    let pgd = Pgd::new(PgdConfig::new(
-        ThreatNorm::Linf,
-        s.eps,
-        s.pgd_step_size(),
-        EVAL_STEPS,
-    ));
+    let pgd = Pgd::new(s.pgd20());
     let points = s.data.take(o.n);
     if o.warmup > 0 {
         let first = points.take(o.eval_batch_size);
@@ -170,7 +164,7 @@ fn time_autoattack(s: &Subject, o: &Opts) -> Result<Timing> {
     let net = s.network(o)?;
     let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&o.compute);
     let points = s.data.take(o.n);
-    let p = preset("standard")?;
+    let p = Preset::Standard;
     let aa = AutoAttack::new(
         p,
         ThreatNorm::Linf,
@@ -180,7 +174,7 @@ fn time_autoattack(s: &Subject, o: &Opts) -> Result<Timing> {
         points.num_classes,
     )?;
     let key = StateKey {
-        preset: p.name.into(),
+        preset: p.to_string(),
         norm: ThreatNorm::Linf,
         eps: s.eps,
         seed: o.seed,

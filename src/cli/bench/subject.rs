@@ -2,6 +2,7 @@
 //! initialised architecture (weights written for the twin) on random points.
 
 use super::BenchArgs;
+use crate::attack::{AttackName, AttackSettings, AttackSpec, ParamNames, PgdConfig, ThreatNorm};
 use crate::cli::checkpoint_file;
 use crate::data::Dataset;
 use crate::nn::{ArchSpec, Network, NormSpec};
@@ -50,9 +51,22 @@ impl Subject {
         self.eps / 4.0
     }
 
-    /// L-inf step of PGD-20: 2.5 eps / 20, `advtrain eval --attack pgd`'s default.
+    /// PGD-20 as `advtrain eval --attack pgd` makes it (the attack registry's defaults at
+    /// [`EVAL_STEPS`] steps: L-inf, step 2.5 eps / 20, uniform start, CE).
+    pub fn pgd20(&self) -> PgdConfig {
+        let s = AttackSettings {
+            steps: Some(EVAL_STEPS),
+            ..AttackSettings::new(ThreatNorm::Linf, self.eps)
+        };
+        match AttackName::Pgd.spec(&s, &ParamNames::flags(), true) {
+            Ok(AttackSpec::Pgd(c)) => c,
+            other => panic!("PGD-20 at the checked bench eps {}: {other:?}", self.eps),
+        }
+    }
+
+    /// L-inf step of PGD-20 ([`Subject::pgd20`]).
     pub fn pgd_step_size(&self) -> f64 {
-        2.5 * self.eps / EVAL_STEPS as f64
+        self.pgd20().step_size
     }
 
     /// A fresh copy of the model on `o.device`.
