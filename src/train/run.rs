@@ -574,13 +574,7 @@ fn last_clean_accuracy(path: &Path) -> Result<Option<f64>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text
-        .lines()
-        .skip(1)
-        .last()
-        .and_then(|l| l.split(',').nth(3)?.parse::<f64>().ok()))
+    Ok(metrics::read(path)?.last().and_then(|m| m.train_clean_acc))
 }
 
 /// A collapse: accuracy `acc` more than `drop` (absolute) below the best earlier epoch's.
