@@ -172,6 +172,17 @@ fn linf_eps_above_one_needs_allow_large_eps() {
         &["--eps", "8", "above 1", "--allow-large-eps"],
     );
     eprintln!("{e}");
+    // The analyses (L-inf by protocol) refuse it too, with no override.
+    for extra in [
+        vec!["domain-gap"],
+        vec!["bn-swap"],
+        vec!["grad-conflict", "--terms", "clean-ce,adv-ce"],
+    ] {
+        let mut args = vec!["analyze"];
+        args.extend(extra);
+        args.extend(["--run", &f.single, "--eps", "8"]);
+        fails(&args, &["--eps", "8", "above 1", "[0, 1]"]);
+    }
     let j = f.json("large.json");
     succeeds(&eval_args(
         &f.single,

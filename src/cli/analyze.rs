@@ -254,12 +254,17 @@ impl Loaded {
     }
 }
 
+/// The analyses' budgets are L-inf in [0, 1] pixel units (the seeds' protocol): the shared
+/// check, with no override (an eps above 1 is a budget in 0..255 units).
 fn check_eps(eps: f64) -> Result<()> {
-    anyhow::ensure!(
-        eps >= 0.0 && eps.is_finite(),
-        "--eps must be a finite number >= 0, got {eps}"
-    );
-    Ok(())
+    crate::attack::check_eps(
+        "--eps",
+        crate::attack::ThreatNorm::Linf,
+        eps,
+        false,
+        "give it in [0, 1] units (analyses have no --allow-large-eps)",
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 fn check_has_bn(l: &Loaded, kind: &str) -> Result<()> {
