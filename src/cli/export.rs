@@ -28,7 +28,21 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> Result<()> {
     let loaded = checkpoint::load(&a.checkpoint, Device::Cpu)?;
     let (net, side) = (loaded.net, loaded.sidecar);
+    // Sets held by the norm layers and heads (as eval counts them).
+    let norms = net.model.norms();
+    let ns = norms.iter().map(|(_, n)| n.stats.len()).max().unwrap_or(0);
+    let ap = norms
+        .iter()
+        .map(|(_, n)| n.affine.len())
+        .max()
+        .unwrap_or(0)
+        .max(net.arch.heads);
+    crate::nn::norm::check_route_sets(a.route, ns, ap)
+        .map_err(|e| anyhow::anyhow!("--route {}: {e}", a.route))?;
     net.check_route(a.route, "--route")?;
+    if let Some((_, why)) = crate::nn::norm::shared_route(a.route, ns, ap) {
+        log::warn!("--route {}: {why}; the exported model is the same as for 'clean'", a.route);
+    }
     let soup = a.soup.map(check_soup).transpose()?;
     let (arch, tensors) = export_branch(&net, a.route, soup)?;
     let mut recipe = side.recipe.clone();
