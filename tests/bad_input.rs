@@ -354,13 +354,33 @@ fn routes_are_checked_against_the_model_and_shared_routes_are_labelled() {
     let f = fixture();
     // export: a missing domain is refused, a shared one warns.
     let ck = format!("{}/checkpoints/best.safetensors", f.single);
-    let ck = if Path::new(&ck).exists() { ck } else { format!("{}/checkpoints/last.safetensors", f.single) };
+    let ck = if Path::new(&ck).exists() {
+        ck
+    } else {
+        format!("{}/checkpoints/last.safetensors", f.single)
+    };
     let out = f.json("export.safetensors");
     fails(
-        &["export", "--checkpoint", &ck, "--route", "ns=5,ap=clean", "--out", &out],
+        &[
+            "export",
+            "--checkpoint",
+            &ck,
+            "--route",
+            "ns=5,ap=clean",
+            "--out",
+            &out,
+        ],
         &["--route", "NS domain 5 does not exist"],
     );
-    let e = succeeds(&["export", "--checkpoint", &ck, "--route", "adv", "--out", &out]);
+    let e = succeeds(&[
+        "export",
+        "--checkpoint",
+        &ck,
+        "--route",
+        "adv",
+        "--out",
+        &out,
+    ]);
     assert!(e.contains("shared by every domain"), "{e}");
     let e = fails(
         &eval_args(&f.single, &["--route", "ns=5,ap=0"]),

@@ -15,13 +15,47 @@ use std::path::{Path, PathBuf};
 const CASES: &[(&str, &[&str])] = &[
     ("pgd", &["--attack", "pgd", "--eps", "0.1", "--steps", "5"]),
     ("fgsm", &["--attack", "fgsm", "--eps", "0.1"]),
-    ("pgd-l2", &["--attack", "pgd", "--eps", "0.5", "--norm", "l2", "--steps", "3"]),
-    ("apgd-ce", &["--attack", "apgd-ce", "--eps", "0.1", "--steps", "5"]),
-    ("square", &["--attack", "square", "--eps", "0.1", "--queries", "30"]),
-    ("curve", &["--attack", "pgd", "--eps", "0.1", "--steps", "3", "--curve", "0.05,0.1"]),
-    ("curve-steps", &["--attack", "pgd", "--eps", "0.1", "--curve-steps", "1,3"]),
-    ("autoattack-fast", &["--attack", "autoattack", "--preset", "fast", "--eps", "0.1"]),
-    ("bn-train-frozen", &["--attack", "pgd", "--eps", "0.1", "--steps", "3", "--bn-mode", "train-frozen"]),
+    (
+        "pgd-l2",
+        &[
+            "--attack", "pgd", "--eps", "0.5", "--norm", "l2", "--steps", "3",
+        ],
+    ),
+    (
+        "apgd-ce",
+        &["--attack", "apgd-ce", "--eps", "0.1", "--steps", "5"],
+    ),
+    (
+        "square",
+        &["--attack", "square", "--eps", "0.1", "--queries", "30"],
+    ),
+    (
+        "curve",
+        &[
+            "--attack", "pgd", "--eps", "0.1", "--steps", "3", "--curve", "0.05,0.1",
+        ],
+    ),
+    (
+        "curve-steps",
+        &["--attack", "pgd", "--eps", "0.1", "--curve-steps", "1,3"],
+    ),
+    (
+        "autoattack-fast",
+        &["--attack", "autoattack", "--preset", "fast", "--eps", "0.1"],
+    ),
+    (
+        "bn-train-frozen",
+        &[
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+            "--steps",
+            "3",
+            "--bn-mode",
+            "train-frozen",
+        ],
+    ),
 ];
 
 /// Keys whose values depend on the machine, the time or the temporary folder.
@@ -33,8 +67,19 @@ fn volatile(key: &str) -> bool {
         || key.contains("per_s")
         || matches!(
             key,
-            "checkpoint" | "json" | "state" | "state_file" | "advtrain_version" | "device" | "png"
-                | "data_dir" | "dir" | "path" | "plot" | "threads" | "file"
+            "checkpoint"
+                | "json"
+                | "state"
+                | "state_file"
+                | "advtrain_version"
+                | "device"
+                | "png"
+                | "data_dir"
+                | "dir"
+                | "path"
+                | "plot"
+                | "threads"
+                | "file"
         )
 }
 
@@ -54,7 +99,11 @@ fn contains(want: &Value, got: &Value, path: &str, errors: &mut Vec<String>) {
         }
         (Value::Array(w), Value::Array(g)) => {
             if w.len() != g.len() {
-                errors.push(format!("{path}: {} elements, expected {}", g.len(), w.len()));
+                errors.push(format!(
+                    "{path}: {} elements, expected {}",
+                    g.len(),
+                    w.len()
+                ));
             }
             for (i, (wv, gv)) in w.iter().zip(g).enumerate() {
                 contains(wv, gv, &format!("{path}[{i}]"), errors);
@@ -98,8 +147,17 @@ fn eval_json_keeps_every_field_of_the_stored_examples() {
     for (name, args) in CASES {
         let out = tmp.path().join(format!("{name}.json"));
         let mut full = vec![
-            "--threads", "1", "eval", "--checkpoint", ck.to_str().unwrap(), "--test-limit", "30",
-            "--batch-size", "16", "--json", out.to_str().unwrap(),
+            "--threads",
+            "1",
+            "eval",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--test-limit",
+            "30",
+            "--batch-size",
+            "16",
+            "--json",
+            out.to_str().unwrap(),
         ];
         full.extend_from_slice(args);
         let o = common::advtrain(&full);
@@ -114,7 +172,11 @@ fn eval_json_keeps_every_field_of_the_stored_examples() {
         let want = common::read_json(&stored);
         contains(&want, &got, name, &mut errors);
     }
-    assert!(errors.is_empty(), "eval JSON contract broken:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "eval JSON contract broken:\n{}",
+        errors.join("\n")
+    );
 }
 
 /// The comparison itself can fail: a renamed field, a changed verdict and a changed type are
@@ -123,7 +185,8 @@ fn eval_json_keeps_every_field_of_the_stored_examples() {
 fn the_contract_check_detects_renames_and_changes() {
     let want = serde_json::json!({"a": 1.0, "b": {"c": "x", "n": [1, 2]}, "elapsed_s": 3.0});
     let mut errors = Vec::new();
-    let got = serde_json::json!({"a": 1.0, "b": {"c": "x", "n": [1, 2], "new": 1}, "elapsed_s": 9.0});
+    let got =
+        serde_json::json!({"a": 1.0, "b": {"c": "x", "n": [1, 2], "new": 1}, "elapsed_s": 9.0});
     contains(&want, &got, "", &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     for bad in [
@@ -151,7 +214,10 @@ fn checkpoints_of_the_first_recipe_format_still_load() {
     for (name, objective) in [("trades-dual-bn", "trades"), ("arat", "arat")] {
         let file = dir.join(format!("{name}.safetensors"));
         let text = std::fs::read_to_string(file.with_extension("json")).unwrap();
-        assert!(!text.contains("recipe_version"), "{name}: not a first-format sidecar");
+        assert!(
+            !text.contains("recipe_version"),
+            "{name}: not a first-format sidecar"
+        );
         // Building the network draws its initial weights from torch's global generator.
         let run = {
             let _g = common::rng_lock();
@@ -170,9 +236,25 @@ fn checkpoints_of_the_first_recipe_format_still_load() {
         }
         let out = tmp.path().join(format!("{name}.json"));
         let o = common::advtrain(&[
-            "--threads", "1", "eval", "--checkpoint", file.to_str().unwrap(), "--data-dir",
-            tmp.path().join("data").to_str().unwrap(), "--test-limit", "30", "--attack", "pgd",
-            "--eps", "0.1", "--steps", "3", "--route", "adv", "--json", out.to_str().unwrap(),
+            "--threads",
+            "1",
+            "eval",
+            "--checkpoint",
+            file.to_str().unwrap(),
+            "--data-dir",
+            tmp.path().join("data").to_str().unwrap(),
+            "--test-limit",
+            "30",
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+            "--steps",
+            "3",
+            "--route",
+            "adv",
+            "--json",
+            out.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "{name}: {}", common::stderr(&o));
         assert_eq!(common::read_json(&out)["route"], "ns=adv,ap=adv");

@@ -7,8 +7,20 @@ use std::path::Path;
 
 /// Top-level modules from the lowest layer to the highest.
 const LAYERS: &[&str] = &[
-    "choice", "fsio", "interrupt", "device", "compute", "data", "nn", "checkpoint", "attack", "eval",
-    "train", "report", "analysis", "cli",
+    "choice",
+    "fsio",
+    "interrupt",
+    "device",
+    "compute",
+    "data",
+    "nn",
+    "checkpoint",
+    "attack",
+    "eval",
+    "train",
+    "report",
+    "analysis",
+    "cli",
 ];
 
 fn rank(m: &str) -> Option<usize> {
@@ -18,7 +30,12 @@ fn rank(m: &str) -> Option<usize> {
 /// Top-level module of a file under `src/` (`src/train/run.rs` -> `train`, `src/fsio.rs` ->
 /// `fsio`); None for lib.rs/main.rs.
 fn module_of(rel: &Path) -> Option<String> {
-    let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
+    let first = rel
+        .components()
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     let m = first.trim_end_matches(".rs").to_string();
     (m != "lib" && m != "main" && m != "shim").then_some(m)
 }
@@ -35,7 +52,10 @@ fn crate_paths(text: &str) -> BTreeSet<String> {
             }
         }
         let rest = &text[i + "crate::".len()..];
-        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
         if !name.is_empty() {
             out.insert(name);
         }
@@ -98,13 +118,21 @@ fn every_module_uses_only_lower_layers() {
             }
         }
     }
-    assert!(unknown.is_empty(), "modules missing from LAYERS: {unknown:?}");
-    assert!(violations.is_empty(), "layering broken:\n{}", violations.join("\n"));
+    assert!(
+        unknown.is_empty(),
+        "modules missing from LAYERS: {unknown:?}"
+    );
+    assert!(
+        violations.is_empty(),
+        "layering broken:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn the_scanner_finds_paths_and_groups() {
-    let t = "use crate::nn::Net;\nuse crate::{train::Recipe, eval};\nlet x = crate::fsio::tmp_path(p);";
+    let t =
+        "use crate::nn::Net;\nuse crate::{train::Recipe, eval};\nlet x = crate::fsio::tmp_path(p);";
     let got: Vec<String> = crate_paths(t).into_iter().collect();
     assert_eq!(got, ["eval", "fsio", "nn", "train"]);
 }

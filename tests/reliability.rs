@@ -5,8 +5,8 @@
 
 mod common;
 
-use advtrain::fsio::DirLock;
 use advtrain::checkpoint::{self, CheckpointStore};
+use advtrain::fsio::DirLock;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,7 +43,10 @@ fn spawn_train(recipe: &Path, out: &Path, resume: bool, delay_ms: Option<u64>) -
 
 fn finish(child: Child) -> (bool, String) {
     let o = child.wait_with_output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Epoch of the current `checkpoints/last` after checking that the whole current set is
@@ -55,14 +58,21 @@ fn check_current_set(out: &Path) -> Option<usize> {
     }
     if !last.exists() {
         // A link may exist only once a set is complete; a plain empty folder is never made.
-        panic!("{}: a checkpoints link without last.safetensors", out.display());
+        panic!(
+            "{}: a checkpoints link without last.safetensors",
+            out.display()
+        );
     }
     checkpoint::verify_checkpoint(&last).unwrap_or_else(|e| panic!("torn current set: {e:#}"));
     let side = checkpoint::read_sidecar(&last).unwrap();
     let best = out.join("checkpoints/best.safetensors");
     checkpoint::verify_checkpoint(&best).unwrap_or_else(|e| panic!("torn best: {e:#}"));
     let best_epoch = checkpoint::read_sidecar(&best).unwrap().epoch;
-    assert!(best_epoch <= side.epoch, "best from epoch {best_epoch} > last {}", side.epoch);
+    assert!(
+        best_epoch <= side.epoch,
+        "best from epoch {best_epoch} > last {}",
+        side.epoch
+    );
     Some(side.epoch)
 }
 
@@ -75,7 +85,13 @@ fn newest_generation(out: &Path) -> Option<u64> {
     std::fs::read_dir(out.join(".checkpoints"))
         .ok()?
         .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix('g')?.parse().ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix('g')?
+                .parse()
+                .ok()
+        })
         .max()
 }
 
@@ -98,7 +114,10 @@ fn checkpoint_sets_survive_kill_9_during_writes() {
     let (mut kills, mut in_window, mut seen_epoch) = (0, 0, 0usize);
     let deadline = Instant::now() + Duration::from_secs(240);
     while kills < 50 {
-        assert!(Instant::now() < deadline, "kill loop too slow ({kills} kills)");
+        assert!(
+            Instant::now() < deadline,
+            "kill loop too slow ({kills} kills)"
+        );
         // The recovery every start runs (removes an interrupted save's folder), so that the
         // next save's folder is recognisably new.
         CheckpointStore::open(&out).unwrap();
@@ -160,7 +179,12 @@ fn checkpoint_sets_survive_kill_9_during_writes() {
 
 /// `cp -a from to` (keeps the `checkpoints` link and hard-linked sets as they are).
 fn copy_run(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -186,17 +210,32 @@ fn damaged_current_set_falls_back_to_the_previous_one() {
     assert_ne!(resolved, last);
     assert_eq!(checkpoint::read_sidecar(&resolved).unwrap().epoch, 2);
     let o = common::advtrain(&[
-        "--threads", "1", "eval", "--checkpoint", last.to_str().unwrap(), "--attack", "fgsm",
-        "--eps", "0.05", "--test-limit", "20",
+        "--threads",
+        "1",
+        "eval",
+        "--checkpoint",
+        last.to_str().unwrap(),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.05",
+        "--test-limit",
+        "20",
     ]);
     let err = common::stderr(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("is damaged") && err.contains("previous complete checkpoint set"), "{err}");
+    assert!(
+        err.contains("is damaged") && err.contains("previous complete checkpoint set"),
+        "{err}"
+    );
 
     // Resume falls back to epoch 2 and replays epoch 3.
     let (ok, err) = finish(spawn_train(&recipe, &run, true, None));
     assert!(ok, "{err}");
-    assert!(err.contains("falling back to the previous complete checkpoint set"), "{err}");
+    assert!(
+        err.contains("falling back to the previous complete checkpoint set"),
+        "{err}"
+    );
     assert!(err.contains("epoch 2"), "{err}");
     assert_eq!(
         sha(&run.join("checkpoints/last.safetensors")),
@@ -228,18 +267,35 @@ fn previous_layout_resumes_and_migrates() {
             std::fs::copy(e.path(), link.join(e.file_name())).unwrap();
         }
     }
-    assert_eq!(checkpoint::read_sidecar(&link.join("last.safetensors")).unwrap().epoch, 1);
+    assert_eq!(
+        checkpoint::read_sidecar(&link.join("last.safetensors"))
+            .unwrap()
+            .epoch,
+        1
+    );
 
     let (ok, err) = finish(spawn_train(&recipe, &run, true, None));
     assert!(ok, "{err}");
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(
         sha(&run.join("checkpoints/last.safetensors")),
         sha(&whole.join("checkpoints/last.safetensors"))
     );
     let store = CheckpointStore::open(&run).unwrap();
-    let gens: Vec<u64> = store.complete_generations().unwrap().into_iter().map(|g| g.0).collect();
-    assert_eq!(gens, vec![0, 1], "the old set kept as g000000 beside the new one");
+    let gens: Vec<u64> = store
+        .complete_generations()
+        .unwrap()
+        .into_iter()
+        .map(|g| g.0)
+        .collect();
+    assert_eq!(
+        gens,
+        vec![0, 1],
+        "the old set kept as g000000 beside the new one"
+    );
 }
 
 /// Interrupted writes leave `*.tmp` files and an incomplete generation; the next start removes
@@ -252,7 +308,9 @@ fn leftovers_of_interrupted_writes_are_removed() {
     let r1 = tmp.path().join("one.toml");
     std::fs::write(
         &r1,
-        std::fs::read_to_string(&recipe).unwrap().replace("epochs = 2", "epochs = 1"),
+        std::fs::read_to_string(&recipe)
+            .unwrap()
+            .replace("epochs = 2", "epochs = 1"),
     )
     .unwrap();
     assert!(finish(spawn_train(&r1, &run, false, None)).0);
@@ -270,7 +328,10 @@ fn leftovers_of_interrupted_writes_are_removed() {
     for j in &junk {
         assert!(!j.exists(), "{} left", j.display());
     }
-    assert!(err.contains("removing the incomplete checkpoint generation"), "{err}");
+    assert!(
+        err.contains("removing the incomplete checkpoint generation"),
+        "{err}"
+    );
     assert!(err.contains("removed the leftover temporary file"), "{err}");
     assert_eq!(check_current_set(&run), Some(2));
 }
@@ -288,8 +349,14 @@ fn one_writer_per_run_directory_and_state_file() {
         let held = DirLock::acquire(&run.join(".lock"), "run directory").unwrap();
         let (ok, err) = finish(spawn_train(&recipe, &run, false, None));
         assert!(!ok);
-        assert!(err.contains("is in use by another advtrain process"), "{err}");
-        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.contains("is in use by another advtrain process"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         assert!(!run.join("metrics.csv").exists(), "the second writer wrote");
         // In-process too (flock conflicts between two opens of the same file).
         assert!(DirLock::acquire(&run.join(".lock"), "run directory").is_err());
@@ -303,23 +370,41 @@ fn one_writer_per_run_directory_and_state_file() {
     .unwrap();
     let (ok, err) = finish(spawn_train(&recipe, &run, false, None));
     assert!(ok, "{err}");
-    assert!(err.contains("taking over the stale lock") && err.contains("pid 999999"), "{err}");
-    assert_eq!(std::fs::read_to_string(run.join(".lock")).unwrap(), "", "released cleanly");
+    assert!(
+        err.contains("taking over the stale lock") && err.contains("pid 999999"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join(".lock")).unwrap(),
+        "",
+        "released cleanly"
+    );
 
     // AutoAttack state file.
     let state = tmp.path().join("aa.state.json");
-    let _held = DirLock::acquire(
-        &PathBuf::from(format!("{}.lock", state.display())),
-        "state",
-    )
-    .unwrap();
+    let _held =
+        DirLock::acquire(&PathBuf::from(format!("{}.lock", state.display())), "state").unwrap();
     let o = common::advtrain(&[
-        "--threads", "1", "eval", "--run", run.to_str().unwrap(), "--attack", "autoattack",
-        "--eps", "0.1", "--test-limit", "10", "--state", state.to_str().unwrap(),
+        "--threads",
+        "1",
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--attack",
+        "autoattack",
+        "--eps",
+        "0.1",
+        "--test-limit",
+        "10",
+        "--state",
+        state.to_str().unwrap(),
     ]);
     let err = common::stderr(&o);
     assert!(!o.status.success());
-    assert!(err.contains("the AutoAttack state file") && err.contains("in use"), "{err}");
+    assert!(
+        err.contains("the AutoAttack state file") && err.contains("in use"),
+        "{err}"
+    );
 }
 
 /// SIGTERM during training: the step is abandoned, the last complete checkpoint stays, the
@@ -344,7 +429,10 @@ fn sigterm_stops_training_cleanly() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(143), "{err}");
-    assert!(err.contains("stopped by SIGTERM") && err.contains("--resume"), "{err}");
+    assert!(
+        err.contains("stopped by SIGTERM") && err.contains("--resume"),
+        "{err}"
+    );
     let e = check_current_set(&run).unwrap();
     assert!(e < 30, "finished before the signal");
     let (ok, err) = finish(spawn_train(&recipe, &run, true, None));
@@ -376,8 +464,17 @@ fn tiny_checkpoint(dir: &Path, edit: impl Fn(&mut Vec<(String, tch::Tensor)>)) -
 
 fn eval_err(file: &Path) -> String {
     let o = common::advtrain(&[
-        "--threads", "1", "eval", "--checkpoint", file.to_str().unwrap(), "--attack", "fgsm",
-        "--eps", "0.05", "--test-limit", "20",
+        "--threads",
+        "1",
+        "eval",
+        "--checkpoint",
+        file.to_str().unwrap(),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.05",
+        "--test-limit",
+        "20",
     ]);
     assert!(!o.status.success(), "evaluated: {}", common::stderr(&o));
     common::stderr(&o)
@@ -403,7 +500,10 @@ fn bad_checkpoints_are_refused_with_the_tensor_named() {
         w.1 = w.1.to_kind(tch::Kind::Int);
     });
     let err = eval_err(&int);
-    assert!(err.contains("conv1.weight") && err.contains("Int") && err.contains("Float"), "{err}");
+    assert!(
+        err.contains("conv1.weight") && err.contains("Int") && err.contains("Float"),
+        "{err}"
+    );
 
     let f64_file = tiny_checkpoint(tmp.path(), |t| {
         for (_, v) in t.iter_mut() {
@@ -413,12 +513,24 @@ fn bad_checkpoints_are_refused_with_the_tensor_named() {
         }
     });
     let o = common::advtrain(&[
-        "--threads", "1", "eval", "--checkpoint", f64_file.to_str().unwrap(), "--attack", "fgsm",
-        "--eps", "0.05", "--test-limit", "20",
+        "--threads",
+        "1",
+        "eval",
+        "--checkpoint",
+        f64_file.to_str().unwrap(),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.05",
+        "--test-limit",
+        "20",
     ]);
     let err = common::stderr(&o);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("converting") && err.contains("Double"), "{err}");
+    assert!(
+        err.contains("converting") && err.contains("Double"),
+        "{err}"
+    );
 
     // Byte length vs shape: shrink the header's claimed shape of one tensor.
     let file = tiny_checkpoint(tmp.path(), |_| {});
@@ -452,7 +564,10 @@ fn non_finite_parameters_are_not_saved() {
     assert!(checkpoint::check_finite(&ok, 3).is_ok());
     let bad = vec![
         ("a".to_string(), tch::Tensor::from_slice(&[1.0f32, 2.0])),
-        ("layer.b".to_string(), tch::Tensor::from_slice(&[1.0f32, f32::INFINITY])),
+        (
+            "layer.b".to_string(),
+            tch::Tensor::from_slice(&[1.0f32, f32::INFINITY]),
+        ),
     ];
     let err = checkpoint::check_finite(&bad, 3).unwrap_err().to_string();
     assert!(err.contains("layer.b") && err.contains("epoch 3"), "{err}");
@@ -534,7 +649,10 @@ fn fuzz_checkpoint_readers() {
             Err(_) => panic!("case {case} ({what}): the safetensors reader panicked"),
             Ok(Err(e)) => {
                 errors += 1;
-                assert!(format!("{e:#}").contains("last.safetensors"), "case {case} ({what}): {e:#}");
+                assert!(
+                    format!("{e:#}").contains("last.safetensors"),
+                    "case {case} ({what}): {e:#}"
+                );
             }
             Ok(Ok(())) => oks += 1,
         }
@@ -552,8 +670,10 @@ fn fuzz_checkpoint_readers() {
             Err(_) => panic!("sidecar case {case} ({what}): panicked"),
             Ok(Err(e)) => {
                 let s = format!("{e:#}");
-                assert!(s.contains("last.json") || s.contains("last.safetensors"),
-                    "sidecar case {case} ({what}): {s}");
+                assert!(
+                    s.contains("last.json") || s.contains("last.safetensors"),
+                    "sidecar case {case} ({what}): {s}"
+                );
             }
             Ok(Ok(())) => {}
         }

@@ -137,9 +137,10 @@ fn swa_reestimates_adversarial_statistics_in_the_recipes_norm() {
     let dir = tempfile::tempdir().unwrap();
     common::write_tiny_mnist(dir.path(), 96, 20);
     let f = dir.path().join("r.toml");
-    let text = common::tiny_recipe_toml(dir.path(), 2)
-        .replace("eps = 0.1\nstep_size = 0.05", "norm = \"l2\"\neps = 1.5\nstep_size = 0.4")
-        + "[train.swa]\nstart_epoch = 1\nbn_batches = 2\nbn_source = \"adv\"\n";
+    let text = common::tiny_recipe_toml(dir.path(), 2).replace(
+        "eps = 0.1\nstep_size = 0.05",
+        "norm = \"l2\"\neps = 1.5\nstep_size = 0.4",
+    ) + "[train.swa]\nstart_epoch = 1\nbn_batches = 2\nbn_source = \"adv\"\n";
     std::fs::write(&f, &text).unwrap();
     let r = Recipe::load(&f, &[]).unwrap();
     assert_eq!(r.train.attack().unwrap().norm, ThreatNorm::L2);
@@ -164,11 +165,23 @@ fn swa_reestimates_adversarial_statistics_in_the_recipes_norm() {
             eps: 1.5,
             seed: r.seed,
         };
-        reestimate(net.model.as_ref(), r.validation_route(), &re, &data.train, Device::Cpu)
-            .unwrap();
+        reestimate(
+            net.model.as_ref(),
+            r.validation_route(),
+            &re,
+            &data.train,
+            Device::Cpu,
+        )
+        .unwrap();
         stats(&net)
     };
     let d = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
-    assert!(d(&ours, &by_hand(ThreatNorm::L2)) < 1e-6, "not the L2 re-estimation");
-    assert!(d(&ours, &by_hand(ThreatNorm::Linf)) > 1e-4, "L-inf gives the same statistics");
+    assert!(
+        d(&ours, &by_hand(ThreatNorm::L2)) < 1e-6,
+        "not the L2 re-estimation"
+    );
+    assert!(
+        d(&ours, &by_hand(ThreatNorm::Linf)) > 1e-4,
+        "L-inf gives the same statistics"
+    );
 }

@@ -176,13 +176,17 @@ fn dtype_size(dtype: &str) -> Option<u64> {
 /// both byte counts.
 pub fn check_safetensors_header(path: &Path) -> Result<()> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let file_len = f.metadata()?.len();
-    let bad = |why: String| anyhow::anyhow!("{} is not a valid safetensors file: {why}", path.display());
+    let bad =
+        |why: String| anyhow::anyhow!("{} is not a valid safetensors file: {why}", path.display());
     let mut len8 = [0u8; 8];
-    f.read_exact(&mut len8)
-        .map_err(|_| bad(format!("{file_len} bytes, shorter than the 8-byte header length")))?;
+    f.read_exact(&mut len8).map_err(|_| {
+        bad(format!(
+            "{file_len} bytes, shorter than the 8-byte header length"
+        ))
+    })?;
     let n = u64::from_le_bytes(len8);
     if n > file_len - 8 {
         return Err(bad(format!(
@@ -193,8 +197,8 @@ pub fn check_safetensors_header(path: &Path) -> Result<()> {
     let mut header = vec![0u8; n as usize];
     f.read_exact(&mut header)
         .map_err(|e| bad(format!("cannot read the {n}-byte header: {e}")))?;
-    let json: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("the header is not JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("the header is not JSON: {e}")))?;
     let entries = json
         .as_object()
         .ok_or_else(|| bad("the header is not a JSON object".into()))?;
@@ -369,7 +373,6 @@ fn preview(v: &[&str]) -> String {
     s
 }
 
-
 /// Name of the link to the current generation inside a run directory.
 pub const CURRENT: &str = "checkpoints";
 /// Folder of the generations inside a run directory.
@@ -413,7 +416,8 @@ impl CheckpointStore {
         let current = store.current_generation();
         if gens.is_dir() {
             for (n, dir) in store.generations()? {
-                let keep = current.as_deref() == Some(dir.as_path()) || dir.join(COMPLETE).is_file();
+                let keep =
+                    current.as_deref() == Some(dir.as_path()) || dir.join(COMPLETE).is_file();
                 if !keep {
                     log::warn!(
                         "removing the incomplete checkpoint generation {} (an interrupted save, g{n:06})",
@@ -424,7 +428,10 @@ impl CheckpointStore {
                 }
             }
             for t in crate::fsio::remove_leftover_tmp(&gens) {
-                log::warn!("removed the leftover temporary file {}", gens.join(t).display());
+                log::warn!(
+                    "removed the leftover temporary file {}",
+                    gens.join(t).display()
+                );
             }
         }
         let link = store.link();
@@ -440,11 +447,17 @@ impl CheckpointStore {
         }
         if link.is_dir() {
             for t in crate::fsio::remove_leftover_tmp(&link) {
-                log::warn!("removed the leftover temporary file {}", link.join(t).display());
+                log::warn!(
+                    "removed the leftover temporary file {}",
+                    link.join(t).display()
+                );
             }
         }
         for t in crate::fsio::remove_leftover_tmp(run) {
-            log::warn!("removed the leftover temporary file {}", run.join(t).display());
+            log::warn!(
+                "removed the leftover temporary file {}",
+                run.join(t).display()
+            );
         }
         Ok(store)
     }
@@ -476,7 +489,12 @@ impl CheckpointStore {
             .with_context(|| format!("cannot list {}", root.display()))?
             .flatten()
             .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-            .filter_map(|e| Some((generation_number(&e.file_name().to_string_lossy())?, e.path())))
+            .filter_map(|e| {
+                Some((
+                    generation_number(&e.file_name().to_string_lossy())?,
+                    e.path(),
+                ))
+            })
             .collect();
         v.sort();
         Ok(v)
@@ -496,7 +514,8 @@ impl CheckpointStore {
     /// carry over without copying).
     pub fn stage(&self) -> Result<Stage> {
         let root = self.gen_root();
-        std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
         let next = self.generations()?.last().map_or(1, |(n, _)| n + 1);
         let dir = root.join(format!("g{next:06}"));
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -565,7 +584,11 @@ impl CheckpointStore {
         std::os::unix::fs::symlink(&rel, &tmp)
             .with_context(|| format!("cannot create the link {}", tmp.display()))?;
         std::fs::rename(&tmp, self.link()).with_context(|| {
-            format!("cannot point {} at {}", self.link().display(), rel.display())
+            format!(
+                "cannot point {} at {}",
+                self.link().display(),
+                rel.display()
+            )
         })?;
         crate::fsio::sync_dir(&self.run);
         Ok(())
@@ -635,7 +658,12 @@ pub fn resolve_verified(model_file: &Path) -> Result<PathBuf> {
         run: run.to_path_buf(),
     };
     let cur_gen = store.current_generation();
-    for (n, gen) in store.complete_generations().unwrap_or_default().into_iter().rev() {
+    for (n, gen) in store
+        .complete_generations()
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+    {
         if Some(&gen) == cur_gen.as_ref() {
             continue;
         }
@@ -673,8 +701,12 @@ pub fn load(model_file: &Path, device: Device) -> Result<LoadedCheckpoint> {
     );
     let mpath = resolve_verified(&mpath)?;
     let sidecar = read_sidecar(&mpath)?;
-    let net = Network::new(&sidecar.architecture, device)
-        .with_context(|| format!("the architecture in the sidecar {}", paths(&mpath).2.display()))?;
+    let net = Network::new(&sidecar.architecture, device).with_context(|| {
+        format!(
+            "the architecture in the sidecar {}",
+            paths(&mpath).2.display()
+        )
+    })?;
     load_weights(&net, &mpath)?;
     Ok(LoadedCheckpoint {
         net,

@@ -1,9 +1,9 @@
 //! `advtrain export`: one branch of a multi-domain model (or a soup of two) as a plain
 //! single-BN checkpoint that loads, evaluates and fine-tunes as an ordinary model.
 
+use crate::checkpoint::{self, Sidecar};
 use crate::eval::controls::{check_soup, export_branch};
 use crate::nn::Route;
-use crate::checkpoint::{self, Sidecar};
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -41,7 +41,10 @@ pub fn run(a: ExportArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--route {}: {e}", a.route))?;
     net.check_route(a.route, "--route")?;
     if let Some((_, why)) = crate::nn::norm::shared_route(a.route, ns, ap) {
-        log::warn!("--route {}: {why}; the exported model is the same as for 'clean'", a.route);
+        log::warn!(
+            "--route {}: {why}; the exported model is the same as for 'clean'",
+            a.route
+        );
     }
     let soup = a.soup.map(check_soup).transpose()?;
     let (arch, tensors) = export_branch(&net, a.route, soup)?;

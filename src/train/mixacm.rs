@@ -10,8 +10,8 @@
 //! per-channel map, norm a row normalisation and D a distance. Switches give the ablation
 //! ladder ([`ABLATION_RUNGS`]). The teacher runs in eval mode under `no_grad`.
 
-use crate::nn::models::Model;
 use crate::checkpoint::import;
+use crate::nn::models::Model;
 use crate::nn::{ArchSpec, Ctx, Mode, Network};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};

@@ -16,10 +16,10 @@ pub mod teacher;
 /// The checkpoint module under its earlier path (it moved below `nn`).
 pub use crate::checkpoint;
 pub use recipe::{Objective, Recipe};
-pub use saved::restore;
-pub use run::{train, RunOptions};
 /// [`train`] under the name of the library API (`advtrain::train::run(&recipe, &options)`).
 pub use run::train as run;
+pub use run::{train, RunOptions};
+pub use saved::restore;
 
 /// Derive an independent 64-bit seed for (seed, epoch, stream) by SplitMix64 mixing, so every
 /// epoch's randomness is a pure function of the recipe seed (what makes resuming exact).

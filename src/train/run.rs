@@ -4,20 +4,20 @@
 //! `summary.json`. All randomness of epoch e is seeded from (seed, e), so resuming from the
 //! checkpoint after epoch e replays epochs e+1.. exactly as an uninterrupted run (on CPU).
 
-use crate::checkpoint::{self, CheckpointStore, Sidecar};
-use crate::fsio::{write_atomic, DirLock};
+use super::awp;
 use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
-use super::optim::{learning_rate, Sgd};
 use super::objectives::{Active, SetupCx, StepCx};
+use super::optim::{learning_rate, Sgd};
 use super::recipe::Recipe;
 use super::swa::{self, SwaAverage};
-use super::awp;
 use crate::attack::{Attack, Classifier, Pgd};
+use crate::checkpoint::{self, CheckpointStore, Sidecar};
 use crate::compute::with_precision;
 use crate::data::Splits;
 use crate::device::{device_name, parse_device};
 use crate::eval::{clean_counts, robust_counts};
+use crate::fsio::{write_atomic, DirLock};
 use crate::nn::network::channels_last;
 use crate::nn::{Ctx, Mode, Network};
 use anyhow::{Context, Result};
@@ -75,7 +75,6 @@ pub struct Collapse {
 const CHECKPOINT_FORMAT: &str = "advtrain-checkpoint-v1";
 /// The lock file of a run directory (see [`DirLock`]).
 pub const LOCK_FILE: &str = ".lock";
-
 
 const STREAM_INIT: u64 = 0;
 const STREAM_TORCH: u64 = 1;
@@ -220,7 +219,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         let stage = store.stage()?;
         let sdir = stage.dir().to_path_buf();
         if is_best {
-            checkpoint::save(&sdir.join("best.safetensors"), &model_tensors, None, sidecar(&m))?;
+            checkpoint::save(
+                &sdir.join("best.safetensors"),
+                &model_tensors,
+                None,
+                sidecar(&m),
+            )?;
         }
         objective.save(&sdir, recipe, epoch + 1)?;
         checkpoint::save(

@@ -83,7 +83,6 @@ impl Sidecar {
     }
 }
 
-
 /// Load a checkpoint written with optimiser state (`save(.., Some(state), ..)`) into `vars`
 /// and `sgd`, both files verified against the sidecar's sha256; returns the sidecar (resume).
 pub fn restore(

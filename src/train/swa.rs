@@ -2,9 +2,9 @@
 //! kept on disk next to the checkpoints (`checkpoints/swa_avg.*`) so a killed run resumes with
 //! it, and turned into a model at the end by re-estimating its BN statistics.
 
-use crate::checkpoint::{self, Sidecar};
 use super::recipe::{Recipe, SwaSpec};
 use crate::attack::ThreatNorm;
+use crate::checkpoint::{self, Sidecar};
 use crate::data::Dataset;
 use crate::eval::controls::{reestimate, Reestimate, StatsSource};
 use crate::nn::{Network, Route};

@@ -2,12 +2,12 @@
 //! architecture, clean and PGD validation accuracy), and the student-side projections with
 //! their own optimiser state (`checkpoints/projections.*`, saved each epoch, resumed exactly).
 
-use crate::checkpoint::{self, Sidecar};
 use super::derive_seed;
 use super::mixacm::{load_teacher, MixAcmSpec, Projections};
 use super::optim::Sgd;
 use super::recipe::Recipe;
 use crate::attack::{Classifier, Pgd};
+use crate::checkpoint::{self, Sidecar};
 use crate::data::Splits;
 use crate::eval::{clean_counts, robust_counts};
 use crate::nn::{Ctx, Mode, Network, Route};
@@ -141,8 +141,7 @@ impl Teacher {
             return Ok(());
         }
         let file = ckdir.join("projections.safetensors");
-        let side =
-            super::restore(&file, &self.projections.vs.variables(), &mut self.proj_sgd)?;
+        let side = super::restore(&file, &self.projections.vs.variables(), &mut self.proj_sgd)?;
         anyhow::ensure!(
             side.epoch == epoch,
             "{}: the projections are from epoch {} but the run resumes after epoch {epoch}",

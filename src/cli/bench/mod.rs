@@ -34,12 +34,12 @@ use crate::device::{device_name, parse_device};
 use anyhow::Result;
 use clap::Args;
 use parts::{time_ours, Part};
-use subject::Opts;
 use report::{
     print_model, side, twin_timing, work_flops, BenchReport, Gemm, ModelReport, PartReport, Round,
     TwinInfo,
 };
 use std::path::PathBuf;
+use subject::Opts;
 use subject::{checkpoint_subject, fresh_subject, TempDir};
 use twin::Twin;
 

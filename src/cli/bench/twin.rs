@@ -2,8 +2,8 @@
 //! weights and points our side used; its JSON lines are parsed back.
 
 use super::parts::Part;
-use super::subject::{Opts, EVAL_STEPS};
 use super::subject::Subject;
+use super::subject::{Opts, EVAL_STEPS};
 use super::BenchArgs;
 use crate::device::device_name;
 use crate::nn::norm::NormKind;
