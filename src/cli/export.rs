@@ -28,15 +28,7 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> Result<()> {
     let loaded = checkpoint::load(&a.checkpoint, Device::Cpu)?;
     let (net, side) = (loaded.net, loaded.sidecar);
-    // Sets held by the norm layers and heads (as eval counts them).
-    let norms = net.model.norms();
-    let ns = norms.iter().map(|(_, n)| n.stats.len()).max().unwrap_or(0);
-    let ap = norms
-        .iter()
-        .map(|(_, n)| n.affine.len())
-        .max()
-        .unwrap_or(0)
-        .max(net.arch.heads);
+    let (ns, ap) = net.route_sets();
     crate::nn::norm::check_route_sets(a.route, ns, ap)
         .map_err(|e| anyhow::anyhow!("--route {}: {e}", a.route))?;
     net.check_route(a.route, "--route")?;

@@ -140,14 +140,7 @@ impl Loaded {
 /// model has the domains it names; warns when it names another domain than clean for a part
 /// the model holds once (`swapped`: the route came from `--swap-ap`).
 fn route_label(net: &Network, route: Route, swapped: bool) -> Result<String> {
-    let norms = net.model.norms();
-    let ns = norms.iter().map(|(_, n)| n.stats.len()).max().unwrap_or(0);
-    let ap = norms
-        .iter()
-        .map(|(_, n)| n.affine.len())
-        .max()
-        .unwrap_or(0)
-        .max(net.arch.heads);
+    let (ns, ap) = net.route_sets();
     let flag = if swapped {
         "--route (with --swap-ap)"
     } else {

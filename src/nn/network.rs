@@ -76,6 +76,20 @@ impl Network {
         });
     }
 
+    /// Statistics sets and affine/head sets the model holds: the most any norm layer has
+    /// (and the heads), each 1 when shared by every domain.
+    pub fn route_sets(&self) -> (usize, usize) {
+        let norms = self.model.norms();
+        let ns = norms.iter().map(|(_, n)| n.stats.len()).max().unwrap_or(0);
+        let ap = norms
+            .iter()
+            .map(|(_, n)| n.affine.len())
+            .max()
+            .unwrap_or(0)
+            .max(self.arch.heads);
+        (ns, ap)
+    }
+
     /// Error unless every norm layer and the classifier head have the domains `route` names
     /// (`flag` names the option the route came from, e.g. `--route`).
     pub fn check_route(&self, route: Route, flag: &str) -> Result<()> {

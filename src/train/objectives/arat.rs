@@ -189,9 +189,6 @@ impl TrainObjective for Arat {
     fn resolve(&mut self) {
         self.hybrid.default_passes(Passes::Joint);
     }
-    fn routes(&self) -> Vec<(&'static str, Route)> {
-        self.hybrid.routes()
-    }
     fn validation_route(&self) -> Route {
         self.hybrid.adv_route
     }

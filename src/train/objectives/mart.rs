@@ -62,9 +62,6 @@ impl TrainObjective for Mart {
     fn resolve(&mut self) {
         self.hybrid.default_passes(Passes::Separate);
     }
-    fn routes(&self) -> Vec<(&'static str, Route)> {
-        self.hybrid.routes()
-    }
     fn validation_route(&self) -> Route {
         self.hybrid.adv_route
     }

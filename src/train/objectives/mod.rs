@@ -130,8 +130,10 @@ pub trait TrainObjective {
     fn resolve(&mut self) {}
 
     /// The routes the objective's settings name, with their fields (checked against the
-    /// model's statistics and affine sets).
-    fn routes(&self) -> Vec<(&'static str, Route)>;
+    /// model's statistics and affine sets); by default those of its [`HybridSpec`].
+    fn routes(&self) -> Vec<(&'static str, Route)> {
+        self.hybrid().map_or_else(Vec::new, HybridSpec::routes)
+    }
 
     /// The route validated each epoch (and whose PGD accuracy picks `checkpoints/best`) when
     /// `validation.route` is not set.
