@@ -19,6 +19,10 @@
 //!   no final `bn`: 11,172,170 - 1,024. The PGD-AT reference has the final `bn`.)
 //! wide-resnet-28-10 = 36,479,194: conv1 432; block1 (16->160) 1,640,672;
 //!   block2 (160->320) 6,968,000; block3 (320->640) 27,862,400; bn1 1,280; fc 6,410.
+//! resnet-cifar-20 = 269,722 (He et al. 2016's "0.27M", option-A shortcuts have no weights):
+//!   conv1 3*16*9 = 432 + bn1 32; layer1 3 x (2 x 16*16*9 + 2 x 32) = 14,016;
+//!   layer2 (16*32*9 + 32*32*9 + 128) + 2 x (2 x 32*32*9 + 128) = 51,072;
+//!   layer3 (32*64*9 + 64*64*9 + 256) + 2 x (2 x 64*64*9 + 256) = 203,520; fc 64*10 + 10 = 650.
 
 use advtrain::nn::{
     build_model, ArchSpec, Ctx, Mode, Model, NormKind, NormSpec, Route, ADV, CLEAN,
@@ -70,6 +74,8 @@ fn small_models() -> Vec<(ArchSpec, i64)> {
         (spec("resnet", 3, Some(50), None), 16),
         (spec("wide-resnet", 3, Some(16), Some(1)), 16),
         (spec("wide-resnet", 1, Some(10), Some(2)), 28),
+        (spec("resnet-cifar", 3, Some(8), None), 16),
+        (spec("resnet-cifar", 1, Some(20), None), 28),
     ]
 }
 
@@ -79,7 +85,11 @@ fn output_and_stage_shapes() {
         let (_vs, m) = build(&s);
         let f = tch::no_grad(|| m.forward_stages(&input(2, s.in_channels, hw), &Ctx::train()));
         assert_eq!(f.logits.size(), [2, 10], "{}", s.name);
-        let n_stages = if s.name == "wide-resnet" { 3 } else { 4 };
+        let n_stages = if s.name.contains("wide") || s.name == "resnet-cifar" {
+            3
+        } else {
+            4
+        };
         assert_eq!(f.stages.len(), n_stages, "{}", s.name);
         // Spatial size: stride 1 in the first stage, then halved per stage.
         for (k, st) in f.stages.iter().enumerate() {
@@ -91,6 +101,7 @@ fn output_and_stage_shapes() {
         let expect = match (s.name.as_str(), s.depth, s.width) {
             ("resnet", Some(50), _) => 2048,
             ("wide-resnet", _, Some(w)) => 64 * w,
+            ("resnet-cifar", _, _) => 64,
             _ => 512,
         };
         assert_eq!(last, expect, "{}", s.name);
@@ -436,4 +447,139 @@ fn norm_kinds_and_domains_come_from_the_spec() {
             "{k}"
         );
     }
+}
+
+#[test]
+fn resnet_cifar_counts_names_and_depth_rule() {
+    // n = (depth - 2) / 6 blocks per stage; each extra block of stage k adds 2 convs + 2 norms.
+    let per_block = [
+        2 * 16 * 16 * 9 + 64,
+        2 * 32 * 32 * 9 + 128,
+        2 * 64 * 64 * 9 + 256,
+    ];
+    for depth in [20i64, 32, 56, 110] {
+        let (vs, m) = build(&spec("resnet-cifar", 3, Some(depth), None));
+        let extra = (depth - 20) / 6;
+        let want = 269_722 + extra * per_block.iter().sum::<i64>();
+        assert_eq!(trainable(&vs), want, "resnet-cifar-{depth}");
+        assert_eq!(m.norms().len() as i64, 1 + 2 * 3 * (depth - 2) / 6);
+    }
+    let (vs, _) = build(&spec("resnet-cifar", 3, Some(20), None));
+    let n = names(&vs);
+    for k in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer3.2.conv2.weight",
+        "fc.bias",
+    ] {
+        assert!(n.contains(k), "{k}");
+    }
+    assert!(n
+        .iter()
+        .all(|k| !k.contains("shortcut") && !k.contains("downsample")));
+    for bad in [21, 6, 2, -4] {
+        let vs = VarStore::new(Device::Cpu);
+        let e = build_model(&vs.root(), &spec("resnet-cifar", 3, Some(bad), None))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("6n+2") && e.contains(&bad.to_string()), "{e}");
+    }
+}
+
+/// PyTorch twin of the CIFAR ResNet (He et al. 2016, option-A shortcuts), written from the
+/// paper: the same state-dict names load strictly, and logits agree in eval and train mode.
+const RESNET_CIFAR_TWIN: &str = r#"
+import sys, torch, torch.nn as nn, torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+class Block(nn.Module):
+    def __init__(s, cin, cout, stride):
+        super().__init__()
+        s.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); s.bn1 = nn.BatchNorm2d(cout)
+        s.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False); s.bn2 = nn.BatchNorm2d(cout)
+        s.stride, s.extra = stride, cout - cin
+    def forward(s, x):
+        h = s.bn2(s.conv2(F.relu(s.bn1(s.conv1(x)))))
+        sc = x
+        if s.stride != 1 or s.extra:
+            sc = F.pad(x[:, :, ::s.stride, ::s.stride], (0, 0, 0, 0, s.extra // 2, s.extra - s.extra // 2))
+        return F.relu(h + sc)
+class Net(nn.Module):
+    def __init__(s, cin, n, k):
+        super().__init__()
+        s.conv1 = nn.Conv2d(cin, 16, 3, 1, 1, bias=False); s.bn1 = nn.BatchNorm2d(16)
+        c, layers = 16, []
+        for i, w in enumerate([16, 32, 64]):
+            blocks = []
+            for j in range(n):
+                blocks.append(Block(c, w, 2 if i > 0 and j == 0 else 1)); c = w
+            setattr(s, f"layer{i+1}", nn.Sequential(*blocks))
+        s.fc = nn.Linear(64, k)
+    def forward(s, x):
+        h = F.relu(s.bn1(s.conv1(x)))
+        h = s.layer3(s.layer2(s.layer1(h)))
+        return s.fc(h.mean((2, 3)))
+w = load_file(sys.argv[1]); x = w.pop("input")
+net = Net(x.shape[1], int(sys.argv[2]), 10)
+net.load_state_dict(w, strict=True)
+with torch.no_grad():
+    out = {"eval": net.eval()(x)}
+    out["train"] = net.train()(x)
+save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[3])
+"#;
+
+#[test]
+fn resnet_cifar_matches_a_pytorch_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vs, m) = build(&spec("resnet-cifar", 3, Some(8), None));
+    // Non-trivial running statistics, so eval mode differs from train mode.
+    tch::no_grad(|| {
+        for (k, v) in vs.variables() {
+            if k.ends_with("running_var") {
+                let _ = v.shallow_clone().fill_(1.7);
+            } else if k.ends_with("running_mean") {
+                let _ = v.shallow_clone().fill_(0.05);
+            }
+        }
+    });
+    let x = input(6, 3, 16);
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .collect();
+    named.push(("input".into(), x.shallow_clone()));
+    let wfile = dir.path().join("w.safetensors");
+    Tensor::write_safetensors(&named, &wfile).unwrap();
+    let script = dir.path().join("twin.py");
+    std::fs::write(&script, RESNET_CIFAR_TWIN).unwrap();
+    let ofile = dir.path().join("out.safetensors");
+    let python = std::env::var_os("ADVTRAIN_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"))
+        .join("bin/python");
+    let st = std::process::Command::new(&python)
+        .args([
+            script.as_os_str(),
+            wfile.as_os_str(),
+            "1".as_ref(),
+            ofile.as_os_str(),
+        ])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(st.success(), "the PyTorch twin failed");
+    let out: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&ofile)
+        .unwrap()
+        .into_iter()
+        .collect();
+    // Eval first: the train-mode forward updates running statistics (in both twins).
+    let ours_eval = tch::no_grad(|| m.forward(&x, &Ctx::eval()));
+    let ours_train = tch::no_grad(|| m.forward(&x, &Ctx::train()));
+    for (mode, ours) in [("eval", ours_eval), ("train", ours_train)] {
+        let diff = (&ours - &out[mode]).abs().max().double_value(&[]);
+        let scale = out[mode].abs().max().double_value(&[]);
+        assert!(diff <= 1e-4 * scale.max(1.0), "{mode}: max |diff| {diff}");
+    }
+    let gap = (&out["eval"] - &out["train"]).abs().max().double_value(&[]);
+    assert!(gap > 1e-3, "eval and train mode must differ here ({gap})");
 }

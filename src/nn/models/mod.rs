@@ -4,6 +4,7 @@
 
 pub mod preact_resnet;
 pub mod resnet;
+pub mod resnet_cifar;
 pub mod small_cnn;
 pub mod wide_resnet;
 
@@ -58,11 +59,12 @@ pub trait Model: Send {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchSpec {
-    /// Registry name: small-cnn, preact-resnet18, resnet18, resnet, wide-resnet.
+    /// Registry name: small-cnn, preact-resnet18, resnet18, resnet, wide-resnet, resnet-cifar.
     pub name: String,
     pub num_classes: i64,
     pub in_channels: i64,
-    /// Depth for `resnet` (e.g. 10, 18, 34, 50) and `wide-resnet` (6n+4, e.g. 28, 34).
+    /// Depth for `resnet` (e.g. 10, 18, 34, 50), `wide-resnet` (6n+4, e.g. 28, 34) and
+    /// `resnet-cifar` (6n+2, e.g. 20, 56, 110).
     #[serde(default)]
     pub depth: Option<i64>,
     /// Width factor for `wide-resnet` (e.g. 10).
@@ -173,6 +175,7 @@ pub const ARCHITECTURES: &[&str] = &[
     "resnet18",
     "resnet",
     "wide-resnet",
+    "resnet-cifar",
 ];
 
 /// Build the model named by `spec` with its variables under `p`.
@@ -211,6 +214,7 @@ pub fn build_model(p: &nn::Path, spec: &ArchSpec) -> anyhow::Result<Box<dyn Mode
             Box::new(resnet::ResNet::new(p, spec, depth)?)
         }
         "wide-resnet" => Box::new(wide_resnet::WideResNet::new(p, spec)?),
+        "resnet-cifar" => Box::new(resnet_cifar::ResNetCifar::new(p, spec)?),
         other => anyhow::bail!(
             "unknown architecture '{other}': expected one of {}",
             ARCHITECTURES.join(", ")
