@@ -525,6 +525,15 @@ net.load_state_dict(w, strict=True)
 with torch.no_grad():
     out = {"eval": net.eval()(x)}
     out["train"] = net.train()(x)
+    from torch.utils.flop_counter import FlopCounterMode
+    fc = FlopCounterMode(display=False)
+    with fc:
+        net.eval()(x[:1])
+    out["flops"] = torch.tensor([float(fc.get_total_flops())], dtype=torch.float64)
+    fc = FlopCounterMode(display=False)
+    with fc:
+        net.eval()(torch.zeros(1, x.shape[1], 28, 28))
+    out["flops28"] = torch.tensor([float(fc.get_total_flops())], dtype=torch.float64)
 save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[3])
 "#;
 
@@ -582,4 +591,9 @@ fn resnet_cifar_matches_a_pytorch_twin() {
     }
     let gap = (&out["eval"] - &out["train"]).abs().max().double_value(&[]);
     assert!(gap > 1e-3, "eval and train mode must differ here ({gap})");
+    // torch's FlopCounterMode counts 2 FLOPs per multiply-accumulate of convs and linears.
+    let macs = advtrain::nn::models::resnet_cifar::macs_per_image(8, 3, [16, 16], 10).unwrap();
+    assert_eq!(2 * macs, out["flops"].double_value(&[0]) as i64);
+    let macs = advtrain::nn::models::resnet_cifar::macs_per_image(8, 3, [28, 28], 10).unwrap();
+    assert_eq!(2 * macs, out["flops28"].double_value(&[0]) as i64);
 }

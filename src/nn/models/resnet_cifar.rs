@@ -139,3 +139,29 @@ impl Model for ResNetCifar {
         out
     }
 }
+
+/// Multiply-accumulates of one forward of one `in_channels x h x w` image through
+/// ResNet-`depth` (convolutions and `fc`; norms, ReLUs, additions and pooling excluded, the
+/// usual FLOP count convention, FLOPs = 2 MACs):
+/// `sum over convs of cout * cin * 9 * h_out * w_out + 64 * num_classes`.
+pub fn macs_per_image(
+    depth: i64,
+    in_channels: i64,
+    hw: [i64; 2],
+    num_classes: i64,
+) -> anyhow::Result<i64> {
+    let n = blocks_per_stage(depth)? as i64;
+    let out = |s: i64, stride: i64| (s + stride - 1) / stride;
+    let (mut h, mut w) = (hw[0], hw[1]);
+    let mut macs = 16 * in_channels * 9 * h * w;
+    let mut cin = 16;
+    for (k, cout) in [16i64, 32, 64].into_iter().enumerate() {
+        for i in 0..n {
+            let stride = if k > 0 && i == 0 { 2 } else { 1 };
+            (h, w) = (out(h, stride), out(w, stride));
+            macs += cout * cin * 9 * h * w + cout * cout * 9 * h * w;
+            cin = cout;
+        }
+    }
+    Ok(macs + 64 * num_classes)
+}
