@@ -1,4 +1,6 @@
-//! Device selection: `auto` = CUDA when available, else CPU.
+//! Device selection: `auto` = CUDA when available, else CPU (with a warning naming the likely
+//! cause when an NVIDIA GPU is present but this torch build cannot use it), and the cuDNN
+//! benchmark policy: on only where shapes are stable ([`cudnn_benchmark_for`]).
 
 use anyhow::Result;
 use tch::Device;
@@ -61,9 +63,83 @@ impl DeviceChoice {
     pub fn resolve(self) -> Result<Device> {
         match self {
             DeviceChoice::Auto if tch::Cuda::is_available() => cuda(0),
-            DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => {
+                if let Some(w) = gpu_unused_warning(&nvidia_devices(), nvidia_driver().as_deref()) {
+                    log::warn!("{w}");
+                }
+                Ok(Device::Cpu)
+            }
+            DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda(n) => cuda(n),
         }
+    }
+}
+
+/// NVIDIA device nodes present on this machine (`/dev/nvidia0`, `/dev/nvidia1`, ...).
+pub fn nvidia_devices() -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir("/dev")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.strip_prefix("nvidia")
+                        .is_some_and(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_digit()))
+                })
+                .map(|n| format!("/dev/{n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// The kernel driver's version line (`/proc/driver/nvidia/version`), when loaded.
+pub fn nvidia_driver() -> Option<String> {
+    let t = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
+    t.lines().next().map(|l| l.trim().to_string())
+}
+
+/// The warning for `auto` resolving to the CPU while NVIDIA devices are present (`None` when
+/// none is): the usual cause is a torch wheel built for a newer CUDA than the driver supports
+/// (the default PyPI torch 2.11.0 wheel is built for CUDA 13.0 and needs driver >= 580).
+pub fn gpu_unused_warning(devices: &[String], driver: Option<&str>) -> Option<String> {
+    if devices.is_empty() {
+        return None;
+    }
+    let driver = driver.map_or("the NVIDIA kernel driver is not loaded".to_string(), |d| {
+        format!("driver: {d}")
+    });
+    Some(format!(
+        "device auto: NVIDIA device(s) {} present but CUDA is not available to this torch build, \
+         so running on the CPU ({driver}). Likely cause: the torch wheel's CUDA needs a newer \
+         driver (the default torch 2.11.0 wheel is built for CUDA 13.0: driver >= 580). Fix: \
+         reinstall torch for your driver's CUDA, e.g. ADVTRAIN_TORCH_INDEX=\
+         https://download.pytorch.org/whl/cu126 scripts/setup (README 'GPU'), or pass \
+         --device cpu to silence this",
+        devices.join(", ")
+    ))
+}
+
+/// Phases with a policy for cuDNN's algorithm search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Training: every step has the same shapes (the last batch aside), so the search pays.
+    Training,
+    /// Evaluation: attacks shrink batches to the points still robust (APGD/FAB subsets,
+    /// AutoAttack's cascade, Square's k points), so every new size would re-run the search.
+    Evaluation,
+}
+
+/// Whether cuDNN's benchmark mode (per-shape algorithm search) is used in `phase`:
+/// on in training, off in evaluation.
+pub fn cudnn_benchmark_for(phase: Phase) -> bool {
+    phase == Phase::Training
+}
+
+/// Set cuDNN's benchmark mode for `phase` on a CUDA `device` (nothing on the CPU).
+pub fn enter_phase(device: Device, phase: Phase) {
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(cudnn_benchmark_for(phase));
     }
 }
 
@@ -80,8 +156,8 @@ fn cuda(n: usize) -> Result<Device> {
         "device cuda:{n} requested but CUDA is not available (devices: {})",
         tch::Cuda::device_count()
     );
-    // cuDNN picks the fastest convolution algorithm per shape (shapes repeat every step).
-    tch::Cuda::cudnn_set_benchmark(true);
+    // Benchmark mode is set per phase (`enter_phase`): off until a phase says otherwise.
+    tch::Cuda::cudnn_set_benchmark(false);
     Ok(Device::Cuda(n))
 }
 

@@ -420,3 +420,33 @@ fn compute_settings_are_validated_printed_and_recorded() {
         0.0
     ));
 }
+
+#[test]
+fn auto_on_a_gpu_machine_without_usable_cuda_warns_with_the_cause() {
+    use advtrain::device::gpu_unused_warning;
+    assert_eq!(gpu_unused_warning(&[], Some("NVRM version: 535.54")), None);
+    let devs = vec!["/dev/nvidia0".to_string(), "/dev/nvidia1".to_string()];
+    let w = gpu_unused_warning(
+        &devs,
+        Some("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.54.03"),
+    )
+    .unwrap();
+    for part in [
+        "/dev/nvidia0, /dev/nvidia1",
+        "535.54.03",
+        "driver >= 580",
+        "ADVTRAIN_TORCH_INDEX",
+        "--device cpu",
+    ] {
+        assert!(w.contains(part), "{part}: {w}");
+    }
+    let w = gpu_unused_warning(&devs[..1], None).unwrap();
+    assert!(w.contains("driver is not loaded"), "{w}");
+}
+
+#[test]
+fn cudnn_benchmark_only_while_shapes_are_stable() {
+    use advtrain::device::{cudnn_benchmark_for, Phase};
+    assert!(cudnn_benchmark_for(Phase::Training));
+    assert!(!cudnn_benchmark_for(Phase::Evaluation));
+}
