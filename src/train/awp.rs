@@ -19,9 +19,12 @@ pub fn perturbed_weights(net: &Network) -> Vec<(String, Tensor)> {
 }
 
 /// `v_l = gamma * ||w_l|| / ||d_l|| * d_l` for each weight tensor with `d_l = dL/dw_l`.
+/// The ratio stays a device tensor (no host read per weight, so a CUDA step does not wait on
+/// each of the ~40 weights of a ResNet), computed in float64 then applied in the weight's dtype.
 pub fn perturbation(w: &Tensor, d: &Tensor, gamma: f64) -> Tensor {
-    let scale = gamma * w.norm().double_value(&[]) / (d.norm().double_value(&[]) + 1e-20);
-    d * scale
+    let f64 = tch::Kind::Double;
+    let scale = w.norm().to_kind(f64) * gamma / (d.norm().to_kind(f64) + 1e-20);
+    d * scale.to_kind(d.kind())
 }
 
 /// Add the AWP perturbation for `loss` (whose graph reaches the weights) to every weight;
