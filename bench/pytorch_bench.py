@@ -198,6 +198,8 @@ def main():
     print(json.dumps(info), flush=True)
     for p in parts:
         torch.manual_seed(a.seed)
+        # cuDNN's algorithm search where shapes stay fixed, as advtrain does (src/device.rs).
+        torch.backends.cudnn.benchmark = p in ("at", "pgd20")
         r = PARTS[p](a, dev, images, labels)
         if "elapsed_s" in r:
             r["images_per_s"] = r["images"] / r["elapsed_s"]

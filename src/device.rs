@@ -128,12 +128,14 @@ pub enum Phase {
     /// Evaluation: attacks shrink batches to the points still robust (APGD/FAB subsets,
     /// AutoAttack's cascade, Square's k points), so every new size would re-run the search.
     Evaluation,
+    /// An evaluation known to keep one batch shape (a benchmark's fixed-batch PGD-20).
+    FixedShapes,
 }
 
 /// Whether cuDNN's benchmark mode (per-shape algorithm search) is used in `phase`:
-/// on in training, off in evaluation.
+/// on in training and fixed-shape work, off in evaluation.
 pub fn cudnn_benchmark_for(phase: Phase) -> bool {
-    phase == Phase::Training
+    phase != Phase::Evaluation
 }
 
 /// Set cuDNN's benchmark mode for `phase` on a CUDA `device` (nothing on the CPU).

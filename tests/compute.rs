@@ -448,5 +448,6 @@ fn auto_on_a_gpu_machine_without_usable_cuda_warns_with_the_cause() {
 fn cudnn_benchmark_only_while_shapes_are_stable() {
     use advtrain::device::{cudnn_benchmark_for, Phase};
     assert!(cudnn_benchmark_for(Phase::Training));
+    assert!(cudnn_benchmark_for(Phase::FixedShapes));
     assert!(!cudnn_benchmark_for(Phase::Evaluation));
 }

@@ -222,6 +222,15 @@ pub fn run(a: BenchArgs, compute: &crate::compute::Compute) -> Result<()> {
                     round + 1,
                     a.repeat
                 );
+                // cuDNN's algorithm search where shapes stay fixed (the twin does the same).
+                crate::device::enter_phase(
+                    device,
+                    match part {
+                        Part::At => crate::device::Phase::Training,
+                        Part::Pgd20 => crate::device::Phase::FixedShapes,
+                        Part::Autoattack => crate::device::Phase::Evaluation,
+                    },
+                );
                 let ours = side(time_ours(part, &s, &o)?, work);
                 let mut theirs = None;
                 if let (Some(t), None) = (&twin, &skipped) {
