@@ -10,6 +10,17 @@
 //!   whole batch). In eval mode every row is computed independently, so splitting a step's
 //!   forward/backward changes nothing but cache use; the attack's own batch, random draws and
 //!   iterations are those of the whole batch.
+//! - `tf32`: TensorFloat-32 on CUDA (Ampere and later): `pytorch` (the default, as PyTorch:
+//!   cuDNN convolutions in TF32, cuBLAS matmuls in full fp32), `on` (both), `off` (neither:
+//!   fp32 really is fp32). No effect on the CPU.
+//! - `deterministic`: deterministic algorithms (libtorch's `use_deterministic_algorithms`, warning
+//!   for ops without one), deterministic cuDNN with its benchmark search off, and
+//!   `CUBLAS_WORKSPACE_CONFIG=:4096:8`. On the CPU a seeded run is already exact (and resumes
+//!   exactly); on CUDA it is not without this switch (atomics in backward kernels, cuDNN's
+//!   algorithm choice), and with it only as far as every op has a deterministic kernel.
+//!
+//! `tf32` and `deterministic` are libtorch process settings: they are applied once per command
+//! ([`apply_process_settings`]) and recorded like the others.
 //!
 //! The settings are a value: a run's (its recipe's `[compute]`), an evaluation's
 //! (`eval::EvalSetup::compute`) or a benchmark's, given to each attacked function with
@@ -33,6 +44,32 @@ pub enum Precision {
 
 crate::choice::value_enum_text!(Precision => "precision");
 
+/// TensorFloat-32 use on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tf32 {
+    /// PyTorch's default: cuDNN convolutions in TF32, cuBLAS matmuls in fp32.
+    #[default]
+    Pytorch,
+    /// Convolutions and matmuls in TF32.
+    On,
+    /// Neither: full fp32.
+    Off,
+}
+
+crate::choice::value_enum_text!(Tf32 => "tf32");
+
+impl Tf32 {
+    /// (cuDNN convolutions, cuBLAS matmuls) in TF32.
+    pub fn flags(self) -> (bool, bool) {
+        match self {
+            Tf32::Pytorch => (true, false),
+            Tf32::On => (true, true),
+            Tf32::Off => (false, false),
+        }
+    }
+}
+
 /// Default rows per attack micro-batch on CPU (measured best of 64/128/250/whole for small-cnn on
 /// the project's 2-core machines; docs/BENCHMARKS.md).
 pub const DEFAULT_ATTACK_CHUNK: usize = 128;
@@ -49,6 +86,10 @@ pub struct Compute {
     pub fold_bn: bool,
     #[serde(default = "default_chunk")]
     pub attack_chunk: usize,
+    #[serde(default)]
+    pub tf32: Tf32,
+    #[serde(default)]
+    pub deterministic: bool,
 }
 
 fn yes() -> bool {
@@ -64,6 +105,8 @@ const DEFAULTS: Compute = Compute {
     precision_train: Precision::Fp32,
     fold_bn: true,
     attack_chunk: DEFAULT_ATTACK_CHUNK,
+    tf32: Tf32::Pytorch,
+    deterministic: false,
 };
 
 impl Default for Compute {
@@ -76,7 +119,7 @@ impl Compute {
     /// One line for the start-of-run printout.
     pub fn describe(&self) -> String {
         format!(
-            "precision attack {} / train {}, fold_bn {}, attack_chunk {}",
+            "precision attack {} / train {}, fold_bn {}, attack_chunk {}, tf32 {}, deterministic {}",
             self.precision_attack,
             self.precision_train,
             self.fold_bn,
@@ -84,7 +127,9 @@ impl Compute {
                 "off".to_string()
             } else {
                 self.attack_chunk.to_string()
-            }
+            },
+            self.tf32,
+            self.deterministic
         )
     }
 }
@@ -112,7 +157,58 @@ pub fn bf16_warning(c: &Compute) -> Option<String> {
     })
 }
 
+/// libtorch's process-wide numerics switches as they are now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSettings {
+    pub tf32_cudnn: bool,
+    pub tf32_cublas: bool,
+    pub deterministic_algorithms: bool,
+    pub deterministic_cudnn: bool,
+}
+
+/// Read libtorch's TF32 and determinism switches.
+pub fn process_settings() -> ProcessSettings {
+    let t = unsafe { advtrain_tf32_state() };
+    let d = unsafe { advtrain_deterministic_state() };
+    ProcessSettings {
+        tf32_cudnn: t & 1 != 0,
+        tf32_cublas: t & 2 != 0,
+        deterministic_algorithms: d & 1 != 0,
+        deterministic_cudnn: d & 2 != 0,
+    }
+}
+
+/// Apply `c.tf32` and `c.deterministic` to libtorch's process settings (with `deterministic`,
+/// also `CUBLAS_WORKSPACE_CONFIG=:4096:8` unless set, and cuDNN's benchmark search stays off:
+/// [`crate::device::enter_phase`]). Call once per command, before the first CUDA operation.
+pub fn apply_process_settings(c: &Compute) -> anyhow::Result<()> {
+    let (cudnn, cublas) = c.tf32.flags();
+    anyhow::ensure!(
+        unsafe { advtrain_set_tf32(cudnn as i32, cublas as i32) } == 0,
+        "setting tf32 = {} failed",
+        c.tf32
+    );
+    if c.deterministic && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        // Read by cuBLAS when its first handle is made; no CUDA work has run yet.
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
+    anyhow::ensure!(
+        unsafe { advtrain_set_deterministic(c.deterministic as i32) } == 0,
+        "setting deterministic = {} failed",
+        c.deterministic
+    );
+    if c.tf32 != Tf32::Pytorch || c.deterministic {
+        // Read back from libtorch, so the log shows what is in force, not what was asked.
+        eprintln!("libtorch numerics: {:?}", process_settings());
+    }
+    Ok(())
+}
+
 extern "C" {
+    fn advtrain_set_tf32(cudnn: i32, cublas: i32) -> i32;
+    fn advtrain_tf32_state() -> i32;
+    fn advtrain_set_deterministic(on: i32) -> i32;
+    fn advtrain_deterministic_state() -> i32;
     fn advtrain_autocast_set(device: i32, enabled: i32, dtype: i32) -> i32;
     fn advtrain_autocast_enabled(device: i32) -> i32;
     fn advtrain_grad_enabled() -> i32;

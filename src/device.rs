@@ -138,10 +138,12 @@ pub fn cudnn_benchmark_for(phase: Phase) -> bool {
     phase != Phase::Evaluation
 }
 
-/// Set cuDNN's benchmark mode for `phase` on a CUDA `device` (nothing on the CPU).
+/// Set cuDNN's benchmark mode for `phase` on a CUDA `device` (nothing on the CPU); always off
+/// under `deterministic` ([`crate::compute::apply_process_settings`]).
 pub fn enter_phase(device: Device, phase: Phase) {
     if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(cudnn_benchmark_for(phase));
+        let deterministic = crate::compute::process_settings().deterministic_cudnn;
+        tch::Cuda::cudnn_set_benchmark(cudnn_benchmark_for(phase) && !deterministic);
     }
 }
 

@@ -419,6 +419,78 @@ fn compute_settings_are_validated_printed_and_recorded() {
         128.0,
         0.0
     ));
+    assert_eq!(v["compute"]["tf32"], "pytorch");
+    assert_eq!(v["compute"]["deterministic"], false);
+
+    // tf32 / deterministic: recorded in the JSON, and libtorch's switches read back as set.
+    let o = advtrain(&[
+        "--tf32",
+        "off",
+        "--deterministic",
+        "eval",
+        "--run",
+        &run.display().to_string(),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.1",
+        "--test-limit",
+        "20",
+        "--json",
+        &json.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = common::read_json(&json);
+    assert_eq!(v["compute"]["tf32"], "off");
+    assert_eq!(v["compute"]["deterministic"], true);
+    let err = stderr(&o);
+    for part in [
+        "tf32_cudnn: false",
+        "tf32_cublas: false",
+        "deterministic_algorithms: true",
+        "deterministic_cudnn: true",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    // The training side: `[compute]` keys, with the flag as an override, saved with the run.
+    let run2 = tmp.path().join("run-tf32");
+    let o = advtrain(&[
+        "--tf32",
+        "on",
+        "train",
+        "--recipe",
+        &recipe.display().to_string(),
+        "--out",
+        &run2.display().to_string(),
+        "--set",
+        "train.attack.steps=1",
+        "--train-limit",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tf32_cudnn: true, tf32_cublas: true"),
+        "{}",
+        stderr(&o)
+    );
+    let saved = std::fs::read_to_string(run2.join("recipe.toml")).unwrap();
+    assert!(saved.contains("tf32 = \"on\""), "{saved}");
+    let o = advtrain(&[
+        "--tf32",
+        "tf16",
+        "eval",
+        "--run",
+        &run.display().to_string(),
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.1",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("tf32"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

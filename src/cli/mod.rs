@@ -59,6 +59,13 @@ pub struct ComputeArgs {
     /// default 128).
     #[arg(long, global = true, value_name = "ROWS")]
     pub attack_chunk: Option<usize>,
+    /// TensorFloat-32 on CUDA: pytorch (default: convolutions TF32, matmuls fp32), on, off.
+    #[arg(long, global = true, value_parser = crate::choice::choice::<crate::compute::Tf32>())]
+    pub tf32: Option<crate::compute::Tf32>,
+    /// Deterministic algorithms (CUDA: deterministic cuDNN, no benchmark search,
+    /// CUBLAS_WORKSPACE_CONFIG); the CPU is deterministic already.
+    #[arg(long, global = true)]
+    pub deterministic: bool,
 }
 
 impl ComputeArgs {
@@ -77,6 +84,12 @@ impl ComputeArgs {
         if let Some(n) = self.attack_chunk {
             c.attack_chunk = n;
         }
+        if let Some(t) = self.tf32 {
+            c.tf32 = t;
+        }
+        if self.deterministic {
+            c.deterministic = true;
+        }
         c
     }
 
@@ -94,6 +107,12 @@ impl ComputeArgs {
         }
         if let Some(n) = self.attack_chunk {
             v.push(format!("compute.attack_chunk={n}"));
+        }
+        if let Some(t) = self.tf32 {
+            v.push(format!("compute.tf32=\"{t}\""));
+        }
+        if self.deterministic {
+            v.push("compute.deterministic=true".into());
         }
         v
     }
@@ -117,6 +136,7 @@ pub fn main() -> anyhow::Result<()> {
         if let Some(w) = crate::compute::bf16_warning(&compute) {
             log::warn!("{w}");
         }
+        crate::compute::apply_process_settings(&compute)?;
     }
     match cli.command {
         Command::Train(mut a) => {

@@ -31,3 +31,44 @@ int advtrain_autocast_enabled(int device) {
 // Whether autograd records operations (false inside no_grad).
 int advtrain_grad_enabled() { return c10::GradMode::is_enabled() ? 1 : 0; }
 }
+
+// Numerics switches of libtorch's global context (torch.backends.* in Python).
+#include <ATen/Context.h>
+
+extern "C" {
+// TF32 for cuDNN convolutions and cuBLAS matmuls (torch.backends.cudnn.allow_tf32,
+// torch.backends.cuda.matmul.allow_tf32). Returns 0, or -1 on an exception.
+int advtrain_set_tf32(int cudnn, int cublas) {
+  try {
+    at::globalContext().setAllowTF32CuDNN(cudnn != 0);
+    at::globalContext().setAllowTF32CuBLAS(cublas != 0);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Bit 0: TF32 in cuDNN convolutions, bit 1: TF32 in cuBLAS matmuls.
+int advtrain_tf32_state() {
+  return (at::globalContext().allowTF32CuDNN() ? 1 : 0) |
+         (at::globalContext().allowTF32CuBLAS() ? 2 : 0);
+}
+
+// Deterministic algorithms (torch.use_deterministic_algorithms(on, warn_only=True)) and
+// deterministic cuDNN (torch.backends.cudnn.deterministic). Returns 0, or -1 on an exception.
+int advtrain_set_deterministic(int on) {
+  try {
+    at::globalContext().setDeterministicAlgorithms(on != 0, /*warn_only=*/true);
+    at::globalContext().setDeterministicCuDNN(on != 0);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Bit 0: deterministic algorithms, bit 1: deterministic cuDNN.
+int advtrain_deterministic_state() {
+  return (at::globalContext().deterministicAlgorithms() ? 1 : 0) |
+         (at::globalContext().deterministicCuDNN() ? 2 : 0);
+}
+}

@@ -84,6 +84,7 @@ const STREAM_OVERFIT: u64 = 4;
 
 /// Train `recipe` into `opts.out`. With `opts.resume`, continue from `checkpoints/last`.
 pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
+    crate::compute::apply_process_settings(&recipe.compute)?;
     let device = parse_device(&recipe.device)?;
     crate::device::enter_phase(device, crate::device::Phase::Training);
     let out = &opts.out;
