@@ -110,7 +110,20 @@ fn earlier_layout_recipes_load_to_the_same_settings() {
         let new = toml::Value::try_from(&r).unwrap();
         let (old, new) = (old.as_table().unwrap(), new.as_table().unwrap());
         for (k, v) in new {
-            if k != "train" {
+            if k == "compute" {
+                // Keys added since (with their defaults, which the earlier code had implicitly).
+                let added = [("tf32", "\"pytorch\""), ("deterministic", "false")];
+                let (o, n) = (old[k].as_table().unwrap(), v.as_table().unwrap());
+                for (kk, vv) in n {
+                    match added.iter().find(|(a, _)| a == kk) {
+                        Some((_, d)) if !o.contains_key(kk) => {
+                            assert_eq!(vv.to_string(), *d, "{name}: compute.{kk}")
+                        }
+                        _ => assert_eq!(Some(vv), o.get(kk), "{name}: compute.{kk}"),
+                    }
+                }
+                assert!(o.keys().all(|kk| n.contains_key(kk)), "{name}: compute");
+            } else if k != "train" {
                 assert_eq!(Some(v), old.get(k), "{name}: {k}");
             }
         }
