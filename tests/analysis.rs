@@ -13,7 +13,9 @@ use advtrain::data::{Augment, Dataset};
 use advtrain::eval::clean_counts;
 use advtrain::eval::controls::{Reestimate, StatsSource};
 use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormKind, NormSpec, Route, ADV, CLEAN};
-use common::{analyze as advtrain, close, read_json, save_run, small_cnn_arch as arch, stderr};
+use common::{
+    analyze as advtrain, close, dual_bn_model, read_json, save_run, small_cnn_arch as arch, stderr,
+};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -257,34 +259,6 @@ fn stat_distances_compare_with_the_routes_running_statistics() {
 // ---------------------------------------------------------------------------------------------
 // bn-swap
 // ---------------------------------------------------------------------------------------------
-
-/// A Dual-BN small-cnn whose branches hold different statistics (clean: x, adv: 0.5 x + 0.3),
-/// with confident logits.
-fn dual_bn_model() -> Network {
-    tch::manual_seed(21);
-    let net = Network::new(&arch(2, 2), Device::Cpu).unwrap();
-    let x = Tensor::rand([48, 1, 28, 28], (Kind::Float, Device::Cpu));
-    for _ in 0..3 {
-        let _ = tch::no_grad(|| {
-            net.model
-                .forward(&x, &Ctx::new(Route::domain(CLEAN), Mode::Train))
-        });
-        let z = &x * 0.5 + 0.3;
-        let _ = tch::no_grad(|| {
-            net.model
-                .forward(&z, &Ctx::new(Route::domain(ADV), Mode::Train))
-        });
-    }
-    for (_, n) in net.model.norms() {
-        let w = &n.affine[ADV].weight;
-        set(w, &(w.rand_like() + 0.5));
-    }
-    tch::no_grad(|| {
-        let mut w = net.variables()["fc.weight"].shallow_clone();
-        let _ = w.g_mul_scalar_(30.0);
-    });
-    net
-}
 
 /// `n` random images labelled by the clean route's prediction (first half) or at random.
 fn labelled(net: &Network, n: i64, seed: i64) -> Dataset {

@@ -208,3 +208,33 @@ pub fn save_run(run: &Path, data: &Path, net: &advtrain::nn::Network) {
     )
     .unwrap();
 }
+
+/// A Dual-BN small-cnn whose branches hold different statistics (clean: x, adv: 0.5 x + 0.3),
+/// with confident logits.
+pub fn dual_bn_model() -> advtrain::nn::Network {
+    use advtrain::nn::{Ctx, Mode, Network, Route, ADV, CLEAN};
+    use tch::{Device, Kind, Tensor};
+    tch::manual_seed(21);
+    let net = Network::new(&small_cnn_arch(2, 2), Device::Cpu).unwrap();
+    let x = Tensor::rand([48, 1, 28, 28], (Kind::Float, Device::Cpu));
+    for _ in 0..3 {
+        let _ = tch::no_grad(|| {
+            net.model
+                .forward(&x, &Ctx::new(Route::domain(CLEAN), Mode::Train))
+        });
+        let z = &x * 0.5 + 0.3;
+        let _ = tch::no_grad(|| {
+            net.model
+                .forward(&z, &Ctx::new(Route::domain(ADV), Mode::Train))
+        });
+    }
+    for (_, n) in net.model.norms() {
+        let w = &n.affine[ADV].weight;
+        tch::no_grad(|| w.shallow_clone().copy_(&(w.rand_like() + 0.5)));
+    }
+    tch::no_grad(|| {
+        let mut w = net.variables()["fc.weight"].shallow_clone();
+        let _ = w.g_mul_scalar_(30.0);
+    });
+    net
+}
