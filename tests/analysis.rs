@@ -306,6 +306,7 @@ fn bn_swap_cells_match_clean_counts_and_leave_the_model_untouched() {
             eps: 0.1,
             seed: 0,
         },
+        compute: Default::default(),
     };
     let s = bn_swap(&net, &test, &train, &cfg).unwrap();
     assert_eq!(s.cells.len(), 6);

@@ -20,12 +20,19 @@ use std::path::{Path, PathBuf};
 /// The analyses whose outputs are part of the contract: (case, kind, model, arguments).
 /// `single` is the confident small-cnn, `dual` a Dual-BN small-cnn with distinct branches.
 const CASES: &[(&str, &str, &str, &[&str])] = &[
-    ("domain-gap", "domain-gap", "single", &["--eps", "0.1", "--n", "32"]),
+    (
+        "domain-gap",
+        "domain-gap",
+        "single",
+        &["--eps", "0.1", "--n", "32"],
+    ),
     (
         "domain-gap-dual-adv",
         "domain-gap",
         "dual",
-        &["--eps", "0.05", "--n", "16", "--route", "adv", "--seed", "3"],
+        &[
+            "--eps", "0.05", "--n", "16", "--route", "adv", "--seed", "3",
+        ],
     ),
     ("bn-divergence", "bn-divergence", "dual", &[]),
     (
@@ -81,7 +88,14 @@ const CASES: &[(&str, &str, &str, &[&str])] = &[
         "grad-conflict",
         "single",
         &[
-            "--terms", "adv-ce,dist-sg", "--eps", "0.1", "--n", "16", "--hooks", "bn3",
+            "--terms",
+            "adv-ce,dist-sg",
+            "--eps",
+            "0.1",
+            "--n",
+            "16",
+            "--hooks",
+            "bn3",
         ],
     ),
     (
@@ -219,9 +233,7 @@ fn analyze_outputs_keep_every_field_of_the_stored_examples() {
         let out = root.join("out").join(case);
         let run = root.join(model).display().to_string();
         let out_s = out.display().to_string();
-        let mut full = vec![
-            *kind, "--run", &run, "--out", &out_s, "--device", "cpu",
-        ];
+        let mut full = vec![*kind, "--run", &run, "--out", &out_s, "--device", "cpu"];
         full.extend_from_slice(args);
         let o = common::analyze(&full);
         assert!(o.status.success(), "{case}: {}", common::stderr(&o));
@@ -278,7 +290,8 @@ fn the_contract_check_detects_renames_moves_and_changes() {
     let want_text = "{\n  \"a\": 1.0,\n  \"b\": {\n    \"c\": \"x\",\n    \"n\": [1, 2]\n  },\n  \"elapsed_s\": 3.0\n}";
     let want: Value = serde_json::from_str(want_text).unwrap();
     let (mut errors, mut exact) = (Vec::new(), true);
-    let got = serde_json::json!({"a": 1.0, "b": {"c": "x", "n": [1, 2], "new": 1}, "elapsed_s": 9.0});
+    let got =
+        serde_json::json!({"a": 1.0, "b": {"c": "x", "n": [1, 2], "new": 1}, "elapsed_s": 9.0});
     contains(&want, &got, "", &mut errors, &mut exact);
     assert!(errors.is_empty() && exact, "{errors:?}");
     for bad in [
@@ -292,13 +305,19 @@ fn the_contract_check_detects_renames_moves_and_changes() {
         assert!(!errors.is_empty(), "{bad} passed");
     }
     let (mut errors, mut exact) = (Vec::new(), true);
-    let tiny = serde_json::json!({"a": 1.0 + 1e-12, "b": {"c": "x", "n": [1, 2]}, "elapsed_s": 3.0});
+    let tiny =
+        serde_json::json!({"a": 1.0 + 1e-12, "b": {"c": "x", "n": [1, 2]}, "elapsed_s": 3.0});
     contains(&want, &tiny, "", &mut errors, &mut exact);
-    assert!(errors.is_empty() && !exact, "a rounding difference is tolerated but not exact");
+    assert!(
+        errors.is_empty() && !exact,
+        "a rounding difference is tolerated but not exact"
+    );
     let keys = key_order(want_text);
     assert_eq!(keys, ["2:a", "2:b", "4:c", "4:n", "2:elapsed_s"]);
     let added = key_order("{\n  \"a\": 1,\n  \"z\": 2,\n  \"b\": {\n    \"c\": 1,\n    \"n\": 1\n  },\n  \"elapsed_s\": 1\n}");
     assert!(order_kept(&keys, &added).is_ok());
-    let moved = key_order("{\n  \"b\": {\n    \"c\": 1,\n    \"n\": 1\n  },\n  \"a\": 1,\n  \"elapsed_s\": 1\n}");
+    let moved = key_order(
+        "{\n  \"b\": {\n    \"c\": 1,\n    \"n\": 1\n  },\n  \"a\": 1,\n  \"elapsed_s\": 1\n}",
+    );
     assert!(order_kept(&keys, &moved).is_err());
 }

@@ -4,12 +4,14 @@
 //! channel is which) and the mean absolute channel-wise difference. Parts the layer shares
 //! between the branches are `None` (JSON null).
 
+use super::plan::{AnalysisSetup, Provenance, Subject};
 use super::{finite_mean, mean_abs_diff, to_vec, wasserstein1};
 use crate::nn::norm::domain_name;
 use crate::nn::{Domain, Model, ADV, CLEAN};
 use crate::report::plot::{LinePlot, Series};
-use anyhow::Result;
-use serde::Serialize;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use tch::Tensor;
 
 /// Two distances between the channel vectors of one quantity in the two branches.
@@ -197,5 +199,88 @@ impl BnDivergence {
             series,
             y_range: None,
         }
+    }
+}
+
+/// `advtrain analyze bn-divergence` as a plan: the clean branch against the adversarial one
+/// in every norm layer of the checkpoint (no data, no randomness).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub setup: AnalysisSetup,
+}
+
+/// The JSON written by `analyze bn-divergence` (tests/analysis_contract.rs guards it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    pub branches: [String; 2],
+    pub layers: Vec<LayerDivergence>,
+    pub summary: DivergenceSummary,
+    pub plot: String,
+}
+
+/// Run `plan` on its checkpoint ([`Subject::load`]).
+pub fn run(plan: &Plan) -> Result<Report> {
+    run_on(plan, Subject::load(&plan.setup)?)
+}
+
+/// [`run`] on the plan's checkpoint, already loaded.
+pub fn run_on(plan: &Plan, s: Subject) -> Result<Report> {
+    let d = bn_divergence(s.net().model.as_ref())
+        .with_context(|| format!("bn-divergence on {}", s.file.display()))?;
+    Ok(Report {
+        provenance: s.provenance("bn-divergence"),
+        branches: d.branches,
+        layers: d.layers,
+        summary: d.summary,
+        plot: plan.setup.paths("bn-divergence").1.display().to_string(),
+    })
+}
+
+impl Report {
+    /// The result the report holds.
+    pub fn result(&self) -> BnDivergence {
+        BnDivergence {
+            branches: self.branches.clone(),
+            layers: self.layers.clone(),
+            summary: self.summary.clone(),
+        }
+    }
+
+    /// The PNG the report names ([`BnDivergence::plot`]) written to `path`.
+    pub fn write_png(&self, path: &Path) -> Result<()> {
+        let title = format!(
+            "BN branch divergence ({} vs {}): {}",
+            self.branches[0], self.branches[1], self.provenance.architecture
+        );
+        self.result().plot(title).write(path)
+    }
+}
+
+/// The per-layer table (W1 and mean |difference| of each part; `shared` where it is not split).
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cell = |d: Option<Divergence>| match d {
+            Some(d) => format!("{:>9.4} {:>9.4}", d.w1, d.mean_abs_diff),
+            None => format!("{:>9} {:>9}", "shared", "-"),
+        };
+        writeln!(
+            f,
+            "{:<24} {:>19} {:>19} {:>19} {:>19}",
+            "layer (W1, mean|d|)", "mu", "sigma", "gamma", "beta"
+        )?;
+        for r in &self.layers {
+            writeln!(
+                f,
+                "{:<24} {} {} {} {}",
+                r.layer,
+                cell(r.mu),
+                cell(r.sigma),
+                cell(r.gamma),
+                cell(r.beta)
+            )?;
+        }
+        Ok(())
     }
 }

@@ -8,17 +8,21 @@
 //! ([`reestimate`](crate::eval::controls::reestimate) through ns = clean, ap = the column), then
 //! evaluated through ns = clean, ap = the column; the network passed in is never modified.
 
+use super::plan::{check_n, check_threat, AnalysisSetup, Provenance, Subject, TestImages};
 use super::{bn_layers, copy_network, is_multi_domain};
 use crate::attack::{Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
+use crate::compute::Compute;
 use crate::data::Dataset;
+use crate::device::device_name;
 use crate::eval::controls::{reestimate, Reestimate};
-use crate::eval::{robust_counts, Counts};
+use crate::eval::{robust_counts, Counts, Progress, Threat};
 use crate::nn::norm::domain_name;
 use crate::nn::{Ctx, Domain, Mode, Model, Network, Route, ADV, CLEAN};
 use crate::report::plot::{Heatmap, ValueFormat};
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Instant;
 use tch::Device;
 
 /// Settings of the swap matrix.
@@ -34,6 +38,8 @@ pub struct SwapConfig {
     pub seed: u64,
     /// How the re-estimated rows' running statistics are computed.
     pub reestimate: Reestimate,
+    /// Compute settings of the attacked function ([`Classifier::with_compute`]).
+    pub compute: Compute,
 }
 
 /// PGD step size: eps/4 for up to 10 steps, else 2.5 * eps / steps.
@@ -86,7 +92,7 @@ pub fn eval_route(
     device: Device,
 ) -> Counts {
     let pgd = Pgd::new(attack_config(cfg));
-    let f = Classifier::new(model, Ctx::new(route, Mode::Eval));
+    let f = Classifier::new(model, Ctx::new(route, Mode::Eval)).with_compute(&cfg.compute);
     tch::manual_seed(cfg.seed as i64);
     robust_counts(&f, &pgd, test, cfg.batch_size, device)
 }
@@ -256,4 +262,172 @@ fn side_by_side(pngs: &[Vec<u8>]) -> Result<Vec<u8>> {
         writer.finish()?;
     }
     Ok(out)
+}
+
+/// `advtrain analyze bn-swap` as a plan: the swap matrix on the first `data.n` test images,
+/// PGD-`steps` at `threat.eps` ([`swap_step_size`]), re-estimating on the training split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub setup: AnalysisSetup,
+    pub data: TestImages,
+    /// L-inf only ([`check_threat`]).
+    pub threat: Threat,
+    pub steps: usize,
+    /// Evaluation batch size.
+    pub batch_size: usize,
+    /// How the re-estimated rows' clean statistics are computed.
+    pub reestimate: Reestimate,
+}
+
+impl Plan {
+    /// The sizes and the re-estimation budget (errors name the flags).
+    pub fn check(&self) -> Result<()> {
+        check_threat(&self.threat)?;
+        check_n(self.data.n)?;
+        let r = &self.reestimate;
+        for (flag, v) in [
+            ("--steps", self.steps),
+            ("--reestimate-batches", r.batches),
+            ("--reestimate-batch-size", r.batch_size),
+            ("--batch-size", self.batch_size),
+        ] {
+            anyhow::ensure!(v >= 1, "{flag} must be >= 1");
+        }
+        anyhow::ensure!(
+            r.eps >= 0.0 && r.eps.is_finite(),
+            "--reestimate-eps must be a finite number >= 0, got {}",
+            r.eps
+        );
+        Ok(())
+    }
+}
+
+/// The JSON written by `analyze bn-swap` (tests/analysis_contract.rs guards it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    pub eps: f64,
+    pub n: usize,
+    pub steps: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub attack: String,
+    pub attack_config: PgdConfig,
+    pub bn_mode: &'static str,
+    pub reestimate: Reestimate,
+    pub reestimate_routes: Vec<String>,
+    pub reestimated_images: usize,
+    pub cells: Vec<SwapCell>,
+    pub device: String,
+    pub elapsed_s: f64,
+    pub plot: String,
+}
+
+/// Run `plan` on its checkpoint ([`Subject::load`]).
+pub fn run(plan: &Plan, out: &mut dyn Progress) -> Result<Report> {
+    plan.check()?;
+    run_on(plan, Subject::load(&plan.setup)?, out)
+}
+
+/// [`run`] on the plan's checkpoint, already loaded.
+pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report> {
+    plan.check()?;
+    let (eps, seed, r) = (plan.threat.eps, plan.setup.seed, &plan.reestimate);
+    let start = Instant::now();
+    s.check_has_bn("bn-swap")?;
+    anyhow::ensure!(
+        is_multi_domain(s.net()),
+        "bn-swap: the model of {} has one statistics set and one affine set in every layer \
+         (a single-BN model); the swap matrix needs a multi-domain model (Dual BN, Dual-NS, Dual-AP)",
+        s.file.display()
+    );
+    let test = s.test(&plan.data, out)?;
+    let train = s
+        .data_spec(&plan.data)?
+        .load()
+        .context("loading the training split for --reestimate-on")?
+        .train;
+    let cfg = SwapConfig {
+        eps,
+        steps: plan.steps,
+        batch_size: plan.batch_size,
+        seed,
+        reestimate: r.clone(),
+        compute: plan.setup.compute,
+    };
+    out.info(&format!(
+        "bn-swap {} | pgd-{} eps {eps} | n {} | re-estimation on {} ({} x {}) | seed {seed} | device {}",
+        s.file.display(),
+        plan.steps,
+        test.len(),
+        r.source,
+        r.batches,
+        r.batch_size,
+        device_name(s.device())
+    ));
+    let m = bn_swap(s.net(), &test, &train, &cfg)?;
+    if m.reestimated_images < r.batches * r.batch_size {
+        out.info(&format!(
+            "note: the training split holds {} images, fewer than --reestimate-batches x \
+             --reestimate-batch-size; the re-estimation averaged all of them",
+            m.reestimated_images
+        ));
+    }
+    Ok(Report {
+        provenance: s.provenance("bn-swap"),
+        eps,
+        n: m.n,
+        steps: plan.steps,
+        seed,
+        batch_size: plan.batch_size,
+        attack: m.attack,
+        attack_config: m.attack_config,
+        bn_mode: "eval",
+        reestimate: m.reestimate,
+        reestimate_routes: vec!["ns=clean,ap=adv".into(), "ns=clean,ap=clean".into()],
+        reestimated_images: m.reestimated_images,
+        cells: m.cells,
+        device: device_name(s.device()),
+        elapsed_s: start.elapsed().as_secs_f64(),
+        plot: plan.setup.paths("bn-swap").1.display().to_string(),
+    })
+}
+
+impl Report {
+    /// The result the report holds.
+    pub fn result(&self) -> BnSwap {
+        BnSwap {
+            cells: self.cells.clone(),
+            n: self.n,
+            attack: self.attack.clone(),
+            attack_config: self.attack_config.clone(),
+            reestimate: self.reestimate.clone(),
+            reestimated_images: self.reestimated_images,
+        }
+    }
+
+    /// The PNG the report names ([`BnSwap::write_png`]) written to `path`.
+    pub fn write_png(&self, path: &Path) -> Result<()> {
+        let title = format!(" (n={}): {}", self.n, self.provenance.architecture);
+        self.result().write_png(path, &title)
+    }
+}
+
+/// The matrix as a table: clean and robust accuracy per (NS, AP).
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{:<14} {:<6} {:>8} {:>8}", "NS", "AP", "clean", "robust")?;
+        for c in &self.cells {
+            writeln!(
+                f,
+                "{:<14} {:<6} {:>7.2}% {:>7.2}%",
+                c.ns,
+                c.ap,
+                100.0 * c.clean_accuracy,
+                100.0 * c.robust_accuracy
+            )?;
+        }
+        Ok(())
+    }
 }

@@ -7,13 +7,19 @@
 //! statistics set `route.ns` resolves to. Every forward runs in eval mode, so the running
 //! statistics do not move and each layer's input is what the deployed model computes.
 
+use super::plan::{check_n, check_threat, AnalysisSetup, Provenance, Subject, TestImages};
 use super::{bn_layers, finite_mean, to_vec, wasserstein1};
 use crate::attack::{correct, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
+use crate::compute::Compute;
+use crate::device::device_name;
 use crate::eval::controls::probe_batch_stats;
+use crate::eval::{Progress, Threat};
 use crate::nn::{Ctx, Mode, Model, Route};
 use crate::report::plot::{LinePlot, Series};
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Settings of one domain-gap measurement.
@@ -27,6 +33,8 @@ pub struct GapConfig {
     pub seed: u64,
     /// PGD iterations (step eps/4, uniform start).
     pub steps: usize,
+    /// Compute settings of the attack ([`Classifier::with_compute`]).
+    pub compute: Compute,
 }
 
 impl GapConfig {
@@ -37,6 +45,7 @@ impl GapConfig {
             route,
             seed,
             steps: 10,
+            compute: Compute::default(),
         }
     }
 }
@@ -149,7 +158,8 @@ pub fn domain_gap(model: &dyn Model, x: &Tensor, y: &Tensor, cfg: &GapConfig) ->
         cfg.eps / 4.0,
         cfg.steps,
     ));
-    let x_adv = pgd.perturb(&Classifier::new(model, ctx), x, y).detach();
+    let f = Classifier::new(model, ctx).with_compute(&cfg.compute);
+    let x_adv = pgd.perturb(&f, x, y).detach();
     let adv = stat_distances(model, cfg.route, &x_adv)?;
     let noise = stat_distances(model, cfg.route, &x_noise)?;
     let clean = stat_distances(model, cfg.route, x)?;
@@ -214,5 +224,133 @@ impl DomainGap {
             ],
             y_range: None,
         }
+    }
+}
+
+/// `advtrain analyze domain-gap` as a plan: one batch of the first `data.n` test images, its
+/// PGD-10 (step eps/4) and uniform-noise versions at `threat.eps`, through `route` in eval mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub setup: AnalysisSetup,
+    pub data: TestImages,
+    /// L-inf only ([`check_threat`]).
+    pub threat: Threat,
+    /// Route of the forward passes and the attack; its NS names the running statistics compared.
+    pub route: Route,
+}
+
+/// The JSON written by `analyze domain-gap` (tests/analysis_contract.rs guards it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    pub eps: f64,
+    pub n: usize,
+    pub route: String,
+    pub seed: u64,
+    pub attack: serde_json::Value,
+    pub noise: String,
+    pub statistic: &'static str,
+    pub clean_batch_accuracy: f64,
+    pub adv_batch_accuracy: f64,
+    pub noise_batch_accuracy: f64,
+    pub layers: Vec<LayerGap>,
+    pub summary: GapSummary,
+    pub device: String,
+    pub elapsed_s: f64,
+    pub plot: String,
+}
+
+/// Run `plan` on its checkpoint ([`Subject::load`]).
+pub fn run(plan: &Plan, out: &mut dyn Progress) -> Result<Report> {
+    check_threat(&plan.threat)?;
+    check_n(plan.data.n)?;
+    run_on(plan, Subject::load(&plan.setup)?, out)
+}
+
+/// [`run`] on the plan's checkpoint, already loaded.
+pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report> {
+    let (eps, route, seed) = (plan.threat.eps, plan.route, plan.setup.seed);
+    check_threat(&plan.threat)?;
+    check_n(plan.data.n)?;
+    let start = Instant::now();
+    s.check_has_bn("domain-gap")?;
+    s.net().check_route(route, "--route")?;
+    let (test, x, y) = s.test_batch(&plan.data, out)?;
+    let mut cfg = GapConfig::new(eps, route, seed);
+    cfg.compute = plan.setup.compute;
+    out.info(&format!(
+        "domain-gap {} | eps {eps} | n {} | route {route} | seed {seed} | device {}",
+        s.file.display(),
+        test.len(),
+        device_name(s.device())
+    ));
+    let g = domain_gap(s.net().model.as_ref(), &x, &y, &cfg)?;
+    let pgd = PgdConfig::new(ThreatNorm::Linf, eps, eps / 4.0, cfg.steps);
+    Ok(Report {
+        provenance: s.provenance("domain-gap"),
+        eps,
+        n: test.len(),
+        route: route.to_string(),
+        seed,
+        attack: serde_json::to_value(&pgd)?,
+        noise: "clip(x + U(-eps, eps), 0, 1)".into(),
+        statistic: "W1 over channels: batch mean vs running_mean (mu), sqrt(batch var) vs \
+                    sqrt(running_var) (sigma); running statistics of route.ns, eval mode",
+        clean_batch_accuracy: g.clean_batch_accuracy,
+        adv_batch_accuracy: g.adv_batch_accuracy,
+        noise_batch_accuracy: g.noise_batch_accuracy,
+        layers: g.layers,
+        summary: g.summary,
+        device: device_name(s.device()),
+        elapsed_s: start.elapsed().as_secs_f64(),
+        plot: plan.setup.paths("domain-gap").1.display().to_string(),
+    })
+}
+
+impl Report {
+    /// The result the report holds.
+    pub fn result(&self) -> DomainGap {
+        DomainGap {
+            layers: self.layers.clone(),
+            summary: self.summary.clone(),
+            clean_batch_accuracy: self.clean_batch_accuracy,
+            adv_batch_accuracy: self.adv_batch_accuracy,
+            noise_batch_accuracy: self.noise_batch_accuracy,
+        }
+    }
+
+    /// The PNG the report names ([`DomainGap::plot`]) written to `path`.
+    pub fn write_png(&self, path: &Path) -> Result<()> {
+        let title = format!(
+            "Domain gap, eps {} (n={}, route {}): {}",
+            self.eps, self.n, self.route, self.provenance.architecture
+        );
+        self.result().plot(title).write(path)
+    }
+}
+
+/// The per-layer table.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "layer", "adv-mu", "noise-mu", "clean-mu", "adv-sig", "noise-sig", "clean-sig"
+        )?;
+        for r in &self.layers {
+            writeln!(
+                f,
+                "{:<24} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
+                r.layer,
+                r.adv_mu,
+                r.noise_mu,
+                r.clean_mu,
+                r.adv_sigma,
+                r.noise_sigma,
+                r.clean_sigma
+            )?;
+        }
+        Ok(())
     }
 }

@@ -15,18 +15,26 @@
 //! `h` when it has one for the hook).
 
 use super::is_multi_domain;
+use super::plan::{check_n, check_threat, AnalysisSetup, Provenance, Subject, TestImages};
 use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
+use crate::compute::Compute;
+use crate::device::device_name;
+use crate::eval::{Progress, Threat};
 use crate::nn::hook::hooked;
 use crate::nn::predictor::Predictor;
 use crate::nn::{Ctx, Hook, Mode, Model, Network, Route, ADV, CLEAN};
 use crate::report::plot::{BarPlot, BarSeries};
 use crate::train::step::{kl_rows, negative_cosine, pooled_feature};
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Instant;
 use tch::{Kind, Reduction, Tensor};
 
-/// A loss term whose parameter gradient is compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A loss term whose parameter gradient is compared (its name: the kebab-case of the variant,
+/// written once here for the command line, `Display`, `FromStr` and serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Term {
     /// `CE(f(x; clean route), y)`.
     CleanCe,
@@ -35,7 +43,7 @@ pub enum Term {
     /// TRADES' `(1/B) sum_i KL(p(x_i) || p(x'_i))`, `p(x)` through the clean route, `p(x')`
     /// through the adversarial route.
     Kl,
-    /// As [`Term::Kl`] with `p(x)` detached (stop-gradient on the clean side).
+    /// As `kl` with `p(x)` detached (stop-gradient on the clean side).
     KlSg,
     /// Naive invariance `1 - cos(z', z)`, gradient through both sides.
     Inv,
@@ -45,29 +53,9 @@ pub enum Term {
     AratAsym,
 }
 
+crate::choice::value_enum_text!(Term => "term");
+
 impl Term {
-    pub const ALL: [Term; 7] = [
-        Term::CleanCe,
-        Term::AdvCe,
-        Term::Kl,
-        Term::KlSg,
-        Term::Inv,
-        Term::DistSg,
-        Term::AratAsym,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Term::CleanCe => "clean-ce",
-            Term::AdvCe => "adv-ce",
-            Term::Kl => "kl",
-            Term::KlSg => "kl-sg",
-            Term::Inv => "inv",
-            Term::DistSg => "dist-sg",
-            Term::AratAsym => "arat-asym",
-        }
-    }
-
     /// Whether the term reads feature hooks.
     pub fn uses_features(self) -> bool {
         matches!(self, Term::Inv | Term::DistSg | Term::AratAsym)
@@ -88,32 +76,6 @@ impl Features<'_> {
     };
 }
 
-impl std::fmt::Display for Term {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Term {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Term::ALL
-            .into_iter()
-            .find(|t| t.name() == s.trim())
-            .ok_or_else(|| {
-                format!(
-                    "unknown term '{s}': expected clean-ce, adv-ce, kl, kl-sg, inv, dist-sg or arat-asym"
-                )
-            })
-    }
-}
-
-impl Serialize for Term {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
 /// Exactly two terms from `A,B` (errors name `--terms`).
 pub fn parse_terms(s: &str) -> Result<[Term; 2]> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
@@ -123,7 +85,9 @@ pub fn parse_terms(s: &str) -> Result<[Term; 2]> {
     );
     let mut out = [Term::CleanCe; 2];
     for (o, p) in out.iter_mut().zip(&parts) {
-        *o = p.parse().map_err(|e| anyhow::anyhow!("--terms {s}: {e}"))?;
+        *o = p
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--terms {s}: {e}"))?;
     }
     Ok(out)
 }
@@ -350,6 +314,8 @@ pub struct ConflictConfig {
     pub adv_route: Route,
     /// Feature hooks of the invariance terms (inv, dist-sg, arat-asym).
     pub hooks: Vec<Hook>,
+    /// Compute settings of the attack ([`Classifier::with_compute`]).
+    pub compute: Compute,
 }
 
 impl ConflictConfig {
@@ -362,6 +328,7 @@ impl ConflictConfig {
             seed,
             adv_route,
             hooks: vec![],
+            compute: Compute::default(),
         }
     }
 
@@ -455,7 +422,7 @@ pub fn grad_conflict(
     let pgd = Pgd::new(cfg.pgd());
     let x_adv = pgd
         .perturb(
-            &Classifier::new(model, Ctx::new(cfg.adv_route, Mode::Eval)),
+            &Classifier::new(model, Ctx::new(cfg.adv_route, Mode::Eval)).with_compute(&cfg.compute),
             x,
             y,
         )
@@ -500,5 +467,163 @@ impl GradConflict {
                 ),
             ],
         }
+    }
+}
+
+/// `advtrain analyze grad-conflict` as a plan: the gradient conflict of two terms on one batch
+/// of the first `data.n` test images and its PGD-10 (step eps/4) at `threat.eps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub setup: AnalysisSetup,
+    pub data: TestImages,
+    /// L-inf only ([`check_threat`]).
+    pub threat: Threat,
+    /// Term A and term B.
+    pub terms: [Term; 2],
+    /// Feature hooks of the invariance terms; `None`: the run's `train.arat.hooks`, else the
+    /// model's predictors, else the last stage ([`default_hooks`]).
+    pub hooks: Option<Vec<Hook>>,
+    /// Adversarial route (attack and adversarial side of the terms); `None`:
+    /// [`default_adv_route`]. The clean side always takes the clean route.
+    pub route: Option<Route>,
+}
+
+/// The hooks of a run without `--hooks`: its `train.arat.hooks`, else the model's
+/// predictors, else the last stage.
+pub fn default_hooks(s: &Subject) -> Vec<Hook> {
+    if let Some(crate::train::objectives::Objective::Arat(a)) =
+        s.recipe.as_ref().map(|r| &r.train.objective)
+    {
+        return a.arat.hooks.clone();
+    }
+    let net = s.net();
+    if !net.arch.predictors.is_empty() {
+        return net.arch.predictors.clone();
+    }
+    let n = net.probe_stages([32, 32]).len();
+    vec![Hook::Stage(n.saturating_sub(1))]
+}
+
+/// The JSON written by `analyze grad-conflict` (tests/analysis_contract.rs guards it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub provenance: Provenance,
+    pub terms: [String; 2],
+    pub hooks: Vec<Hook>,
+    pub eps: f64,
+    pub n: usize,
+    pub seed: u64,
+    pub adv_route: String,
+    pub clean_route: String,
+    pub attack: serde_json::Value,
+    pub bn_mode: &'static str,
+    pub loss_a: f64,
+    pub loss_b: f64,
+    pub overall: Conflict,
+    pub layers: Vec<LayerConflict>,
+    pub tensors: Vec<TensorConflict>,
+    pub device: String,
+    pub elapsed_s: f64,
+    pub plot: String,
+}
+
+/// Run `plan` on its checkpoint ([`Subject::load`]).
+pub fn run(plan: &Plan, out: &mut dyn Progress) -> Result<Report> {
+    check_threat(&plan.threat)?;
+    check_n(plan.data.n)?;
+    run_on(plan, Subject::load(&plan.setup)?, out)
+}
+
+/// [`run`] on the plan's checkpoint, already loaded.
+pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report> {
+    let (eps, seed, terms) = (plan.threat.eps, plan.setup.seed, plan.terms);
+    check_threat(&plan.threat)?;
+    check_n(plan.data.n)?;
+    let start = Instant::now();
+    let adv_route = plan.route.unwrap_or_else(|| default_adv_route(s.net()));
+    s.net().check_route(adv_route, "--route")?;
+    let (test, x, y) = s.test_batch(&plan.data, out)?;
+    let mut cfg = ConflictConfig::new(terms, eps, seed, adv_route);
+    cfg.hooks = plan.hooks.clone().unwrap_or_else(|| default_hooks(&s));
+    cfg.compute = plan.setup.compute;
+    out.info(&format!(
+        "grad-conflict {} | {} vs {} | eps {eps} | n {} | adv route {adv_route} | hooks {:?} | seed {seed} | device {}",
+        s.file.display(),
+        terms[0],
+        terms[1],
+        test.len(),
+        cfg.hooks,
+        device_name(s.device())
+    ));
+    let g = grad_conflict(s.net(), &x, &y, &cfg)?;
+    Ok(Report {
+        provenance: s.provenance("grad-conflict"),
+        terms: [terms[0].to_string(), terms[1].to_string()],
+        hooks: cfg.hooks.clone(),
+        eps,
+        n: test.len(),
+        seed,
+        adv_route: adv_route.to_string(),
+        clean_route: Route::domain(CLEAN).to_string(),
+        attack: serde_json::to_value(cfg.pgd())?,
+        bn_mode: "attack: eval; gradients: train-frozen (batch statistics, running ones untouched)",
+        loss_a: g.loss_a,
+        loss_b: g.loss_b,
+        overall: g.overall,
+        layers: g.layers,
+        tensors: g.tensors,
+        device: device_name(s.device()),
+        elapsed_s: start.elapsed().as_secs_f64(),
+        plot: plan.setup.paths("grad-conflict").1.display().to_string(),
+    })
+}
+
+impl Report {
+    /// The result the report holds.
+    pub fn result(&self) -> GradConflict {
+        GradConflict {
+            loss_a: self.loss_a,
+            loss_b: self.loss_b,
+            overall: self.overall,
+            layers: self.layers.clone(),
+            tensors: self.tensors.clone(),
+        }
+    }
+
+    /// The PNG the report names ([`GradConflict::plot`]) written to `path`.
+    pub fn write_png(&self, path: &Path) -> Result<()> {
+        let title = format!(
+            "Gradient conflict {} vs {}, eps {} (n={}, adv route {}): {}",
+            self.terms[0],
+            self.terms[1],
+            self.eps,
+            self.n,
+            self.adv_route,
+            self.provenance.architecture
+        );
+        self.result().plot(title).write(path)
+    }
+}
+
+/// Per layer and overall: parameters, cosine, opposite-sign fraction and both norms.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<24} {:>10} {:>9} {:>9} {:>11} {:>11}",
+            "layer", "parameters", "cosine", "opposite", "norm-a", "norm-b"
+        )?;
+        let row = |f: &mut std::fmt::Formatter<'_>, name: &str, c: &Conflict| {
+            writeln!(
+                f,
+                "{:<24} {:>10} {:>9.4} {:>9.4} {:>11.4e} {:>11.4e}",
+                name, c.parameters, c.cosine, c.opposite_sign_fraction, c.norm_a, c.norm_b
+            )
+        };
+        for r in &self.layers {
+            row(f, &r.layer, &r.conflict)?;
+        }
+        row(f, "overall", &self.overall)
     }
 }

@@ -9,14 +9,41 @@
 //! - [`grad_conflict`]: cosine and opposite-sign fraction of the parameter gradients of two loss
 //!   terms (ARAT's gradient conflict), per tensor, per layer and overall.
 //!
-//! Every analysis is a plain function over a model (or a [`Network`]) returning a serialisable
-//! result with a `plot` method; `advtrain analyze <kind>` (see `cli::analyze`) loads a checkpoint
-//! and its test data, runs one, and writes `<kind>.json` and `<kind>.png`.
+//! Each analysis module holds two levels:
+//! - a plain function over a model (or a [`Network`]) returning a serialisable result with a
+//!   `plot` method (e.g. [`domain_gap()`]);
+//! - the analysis as a typed plan, like `eval`'s: `<kind>::Plan` (the checkpoint, seed, device
+//!   and compute settings of [`plan::AnalysisSetup`], the test images, the threat and the
+//!   route), `<kind>::run(&Plan, ..)` (loads the checkpoint with [`plan::Subject::load`]) or
+//!   `run_on` (already loaded), and `<kind>::Report`: the JSON `advtrain analyze <kind>`
+//!   writes (tests/analysis_contract.rs guards it), its table (`Display`) and its PNG
+//!   (`write_png`).
+//!
+//! ```no_run
+//! use advtrain::analysis::{domain_gap, plan::{AnalysisSetup, TestImages}};
+//! use advtrain::eval::{Silent, Threat};
+//! let plan = domain_gap::Plan {
+//!     setup: AnalysisSetup {
+//!         checkpoint: "runs/x/checkpoints/best.safetensors".into(),
+//!         seed: 0,
+//!         device: advtrain::device::DeviceChoice::Cpu,
+//!         compute: Default::default(),
+//!         out: "runs/x/analysis".into(),
+//!     },
+//!     data: TestImages { spec: None, n: 256, data_dir: None },
+//!     threat: Threat { norm: advtrain::attack::ThreatNorm::Linf, eps: 8.0 / 255.0 },
+//!     route: Default::default(),
+//! };
+//! let report = domain_gap::run(&plan, &mut Silent)?;
+//! println!("{report}mean adv-mu W1 {}", report.summary.adv_mu);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 pub mod bn_divergence;
 pub mod bn_swap;
 pub mod domain_gap;
 pub mod grad_conflict;
+pub mod plan;
 
 pub use bn_divergence::{bn_divergence, BnDivergence, Divergence, LayerDivergence};
 pub use bn_swap::{bn_swap, swap_step_size, BnSwap, SwapCell, SwapConfig};

@@ -147,7 +147,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a, compute),
         Command::Bench(a) => bench::run(a, &compute),
         Command::Export(a) => export::run(a),
-        Command::Analyze(a) => analyze::run(a),
+        Command::Analyze(a) => analyze::run(a, compute),
     }
 }
 
