@@ -546,3 +546,128 @@ fn cli_analyze_writes_json_and_png_and_names_bad_input() {
         stderr(&o)
     );
 }
+
+/// An analysis through the library alone: a `bn_swap::Plan` run with `bn_swap::run` gives the
+/// report `advtrain analyze bn-swap` writes for the same settings (the compute settings
+/// included, and said on stderr when not the defaults); `domain_gap::run_on` takes a checkpoint
+/// loaded once.
+#[test]
+fn analyses_run_as_library_plans_like_the_cli() {
+    use advtrain::analysis::plan::{AnalysisSetup, Subject, TestImages};
+    use advtrain::analysis::{bn_swap as swap, domain_gap as gap};
+    use advtrain::eval::{Silent, Threat};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    common::write_tiny_mnist(&data, 60, 40);
+    let run = tmp.path().join("dual");
+    {
+        let _rng = common::rng_lock();
+        save_run(&run, &data, &dual_bn_model());
+    }
+    let ck = run.join("checkpoints/last.safetensors");
+    let compute = advtrain::compute::Compute {
+        fold_bn: false,
+        ..Default::default()
+    };
+    let setup = AnalysisSetup {
+        checkpoint: ck.clone(),
+        seed: 1,
+        device: advtrain::device::DeviceChoice::Cpu,
+        compute,
+        out: tmp.path().join("lib"),
+    };
+    let threat = Threat {
+        norm: advtrain::attack::ThreatNorm::Linf,
+        eps: 0.1,
+    };
+    let images = TestImages {
+        spec: None,
+        n: 12,
+        data_dir: None,
+    };
+    let plan = swap::Plan {
+        setup: setup.clone(),
+        data: images.clone(),
+        threat,
+        steps: 2,
+        batch_size: 5,
+        reestimate: Reestimate {
+            source: StatsSource::Noise,
+            batches: 1,
+            batch_size: 8,
+            norm: advtrain::attack::ThreatNorm::Linf,
+            eps: 0.1,
+            seed: 1,
+        },
+    };
+    let report = swap::run(&plan, &mut Silent).unwrap();
+    assert_eq!((report.cells.len(), report.n), (6, 12));
+    assert_eq!(report.compute, compute);
+    assert_eq!(report.provenance.kind, "bn-swap");
+    let png = tmp.path().join("lib.png");
+    report.write_png(&png).unwrap();
+    assert_png(&png);
+    let out = tmp.path().join("cli");
+    let o = advtrain(&[
+        "bn-swap",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+        "--eps",
+        "0.1",
+        "--n",
+        "12",
+        "--steps",
+        "2",
+        "--batch-size",
+        "5",
+        "--reestimate-on",
+        "noise",
+        "--reestimate-batches",
+        "1",
+        "--reestimate-batch-size",
+        "8",
+        "--no-fold-bn",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("compute: "), "{}", stderr(&o));
+    let mut cli = read_json(&out.join("bn-swap.json"));
+    let mut lib = serde_json::to_value(&report).unwrap();
+    for v in [&mut cli, &mut lib] {
+        let m = v.as_object_mut().unwrap();
+        m.remove("elapsed_s").unwrap();
+        m.remove("plot").unwrap();
+    }
+    assert_eq!(lib, cli);
+    assert_eq!(cli["compute"]["fold_bn"], false);
+
+    // A checkpoint loaded once, analysed with run_on; the default compute settings give the
+    // same numbers as the unfolded ones, to float rounding.
+    let gap_plan = |compute| gap::Plan {
+        setup: AnalysisSetup {
+            compute,
+            ..setup.clone()
+        },
+        data: images.clone(),
+        threat,
+        route: Route::domain(ADV),
+    };
+    let folded = gap::run_on(
+        &gap_plan(Default::default()),
+        Subject::load(&setup).unwrap(),
+        &mut Silent,
+    )
+    .unwrap();
+    let unfolded = gap::run(&gap_plan(compute), &mut Silent).unwrap();
+    assert_eq!(folded.route, "ns=adv,ap=adv");
+    assert_eq!(folded.layers.len(), 3);
+    for (a, b) in folded.layers.iter().zip(&unfolded.layers) {
+        assert!(close(a.adv_mu, b.adv_mu, 5e-2), "{a:?} vs {b:?}");
+        assert!(close(a.noise_sigma, b.noise_sigma, 1e-6), "{a:?} vs {b:?}");
+    }
+}

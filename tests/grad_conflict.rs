@@ -89,6 +89,30 @@ fn terms_parse_and_layers_group_by_prefix() {
         .unwrap()
         .to_string()
         .contains("foo"));
+    // The names are written once (clap's ValueEnum): the command line, Display, FromStr and
+    // serde agree, and are the names the JSON has always held.
+    use clap::ValueEnum;
+    let names: Vec<String> = Term::value_variants()
+        .iter()
+        .map(|t| t.to_possible_value().unwrap().get_name().to_string())
+        .collect();
+    let want = [
+        "clean-ce",
+        "adv-ce",
+        "kl",
+        "kl-sg",
+        "inv",
+        "dist-sg",
+        "arat-asym",
+    ];
+    assert_eq!(names, want);
+    for (t, name) in Term::value_variants().iter().zip(want) {
+        assert_eq!(
+            (t.to_string(), serde_json::json!(t)),
+            (name.into(), serde_json::json!(name))
+        );
+        assert_eq!(name.parse::<Term>().unwrap(), *t);
+    }
     assert_eq!(layer_of("bn1.weight"), "bn1");
     assert_eq!(layer_of("bn1.0.bias"), "bn1.0");
     assert_eq!(layer_of("conv1"), "conv1");

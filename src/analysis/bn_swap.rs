@@ -322,6 +322,8 @@ pub struct Report {
     pub device: String,
     pub elapsed_s: f64,
     pub plot: String,
+    /// Precision, BN folding and micro-batching of the attacks.
+    pub compute: Compute,
 }
 
 /// Run `plan` on its checkpoint ([`Subject::load`]).
@@ -366,6 +368,7 @@ pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report>
         r.batch_size,
         device_name(s.device())
     ));
+    s.say_compute(&plan.setup.compute, out);
     let m = bn_swap(s.net(), &test, &train, &cfg)?;
     if m.reestimated_images < r.batches * r.batch_size {
         out.info(&format!(
@@ -390,6 +393,7 @@ pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report>
         cells: m.cells,
         device: device_name(s.device()),
         elapsed_s: start.elapsed().as_secs_f64(),
+        compute: plan.setup.compute,
         plot: plan.setup.paths("bn-swap").1.display().to_string(),
     })
 }

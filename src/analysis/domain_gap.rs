@@ -259,6 +259,8 @@ pub struct Report {
     pub device: String,
     pub elapsed_s: f64,
     pub plot: String,
+    /// Precision, BN folding and micro-batching of the attacks.
+    pub compute: Compute,
 }
 
 /// Run `plan` on its checkpoint ([`Subject::load`]).
@@ -285,6 +287,7 @@ pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report>
         test.len(),
         device_name(s.device())
     ));
+    s.say_compute(&plan.setup.compute, out);
     let g = domain_gap(s.net().model.as_ref(), &x, &y, &cfg)?;
     let pgd = PgdConfig::new(ThreatNorm::Linf, eps, eps / 4.0, cfg.steps);
     Ok(Report {
@@ -304,6 +307,7 @@ pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report>
         summary: g.summary,
         device: device_name(s.device()),
         elapsed_s: start.elapsed().as_secs_f64(),
+        compute: plan.setup.compute,
         plot: plan.setup.paths("domain-gap").1.display().to_string(),
     })
 }

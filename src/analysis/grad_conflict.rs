@@ -526,6 +526,8 @@ pub struct Report {
     pub device: String,
     pub elapsed_s: f64,
     pub plot: String,
+    /// Precision, BN folding and micro-batching of the attacks.
+    pub compute: Compute,
 }
 
 /// Run `plan` on its checkpoint ([`Subject::load`]).
@@ -556,6 +558,7 @@ pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report>
         cfg.hooks,
         device_name(s.device())
     ));
+    s.say_compute(&plan.setup.compute, out);
     let g = grad_conflict(s.net(), &x, &y, &cfg)?;
     Ok(Report {
         provenance: s.provenance("grad-conflict"),
@@ -575,6 +578,7 @@ pub fn run_on(plan: &Plan, s: Subject, out: &mut dyn Progress) -> Result<Report>
         tensors: g.tensors,
         device: device_name(s.device()),
         elapsed_s: start.elapsed().as_secs_f64(),
+        compute: plan.setup.compute,
         plot: plan.setup.paths("grad-conflict").1.display().to_string(),
     })
 }

@@ -40,6 +40,25 @@ impl AnalysisSetup {
     }
 }
 
+/// The default output folder of an analysis of the checkpoint `file`: for
+/// `<dir>/checkpoints/x.safetensors` the run folder's `<dir>/analysis`, else
+/// `<folder of file>/analysis`.
+pub fn default_out(file: &Path) -> PathBuf {
+    let folder = |p: &Path| {
+        p.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf()
+    };
+    let parent = folder(file);
+    let base = if parent.file_name().is_some_and(|n| n == "checkpoints") {
+        folder(&parent)
+    } else {
+        parent
+    };
+    base.join("analysis")
+}
+
 /// The test images of an analysis: the first `n` of the test split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestImages {
@@ -144,6 +163,13 @@ impl Subject {
             spec.dir = Some(d.clone());
         }
         Ok(spec)
+    }
+
+    /// Say the compute settings when they are not the defaults (the attacks use them).
+    pub fn say_compute(&self, c: &Compute, out: &mut dyn Progress) {
+        if *c != Compute::default() {
+            out.info(&format!("compute: {}", c.describe()));
+        }
     }
 
     /// The first `images.n` test images.

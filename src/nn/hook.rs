@@ -26,6 +26,20 @@ impl fmt::Display for Hook {
     }
 }
 
+/// `2` is stage 2, anything else the norm layer of that name (surrounding spaces ignored).
+impl std::str::FromStr for Hook {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Hook, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty hook: give a stage index or a norm-layer name".into());
+        }
+        Ok(s.parse::<usize>()
+            .map(Hook::Stage)
+            .unwrap_or_else(|_| Hook::Norm(s.to_string())))
+    }
+}
+
 impl Hook {
     /// A variable-name component for this hook (`2`, `layer4_0_bn1`).
     pub fn key(&self) -> String {

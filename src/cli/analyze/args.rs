@@ -2,7 +2,7 @@
 //! [`crate::analysis`].
 
 use crate::analysis::grad_conflict::Term;
-use crate::analysis::plan::{AnalysisSetup, TestImages};
+use crate::analysis::plan::{default_out, AnalysisSetup, TestImages};
 use crate::analysis::{bn_divergence, bn_swap, domain_gap, grad_conflict};
 use crate::attack::ThreatNorm;
 use crate::choice::choice;
@@ -13,7 +13,7 @@ use crate::eval::Threat;
 use crate::nn::{Hook, Route};
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct AnalyzeArgs {
@@ -66,36 +66,16 @@ impl Common {
         let checkpoint =
             super::super::checkpoint_file(self.checkpoint.as_ref(), self.run.as_ref())?;
         Ok(AnalysisSetup {
-            out: self.out_dir(&checkpoint),
+            out: match (&self.out, &self.run) {
+                (Some(o), _) => o.clone(),
+                (None, Some(r)) => r.join("analysis"),
+                (None, None) => default_out(&checkpoint),
+            },
             checkpoint,
             seed: self.seed,
             device: self.device,
             compute,
         })
-    }
-
-    /// Default output folder: `<run>/analysis`; for a checkpoint `<dir>/checkpoints/x` the run
-    /// folder `<dir>/analysis`, else `<checkpoint folder>/analysis`.
-    fn out_dir(&self, ckpt: &Path) -> PathBuf {
-        if let Some(o) = &self.out {
-            return o.clone();
-        }
-        if let Some(r) = &self.run {
-            return r.join("analysis");
-        }
-        let folder = |p: &Path| {
-            p.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_path_buf()
-        };
-        let parent = folder(ckpt);
-        let base = if parent.file_name().is_some_and(|n| n == "checkpoints") {
-            folder(&parent)
-        } else {
-            parent
-        };
-        base.join("analysis")
     }
 
     /// The first `n` test images of the recipe's data set.
@@ -209,17 +189,6 @@ impl BnSwapArgs {
     }
 }
 
-/// One `--hooks` entry: a stage index or a norm-layer name.
-fn hook(s: &str) -> Result<Hook, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty entry".into());
-    }
-    Ok(s.parse::<usize>()
-        .map(Hook::Stage)
-        .unwrap_or_else(|_| Hook::Norm(s.to_string())))
-}
-
 #[derive(Args, Debug)]
 pub struct GradConflictArgs {
     #[command(flatten)]
@@ -231,7 +200,7 @@ pub struct GradConflictArgs {
     /// Feature hooks of the invariance terms: stage indices or norm-layer names, comma
     /// separated (e.g. `2` or `layer4.0.bn1,layer4.1.bn2`); default: the run's
     /// train.arat.hooks, else the model's predictors, else the last stage.
-    #[arg(long, value_delimiter = ',', value_parser = hook)]
+    #[arg(long, value_delimiter = ',')]
     pub hooks: Option<Vec<Hook>>,
     /// L-inf budget of the PGD-10 batch (step eps/4, uniform start).
     #[arg(long, allow_negative_numbers = true)]
