@@ -75,3 +75,49 @@ fn malformed_rows_and_missing_files_are_errors_naming_them() {
     let msg = format!("{:#}", metrics::read(&missing).unwrap_err());
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
 }
+
+/// `truncate_after` (resume) keeps the header and the whole rows of epochs <= the last one,
+/// byte for byte: a torn row and later epochs go; a quoted field holding a comma (the routes of
+/// `branches.csv`) is one field, so those rows are kept too (split by hand, they were dropped).
+#[test]
+fn truncate_after_keeps_whole_rows_up_to_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.csv");
+    for m in (1..=4).map(row) {
+        metrics::append(&path, &m).unwrap();
+    }
+    let full = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = full.lines().collect();
+    // A kill mid-append leaves a torn fifth row.
+    std::fs::write(&path, format!("{full}5,0.1,0.2")).unwrap();
+    metrics::truncate_after(&path, 2).unwrap();
+    let want = format!("{}\n{}\n{}\n", lines[0], lines[1], lines[2]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+    let epochs: Vec<usize> = metrics::read(&path)
+        .unwrap()
+        .iter()
+        .map(|m| m.epoch)
+        .collect();
+    assert_eq!(epochs, [1, 2]);
+    // Nothing after the epoch: unchanged.
+    metrics::truncate_after(&path, 9).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+
+    let branches = dir.path().join("branches.csv");
+    let text = "epoch,route,val_clean_acc,val_pgd_acc\n\
+                1,\"ns=clean,ap=clean\",0.500000,0.250000\n\
+                1,\"ns=adv,ap=adv\",0.400000,\n\
+                2,\"ns=clean,ap=clean\",0.600000,0.300000\n\
+                2,\"ns=adv,ap=a";
+    std::fs::write(&branches, text).unwrap();
+    metrics::truncate_after(&branches, 2).unwrap();
+    let kept = std::fs::read_to_string(&branches).unwrap();
+    let want: Vec<&str> = text.lines().take(4).collect();
+    assert_eq!(kept, want.join("\n") + "\n");
+    metrics::truncate_after(&branches, 1).unwrap();
+    let want: Vec<&str> = text.lines().take(3).collect();
+    assert_eq!(
+        std::fs::read_to_string(&branches).unwrap(),
+        want.join("\n") + "\n"
+    );
+}

@@ -64,29 +64,46 @@ pub fn append(path: &Path, m: &EpochMetrics) -> Result<()> {
         .with_context(|| format!("cannot append to {}", path.display()))
 }
 
-/// Keep the header and the rows of epochs `<= last_epoch` (used when resuming).
+/// Keep the header and the rows of epochs `<= last_epoch` of a run's CSV file (`metrics.csv`,
+/// `branches.csv`, `overfit_check.csv`; used when resuming). Rows are read with the `csv` crate
+/// (a quoted field such as `"ns=clean,ap=adv"` is one field); a row is kept when it is whole
+/// (as many fields as the header: a row torn by a kill is dropped) and its first field is an
+/// epoch `<= last_epoch`. Kept rows are written back as they were; the file is rewritten only
+/// when something is dropped.
 pub fn truncate_after(path: &Path, last_epoch: usize) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let fields = text.lines().next().map_or(0, |h| h.split(',').count());
-    // A row is kept when it is whole (as many fields as the header: a row torn by a kill is
-    // dropped) and belongs to an epoch <= last_epoch.
-    let kept: Vec<&str> = text
-        .lines()
-        .enumerate()
-        .filter(|(i, l)| {
-            *i == 0
-                || (l.split(',').count() == fields
-                    && l.split(',')
-                        .next()
-                        .and_then(|e| e.parse::<usize>().ok())
-                        .is_some_and(|e| e <= last_epoch))
-        })
-        .map(|(_, l)| l)
-        .collect();
+    let Some(header) = text.lines().next() else {
+        return Ok(());
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let fields = reader
+        .headers()
+        .with_context(|| format!("cannot read the header of {}", path.display()))?
+        .len();
+    // (start byte, kept) of every row; a row's text runs to the next row's start.
+    let mut rows = vec![];
+    for record in reader.records() {
+        let r = record.with_context(|| format!("cannot read {}", path.display()))?;
+        let start = r.position().map_or(text.len(), |p| p.byte() as usize);
+        let epoch = r.get(0).and_then(|e| e.parse::<usize>().ok());
+        rows.push((
+            start,
+            r.len() == fields && epoch.is_some_and(|e| e <= last_epoch),
+        ));
+    }
+    let mut kept = vec![header];
+    for (i, &(start, keep)) in rows.iter().enumerate() {
+        if keep {
+            let end = rows.get(i + 1).map_or(text.len(), |r| r.0);
+            kept.push(text[start..end].trim_end_matches(['\n', '\r']));
+        }
+    }
     let new = kept.join("\n") + "\n";
     if new == text {
         return Ok(());

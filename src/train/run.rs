@@ -588,17 +588,23 @@ pub fn is_collapse(best_before: Option<f64>, acc: f64, drop: f64) -> bool {
     best_before.is_some_and(|b| b - acc > drop)
 }
 
-/// Highest `train_pgd_acc` in an existing `overfit_check.csv` (resume).
+/// Highest `train_pgd_acc` in an existing `overfit_check.csv` (resume), read with the `csv`
+/// crate by column name; rows without a number there (torn, or empty) are skipped.
 fn best_check_accuracy(path: &Path) -> Result<Option<f64>> {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        train_pgd_acc: Option<f64>,
+    }
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split(',').nth(1)?.parse::<f64>().ok())
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(reader
+        .deserialize::<Row>()
+        .filter_map(|r| r.ok()?.train_pgd_acc)
         .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v)))))
 }
 
