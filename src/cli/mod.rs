@@ -35,7 +35,7 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Export one branch of a multi-domain model as a plain single-BN checkpoint.
     Export(export::ExportArgs),
-    /// Analyses of a trained model: domain-gap, bn-divergence, bn-swap (JSON + PNG).
+    /// Analyses of a trained model: domain-gap, bn-divergence, bn-swap, grad-conflict (JSON + PNG).
     Analyze(analyze::AnalyzeArgs),
     /// Throughput of the PGD-10 AT step, PGD-20 and AutoAttack against the PyTorch eager twin.
     Bench(bench::BenchArgs),

@@ -274,7 +274,8 @@ pub fn ablation_ladder(base: &MixAcmSpec) -> Vec<(&'static str, MixAcmSpec)> {
         .collect()
 }
 
-/// The frozen teacher of `spec` on `device`: from our checkpoint (sidecar + sha256) or, with
+/// The frozen teacher of `spec` on `device`: from our checkpoint ([`crate::checkpoint::load`]:
+/// sidecar + sha256, the one path eval and the analyses load through) or, with
 /// `teacher_arch`, from a foreign state dict ([`import::load_foreign`]). Its variables no
 /// longer require gradients.
 pub fn load_teacher(spec: &MixAcmSpec, device: Device) -> Result<Network> {
@@ -298,9 +299,9 @@ pub fn load_teacher(spec: &MixAcmSpec, device: Device) -> Result<Network> {
                 file.display(),
                 side.display()
             );
-            Network::from_checkpoint(file, device)
+            crate::checkpoint::load(file, device)
                 .with_context(|| format!("train.mixacm.teacher: loading {}", file.display()))?
-                .0
+                .net
         }
     };
     net.vs.freeze();
