@@ -151,9 +151,11 @@ impl Subject {
 
     /// The data set of `images` (the recipe's unless given), with its folder applied.
     pub fn data_spec(&self, images: &TestImages) -> Result<DataSpec> {
-        let mut spec = match &images.spec {
-            Some(s) => s.clone(),
-            None => {
+        let mut spec = match (&images.spec, &self.recipe) {
+            (Some(s), _) => s.clone(),
+            (None, Some(r)) => r.data.clone(),
+            // No recipe: say why (the sidecar holds none, or none this advtrain reads).
+            (None, None) => {
                 crate::train::saved::recipe_of(&self.loaded.sidecar, &self.file)
                     .context("its data set is unknown")?
                     .data
