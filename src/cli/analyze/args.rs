@@ -195,7 +195,7 @@ pub struct GradConflictArgs {
     pub common: Common,
     /// The two loss terms compared, `A,B` (inv, dist-sg, arat-asym: invariance terms over
     /// --hooks).
-    #[arg(long, value_delimiter = ',', value_parser = choice::<Term>())]
+    #[arg(long, required = true, value_delimiter = ',', value_parser = choice::<Term>())]
     pub terms: Vec<Term>,
     /// Feature hooks of the invariance terms: stage indices or norm-layer names, comma
     /// separated (e.g. `2` or `layer4.0.bn1,layer4.1.bn2`); default: the run's
