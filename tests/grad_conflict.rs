@@ -374,6 +374,7 @@ fn cli_grad_conflict_writes_json_and_png_and_names_bad_terms() {
     // Bad input is named.
     for (args, needle) in [
         (vec!["--terms", "foo,adv-ce", "--eps", "0.1"], "--terms"),
+        (vec!["--eps", "0.1"], "--terms"),
         (vec!["--terms", "kl", "--eps", "0.1"], "--terms"),
         (vec!["--terms", "kl,adv-ce", "--eps", "-1"], "--eps"),
         (
