@@ -600,6 +600,10 @@ fn analyses_run_as_library_plans_like_the_cli() {
             seed: 1,
         },
     };
+    let mut l2 = plan.clone();
+    l2.threat.norm = advtrain::attack::ThreatNorm::L2;
+    let e = swap::run(&l2, &mut Silent).err().unwrap().to_string();
+    assert!(e.contains("L-inf only"), "{e}");
     let report = swap::run(&plan, &mut Silent).unwrap();
     assert_eq!((report.cells.len(), report.n), (6, 12));
     assert_eq!(report.compute, compute);

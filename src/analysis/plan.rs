@@ -77,7 +77,7 @@ pub fn check_threat(t: &Threat) -> Result<()> {
     use crate::attack::ThreatNorm;
     anyhow::ensure!(
         t.norm == ThreatNorm::Linf,
-        "--norm {}: the analyses attack in L-inf only",
+        "threat norm {}: the analyses attack in L-inf only (eps in [0, 1] pixel units)",
         t.norm
     );
     crate::attack::check_eps(
