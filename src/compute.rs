@@ -180,7 +180,7 @@ pub fn process_settings() -> ProcessSettings {
 
 /// Apply `c.tf32` and `c.deterministic` to libtorch's process settings (with `deterministic`,
 /// also `CUBLAS_WORKSPACE_CONFIG=:4096:8` unless set, and cuDNN's benchmark search stays off:
-/// [`crate::device::enter_phase`]). Call once per command, before the first CUDA operation.
+/// `device::enter_phase` reads it). Call once per command, before the first CUDA operation.
 pub fn apply_process_settings(c: &Compute) -> anyhow::Result<()> {
     let (cudnn, cublas) = c.tf32.flags();
     anyhow::ensure!(
