@@ -86,6 +86,7 @@ pub mod cli;
 pub mod compute;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod fsio;
 pub mod interrupt;

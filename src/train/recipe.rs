@@ -34,6 +34,10 @@ pub struct Recipe {
     pub train: TrainSpec,
     #[serde(default)]
     pub validation: ValidationSpec,
+    /// Data-parallel training ([`crate::dist::DistSpec`]): left out of the resolved recipe when
+    /// all defaults (a single-process run), written with its `world_size` in a launched run.
+    #[serde(default, skip_serializing_if = "crate::dist::DistSpec::is_default")]
+    pub distributed: crate::dist::DistSpec,
 }
 
 pub use super::objectives::arat::AratSpec;
@@ -328,6 +332,7 @@ impl Recipe {
 
     /// Value checks that name the offending field.
     pub fn validate(&self) -> Result<()> {
+        self.distributed.validate()?;
         let t = &self.train;
         anyhow::ensure!(t.epochs >= 1, "train.epochs must be >= 1");
         anyhow::ensure!(t.batch_size >= 1, "train.batch_size must be >= 1");
