@@ -260,3 +260,262 @@ fn launch_errors_are_clear() {
     .unwrap();
     assert_eq!((ok.rank, ok.local_rank, ok.agent_store), (1, 1, true));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Training: `advtrain train` processes launched like torchrun does.
+
+/// A PGD-AT recipe whose steps are a function of the global batch alone: GroupNorm (no batch
+/// statistics), PGD from x itself (`init = "zero"`, no random start), constant lr.
+fn ddp_recipe(data: &std::path::Path, batch: usize, epochs: usize, extra: &str) -> String {
+    format!(
+        r#"
+name = "ddp"
+seed = 5
+device = "cpu"
+[data]
+dataset = "mnist"
+dir = "{}"
+val_size = 40
+[model]
+name = "small-cnn"
+num_classes = 10
+in_channels = 1
+[model.norm]
+kind = "group"
+groups = 4
+[train]
+objective = "pgd-at"
+epochs = {epochs}
+batch_size = {batch}
+lr = 0.05
+weight_decay = 5e-4
+schedule = "constant"
+[train.attack]
+eps = 0.1
+step_size = 0.05
+steps = 2
+init = "zero"
+[validation]
+pgd_limit = 20
+batch_size = 20
+{extra}
+"#,
+        data.display()
+    )
+}
+
+/// `advtrain train ARGS` as worker `rank` of `world` at `port` (plain env launch).
+fn spawn_train(args: &[String], rank: usize, world: usize, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("OMP_NUM_THREADS", "1")
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Run `args` on 2 workers; every worker's output, in rank order.
+fn train2(args: &[String]) -> Vec<std::process::Output> {
+    let port = free_port();
+    let kids: Vec<Child> = (0..2).map(|r| spawn_train(args, r, 2, port)).collect();
+    kids.into_iter()
+        .map(|k| wait_output(k, Duration::from_secs(240), "a training worker"))
+        .collect()
+}
+
+fn args(recipe: &std::path::Path, out: &std::path::Path, more: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "train".into(),
+        "--recipe".into(),
+        recipe.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    v.extend(more.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `advtrain ARGS` in one process (no launch variables).
+fn single(args: &[String]) -> std::process::Output {
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    common::advtrain(&refs)
+}
+
+/// The weights of a run's `checkpoints/last`.
+fn weights(run: &std::path::Path) -> Vec<(String, Tensor)> {
+    let mut v = Tensor::read_safetensors(run.join("checkpoints/last.safetensors")).unwrap();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Largest |a - b| over all tensors of two runs (same names required).
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(
+        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    a.iter()
+        .zip(b)
+        .map(|((_, x), (_, y))| {
+            (x.to_kind(Kind::Double) - y.to_kind(Kind::Double))
+                .abs()
+                .max()
+                .double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn metrics_row(run: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let last: Vec<&str> = text.lines().last().unwrap().split(',').collect();
+    header
+        .iter()
+        .zip(last)
+        .map(|(h, v)| format!("{h}={v}"))
+        .collect()
+}
+
+fn field(row: &[String], name: &str) -> f64 {
+    row.iter()
+        .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {row:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// 2 workers x 32 images = 1 process x 64 images, step for step: 160 training images = batches
+/// of 64, 64 and 32 (the last split 16 + 16), one epoch. The mean loss's gradient is the average
+/// of the halves' (GroupNorm: no batch statistics), so the weights agree to float32 reduction
+/// order (~1e-7 relative per step; 1e-5 allowed); a one-process run with batch 32 (twice the
+/// steps) is far off, which shows the tolerance discriminates.
+#[test]
+fn two_workers_equal_one_process_on_the_global_batch() {
+    if is_worker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_tiny_mnist(&data, 200, 20);
+    let write = |name: &str, batch: usize, extra: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, ddp_recipe(&data, batch, 1, extra)).unwrap();
+        p
+    };
+    let r64 = write("r64.toml", 64, "");
+    let r32 = write("r32.toml", 32, "");
+    let one = dir.path().join("one");
+    let o = single(&args(&r64, &one, &[]));
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let small = dir.path().join("small");
+    let o = single(&args(&r32, &small, &[]));
+    assert!(o.status.success(), "{}", common::stderr(&o));
+
+    let two = dir.path().join("two");
+    let outs = train2(&args(&r32, &two, &[]));
+    for (r, o) in outs.iter().enumerate() {
+        assert!(o.status.success(), "rank {r}:\n{}", text(o));
+    }
+    let log0 = text(&outs[0]);
+    assert!(
+        log0.contains("distributed: 2 workers (gloo backend") && log0.contains("global 64"),
+        "{log0}"
+    );
+    // Rank 1 writes nothing and prints no header.
+    assert!(!text(&outs[1]).contains("resolved recipe"), "{}", text(&outs[1]));
+    let saved = std::fs::read_to_string(two.join("recipe.toml")).unwrap();
+    assert!(saved.contains("world_size = 2"), "{saved}");
+
+    let d = max_diff(&weights(&one), &weights(&two));
+    assert!(d <= 1e-5, "2 workers x 32 vs 1 x 64: max |dw| = {d}");
+    let far = max_diff(&weights(&one), &weights(&small));
+    eprintln!("max |dw|: 2 x 32 vs 1 x 64 {d:e}; 1 x 32 vs 1 x 64 {far:e}");
+    assert!(far > 1e-3, "batch 32 in one process should differ: {far}");
+    // Training loss over all workers' images, and sharded validation, as in one process.
+    let (a, b) = (metrics_row(&one), metrics_row(&two));
+    assert!((field(&a, "train_loss") - field(&b, "train_loss")).abs() < 1e-5, "{a:?} {b:?}");
+    assert_eq!(field(&a, "val_clean_acc"), field(&b, "val_clean_acc"), "{a:?} {b:?}");
+    assert_eq!(
+        field(&a, "train_adv_acc"),
+        field(&b, "train_adv_acc"),
+        "{a:?} {b:?}"
+    );
+}
+
+/// Resume after a stop (epoch 1 of 2) gives the uninterrupted 2-worker run (launched by
+/// torchrun, whose agent hosts the store); a different world size is refused; workers whose
+/// recipes differ fail.
+#[test]
+fn resume_world_size_and_recipe_checks() {
+    if is_worker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_tiny_mnist(&data, 140, 20);
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        ddp_recipe(&data, 50, 2, "[distributed]\nbatch = \"global\"\ntimeout_s = 60"),
+    )
+    .unwrap();
+
+    // Uninterrupted, through torchrun.
+    let full = dir.path().join("full");
+    let torchrun = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    assert!(torchrun.exists(), "{} missing: run scripts/setup", torchrun.display());
+    let mut c = Command::new(&torchrun);
+    c.args([
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        &free_port().to_string(),
+        "--no-python",
+        env!("CARGO_BIN_EXE_advtrain"),
+    ])
+    .args(args(&recipe, &full, &[]))
+    .env("OMP_NUM_THREADS", "1")
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let o = wait_output(c.spawn().unwrap(), Duration::from_secs(240), "torchrun");
+    assert!(o.status.success(), "torchrun:\n{}", text(&o));
+
+    // One epoch, then resumed to two, by a plain env launch.
+    let part = dir.path().join("part");
+    for o in train2(&args(&recipe, &part, &["--epochs", "1"])) {
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    // One process cannot resume a 2-worker run.
+    let o = single(&args(&recipe, &part, &["--resume"]));
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(e.contains("trained with 2 worker(s) but 1 were launched"), "{e}");
+    for o in train2(&args(&recipe, &part, &["--resume"])) {
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let d = max_diff(&weights(&full), &weights(&part));
+    assert!(d == 0.0, "resumed vs uninterrupted: max |dw| = {d}");
+
+    // Workers launched with different recipes: both fail with the hash check's message.
+    let port = free_port();
+    let mixed = dir.path().join("mixed");
+    let k0 = spawn_train(&args(&recipe, &mixed, &[]), 0, 2, port);
+    let k1 = spawn_train(&args(&recipe, &mixed, &["--seed", "9"]), 1, 2, port);
+    for k in [k0, k1] {
+        let o = wait_output(k, Duration::from_secs(120), "mismatched worker");
+        assert!(!o.status.success());
+        assert!(
+            text(&o).contains("the resolved recipe differs between workers"),
+            "{}",
+            text(&o)
+        );
+    }
+}

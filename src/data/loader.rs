@@ -66,6 +66,17 @@ impl Dataset {
         }
     }
 
+    /// Images `start..start + n` (clamped to the end).
+    pub fn slice(&self, start: usize, n: usize) -> Dataset {
+        let start = start.min(self.len());
+        let n = n.min(self.len() - start) as i64;
+        Dataset {
+            images: self.images.narrow(0, start as i64, n),
+            labels: self.labels.narrow(0, start as i64, n),
+            num_classes: self.num_classes,
+        }
+    }
+
     fn select(&self, idx: &[i64]) -> Dataset {
         let idx = Tensor::from_slice(idx);
         Dataset {

@@ -30,10 +30,22 @@ pub fn perturbation(w: &Tensor, d: &Tensor, gamma: f64) -> Tensor {
 /// Add the AWP perturbation for `loss` (whose graph reaches the weights) to every weight;
 /// returns the weights with what was added, for [`restore`].
 pub fn perturb(net: &Network, gamma: f64, loss: &Tensor) -> Vec<(Tensor, Tensor)> {
+    perturb_synced(net, gamma, loss, |_| Ok(())).expect("no synchronisation")
+}
+
+/// [`perturb`] with the gradients `d` passed through `sync` first (data-parallel training
+/// replaces them by their average over the workers, so every worker perturbs alike).
+pub fn perturb_synced(
+    net: &Network,
+    gamma: f64,
+    loss: &Tensor,
+    sync: impl FnOnce(&[Tensor]) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
     let weights = perturbed_weights(net);
     let refs: Vec<&Tensor> = weights.iter().map(|(_, t)| t).collect();
     let grads = Tensor::run_backward(&[loss], &refs, false, false);
-    tch::no_grad(|| {
+    sync(&grads)?;
+    Ok(tch::no_grad(|| {
         weights
             .into_iter()
             .zip(grads)
@@ -43,7 +55,7 @@ pub fn perturb(net: &Network, gamma: f64, loss: &Tensor) -> Vec<(Tensor, Tensor)
                 (w, v)
             })
             .collect()
-    })
+    }))
 }
 
 /// Remove the perturbation added by [`perturb`].

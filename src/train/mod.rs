@@ -2,6 +2,7 @@
 //! schedules, checkpoints and the resumable run loop.
 
 pub mod awp;
+pub mod ddp;
 pub mod metrics;
 pub mod mixacm;
 pub mod objectives;

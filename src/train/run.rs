@@ -5,6 +5,7 @@
 //! checkpoint after epoch e replays epochs e+1.. exactly as an uninterrupted run (on CPU).
 
 use super::awp;
+use super::ddp::{self, Ddp};
 use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
 use super::objectives::{Active, SetupCx, StepCx};
@@ -86,16 +87,25 @@ const STREAM_OVERFIT: u64 = 4;
 pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     crate::compute::apply_process_settings(&recipe.compute)?;
     let device = parse_device(&recipe.device)?;
+    // Data-parallel workers (torchrun, srun): the recipe with its world size (src/train/ddp.rs).
+    let (ddp, resolved, device) = Ddp::start(recipe, device)?;
+    let recipe = resolved.as_ref().unwrap_or(recipe);
+    let writer = ddp.is_writer();
     crate::device::enter_phase(device, crate::device::Phase::Training);
     let out = &opts.out;
     // The data first: a data error leaves no run directory behind.
     let data = recipe.data.load()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    ddp.wait_for_writer()?;
     // One writer per run directory; held until this function returns.
-    let _lock = DirLock::acquire(
-        &out.join(LOCK_FILE),
-        &format!("run directory {}", out.display()),
-    )?;
+    let _lock = if writer {
+        Some(DirLock::acquire(
+            &out.join(LOCK_FILE),
+            &format!("run directory {}", out.display()),
+        )?)
+    } else {
+        None
+    };
     let store = CheckpointStore::open(out)?;
     let ckdir = store.link();
     let last_file = ckdir.join("last.safetensors");
@@ -107,7 +117,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             out.display()
         );
     }
-    write_atomic(&out.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+    if opts.resume && last_file.exists() {
+        ddp::check_world_size(&last_file, ddp.world_size)?;
+    }
+    if writer {
+        write_atomic(&out.join("recipe.toml"), recipe.to_toml().as_bytes())?;
+    }
     crate::interrupt::install();
 
     if let (Some(w), Device::Cpu) = (crate::compute::bf16_warning(&recipe.compute), device) {
@@ -139,6 +154,8 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     for f in ["metrics.csv", "branches.csv", "overfit_check.csv"] {
         metrics::truncate_after(&out.join(f), start_epoch)?;
     }
+    ddp.release_others()?;
+    ddp.check_start_epoch(start_epoch, out)?;
     let swa_file = ckdir.join("swa_avg.safetensors");
     let mut swa_avg = match &t.swa {
         Some(_) if start_epoch > 0 && swa_file.exists() => {
@@ -146,7 +163,12 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         }
         _ => SwaAverage::empty(),
     };
-    print_header(recipe, device, &net, out);
+    if writer {
+        print_header(recipe, device, &net, out);
+    }
+    if let Some(d) = ddp.describe(recipe) {
+        log::info!("{d}");
+    }
     log::info!(
         "data: {} train, {} validation, {} test images",
         data.train.len(),
@@ -166,6 +188,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
     if start_epoch > 0 {
         objective.resume(&ckdir, start_epoch)?;
     }
+    ddp.broadcast_state(&net, &sgd, &objective.parameters())?;
     let mut last = EpochMetrics::default();
     let mut overfitting = None;
     let overfit_csv = out.join("overfit_check.csv");
@@ -182,6 +205,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             device,
             prev_clean_acc,
             objective.as_mut(),
+            &ddp,
         )
         .map_err(|e| match e.downcast::<crate::interrupt::Interrupted>() {
             Ok(mut i) => {
@@ -191,15 +215,18 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
             Err(e) => e,
         })?;
         prev_clean_acc = m.train_clean_acc;
-        validate(recipe, &net, &data, epoch, device, &mut m);
-        validate_branches(
-            recipe,
-            &net,
-            &data,
-            epoch,
-            device,
-            &out.join("branches.csv"),
-        )?;
+        ddp.average_buffers(&net)?;
+        validate(recipe, &net, &data, epoch, device, &mut m, &ddp)?;
+        if writer {
+            validate_branches(
+                recipe,
+                &net,
+                &data,
+                epoch,
+                device,
+                &out.join("branches.csv"),
+            )?;
+        }
         let score = t.objective.score(&m);
         let is_best = match (score, best) {
             (Some(s), Some(b)) => s >= b,
@@ -215,6 +242,18 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         };
         let model_tensors = net.named_tensors();
         checkpoint::check_finite(&model_tensors, epoch + 1)?;
+        if !writer {
+            // Ranks > 0 write nothing; the overfitting check runs on every worker alike.
+            if let Some(c) = &t.overfit_check {
+                let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device)?;
+                if is_collapse(check_best, acc, c.drop) && c.rollback {
+                    break;
+                }
+                check_best = Some(check_best.map_or(acc, |b| b.max(acc)));
+            }
+            last = m;
+            continue;
+        }
         // Everything of this epoch goes into one new checkpoint generation, made current by a
         // single rename at the end; the CSV rows are appended first (a resume drops rows after
         // the checkpoint's epoch, so a kill between the two loses nothing).
@@ -296,7 +335,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     let swa = match &t.swa {
-        Some(w) if end == t.epochs && swa_avg.n > 0 => Some(finish_swa(
+        Some(w) if writer && end == t.epochs && swa_avg.n > 0 => Some(finish_swa(
             recipe, w, &swa_avg, &net, &data, device, &store,
         )?),
         _ => None,
@@ -310,10 +349,21 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         overfitting,
         swa,
     };
-    write_atomic(
-        &out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    if let Some(pg) = ddp.group() {
+        let s = pg.stats();
+        log::info!(
+            "distributed: {} collectives, {:.1} MB, {:.1} s in communication",
+            s.calls,
+            s.bytes as f64 / 1e6,
+            s.seconds
+        );
+    }
+    if writer {
+        write_atomic(
+            &out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+    }
     Ok(summary)
 }
 
@@ -335,7 +385,7 @@ fn finish_swa(
         epoch: t.epochs,
         ..Default::default()
     };
-    validate(recipe, net, data, t.epochs, device, &mut m);
+    validate(recipe, net, data, t.epochs, device, &mut m, &Ddp::single())?;
     let metrics = serde_json::to_value(&m).expect("serialisable");
     let side = Sidecar::for_run(CHECKPOINT_FORMAT, recipe, t.epochs, metrics, None);
     let tensors = net.named_tensors();
@@ -432,15 +482,20 @@ fn train_epoch(
     device: Device,
     prev_clean_acc: Option<f64>,
     objective: &mut dyn Active,
+    ddp: &Ddp,
 ) -> Result<EpochMetrics> {
     let t = &recipe.train;
-    tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH) as i64);
+    tch::manual_seed(ddp.torch_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH)));
     let rng = ChaCha8Rng::seed_from_u64(derive_seed(recipe.seed, epoch as u64, STREAM_DATA));
-    let batches = data
-        .train
-        .batches(t.batch_size, Some(rng), recipe.data.augment(), device);
+    let batches =
+        data.train
+            .batches(ddp.global_batch(recipe), Some(rng), recipe.data.augment(), device);
     let n_batches = batches.num_batches();
-    let pb = progress_bar(n_batches, epoch, t.epochs);
+    let pb = if ddp.is_writer() {
+        progress_bar(n_batches, epoch, t.epochs)
+    } else {
+        ProgressBar::hidden()
+    };
     let model = net.model.as_ref();
     let cx = StepCx {
         recipe,
@@ -468,6 +523,11 @@ fn train_epoch(
             }
             .into());
         }
+        // This worker's rows of the global batch (all of it in one process).
+        let Some((x, y, global)) = ddp.shard(x, y) else {
+            pb.inc(1);
+            continue;
+        };
         let x = if recipe.channels_last {
             channels_last(&x)
         } else {
@@ -482,7 +542,9 @@ fn train_epoch(
                     objective.loss(&cx, &x, &y, x_adv.as_ref(), Mode::TrainFrozen)
                 })?
                 .loss;
-                Some(awp::perturb(net, a.gamma, &adv_loss))
+                Some(awp::perturb_synced(net, a.gamma, &adv_loss, |g| {
+                    ddp.average_gradients(g, bs, global)
+                })?)
             }
             _ => None,
         };
@@ -494,6 +556,11 @@ fn train_epoch(
         out.loss.backward();
         if let Some(v) = perturbation {
             awp::restore(v);
+        }
+        if ddp.group().is_some() {
+            let mut params: Vec<Tensor> = sgd.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+            params.extend(objective.parameters());
+            ddp.average_param_grads(&params, bs, global)?;
         }
         sgd.step(lr);
         objective.step(lr);
@@ -530,6 +597,21 @@ fn train_epoch(
     }
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
+    if ddp.group().is_some() {
+        // Epoch metrics over all workers' images.
+        let f = |t: &Tensor| t.double_value(&[]);
+        let v = ddp.sum(&[
+            f(&loss_sum),
+            f(&clean_hits),
+            f(&adv_hits),
+            seen as f64,
+            clean_seen as f64,
+            adv_seen as f64,
+        ])?;
+        let s = |x: f64| Tensor::from(x);
+        (loss_sum, clean_hits, adv_hits) = (s(v[0]), s(v[1]), s(v[2]));
+        (seen, clean_seen, adv_seen) = (v[3] as usize, v[4] as i64, v[5] as i64);
+    }
     let frac = |h: &Tensor, k: i64| h.double_value(&[]) / k.max(1) as f64;
     Ok(EpochMetrics {
         epoch: epoch + 1,
@@ -683,9 +765,10 @@ fn validate(
     epoch: usize,
     device: Device,
     m: &mut EpochMetrics,
-) {
+    ddp: &Ddp,
+) -> Result<()> {
     if data.val.is_empty() {
-        return;
+        return Ok(());
     }
     let start = Instant::now();
     let f = Classifier::new(
@@ -694,13 +777,21 @@ fn validate(
     )
     .with_compute(&recipe.compute);
     let bs = recipe.validation.batch_size;
-    m.val_clean_acc = Some(clean_counts(&f, &data.val, bs, device).clean_accuracy());
+    // Each worker its share of the images (all in one process); counts summed over workers.
+    let share = |d: &crate::data::Dataset| ddp.shard_dataset(d);
+    let accuracy = |hits: usize, n: usize| -> Result<f64> {
+        let v = ddp.sum(&[hits as f64, n as f64])?;
+        Ok(v[0] / v[1].max(1.0))
+    };
+    let c = clean_counts(&f, &share(&data.val), bs, device);
+    m.val_clean_acc = Some(accuracy(c.clean_correct, c.n)?);
     if let (Some(cfg), true) = (recipe.validation_attack(), recipe.validation.pgd_limit > 0) {
-        tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_VAL) as i64);
-        let subset = data.val.take(recipe.validation.pgd_limit);
+        tch::manual_seed(ddp.torch_seed(derive_seed(recipe.seed, epoch as u64, STREAM_VAL)));
+        let subset = share(&data.val.take(recipe.validation.pgd_limit));
         let attack: Box<dyn Attack> = Box::new(Pgd::new(cfg));
-        m.val_pgd_acc =
-            Some(robust_counts(&f, attack.as_ref(), &subset, bs, device).robust_accuracy());
+        let c = robust_counts(&f, attack.as_ref(), &subset, bs, device);
+        m.val_pgd_acc = Some(accuracy(c.robust_correct, c.n)?);
     }
     m.epoch_time_s += start.elapsed().as_secs_f64();
+    Ok(())
 }

@@ -97,6 +97,14 @@ impl TrainObjective for MixAcm {
     fn zero_grad(&self, teacher: &mut Teacher) {
         teacher.proj_sgd.zero_grad();
     }
+    fn parameters(&self, teacher: &Teacher) -> Vec<Tensor> {
+        teacher
+            .proj_sgd
+            .params
+            .iter()
+            .map(|(_, p)| p.shallow_clone())
+            .collect()
+    }
     fn step(&self, teacher: &mut Teacher, lr: f64) {
         teacher.proj_sgd.step(lr);
     }

@@ -173,6 +173,12 @@ pub trait TrainObjective {
     /// Before each backward pass: clear the gradients of the objective's own parameters.
     fn zero_grad(&self, _state: &mut Self::State) {}
 
+    /// The objective's own trainable parameters (stepped by [`TrainObjective::step`]): what
+    /// data-parallel training all-reduces beside the model's (MixACM's projections).
+    fn parameters(&self, _state: &Self::State) -> Vec<Tensor> {
+        vec![]
+    }
+
     /// After each backward pass, with the model's step at learning rate `lr`.
     fn step(&self, _state: &mut Self::State, _lr: f64) {}
 
@@ -206,6 +212,7 @@ pub trait Active {
         mode: Mode,
     ) -> Result<StepOutput>;
     fn zero_grad(&mut self);
+    fn parameters(&self) -> Vec<Tensor>;
     fn step(&mut self, lr: f64);
     fn save(&self, dir: &Path, recipe: &Recipe, epoch: usize) -> Result<()>;
     fn resume(&mut self, dir: &Path, epoch: usize) -> Result<()>;
@@ -232,6 +239,9 @@ impl<O: TrainObjective> Active for Running<'_, O> {
     }
     fn zero_grad(&mut self) {
         self.spec.zero_grad(&mut self.state)
+    }
+    fn parameters(&self) -> Vec<Tensor> {
+        self.spec.parameters(&self.state)
     }
     fn step(&mut self, lr: f64) {
         self.spec.step(&mut self.state, lr)
