@@ -47,7 +47,10 @@ fn main() {
 fn dist_shim(lib: &str, torch: &Path, include: &Path) {
     println!("cargo:rerun-if-changed=src/shim/dist.cpp");
     println!("cargo:rerun-if-env-changed=ADVTRAIN_NO_NCCL");
-    let gloo = ["/usr/include/gloo/config.h", "/usr/local/include/gloo/config.h"];
+    let gloo = [
+        "/usr/include/gloo/config.h",
+        "/usr/local/include/gloo/config.h",
+    ];
     if !gloo.iter().any(|p| Path::new(p).exists()) {
         panic!(
             "gloo headers not found (/usr/include/gloo): install Debian's libgloo-dev \
@@ -79,9 +82,9 @@ fn dist_shim(lib: &str, torch: &Path, include: &Path) {
     if let Some(n) = &nvidia {
         dirs.extend(["cu13", "cu12"].iter().map(|c| n.join(c).join("include")));
     }
-    let cuda = dirs.into_iter().find(|p| {
-        p.join("cuda_runtime_api.h").exists() && p.join("crt/host_config.h").exists()
-    });
+    let cuda = dirs
+        .into_iter()
+        .find(|p| p.join("cuda_runtime_api.h").exists() && p.join("crt/host_config.h").exists());
     let torch_cuda = Path::new(lib).join("libtorch_cuda.so");
     match (nccl, cuda) {
         (Some(nccl), Some(cuda))

@@ -24,16 +24,23 @@ fn free_port() -> u16 {
 /// This test binary, running only `test` as worker `rank` of `world`.
 fn spawn_worker(test: &str, rank: usize, world: usize, port: u16, extra: &[(&str, &str)]) -> Child {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([test, "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
-        .env("ADVTRAIN_TEST_WORKER", "1")
-        .env("RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
-        .env("OMP_NUM_THREADS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args([
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env("ADVTRAIN_TEST_WORKER", "1")
+    .env("RANK", rank.to_string())
+    .env("WORLD_SIZE", world.to_string())
+    .env("LOCAL_RANK", rank.to_string())
+    .env("MASTER_ADDR", "127.0.0.1")
+    .env("MASTER_PORT", port.to_string())
+    .env("OMP_NUM_THREADS", "1")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     for (k, v) in extra {
         c.env(k, v);
     }
@@ -70,7 +77,9 @@ fn is_worker() -> bool {
 }
 
 fn group(timeout_s: u64) -> ProcessGroup {
-    let env = LaunchEnv::from_env().unwrap().expect("launch variables set");
+    let env = LaunchEnv::from_env()
+        .unwrap()
+        .expect("launch variables set");
     ProcessGroup::new(&env, Backend::Gloo, Duration::from_secs(timeout_s)).unwrap()
 }
 
@@ -94,13 +103,20 @@ fn worker_collectives() {
             let t = values(kind, n, pg.rank);
             pg.allreduce_sum(&t).unwrap();
             let want = values(kind, n, 0) * tri;
-            assert!(t.equal(&want), "allreduce {kind:?} n={n} on rank {}", pg.rank);
+            assert!(
+                t.equal(&want),
+                "allreduce {kind:?} n={n} on rank {}",
+                pg.rank
+            );
             let b = values(kind, n, pg.rank);
             pg.broadcast(&b, 0).unwrap();
             assert!(b.equal(&values(kind, n, 0)), "broadcast {kind:?} n={n}");
             let b = values(kind, n, pg.rank);
             pg.broadcast(&b, 1).unwrap();
-            assert!(b.equal(&values(kind, n, 1)), "broadcast from 1 {kind:?} n={n}");
+            assert!(
+                b.equal(&values(kind, n, 1)),
+                "broadcast from 1 {kind:?} n={n}"
+            );
             pg.barrier().unwrap();
         }
     }
@@ -109,7 +125,9 @@ fn worker_collectives() {
         values(Kind::Float, 12, pg.rank).reshape([3, 4]),
         values(Kind::Int64, 5, pg.rank),
         values(Kind::Double, 6, pg.rank).reshape([2, 3]),
-        values(Kind::Float, 20, pg.rank).reshape([4, 5]).transpose(0, 1),
+        values(Kind::Float, 20, pg.rank)
+            .reshape([4, 5])
+            .transpose(0, 1),
     ];
     pg.allreduce_sum_all(&ts).unwrap();
     assert!(ts[0].equal(&(values(Kind::Float, 12, 0).reshape([3, 4]) * tri)));
@@ -118,7 +136,10 @@ fn worker_collectives() {
     assert!(ts[3].equal(&(values(Kind::Float, 20, 0).reshape([4, 5]).transpose(0, 1) * tri)));
     let s = pg.stats();
     assert!(s.calls > 0 && s.bytes > 0);
-    println!("worker {} ok: {} collectives, {} bytes", pg.rank, s.calls, s.bytes);
+    println!(
+        "worker {} ok: {} collectives, {} bytes",
+        pg.rank, s.calls, s.bytes
+    );
 }
 
 #[test]
@@ -178,12 +199,19 @@ fn a_killed_worker_fails_the_other_within_the_timeout() {
         }
         seen += &String::from_utf8_lossy(&buf[..n]);
     }
-    assert!(seen.contains("rank 1 ready"), "rank 1 never got ready: {seen}");
+    assert!(
+        seen.contains("rank 1 ready"),
+        "rank 1 never got ready: {seen}"
+    );
     r1.kill().unwrap();
     let _ = r1.wait();
     let killed_at = Instant::now();
     // The barrier fails (peer gone) or times out after 8 s: well inside 40 s either way.
-    let o = wait_output(r0, Duration::from_secs(40), "rank 0 after its peer was killed");
+    let o = wait_output(
+        r0,
+        Duration::from_secs(40),
+        "rank 0 after its peer was killed",
+    );
     let t = text(&o);
     assert!(!o.status.success(), "rank 0 succeeded:\n{t}");
     assert!(
@@ -213,7 +241,10 @@ fn launch_errors_are_clear() {
         .err()
         .expect("port in use must fail");
     let msg = format!("{e:#}");
-    assert!(msg.contains("rendezvous") && msg.contains(&port.to_string()), "{msg}");
+    assert!(
+        msg.contains("rendezvous") && msg.contains(&port.to_string()),
+        "{msg}"
+    );
     // No master at the address (a client of a store nobody hosts) fails within the timeout.
     let env = LaunchEnv {
         rank: 1,
@@ -226,7 +257,11 @@ fn launch_errors_are_clear() {
         .expect("no master must fail");
     let msg = format!("{e:#}");
     assert!(msg.contains("MASTER_ADDR"), "{msg}");
-    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
     // Malformed variables.
     let get = |pairs: &'static [(&'static str, &'static str)]| {
         move |k: &str| {
@@ -267,6 +302,17 @@ fn launch_errors_are_clear() {
 /// A PGD-AT recipe whose steps are a function of the global batch alone: GroupNorm (no batch
 /// statistics), PGD from x itself (`init = "zero"`, no random start), constant lr.
 fn ddp_recipe(data: &std::path::Path, batch: usize, epochs: usize, extra: &str) -> String {
+    objective_recipe(data, "pgd-at", batch, epochs, extra)
+}
+
+/// [`ddp_recipe`] with another objective.
+fn objective_recipe(
+    data: &std::path::Path,
+    objective: &str,
+    batch: usize,
+    epochs: usize,
+    extra: &str,
+) -> String {
     format!(
         r#"
 name = "ddp"
@@ -284,7 +330,7 @@ in_channels = 1
 kind = "group"
 groups = 4
 [train]
-objective = "pgd-at"
+objective = "{objective}"
 epochs = {epochs}
 batch_size = {batch}
 lr = 0.05
@@ -429,7 +475,11 @@ fn two_workers_equal_one_process_on_the_global_batch() {
         "{log0}"
     );
     // Rank 1 writes nothing and prints no header.
-    assert!(!text(&outs[1]).contains("resolved recipe"), "{}", text(&outs[1]));
+    assert!(
+        !text(&outs[1]).contains("resolved recipe"),
+        "{}",
+        text(&outs[1])
+    );
     let saved = std::fs::read_to_string(two.join("recipe.toml")).unwrap();
     assert!(saved.contains("world_size = 2"), "{saved}");
 
@@ -440,13 +490,46 @@ fn two_workers_equal_one_process_on_the_global_batch() {
     assert!(far > 1e-3, "batch 32 in one process should differ: {far}");
     // Training loss over all workers' images, and sharded validation, as in one process.
     let (a, b) = (metrics_row(&one), metrics_row(&two));
-    assert!((field(&a, "train_loss") - field(&b, "train_loss")).abs() < 1e-5, "{a:?} {b:?}");
-    assert_eq!(field(&a, "val_clean_acc"), field(&b, "val_clean_acc"), "{a:?} {b:?}");
+    assert!(
+        (field(&a, "train_loss") - field(&b, "train_loss")).abs() < 1e-5,
+        "{a:?} {b:?}"
+    );
+    assert_eq!(
+        field(&a, "val_clean_acc"),
+        field(&b, "val_clean_acc"),
+        "{a:?} {b:?}"
+    );
     assert_eq!(
         field(&a, "train_adv_acc"),
         field(&b, "train_adv_acc"),
         "{a:?} {b:?}"
     );
+
+    // The same for MART and for PGD-AT with AWP (whose weight perturbation must come from the
+    // averaged gradient too).
+    for (name, objective, extra) in [
+        ("mart", "mart", ""),
+        ("awp", "pgd-at", "[train.awp]\ngamma = 0.01"),
+    ] {
+        let write = |batch: usize| {
+            let p = dir.path().join(format!("{name}{batch}.toml"));
+            std::fs::write(&p, objective_recipe(&data, objective, batch, 1, extra)).unwrap();
+            p
+        };
+        let one = dir.path().join(format!("{name}-one"));
+        let o = single(&args(&write(64), &one, &[]));
+        assert!(o.status.success(), "{name}: {}", common::stderr(&o));
+        let two = dir.path().join(format!("{name}-two"));
+        for o in train2(&args(&write(32), &two, &[])) {
+            assert!(o.status.success(), "{name}: {}", text(&o));
+        }
+        let d = max_diff(&weights(&one), &weights(&two));
+        eprintln!("{name}: max |dw| 2 x 32 vs 1 x 64 {d:e}");
+        assert!(
+            d <= 1e-5,
+            "{name}: 2 workers x 32 vs 1 x 64: max |dw| = {d}"
+        );
+    }
 }
 
 /// Resume after a stop (epoch 1 of 2) gives the uninterrupted 2-worker run (launched by
@@ -463,14 +546,23 @@ fn resume_world_size_and_recipe_checks() {
     let recipe = dir.path().join("r.toml");
     std::fs::write(
         &recipe,
-        ddp_recipe(&data, 50, 2, "[distributed]\nbatch = \"global\"\ntimeout_s = 60"),
+        ddp_recipe(
+            &data,
+            50,
+            2,
+            "[distributed]\nbatch = \"global\"\ntimeout_s = 60",
+        ),
     )
     .unwrap();
 
     // Uninterrupted, through torchrun.
     let full = dir.path().join("full");
     let torchrun = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
-    assert!(torchrun.exists(), "{} missing: run scripts/setup", torchrun.display());
+    assert!(
+        torchrun.exists(),
+        "{} missing: run scripts/setup",
+        torchrun.display()
+    );
     let mut c = Command::new(&torchrun);
     c.args([
         "--nproc-per-node",
@@ -497,7 +589,10 @@ fn resume_world_size_and_recipe_checks() {
     let o = single(&args(&recipe, &part, &["--resume"]));
     assert!(!o.status.success());
     let e = common::stderr(&o);
-    assert!(e.contains("trained with 2 worker(s) but 1 were launched"), "{e}");
+    assert!(
+        e.contains("trained with 2 worker(s) but 1 were launched"),
+        "{e}"
+    );
     for o in train2(&args(&recipe, &part, &["--resume"])) {
         assert!(o.status.success(), "{}", text(&o));
     }

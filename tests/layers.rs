@@ -12,6 +12,7 @@ const LAYERS: &[&str] = &[
     "interrupt",
     "compute",
     "device",
+    "dist",
     "data",
     "nn",
     "checkpoint",

@@ -82,8 +82,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
             stop_after: None,
         },
     )?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    println!("run directory: {}", out.display());
+    // Data-parallel workers other than rank 0 print nothing (rank 0 speaks for the run).
+    if crate::dist::launched_rank() == 0 {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("run directory: {}", out.display());
+    }
     Ok(())
 }
 

@@ -15,8 +15,11 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> *mut c_void;
     pub fn advtrain_dist_free(g: *mut c_void);
-    pub fn advtrain_dist_allreduce_sum(g: *mut c_void, t: *mut c_void, err: *mut *mut c_char)
-        -> c_int;
+    pub fn advtrain_dist_allreduce_sum(
+        g: *mut c_void,
+        t: *mut c_void,
+        err: *mut *mut c_char,
+    ) -> c_int;
     pub fn advtrain_dist_broadcast(
         g: *mut c_void,
         t: *mut c_void,

@@ -208,6 +208,12 @@ impl LaunchEnv {
     }
 }
 
+/// This process's `RANK` when launched as a worker (0 otherwise, also for malformed variables,
+/// which the run itself reports).
+pub fn launched_rank() -> usize {
+    LaunchEnv::from_env().ok().flatten().map_or(0, |e| e.rank)
+}
+
 /// Bytes and seconds spent in collectives (benchmarks, the end-of-run log).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct CommStats {

@@ -258,14 +258,19 @@ impl Ddp {
     /// `sum_r (local_r / global) g_r`.
     pub fn average_gradients(&self, grads: &[Tensor], local: i64, global: i64) -> Result<()> {
         let Some(pg) = &self.pg else { return Ok(()) };
-        let grads: Vec<Tensor> = grads.iter().filter(|g| g.defined()).map(|g| g.shallow_clone()).collect();
+        let grads: Vec<Tensor> = grads
+            .iter()
+            .filter(|g| g.defined())
+            .map(|g| g.shallow_clone())
+            .collect();
         tch::no_grad(|| {
             for g in &grads {
                 let mut g = g.shallow_clone();
                 let _ = g.g_mul_scalar_(local as f64 / global as f64);
             }
         });
-        pg.allreduce_sum_all(&grads).context("all-reducing the gradients")
+        pg.allreduce_sum_all(&grads)
+            .context("all-reducing the gradients")
     }
 
     /// [`Ddp::average_gradients`] of the `.grad` of `params` (those that have one).
@@ -294,7 +299,13 @@ impl Ddp {
             .named_tensors()
             .into_iter()
             .map(|(_, t)| t)
-            .filter(|t| !t.requires_grad() && matches!(t.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16))
+            .filter(|t| {
+                !t.requires_grad()
+                    && matches!(
+                        t.kind(),
+                        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+                    )
+            })
             .collect();
         if bufs.is_empty() {
             return Ok(());

@@ -487,9 +487,12 @@ fn train_epoch(
     let t = &recipe.train;
     tch::manual_seed(ddp.torch_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH)));
     let rng = ChaCha8Rng::seed_from_u64(derive_seed(recipe.seed, epoch as u64, STREAM_DATA));
-    let batches =
-        data.train
-            .batches(ddp.global_batch(recipe), Some(rng), recipe.data.augment(), device);
+    let batches = data.train.batches(
+        ddp.global_batch(recipe),
+        Some(rng),
+        recipe.data.augment(),
+        device,
+    );
     let n_batches = batches.num_batches();
     let pb = if ddp.is_writer() {
         progress_bar(n_batches, epoch, t.epochs)
@@ -558,7 +561,8 @@ fn train_epoch(
             awp::restore(v);
         }
         if ddp.group().is_some() {
-            let mut params: Vec<Tensor> = sgd.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+            let mut params: Vec<Tensor> =
+                sgd.params.iter().map(|(_, p)| p.shallow_clone()).collect();
             params.extend(objective.parameters());
             ddp.average_param_grads(&params, bs, global)?;
         }
