@@ -30,6 +30,7 @@ use crate::data::Dataset;
 use crate::dist::{Backend, LaunchEnv, ProcessGroup};
 use crate::nn::Network;
 use anyhow::{bail, Context, Result};
+use std::cell::Cell;
 use std::path::Path;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
@@ -39,6 +40,8 @@ pub struct Ddp {
     pg: Option<ProcessGroup>,
     pub rank: usize,
     pub world_size: usize,
+    /// Gradient all-reduces so far: (optimiser steps, bytes, seconds).
+    grad_comm: Cell<(u64, u64, f64)>,
 }
 
 impl Ddp {
@@ -48,6 +51,7 @@ impl Ddp {
             pg: None,
             rank: 0,
             world_size: 1,
+            grad_comm: Cell::new((0, 0, 0.0)),
         }
     }
 
@@ -95,6 +99,7 @@ impl Ddp {
             pg: Some(pg),
             rank: env.rank,
             world_size: env.world_size,
+            grad_comm: Cell::new((0, 0, 0.0)),
         };
         ddp.check_same_recipe(&resolved)?;
         Ok((ddp, Some(resolved), device))
@@ -279,7 +284,33 @@ impl Ddp {
             return Ok(());
         }
         let grads: Vec<Tensor> = params.iter().map(|p| p.grad()).collect();
-        self.average_gradients(&grads, local, global)
+        let before = self.pg.as_ref().map(|pg| pg.stats()).unwrap_or_default();
+        self.average_gradients(&grads, local, global)?;
+        let after = self.pg.as_ref().map(|pg| pg.stats()).unwrap_or_default();
+        let (n, b, t) = self.grad_comm.get();
+        self.grad_comm.set((
+            n + 1,
+            b + after.bytes - before.bytes,
+            t + after.seconds - before.seconds,
+        ));
+        Ok(())
+    }
+
+    /// The end-of-run line on communication: all collectives, and the gradient all-reduce per
+    /// optimiser step (bytes and milliseconds).
+    pub fn comm_report(&self) -> Option<String> {
+        let s = self.pg.as_ref()?.stats();
+        let (n, b, t) = self.grad_comm.get();
+        let per = |x: f64| x / n.max(1) as f64;
+        Some(format!(
+            "distributed: {} collectives, {:.1} MB, {:.2} s in communication; gradient \
+             all-reduce per step: {:.3} MB, {:.1} ms ({n} steps)",
+            s.calls,
+            s.bytes as f64 / 1e6,
+            s.seconds,
+            per(b as f64) / 1e6,
+            per(t) * 1e3
+        ))
     }
 
     /// Sums of `values` over the workers (metrics, counts).

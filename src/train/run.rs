@@ -349,14 +349,8 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         overfitting,
         swa,
     };
-    if let Some(pg) = ddp.group() {
-        let s = pg.stats();
-        log::info!(
-            "distributed: {} collectives, {:.1} MB, {:.1} s in communication",
-            s.calls,
-            s.bytes as f64 / 1e6,
-            s.seconds
-        );
+    if let Some(line) = ddp.comm_report() {
+        log::info!("{line}");
     }
     if writer {
         write_atomic(
