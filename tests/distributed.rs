@@ -294,6 +294,49 @@ fn launch_errors_are_clear() {
     .unwrap()
     .unwrap();
     assert_eq!((ok.rank, ok.local_rank, ok.agent_store), (1, 1, true));
+
+    // Commands other than train refuse to run as one of several workers.
+    let o = Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .args([
+            "eval",
+            "--run",
+            "/nonexistent",
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+        ])
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", "29500")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("only `advtrain train` runs as data-parallel workers"),
+        "{e}"
+    );
+
+    // Settings the recipe refuses, naming the field.
+    use advtrain::dist::{BatchSemantics, DistSpec};
+    let e = DistSpec {
+        sync_bn: true,
+        ..DistSpec::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(format!("{e}").contains("distributed.sync_bn"), "{e}");
+    let global = DistSpec {
+        batch: BatchSemantics::Global,
+        ..DistSpec::default()
+    };
+    assert_eq!(global.batches(64, 2).unwrap(), (32, 64));
+    let e = global.batches(65, 2).unwrap_err();
+    assert!(format!("{e}").contains("train.batch_size = 65"), "{e}");
+    assert_eq!(DistSpec::default().batches(32, 3).unwrap(), (32, 96));
+    assert_eq!(advtrain::train::ddp::shard_range(7, 0, 2), (0, 3));
+    assert_eq!(advtrain::train::ddp::shard_range(7, 1, 2), (3, 7));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -138,6 +138,10 @@ pub fn main() -> anyhow::Result<()> {
         }
         crate::compute::apply_process_settings(&compute)?;
     }
+    // Only `train` runs data-parallel; N copies of another command would write the same files.
+    if !matches!(cli.command, Command::Train(_)) {
+        crate::dist::refuse_launch("only `advtrain train` runs as data-parallel workers")?;
+    }
     match cli.command {
         Command::Train(mut a) => {
             // For training the flags are recipe overrides (`compute.*`), saved with the run.

@@ -214,6 +214,22 @@ pub fn launched_rank() -> usize {
     LaunchEnv::from_env().ok().flatten().map_or(0, |e| e.rank)
 }
 
+/// An error when this process was launched as one of several workers (`what` says why that
+/// is refused); Ok in a plain run and with `WORLD_SIZE=1`.
+pub fn refuse_launch(what: &str) -> Result<()> {
+    if let Some(env) = LaunchEnv::from_env()? {
+        if env.world_size > 1 {
+            bail!(
+                "{what}: this process is rank {} of WORLD_SIZE={} (launched by torchrun, srun or a \
+                 loop); run it once, without the launch variables",
+                env.rank,
+                env.world_size
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Bytes and seconds spent in collectives (benchmarks, the end-of-run log).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct CommStats {

@@ -362,7 +362,10 @@ pub fn shard_range(n: usize, r: usize, w: usize) -> (usize, usize) {
 /// `--resume` must use the world size the run was trained with (the sidecar's recipe;
 /// absent = 1).
 pub fn check_world_size(last_file: &Path, world_size: usize) -> Result<()> {
-    let side = checkpoint::read_sidecar(last_file)?;
+    // An unreadable sidecar is left to the resume's verification (and its fallback).
+    let Ok(side) = checkpoint::read_sidecar(last_file) else {
+        return Ok(());
+    };
     let saved = side
         .recipe
         .get("distributed")
