@@ -395,7 +395,19 @@ batch_size = 20
 
 /// `advtrain train ARGS` as worker `rank` of `world` at `port` (plain env launch).
 fn spawn_train(args: &[String], rank: usize, world: usize, port: u16) -> Child {
+    spawn_train_env(args, rank, world, port, &[])
+}
+
+/// [`spawn_train`] with extra environment variables.
+fn spawn_train_env(
+    args: &[String],
+    rank: usize,
+    world: usize,
+    port: u16,
+    extra: &[(&str, &str)],
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .envs(extra.iter().copied())
         .args(args)
         .env("RUST_LOG", "info")
         .env("OMP_NUM_THREADS", "1")
@@ -575,9 +587,9 @@ fn two_workers_equal_one_process_on_the_global_batch() {
     }
 }
 
-/// Resume after a stop (epoch 1 of 2) gives the uninterrupted 2-worker run (launched by
-/// torchrun, whose agent hosts the store); a different world size is refused; workers whose
-/// recipes differ fail.
+/// A killed worker fails the other; resume after the kill gives the uninterrupted 2-worker run
+/// (launched by torchrun, whose agent hosts the store); a different world size is refused;
+/// workers whose recipes differ fail.
 #[test]
 fn resume_world_size_and_recipe_checks() {
     if is_worker() {
@@ -623,11 +635,46 @@ fn resume_world_size_and_recipe_checks() {
     let o = wait_output(c.spawn().unwrap(), Duration::from_secs(240), "torchrun");
     assert!(o.status.success(), "torchrun:\n{}", text(&o));
 
-    // One epoch, then resumed to two, by a plain env launch.
+    // The same run by a plain env launch, rank 1 SIGKILLed once epoch 1's metrics row is out
+    // (rank 0's checkpoint writes slowed by the test delay hook, so the kill lands in epoch 1's
+    // save or early in epoch 2): rank 0 must fail with a clear error, well within the timeout.
     let part = dir.path().join("part");
-    for o in train2(&args(&recipe, &part, &["--epochs", "1"])) {
-        assert!(o.status.success(), "{}", text(&o));
+    let port = free_port();
+    let delay = [("ADVTRAIN_TEST_WRITE_DELAY_MS", "150")];
+    let r0 = spawn_train_env(&args(&recipe, &part, &[]), 0, 2, port, &delay);
+    let mut r1 = spawn_train_env(&args(&recipe, &part, &[]), 1, 2, port, &delay);
+    let start = Instant::now();
+    let rows = || {
+        std::fs::read_to_string(part.join("metrics.csv"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    while rows() < 2 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(rows(), 2, "epoch 1 never finished");
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    let killed = Instant::now();
+    let o = wait_output(
+        r0,
+        Duration::from_secs(90),
+        "rank 0 after rank 1 was killed",
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success(),
+        "rank 0 finished without its peer:\n{t}"
+    );
+    assert!(
+        t.contains("distributed") && t.contains("failed on rank 0 of 2"),
+        "{t}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(75),
+        "{:?}",
+        killed.elapsed()
+    );
     // One process cannot resume a 2-worker run.
     let o = single(&args(&recipe, &part, &["--resume"]));
     assert!(!o.status.success());
