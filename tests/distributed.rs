@@ -704,3 +704,94 @@ fn resume_world_size_and_recipe_checks() {
         );
     }
 }
+
+#[test]
+#[ignore = "worker process of sharding_gradient_weights_and_buffer_averaging"]
+fn worker_ddp_pieces() {
+    if !is_worker() {
+        return;
+    }
+    use advtrain::nn::{Ctx, Network};
+    use advtrain::train::ddp::Ddp;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    // The same recipe text on both workers (the data are not read here).
+    let data = std::path::Path::new("/nonexistent/advtrain-ddp-data");
+    std::fs::write(&file, common::tiny_recipe_toml(data, 1)).unwrap();
+    let recipe = advtrain::train::Recipe::load(&file, &[]).unwrap();
+    let (ddp, resolved, _) = Ddp::start(&recipe, Device::Cpu).unwrap();
+    assert_eq!(resolved.unwrap().distributed.world_size, Some(2));
+    let rank = ddp.rank;
+    // The same network and batch of 7 on both workers (rows 0..3 on rank 0, 3..7 on rank 1).
+    tch::manual_seed(11);
+    let net = Network::new(&common::small_cnn_arch(1, 1), Device::Cpu).unwrap();
+    let x = Tensor::rand([7, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 3, 1, 4, 1, 5, 9]);
+    let params: Vec<Tensor> = net.trainable().into_iter().map(|(_, t)| t).collect();
+    let grads = |x: &Tensor, y: &Tensor| -> Vec<Tensor> {
+        for p in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        // Eval mode: no batch statistics couple the rows.
+        let loss = net
+            .model
+            .forward(x, &Ctx::eval())
+            .cross_entropy_for_logits(y);
+        loss.backward();
+        params.iter().map(|p| p.grad().copy()).collect()
+    };
+    let whole = grads(&x, &y);
+    let (xl, yl, m) = ddp.shard(x.shallow_clone(), y.shallow_clone()).unwrap();
+    assert_eq!(m, 7);
+    assert_eq!(yl.size()[0], if rank == 0 { 3 } else { 4 });
+    let off = if rank == 0 { 0 } else { 3 };
+    assert!(yl.equal(&y.narrow(0, off, yl.size()[0])));
+    let _ = grads(&xl, &yl);
+    ddp.average_param_grads(&params, yl.size()[0], m).unwrap();
+    for (p, w) in params.iter().zip(&whole) {
+        let d = (p.grad() - w).abs().max().double_value(&[]);
+        let scale = w.abs().max().double_value(&[]);
+        assert!(
+            d <= 1e-6 * (1.0 + scale),
+            "weighted gradient off by {d} (scale {scale})"
+        );
+    }
+    // Fewer images than workers: skipped by all.
+    assert!(ddp.shard(x.narrow(0, 0, 1), y.narrow(0, 0, 1)).is_none());
+    // Running statistics averaged; sums over workers.
+    for (name, mut t) in net.named_tensors() {
+        if name.ends_with("running_mean") {
+            tch::no_grad(|| t.fill_(rank as f64 + 1.0));
+        }
+    }
+    ddp.average_buffers(&net).unwrap();
+    for (name, t) in net.named_tensors() {
+        if name.ends_with("running_mean") {
+            assert!(t.eq(1.5).all().int64_value(&[]) == 1, "{name}");
+        }
+    }
+    assert_eq!(ddp.sum(&[rank as f64, 1.0]).unwrap(), vec![1.0, 2.0]);
+    println!("worker {rank} ok");
+}
+
+/// The pieces of data-parallel training against a whole-batch computation in each worker: an
+/// uneven split (7 = 3 + 4) weighted by share gives the whole batch's mean-loss gradient;
+/// running statistics average; too small a batch is skipped.
+#[test]
+fn sharding_gradient_weights_and_buffer_averaging() {
+    if is_worker() {
+        return;
+    }
+    let port = free_port();
+    let kids: Vec<Child> = (0..2)
+        .map(|r| spawn_worker("worker_ddp_pieces", r, 2, port, &[]))
+        .collect();
+    for (r, k) in kids.into_iter().enumerate() {
+        let o = wait_output(k, Duration::from_secs(120), "ddp pieces worker");
+        assert!(o.status.success(), "worker {r} failed:\n{}", text(&o));
+        assert!(text(&o).contains(&format!("worker {r} ok")), "{}", text(&o));
+    }
+}
