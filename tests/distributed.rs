@@ -764,7 +764,9 @@ fn worker_ddp_pieces() {
     // Running statistics averaged; sums over workers.
     for (name, mut t) in net.named_tensors() {
         if name.ends_with("running_mean") {
-            tch::no_grad(|| t.fill_(rank as f64 + 1.0));
+            tch::no_grad(|| {
+                let _ = t.fill_(rank as f64 + 1.0);
+            });
         }
     }
     ddp.average_buffers(&net).unwrap();
