@@ -759,6 +759,50 @@ fn worker_ddp_pieces() {
             "weighted gradient off by {d} (scale {scale})"
         );
     }
+    // BatchNorm in train mode (batch statistics per worker, as DDP without sync_bn) = one
+    // process that normalises each worker's share separately: sum_r (m_r / m) grad CE(share r).
+    let zero = || {
+        for p in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    };
+    let ce_train = |x: &Tensor, y: &Tensor| {
+        net.model
+            .forward(x, &Ctx::train())
+            .cross_entropy_for_logits(y)
+    };
+    zero();
+    let halves = (ce_train(&x.narrow(0, 0, 3), &y.narrow(0, 0, 3)) * (3.0 / 7.0))
+        + (ce_train(&x.narrow(0, 3, 4), &y.narrow(0, 3, 4)) * (4.0 / 7.0));
+    halves.backward();
+    let separately: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
+    zero();
+    ce_train(&xl, &yl).backward();
+    ddp.average_param_grads(&params, yl.size()[0], m).unwrap();
+    for (p, w) in params.iter().zip(&separately) {
+        let d = (p.grad() - w).abs().max().double_value(&[]);
+        let scale = w.abs().max().double_value(&[]);
+        assert!(
+            d <= 1e-6 * (1.0 + scale),
+            "BN per-worker gradient off by {d} (scale {scale})"
+        );
+    }
+    // ... and differs from one process normalising the whole batch at once (the check bites).
+    zero();
+    ce_train(&x, &y).backward();
+    let joint = params
+        .iter()
+        .zip(&separately)
+        .map(|(p, w)| (p.grad() - w).abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(
+        joint > 1e-4,
+        "whole-batch BN gradient unexpectedly equal: {joint}"
+    );
+
     // Fewer images than workers: skipped by all.
     assert!(ddp.shard(x.narrow(0, 0, 1), y.narrow(0, 0, 1)).is_none());
     // Running statistics averaged; sums over workers.
@@ -780,8 +824,10 @@ fn worker_ddp_pieces() {
 }
 
 /// The pieces of data-parallel training against a whole-batch computation in each worker: an
-/// uneven split (7 = 3 + 4) weighted by share gives the whole batch's mean-loss gradient;
-/// running statistics average; too small a batch is skipped.
+/// uneven split (7 = 3 + 4) weighted by share gives the whole batch's mean-loss gradient (eval
+/// mode), and with BatchNorm in train mode the gradient of one process that normalises each
+/// share separately (not the whole batch at once); running statistics average; too small a
+/// batch is skipped.
 #[test]
 fn sharding_gradient_weights_and_buffer_averaging() {
     if is_worker() {
