@@ -335,6 +335,32 @@ fn launch_errors_are_clear() {
     let e = global.batches(65, 2).unwrap_err();
     assert!(format!("{e}").contains("train.batch_size = 65"), "{e}");
     assert_eq!(DistSpec::default().batches(32, 3).unwrap(), (32, 96));
+    // The choices' recipe (serde), Display and parse spellings agree.
+    for (b, name) in [
+        (Backend::Auto, "auto"),
+        (Backend::Gloo, "gloo"),
+        (Backend::Nccl, "nccl"),
+    ] {
+        assert_eq!(serde_json::to_value(b).unwrap(), name);
+        assert_eq!(
+            (b.to_string(), name.parse::<Backend>().unwrap()),
+            (name.to_string(), b)
+        );
+    }
+    for (b, name) in [
+        (BatchSemantics::PerWorker, "per-worker"),
+        (BatchSemantics::Global, "global"),
+    ] {
+        assert_eq!(serde_json::to_value(b).unwrap(), name);
+        assert_eq!(
+            (b.to_string(), name.parse::<BatchSemantics>().unwrap()),
+            (name.to_string(), b)
+        );
+    }
+    assert!("mpi"
+        .parse::<Backend>()
+        .unwrap_err()
+        .contains("expected one of auto, gloo, nccl"));
     assert_eq!(advtrain::train::ddp::shard_range(7, 0, 2), (0, 3));
     assert_eq!(advtrain::train::ddp::shard_range(7, 1, 2), (3, 7));
 }
