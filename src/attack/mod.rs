@@ -16,18 +16,26 @@ pub use pgd::{Pgd, PgdConfig};
 pub use spec::{AttackConfig, AttackName, AttackSettings, AttackSpec};
 pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};
 
+use crate::checkpoint::torchscript::ScriptModel;
 use crate::compute::{self, Compute, Precision};
 use crate::nn::{Ctx, Mode, Model};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-/// The attacked function: a model frozen to one route and mode, computed with explicit
-/// [`Compute`] settings (the defaults unless [`Classifier::with_compute`] says otherwise): the
-/// precision of attack generation, BN folding, and (for row-independent eval-mode forwards on
-/// CPU) micro-batches of `attack_chunk` rows.
+/// What a [`Classifier`] computes: one of our models under a route and mode, or a TorchScript
+/// module (eval mode, frozen parameters; [`ScriptModel`]).
+#[derive(Clone, Copy)]
+pub enum Backend<'a> {
+    Native { model: &'a dyn Model, ctx: Ctx },
+    Script(&'a ScriptModel),
+}
+
+/// The attacked function: a model frozen to one route and mode (or a TorchScript module),
+/// computed with explicit [`Compute`] settings (the defaults unless
+/// [`Classifier::with_compute`] says otherwise): the precision of attack generation, BN folding,
+/// and (for row-independent eval-mode forwards on CPU) micro-batches of `attack_chunk` rows.
 pub struct Classifier<'a> {
-    pub model: &'a dyn Model,
-    pub ctx: Ctx,
+    pub backend: Backend<'a>,
     /// Whether rows are computed independently (micro-batches are exact).
     row_independent: bool,
     /// Rows per forward/backward micro-batch (0 = whole batch).
@@ -45,8 +53,20 @@ impl<'a> Classifier<'a> {
             && ctx.segments.is_empty()
             && model.norms().iter().all(|(_, n)| !n.recording());
         Classifier {
-            model,
-            ctx,
+            backend: Backend::Native { model, ctx },
+            row_independent,
+            chunk: 0,
+            precision: Precision::Fp32,
+            fold: false,
+        }
+        .with_compute(&Compute::default())
+    }
+
+    /// A TorchScript module as the attacked function; `row_independent`: its eval-mode rows do
+    /// not depend on each other (checked by [`ScriptModel::probe`]), so micro-batches are exact.
+    pub fn script(module: &'a ScriptModel, row_independent: bool) -> Self {
+        Classifier {
+            backend: Backend::Script(module),
             row_independent,
             chunk: 0,
             precision: Precision::Fp32,
@@ -79,13 +99,16 @@ impl<'a> Classifier<'a> {
     /// Logits (float32, [`crate::nn::models::Head`]) of one (micro-)batch, BN folded when
     /// possible, in `precision`.
     fn forward_in(&self, x: &Tensor, precision: Precision) -> Tensor {
-        compute::with_precision(precision, x.device(), || {
-            if self.fold {
-                if let Some(z) = self.model.forward_folded(x, &self.ctx) {
-                    return z;
+        compute::with_precision(precision, x.device(), || match self.backend {
+            Backend::Native { model, ctx } => {
+                if self.fold {
+                    if let Some(z) = model.forward_folded(x, &ctx) {
+                        return z;
+                    }
                 }
+                model.forward(x, &ctx)
             }
-            self.model.forward(x, &self.ctx)
+            Backend::Script(m) => m.forward(x),
         })
     }
 

@@ -169,3 +169,33 @@ pub fn load_foreign(file: &Path, arch: &ArchSpec, device: Device) -> Result<Netw
     import_into(&net, file)?;
     Ok(net)
 }
+
+/// Python that converts a pickled PyTorch file to safetensors (shown when one is refused).
+pub const PICKLE_HINT: &str = "convert it to safetensors in Python:\n    \
+    import torch; from safetensors.torch import save_file\n    \
+    sd = torch.load('model.pt', map_location='cpu', weights_only=True); sd = sd.get('state_dict', sd)\n    \
+    save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')";
+
+/// Error when `file` is a pickled PyTorch file (`torch.save`: a `.pt`/`.pth`/`.pkl`/`.bin`
+/// name, or a zip or pickle header): advtrain never loads pickles (unpickling can run code).
+/// `flag` names the option it came from.
+pub fn refuse_pickle(file: &Path, flag: &str) -> Result<()> {
+    let ext = file
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let mut head = [0u8; 4];
+    let magic = std::fs::File::open(file)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && (head == *b"PK\x03\x04" || head[0] == 0x80);
+    if matches!(ext.as_str(), "pt" | "pth" | "pkl" | "bin" | "ckpt") || magic {
+        anyhow::bail!(
+            "{flag} {}: this is a PyTorch pickle (torch.save), which advtrain never loads \
+             (unpickling can run code); {PICKLE_HINT}\nthen pass {flag} model.safetensors \
+             (a TorchScript module saved with torch.jit.save loads with --torchscript instead)",
+            file.display()
+        );
+    }
+    Ok(())
+}

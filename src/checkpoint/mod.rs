@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 pub mod import;
+pub mod torchscript;
 
 /// The JSON sidecar of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]

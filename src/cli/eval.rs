@@ -7,11 +7,12 @@ pub use args::EvalArgs;
 
 use super::write_json;
 use crate::attack::{AttackName, ParamNames};
-use crate::checkpoint::LoadedCheckpoint;
+use crate::checkpoint::torchscript::ScriptModel;
+use crate::nn::ArchSpec;
 use crate::compute::Compute;
 use crate::eval::*;
 use crate::report::plot::{LinePlot, Series};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// The attack `a.attack` at `eps` and `steps` (names: how errors name the settings).
@@ -21,21 +22,121 @@ fn attack(a: &EvalArgs, eps: f64, steps: Option<usize>, names: &ParamNames) -> R
         .map_err(anyhow::Error::msg)
 }
 
-/// Everything but the attack, and the checkpoint of --checkpoint / --run loaded with the
-/// recipe that trained it (its `[data]` is the data evaluated).
-fn setup(a: &EvalArgs, compute: Compute) -> Result<(EvalSetup, LoadedCheckpoint)> {
+/// The architecture of a state dict: --arch-file, or --arch with --num-classes / --depth /
+/// --width and the data's channels (`None` when neither flag is given).
+fn state_dict_arch(a: &EvalArgs, data: &DataSelection) -> Result<Option<ArchSpec>> {
+    if let Some(f) = &a.arch_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("--arch-file {}: cannot read it", f.display()))?;
+        let v: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("--arch-file {}: not valid TOML", f.display()))?;
+        let table = v.get("model").cloned().unwrap_or(v);
+        let arch: ArchSpec = table.try_into().with_context(|| {
+            format!(
+                "--arch-file {}: not an architecture (the fields of a recipe's [model] table: \
+                 name, num_classes, in_channels, depth, width, norm, heads)",
+                f.display()
+            )
+        })?;
+        return Ok(Some(arch));
+    }
+    let Some(name) = &a.arch else {
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        crate::nn::models::ARCHITECTURES.contains(&name.as_str()),
+        "--arch '{name}': expected one of {}",
+        crate::nn::models::ARCHITECTURES.join(", ")
+    );
+    let (channels, classes) = match &data.source {
+        DataSource::Dataset(spec) => (
+            spec.dataset.image_shape().0,
+            Some(spec.dataset.num_classes() as i64),
+        ),
+        DataSource::Points(p) => (crate::data::points::points_shape(p)?[1], None),
+    };
+    Ok(Some(ArchSpec {
+        name: name.clone(),
+        num_classes: a.num_classes.or(classes).unwrap_or(10),
+        in_channels: channels,
+        depth: a.depth,
+        width: a.width,
+        norm: Default::default(),
+        predictors: vec![],
+        heads: 1,
+    }))
+}
+
+/// Everything but the attack, and the model of --torchscript, --checkpoint (an advtrain
+/// checkpoint loaded with the recipe that trained it, whose `[data]` is the default data, or a
+/// state dict with --arch) or --run.
+fn setup(a: &EvalArgs, compute: Compute) -> Result<(EvalSetup, LoadedModel)> {
     let device = a.device.resolve()?;
-    let checkpoint = super::checkpoint_file(a.checkpoint.as_ref(), a.run.as_ref())?;
-    let run = crate::train::saved::load_run(&checkpoint, device)?;
+    let arch_flags = a.arch.is_some() || a.arch_file.is_some();
+    let (checkpoint, format, data, model) = if let Some(ts) = &a.torchscript {
+        anyhow::ensure!(
+            !arch_flags,
+            "--arch / --arch-file describe a state dict given with --checkpoint; a TorchScript \
+             module carries its architecture"
+        );
+        let data = a.data(None)?;
+        let model = LoadedModel::Script(ScriptModel::load(ts, device)?);
+        (ts.clone(), ModelFormat::Torchscript, data, model)
+    } else if arch_flags {
+        let file = a
+            .checkpoint
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--arch / --arch-file need --checkpoint sd.safetensors"))?;
+        let data = a.data(None)?;
+        let arch = state_dict_arch(a, &data)?.expect("--arch or --arch-file");
+        eprintln!(
+            "state dict {} as {}",
+            file.display(),
+            serde_json::to_string(&arch)?
+        );
+        let format = ModelFormat::StateDict(arch);
+        let probe = EvalSetup {
+            checkpoint: file.clone(),
+            format: format.clone(),
+            data: data.clone(),
+            test_time: a.test_time(),
+            seed: a.seed,
+            device: a.device,
+            compute,
+        };
+        let model = load_model(&probe)?;
+        (file, format, data, model)
+    } else {
+        if let Some(c) = &a.checkpoint {
+            if c.is_file() {
+                crate::checkpoint::import::refuse_pickle(c, "--checkpoint")?;
+            }
+            let side = crate::checkpoint::paths(c).2;
+            anyhow::ensure!(
+                !c.is_file() || side.is_file(),
+                "--checkpoint {}: its sidecar {} does not exist, so it is not an advtrain \
+                 checkpoint; a PyTorch state dict of one of our architectures loads with --arch \
+                 NAME (or --arch-file), a TorchScript module with --torchscript",
+                c.display(),
+                side.display()
+            );
+        }
+        let checkpoint = super::checkpoint_file(a.checkpoint.as_ref(), a.run.as_ref())?;
+        let run = crate::train::saved::load_run(&checkpoint, device)?;
+        let data = a.data(Some(run.recipe.data))?;
+        let model: LoadedModel = run.checkpoint.into();
+        (checkpoint, ModelFormat::Advtrain, data, model)
+    };
     let setup = EvalSetup {
         checkpoint,
-        data: a.data(run.recipe.data),
+        format,
+        data,
         test_time: a.test_time(),
         seed: a.seed,
         device: a.device,
         compute,
     };
-    Ok((setup, run.checkpoint))
+    Ok((setup, model))
 }
 
 pub fn run(a: EvalArgs, compute: Compute) -> Result<()> {
@@ -61,8 +162,12 @@ pub fn run(a: EvalArgs, compute: Compute) -> Result<()> {
         threat,
         attack,
     };
-    let report = evaluate_on(&plan, checkpoint, &mut Console)?;
+    let report = evaluate_model(&plan, checkpoint, &mut Console)?;
     print!("{report}");
+    if let Some(card) = &a.model_card {
+        let c = crate::eval::card::ModelCard::new(&plan, &report);
+        write_json(card, &c)?;
+    }
     json.map_or(Ok(()), |path| write_json(&path, &report))
 }
 
@@ -113,7 +218,7 @@ fn run_curve(a: EvalArgs, compute: Compute) -> Result<()> {
         None => PathBuf::from(file),
     });
     plan.plot = json.with_extension("png");
-    let report = evaluate_curve_on(&plan, checkpoint, &mut Console)?;
+    let report = evaluate_curve_model(&plan, checkpoint, &mut Console)?;
     print!("{report}");
     write_json(&json, &report)?;
     plot(&report).write(&plan.plot)?;

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Images `[N,C,H,W]` as uint8 and labels `[N]` as int64, both on the host.
 pub struct Dataset {
+    /// NCHW: uint8 pixels (0..=255), or float32 in [0, 1] (points files); see [`to_unit`].
     pub images: Tensor,
     pub labels: Tensor,
     pub num_classes: usize,
@@ -156,8 +157,17 @@ impl Iterator for Batches<'_> {
         if let Some(rng) = self.rng.as_mut() {
             x = apply_augment(&x, self.augment, rng);
         }
-        let x = x.to_device(self.device).to_kind(Kind::Float) / 255.0;
-        Some((x, y.to_device(self.device)))
+        Some((to_unit(&x.to_device(self.device)), y.to_device(self.device)))
+    }
+}
+
+/// Images of a [`Dataset`] as float32 in [0, 1]: uint8 pixels divided by 255, float images
+/// (already in [0, 1], from a points file) as they are.
+pub fn to_unit(x: &Tensor) -> Tensor {
+    if x.kind() == Kind::Uint8 {
+        x.to_kind(Kind::Float) / 255.0
+    } else {
+        x.to_kind(Kind::Float)
     }
 }
 

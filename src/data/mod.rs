@@ -4,6 +4,7 @@
 pub mod cifar;
 pub mod idx;
 pub mod loader;
+pub mod points;
 pub mod raw;
 
 pub use loader::{Augment, Batches, Dataset};

@@ -13,6 +13,7 @@
 //! the field that differs.
 
 use super::checks::{perturbation_flag, square_beats_white_box, Flag};
+use super::plan::Batching;
 use crate::attack::{
     correct, per_sample_l2, ApgdConfig, Attack, AttackName, AttackSpec, Classifier, FabConfig,
     SquareConfig, ThreatNorm,
@@ -128,6 +129,9 @@ pub struct StateKey {
     /// sha256 of the evaluated images and labels.
     pub data_sha256: String,
     pub n: usize,
+    /// How the points are batched ([`Batching`]).
+    #[serde(default)]
+    pub batching: Batching,
 }
 
 /// The attack in progress.
@@ -163,6 +167,8 @@ pub struct AutoAttackResult {
     pub per_attack: Vec<AttackRecord>,
     pub flags: Vec<Flag>,
     pub max_perturbation: f64,
+    /// Per point: classified correctly on the clean input.
+    pub clean: Vec<bool>,
     /// Per point: robust after the whole cascade.
     pub robust: Vec<bool>,
     /// True when this run continued a state file.
@@ -174,9 +180,16 @@ pub struct AutoAttackResult {
 /// sha256 over the images' and labels' bytes.
 pub fn data_fingerprint(data: &Dataset) -> Result<String> {
     let mut h = Sha256::new();
-    let img = data.images.contiguous();
-    let bytes = Vec::<u8>::try_from(img.flatten(0, -1)).context("images are not uint8")?;
-    h.update(&bytes);
+    let img = data.images.contiguous().flatten(0, -1);
+    if img.kind() == Kind::Uint8 {
+        h.update(Vec::<u8>::try_from(img).context("images are not uint8")?);
+    } else {
+        // Float images (points files): their float32 bytes, tagged so they never equal uint8 ones.
+        h.update(b"f32");
+        for v in Vec::<f32>::try_from(img.to_kind(Kind::Float))? {
+            h.update(v.to_le_bytes());
+        }
+    }
     let labels = Vec::<i64>::try_from(&data.labels)?;
     for l in labels {
         h.update(l.to_le_bytes());
@@ -291,7 +304,7 @@ fn check_state(s: &State, key: &StateKey) -> std::result::Result<(), String> {
         if c.todo.windows(2).any(|w| w[0] >= w[1]) {
             return Err("the points of the attack in progress are not in increasing order".into());
         }
-        let batches = c.todo.len().div_ceil(key.batch_size.max(1));
+        let batches = batch_lists(&c.todo, key.batch_size, key.batching).len();
         if c.batches_done > batches || !finite(c.elapsed_s) {
             return Err(format!(
                 "the attack in progress has {} of {batches} batches done in {} s",
@@ -321,6 +334,68 @@ pub struct AutoAttack {
     /// Stop after this many attack batches in one call (the state file keeps the progress and
     /// a later call continues): time-boxed evaluation in pieces.
     pub max_batches: Option<usize>,
+    /// How each attack batches the points still robust ([`Batching`]).
+    pub batching: Batching,
+}
+
+/// The batches of an attack over the points `todo` (increasing): consecutive chunks of
+/// `batch_size` (pooled), or per block of `batch_size` consecutive point indices (blocked).
+pub fn batch_lists(todo: &[usize], batch_size: usize, batching: Batching) -> Vec<Vec<usize>> {
+    let bs = batch_size.max(1);
+    match batching {
+        Batching::Pooled => todo.chunks(bs).map(|c| c.to_vec()).collect(),
+        Batching::Blocked => {
+            let mut out: Vec<Vec<usize>> = vec![];
+            let mut block = usize::MAX;
+            for &i in todo {
+                if i / bs != block || out.is_empty() {
+                    block = i / bs;
+                    out.push(vec![]);
+                }
+                out.last_mut().expect("pushed").push(i);
+            }
+            out
+        }
+    }
+}
+
+/// The flags of a cascade's outcome: stopped early, Square beating the white-box attacks,
+/// perturbations beyond eps, a preset that is not the standard one.
+pub fn cascade_flags(
+    preset: Preset,
+    eps: f64,
+    attacks: usize,
+    done: &[AttackRecord],
+    complete: bool,
+    max_perturbation: f64,
+) -> Vec<Flag> {
+    let mut flags = Vec::new();
+    if !complete {
+        flags.push(Flag::new(
+            "incomplete",
+            format!(
+                "the cascade stopped early after {} of {attacks} attacks: the robust accuracy is \
+                 an upper bound; run again with the same state file to finish",
+                done.len(),
+            ),
+        ));
+    }
+    let acc: Vec<(String, f64)> = done
+        .iter()
+        .map(|r| (r.attack.clone(), r.robust_accuracy))
+        .collect();
+    flags.extend(square_beats_white_box(&acc));
+    flags.extend(perturbation_flag(max_perturbation, eps));
+    if !preset.standard() {
+        flags.push(Flag::new(
+            "non-standard-autoattack",
+            format!(
+                "preset '{preset}' is not the standard AutoAttack: {}",
+                preset.description()
+            ),
+        ));
+    }
+    flags
 }
 
 impl AutoAttack {
@@ -346,6 +421,7 @@ impl AutoAttack {
             attacks: specs.iter().map(AttackSpec::build).collect(),
             specs,
             max_batches: None,
+            batching: Batching::Pooled,
         })
     }
 
@@ -437,11 +513,7 @@ impl AutoAttack {
                     elapsed_s: 0.0,
                 },
             };
-            let batches: Vec<Vec<usize>> = cur
-                .todo
-                .chunks(self.batch_size)
-                .map(|c| c.to_vec())
-                .collect();
+            let batches = batch_lists(&cur.todo, self.batch_size, self.batching);
             for b in cur.batches_done..batches.len() {
                 if self.max_batches.is_some_and(|m| batches_run >= m) {
                     complete = false;
@@ -496,35 +568,14 @@ impl AutoAttack {
                 write_atomic(p, &state)?;
             }
         }
-        let mut flags = Vec::new();
-        if !complete {
-            flags.push(Flag::new(
-                "incomplete",
-                format!(
-                    "the cascade stopped early after {} of {} attacks: the robust accuracy is an \
-                     upper bound; run again with the same state file to finish",
-                    state.done.len(),
-                    self.attacks.len()
-                ),
-            ));
-        }
-        let acc: Vec<(String, f64)> = state
-            .done
-            .iter()
-            .map(|r| (r.attack.clone(), r.robust_accuracy))
-            .collect();
-        flags.extend(square_beats_white_box(&acc));
-        flags.extend(perturbation_flag(state.max_perturbation, self.eps));
-        if !self.preset.standard() {
-            flags.push(Flag::new(
-                "non-standard-autoattack",
-                format!(
-                    "preset '{}' is not the standard AutoAttack: {}",
-                    self.preset,
-                    self.preset.description()
-                ),
-            ));
-        }
+        let flags = cascade_flags(
+            self.preset,
+            self.eps,
+            self.attacks.len(),
+            &state.done,
+            complete,
+            state.max_perturbation,
+        );
         let count = |v: &[bool]| v.iter().filter(|&&b| b).count();
         Ok(AutoAttackResult {
             clean_accuracy: count(&state.clean) as f64 / n as f64,
@@ -533,6 +584,7 @@ impl AutoAttack {
             per_attack: state.done.clone(),
             flags,
             max_perturbation: state.max_perturbation,
+            clean: state.clean.clone(),
             robust: state.robust.clone(),
             resumed,
             complete,
@@ -567,12 +619,7 @@ impl AutoAttack {
 /// Images (float in [0,1]) and labels of the points `idx`, on `device`.
 fn select(data: &Dataset, idx: &[i64], device: Device) -> (Tensor, Tensor) {
     let i = Tensor::from_slice(idx);
-    let x = data
-        .images
-        .index_select(0, &i)
-        .to_device(device)
-        .to_kind(Kind::Float)
-        / 255.0;
+    let x = crate::data::loader::to_unit(&data.images.index_select(0, &i).to_device(device));
     let y = data.labels.index_select(0, &i).to_device(device);
     (x, y)
 }

@@ -5,6 +5,7 @@
 //! writes as JSON. The counting functions below are the building blocks.
 
 pub mod autoattack;
+pub mod card;
 pub mod checks;
 pub mod controls;
 pub mod plan;
@@ -12,13 +13,13 @@ pub mod report;
 pub mod run;
 
 pub use plan::{
-    AutoAttackPlan, CurveAxis, CurvePlan, CurvePointPlan, DataSelection, EvalAttack, EvalPlan,
-    EvalSetup, TestTime, Threat,
+    AutoAttackPlan, Batching, CurveAxis, CurvePlan, CurvePointPlan, DataSelection, DataSource,
+    EvalAttack, EvalPlan, EvalSetup, ModelFormat, Shard, TestTime, Threat,
 };
-pub use report::{CurvePoint, CurveReport, EvalReport, PerAttack};
+pub use report::{CurvePoint, CurveReport, EvalReport, PerAttack, ShardInfo};
 pub use run::{
-    evaluate, evaluate_curve, evaluate_curve_on, evaluate_on, load_checkpoint, Console, Progress,
-    Silent,
+    evaluate, evaluate_curve, evaluate_curve_model, evaluate_curve_on, evaluate_model, evaluate_on,
+    load_checkpoint, load_model, Console, LoadedModel, Progress, Silent,
 };
 
 use crate::attack::{correct, Attack, Classifier};
@@ -59,6 +60,19 @@ pub fn clean_counts(f: &Classifier, data: &Dataset, batch_size: usize, device: D
     }
 }
 
+/// [`robust_counts`] with torch's generator seeded with `seed` before every batch (blocked
+/// batching: each batch's result is independent of the others).
+pub fn robust_counts_seeded(
+    f: &Classifier,
+    attack: &dyn Attack,
+    data: &Dataset,
+    batch_size: usize,
+    device: Device,
+    seed: u64,
+) -> Counts {
+    counts_of(f, attack, data, batch_size, device, Some(seed))
+}
+
 /// Clean and robust counts: a point is robust when it is classified correctly on the clean
 /// input and on the attack's output.
 pub fn robust_counts(
@@ -68,9 +82,23 @@ pub fn robust_counts(
     batch_size: usize,
     device: Device,
 ) -> Counts {
+    counts_of(f, attack, data, batch_size, device, None)
+}
+
+fn counts_of(
+    f: &Classifier,
+    attack: &dyn Attack,
+    data: &Dataset,
+    batch_size: usize,
+    device: Device,
+    seed: Option<u64>,
+) -> Counts {
     let mut clean = Tensor::zeros([], (Kind::Int64, device));
     let mut robust = Tensor::zeros([], (Kind::Int64, device));
     for (x, y) in data.batches(batch_size, None, Augment::default(), device) {
+        if let Some(s) = seed {
+            tch::manual_seed(s as i64);
+        }
         let ok = tch::no_grad(|| correct(&f.predict(&x), &y));
         let x_adv = attack.perturb(f, &x, &y);
         let ok_adv = tch::no_grad(|| correct(&f.predict(&x_adv), &y));

@@ -9,7 +9,7 @@ use crate::attack::{check_eps, AttackName, AttackSettings, AttackSpec, ParamName
 use crate::compute::Compute;
 use crate::data::DataSpec;
 use crate::device::DeviceChoice;
-use crate::nn::{Mode, Route};
+use crate::nn::{ArchSpec, Mode, Route};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -20,30 +20,181 @@ pub struct Threat {
     pub eps: f64,
 }
 
+/// Where the evaluated points come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSource {
+    /// The test split of a built-in data set (for a checkpoint: the `[data]` of the recipe that
+    /// trained it, read with `train::saved::load_run`); its training split feeds re-estimation.
+    Dataset(DataSpec),
+    /// A safetensors file of `x` and `y` ([`crate::data::points`]): test points only.
+    Points(PathBuf),
+}
+
+/// How the points are grouped into attack batches (every batch is seeded with the seed).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Batching {
+    /// As the AutoAttack reference: each attack of a cascade re-batches the points still robust
+    /// over the whole set; a single attack seeds once before its first batch.
+    #[default]
+    Pooled,
+    /// Each block of `batch_size` consecutive points on its own: a single attack is seeded
+    /// before every batch, and every attack of a cascade runs on the block's points still
+    /// robust. Points of different blocks never share a batch, so a sharded evaluation
+    /// (`--shard`) is exactly the unsharded one; shards always use it.
+    Blocked,
+}
+
+crate::choice::value_enum_text!(Batching => "batching");
+
+/// One of `count` deterministic slices of the selected points (`--shard index/count`,
+/// 0-based): the batches `[index * B / count, (index + 1) * B / count)` of the `B` batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Parse `i/n` (`0 <= i < n`), or `auto`: `RANK` / `WORLD_SIZE` from the environment
+    /// (torchrun, Slurm wrappers).
+    pub fn parse(text: &str) -> Result<Shard, String> {
+        if text == "auto" {
+            let var = |name: &str| -> Result<usize, String> {
+                let v = std::env::var(name).map_err(|_| {
+                    format!("--shard auto needs the environment variable {name} (set by torchrun)")
+                })?;
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("--shard auto: {name} = '{v}' is not a number >= 0"))
+            };
+            return Shard::new(var("RANK")?, var("WORLD_SIZE")?)
+                .map_err(|e| format!("--shard auto (RANK/WORLD_SIZE): {e}"));
+        }
+        let (i, n) = text
+            .split_once('/')
+            .ok_or_else(|| format!("--shard '{text}': expected INDEX/COUNT (e.g. 0/4) or auto"))?;
+        let num = |v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("--shard '{text}': '{v}' is not a number >= 0"))
+        };
+        Shard::new(num(i)?, num(n)?).map_err(|e| format!("--shard '{text}': {e}"))
+    }
+
+    /// Shard `index` of `count`, checked.
+    pub fn new(index: usize, count: usize) -> Result<Shard, String> {
+        if count == 0 || index >= count {
+            return Err(format!(
+                "shard index {index} of {count}: expected 0 <= index < count (shards are \
+                 numbered from 0)"
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The points `start..end` of this shard among `n` points in batches of `batch_size`.
+    pub fn range(&self, n: usize, batch_size: usize) -> Result<(usize, usize), String> {
+        let bs = batch_size.max(1);
+        let batches = n.div_ceil(bs);
+        let (b0, b1) = (
+            self.index * batches / self.count,
+            (self.index + 1) * batches / self.count,
+        );
+        if b0 == b1 {
+            return Err(format!(
+                "shard {}/{} is empty: {n} points make only {batches} batches of {bs}; use at \
+                 most {batches} shards (or a smaller --batch-size)",
+                self.index, self.count
+            ));
+        }
+        Ok((b0 * bs, (b1 * bs).min(n)))
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 /// The test images evaluated and how they are batched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSelection {
-    /// The data set: the `[data]` of the recipe that trained the checkpoint (the CLI reads it
-    /// with `train::saved::load_run`); its test split is evaluated, its training split feeds
-    /// re-estimation.
-    pub spec: DataSpec,
-    /// Only the first N test images (`None`: the whole test split; replaces the spec's).
+    pub source: DataSource,
+    /// Only the first N test images (`None`: all; replaces the spec's).
     pub test_limit: Option<usize>,
     /// Images per batch of the attacks and the checks.
     pub batch_size: usize,
     /// The data folder, instead of the spec's.
     pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub batching: Batching,
+    /// Evaluate only this slice of the selected points (batching is then `blocked`).
+    #[serde(default)]
+    pub shard: Option<Shard>,
 }
 
 impl DataSelection {
-    /// The spec with the test limit and the folder applied.
-    pub fn resolved(&self) -> DataSpec {
-        let mut spec = self.spec.clone();
-        if let Some(d) = &self.data_dir {
-            spec.dir = Some(d.clone());
+    /// The built-in data set's spec with the test limit and the folder applied (`None` for a
+    /// points file).
+    pub fn resolved(&self) -> Option<DataSpec> {
+        match &self.source {
+            DataSource::Dataset(spec) => {
+                let mut spec = spec.clone();
+                if let Some(d) = &self.data_dir {
+                    spec.dir = Some(d.clone());
+                }
+                spec.test_limit = self.test_limit;
+                Some(spec)
+            }
+            DataSource::Points(_) => None,
         }
-        spec.test_limit = self.test_limit;
-        spec
+    }
+
+    /// The batching used: `blocked` for shards.
+    pub fn batching(&self) -> Batching {
+        if self.shard.is_some() {
+            Batching::Blocked
+        } else {
+            self.batching
+        }
+    }
+
+    /// What the points are, for reports: the data set's name or the points file.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            DataSource::Dataset(spec) => format!("{} test split", spec.dataset),
+            DataSource::Points(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// The format of the evaluated model file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelFormat {
+    /// An advtrain checkpoint (`.safetensors` with its `.json` sidecar).
+    #[default]
+    Advtrain,
+    /// A TorchScript module ([`crate::checkpoint::torchscript`]).
+    Torchscript,
+    /// A PyTorch state dict (safetensors) of one of our architectures
+    /// ([`crate::checkpoint::import`]).
+    StateDict(ArchSpec),
+}
+
+impl ModelFormat {
+    /// `advtrain`, `torchscript` or `state-dict` (the report's `model_format`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelFormat::Advtrain => "advtrain",
+            ModelFormat::Torchscript => "torchscript",
+            ModelFormat::StateDict(_) => "state-dict",
+        }
     }
 }
 
@@ -78,9 +229,12 @@ impl Default for TestTime {
 /// the seed, the device and the compute settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSetup {
-    /// The checkpoint file (`.safetensors` with its `.json` sidecar), loaded with
-    /// [`crate::checkpoint::load`] (the name reports give).
+    /// The model file (the name reports give): for [`ModelFormat::Advtrain`] a checkpoint
+    /// (`.safetensors` with its `.json` sidecar) loaded with [`crate::checkpoint::load`].
     pub checkpoint: PathBuf,
+    /// What the file holds.
+    #[serde(default)]
+    pub format: ModelFormat,
     pub data: DataSelection,
     pub test_time: TestTime,
     /// Seeds torch's generator before the checks and the attack (AutoAttack: before every

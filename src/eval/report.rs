@@ -4,22 +4,39 @@
 
 use super::checks::{Flag, GradientStats};
 use super::controls::Reestimate;
-use super::plan::CurveAxis;
+use super::plan::{Batching, CurveAxis};
 use crate::attack::ThreatNorm;
 use crate::nn::Mode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Robust accuracy after one attack (for a cascade: after it and every earlier one).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerAttack {
     pub attack: String,
     pub robust_accuracy: f64,
     pub elapsed_s: f64,
+    /// Points robust after it (and every earlier one): `robust_accuracy * n`.
+    #[serde(default)]
+    pub robust_correct: usize,
 }
 
-/// The JSON written by `eval`.
-#[derive(Debug, Serialize)]
+/// Which slice of the selected points a sharded evaluation covered (`eval --shard`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub index: usize,
+    pub count: usize,
+    /// The points `start..end` of the selection.
+    pub start: usize,
+    pub end: usize,
+    /// Points of the whole selection (what the merged report's `n` is).
+    pub n_total: usize,
+    /// sha256 of the whole selection's images and labels (the merged `data_sha256`).
+    pub data_sha256_total: String,
+}
+
+/// The JSON written by `eval` (read back by `advtrain merge`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalReport {
     pub clean_accuracy: f64,
     pub robust_accuracy: f64,
@@ -50,6 +67,37 @@ pub struct EvalReport {
     pub flags: Vec<Flag>,
     /// What the gradient checks measured at the clean inputs.
     pub gradient_checks: GradientStats,
+    /// `advtrain` (checkpoint), `torchscript` or `state-dict`.
+    #[serde(default)]
+    pub model_format: String,
+    /// The evaluated points: a data set's test split or a points file.
+    #[serde(default)]
+    pub data: String,
+    /// sha256 of the evaluated images and labels.
+    #[serde(default)]
+    pub data_sha256: String,
+    #[serde(default)]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub batching: Batching,
+    /// Points classified correctly (`clean_accuracy * n`) and robust (`robust_accuracy * n`).
+    #[serde(default)]
+    pub clean_correct: usize,
+    #[serde(default)]
+    pub robust_correct: usize,
+    /// AutoAttack: the largest perturbation norm among successful adversarial examples.
+    #[serde(default)]
+    pub max_perturbation: Option<f64>,
+    /// False when an AutoAttack run stopped early (`--max-batches`).
+    #[serde(default = "yes")]
+    pub complete: bool,
+    /// The slice of a sharded evaluation (absent when unsharded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One point of a curve.
@@ -87,6 +135,10 @@ pub struct CurveReport {
     pub gradient_checks: GradientStats,
     /// The PNG plot of the curve ([`CurveReport::xy`], drawn by the CLI).
     pub plot: String,
+    /// `advtrain`, `torchscript` or `state-dict`.
+    pub model_format: String,
+    /// The evaluated points.
+    pub data: String,
 }
 
 /// One line per raised flag, or that none was.

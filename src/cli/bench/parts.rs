@@ -184,6 +184,7 @@ fn time_autoattack(s: &Subject, o: &Opts) -> Result<Timing> {
         checkpoint_sha256: String::new(),
         data_sha256: String::new(),
         n: points.len(),
+        batching: Default::default(),
     };
     sync(o.device);
     let t0 = Instant::now();

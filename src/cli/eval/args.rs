@@ -3,10 +3,11 @@
 use crate::attack::pgd::Target;
 use crate::attack::{check_eps, AttackName, AttackSettings, ThreatNorm};
 use crate::choice::choice;
-use crate::data::DataSpec;
+use crate::data::points::is_points_file;
+use crate::data::{DataSpec, DatasetName};
 use crate::eval::autoattack::Preset;
 use crate::eval::controls::{Reestimate, StatsSource};
-use crate::eval::{DataSelection, TestTime};
+use crate::eval::{Batching, DataSelection, DataSource, Shard, TestTime};
 use crate::nn::{Mode, Route};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -16,13 +17,51 @@ pub struct EvalArgs {
     /// Run directory (uses checkpoints/best, else checkpoints/last).
     #[arg(
         long,
-        conflicts_with = "checkpoint",
-        required_unless_present = "checkpoint"
+        conflicts_with_all = ["checkpoint", "torchscript"],
+        required_unless_present_any = ["checkpoint", "torchscript"]
     )]
     pub run: Option<PathBuf>,
-    /// Checkpoint file (`.safetensors` with its `.json` sidecar).
-    #[arg(long)]
+    /// Checkpoint file: an advtrain `.safetensors` with its `.json` sidecar, or (with --arch /
+    /// --arch-file) a PyTorch state dict saved as safetensors.
+    #[arg(long, conflicts_with = "torchscript")]
     pub checkpoint: Option<PathBuf>,
+    /// A TorchScript module (torch.jit.save): float32 NCHW inputs in [0, 1], logits out; needs
+    /// --data.
+    #[arg(long)]
+    pub torchscript: Option<PathBuf>,
+    /// --checkpoint is a PyTorch state dict of this architecture (small-cnn, preact-resnet18,
+    /// resnet18, resnet, wide-resnet).
+    #[arg(long, conflicts_with = "arch_file")]
+    pub arch: Option<String>,
+    /// --checkpoint is a PyTorch state dict of the architecture in this TOML file (the fields
+    /// of a recipe's [model] table; a `[model]` table or the fields at the top).
+    #[arg(long)]
+    pub arch_file: Option<PathBuf>,
+    /// Classes of --arch (default: the data set's, else 10).
+    #[arg(long)]
+    pub num_classes: Option<i64>,
+    /// Depth of --arch resnet / wide-resnet.
+    #[arg(long)]
+    pub depth: Option<i64>,
+    /// Width factor of --arch wide-resnet.
+    #[arg(long)]
+    pub width: Option<i64>,
+    /// The evaluated points: a built-in data set (fashion-mnist, mnist, cifar10, cifar100,
+    /// cifar100-coarse; its test split, folder from --data-dir) or a FILE.safetensors holding x
+    /// (N, C, H, W; uint8 or float in [0, 1]) and y (N; int64). Default: the recipe's data.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Also write a RobustBench-style model card (JSON) here.
+    #[arg(long)]
+    pub model_card: Option<PathBuf>,
+    /// Evaluate only shard INDEX/COUNT (0-based) of the points, on batch boundaries (blocked
+    /// batching); `auto` = RANK/WORLD_SIZE. `advtrain merge` joins the shards' JSON files.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+    /// Batching of the attacks: pooled (the reference's) or blocked (each block of
+    /// --batch-size points on its own; what --shard uses).
+    #[arg(long, default_value = "pooled", value_parser = choice::<Batching>())]
+    pub batching: Batching,
     /// The attack (autoattack: the cascade of --preset).
     #[arg(long, value_parser = choice::<AttackName>())]
     pub attack: AttackName,
@@ -30,7 +69,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "standard", value_parser = choice::<Preset>())]
     pub preset: Preset,
     /// Perturbation budget (also the fallback when --curve is given).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_number)]
     pub eps: f64,
     /// Accept an L-inf eps above 1 (--eps, --curve, --reestimate-eps): in [0, 1] pixel space
     /// such a budget allows any image, and is usually a 0..255 value given by mistake.
@@ -45,7 +84,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub queries: Option<usize>,
     /// PGD step size (default 2.5 * eps / steps).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_number)]
     pub step_size: Option<f64>,
     #[arg(long, default_value_t = 1)]
     pub restarts: usize,
@@ -53,7 +92,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "random", value_parser = choice::<Target>())]
     pub target: Target,
     /// Robust accuracy over this comma-separated list of eps values (JSON + PNG plot).
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_parser = parse_number)]
     pub curve: Option<Vec<f64>>,
     /// Robust accuracy over this comma-separated list of step counts (JSON + PNG plot).
     #[arg(long, value_delimiter = ',', conflicts_with = "curve")]
@@ -93,7 +132,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 128)]
     pub reestimate_batch_size: usize,
     /// eps of --reestimate adv / noise data (default: --eps).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_number)]
     pub reestimate_eps: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -155,14 +194,45 @@ impl EvalArgs {
         }
     }
 
-    /// The test data: `spec` (the checkpoint's recipe's) with the limit and the folder.
-    pub fn data(&self, spec: DataSpec) -> DataSelection {
-        DataSelection {
-            spec,
+    /// The evaluated points: --data (a data set or a points file), else `recipe` (the
+    /// checkpoint's recipe's `[data]`), with the limit, the folder, the batching and the shard.
+    pub fn data(&self, recipe: Option<DataSpec>) -> Result<DataSelection> {
+        let source = match (&self.data, recipe) {
+            (Some(d), _) if is_points_file(d) => DataSource::Points(PathBuf::from(d)),
+            (Some(d), _) => {
+                let dataset: DatasetName = crate::choice::parse(d, "--data").map_err(|e| {
+                    anyhow::anyhow!("{e} (or a FILE.safetensors of x and y)")
+                })?;
+                DataSource::Dataset(DataSpec {
+                    dataset,
+                    dir: None,
+                    val_size: 0,
+                    split_seed: 0,
+                    train_limit: None,
+                    test_limit: None,
+                    crop_padding: 0,
+                    hflip: false,
+                })
+            }
+            (None, Some(spec)) => DataSource::Dataset(spec),
+            (None, None) => anyhow::bail!(
+                "--data is required here (a built-in data set such as cifar10, or a \
+                 FILE.safetensors holding x and y): a TorchScript module or a state dict carries \
+                 no data set"
+            ),
+        };
+        anyhow::ensure!(
+            self.data_dir.is_none() || matches!(source, DataSource::Dataset(_)),
+            "--data-dir applies to built-in data sets, not to the points file given with --data"
+        );
+        Ok(DataSelection {
+            source,
             test_limit: self.test_limit,
             batch_size: self.batch_size,
             data_dir: self.data_dir.clone(),
-        }
+            batching: self.batching,
+            shard: self.shard,
+        })
     }
 
     /// Route, BN mode and the test-time controls.
@@ -182,4 +252,27 @@ impl EvalArgs {
             }),
         }
     }
+}
+
+/// A number, or a fraction `a/b` (e.g. `8/255`).
+pub fn parse_number(text: &str) -> Result<f64, String> {
+    let num = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("'{text}' is not a number or a fraction like 8/255"))
+    };
+    match text.split_once('/') {
+        Some((a, b)) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if b == 0.0 {
+                return Err(format!("'{text}': division by zero"));
+            }
+            Ok(a / b)
+        }
+        None => num(text),
+    }
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    Shard::parse(text)
 }
