@@ -115,18 +115,10 @@ impl ScriptModel {
     /// whether train and eval mode give the same outputs (a module traced in one mode), and
     /// whether eval-mode outputs depend on the batch (BatchNorm with batch statistics frozen
     /// into a trace). Leaves the module in eval mode. Runs before any seeding of the evaluation.
-    pub fn probe(&mut self, x: &Tensor) -> Result<ScriptProbe> {
+    pub fn probe(&self, x: &Tensor) -> Result<ScriptProbe> {
         let f = self.file.display().to_string();
         let eval = tch::no_grad(|| self.try_forward(x))?;
         let classes = eval.size()[1];
-        self.module
-            .f_set_train()
-            .with_context(|| format!("--torchscript {f}: cannot put the module in train mode"))?;
-        let train = tch::no_grad(|| self.try_forward(x));
-        self.module
-            .f_set_eval()
-            .with_context(|| format!("--torchscript {f}: cannot put the module in eval mode"))?;
-        let mode_invariant = train?.equal(&eval);
         // Each of the first rows alone vs in the batch (rows independent in eval mode).
         let n = x.size()[0];
         let mut batch_dependent = false;
@@ -141,6 +133,15 @@ impl ScriptModel {
                 }
             }
         }
+        // Train mode on a throwaway copy: a train-mode forward updates BatchNorm's running
+        // statistics, which must stay those of the file.
+        let mut copy = CModule::load_on_device(&self.file, x.device())
+            .with_context(|| format!("--torchscript {f}: cannot load a second copy"))?;
+        copy.f_set_train()
+            .with_context(|| format!("--torchscript {f}: cannot put the module in train mode"))?;
+        let train = tch::no_grad(|| copy.forward_ts(&[x]))
+            .with_context(|| format!("--torchscript {f}: the module failed in train mode"))?;
+        let mode_invariant = train.size() == eval.size() && train.to_kind(Kind::Float).equal(&eval);
         let norm_parameters = self
             .parameters
             .iter()

@@ -146,8 +146,19 @@ pub fn run(a: EvalArgs, compute: Compute) -> Result<()> {
     a.check()?;
     let mut attack = attack(&a, a.eps, a.steps, &ParamNames::flags())?;
     let name = attack.name();
-    let in_run = |r: &PathBuf| r.join("eval").join(format!("{name}-eps{}.json", a.eps));
+    let shard = a
+        .shard
+        .map(|s| format!(".shard-{}-of-{}", s.index, s.count))
+        .unwrap_or_default();
+    let in_run = |r: &PathBuf| {
+        r.join("eval")
+            .join(format!("{name}-eps{}{shard}.json", a.eps))
+    };
     let json = a.json.clone().or_else(|| a.run.as_ref().map(in_run));
+    anyhow::ensure!(
+        a.shard.is_none() || json.is_some(),
+        "--shard needs --json FILE (each shard writes its own report for advtrain merge)"
+    );
     if let EvalAttack::AutoAttack(p) = &mut attack {
         let state = json.as_ref().map(|j| j.with_extension("state.json"));
         (p.state, p.max_batches) = (a.state.clone().or(state), a.max_batches);

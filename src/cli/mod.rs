@@ -4,6 +4,7 @@ pub mod analyze;
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod merge;
 pub mod train;
 
 use crate::checkpoint;
@@ -37,6 +38,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Analyses of a trained model: domain-gap, bn-divergence, bn-swap, grad-conflict (JSON + PNG).
     Analyze(analyze::AnalyzeArgs),
+    /// Join the JSON reports of a sharded evaluation (eval --shard i/n) into the unsharded one.
+    Merge(merge::MergeArgs),
     /// Throughput of the PGD-10 AT step, PGD-20 and AutoAttack against the PyTorch eager twin.
     Bench(bench::BenchArgs),
 }
@@ -151,6 +154,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a, compute),
         Command::Bench(a) => bench::run(a, &compute),
         Command::Export(a) => export::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Analyze(a) => analyze::run(a, compute),
     }
 }

@@ -7,6 +7,7 @@
 pub mod autoattack;
 pub mod card;
 pub mod checks;
+pub mod merge;
 pub mod controls;
 pub mod plan;
 pub mod report;
@@ -70,7 +71,7 @@ pub fn robust_counts_seeded(
     device: Device,
     seed: u64,
 ) -> Counts {
-    counts_of(f, attack, data, batch_size, device, Some(seed))
+    counts_of(f, attack, data, batch_size, device, Some(seed)).0
 }
 
 /// Clean and robust counts: a point is robust when it is classified correctly on the clean
@@ -82,19 +83,22 @@ pub fn robust_counts(
     batch_size: usize,
     device: Device,
 ) -> Counts {
-    counts_of(f, attack, data, batch_size, device, None)
+    counts_of(f, attack, data, batch_size, device, None).0
 }
 
-fn counts_of(
+/// The counts and, per point, whether it is classified correctly on the clean input and on the
+/// attack's output (robust); torch's generator seeded with `seed` before every batch when given.
+pub fn counts_of(
     f: &Classifier,
     attack: &dyn Attack,
     data: &Dataset,
     batch_size: usize,
     device: Device,
     seed: Option<u64>,
-) -> Counts {
+) -> (Counts, Vec<bool>, Vec<bool>) {
     let mut clean = Tensor::zeros([], (Kind::Int64, device));
     let mut robust = Tensor::zeros([], (Kind::Int64, device));
+    let (mut oks, mut robusts) = (vec![], vec![]);
     for (x, y) in data.batches(batch_size, None, Augment::default(), device) {
         if let Some(s) = seed {
             tch::manual_seed(s as i64);
@@ -102,12 +106,27 @@ fn counts_of(
         let ok = tch::no_grad(|| correct(&f.predict(&x), &y));
         let x_adv = attack.perturb(f, &x, &y);
         let ok_adv = tch::no_grad(|| correct(&f.predict(&x_adv), &y));
+        let rob = ok.logical_and(&ok_adv);
         clean += ok.sum(Kind::Int64);
-        robust += ok.logical_and(&ok_adv).sum(Kind::Int64);
+        robust += rob.sum(Kind::Int64);
+        oks.push(ok);
+        robusts.push(rob);
     }
-    Counts {
+    let flags = |v: &[Tensor]| -> Vec<bool> {
+        if v.is_empty() {
+            return vec![];
+        }
+        Vec::<bool>::try_from(Tensor::cat(v, 0).to_device(Device::Cpu)).unwrap_or_default()
+    };
+    let counts = Counts {
         n: data.len(),
         clean_correct: clean.int64_value(&[]) as usize,
         robust_correct: robust.int64_value(&[]) as usize,
-    }
+    };
+    (counts, flags(&oks), flags(&robusts))
+}
+
+/// Per-point flags as a string of `1` (true) and `0` (false).
+pub fn flag_string(v: &[bool]) -> String {
+    v.iter().map(|&b| if b { '1' } else { '0' }).collect()
 }

@@ -91,6 +91,12 @@ pub struct EvalReport {
     /// False when an AutoAttack run stopped early (`--max-batches`).
     #[serde(default = "yes")]
     pub complete: bool,
+    /// Per point, in data order: `1` classified correctly on the clean input, else `0`.
+    #[serde(default)]
+    pub clean_points: String,
+    /// Per point: `1` robust (correct on the clean input and after every attack), else `0`.
+    #[serde(default)]
+    pub robust_points: String,
     /// The slice of a sharded evaluation (absent when unsharded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardInfo>,

@@ -5,14 +5,14 @@
 use super::autoattack::{data_fingerprint, AutoAttack, AutoAttackResult, StateKey};
 use super::plan::{Batching, DataSource, ModelFormat, TestTime};
 use super::report::ShardInfo;
-use super::robust_counts_seeded;
+use super::{counts_of, flag_string};
 use crate::checkpoint::torchscript::{ScriptModel, ScriptProbe};
 use crate::data::loader::to_unit;
 use super::checks::{curve_flags, gradient_flags, model_checks, Flag, GradientStats};
 use super::controls::{check_soup, reestimate, swap_ap, Reestimate};
 use super::plan::{AutoAttackPlan, CurveAxis, CurvePlan, EvalAttack, EvalPlan, EvalSetup, Threat};
 use super::report::{CurvePoint, CurveReport, EvalReport, PerAttack};
-use super::{clean_counts, robust_counts};
+use super::clean_counts;
 use crate::attack::Classifier;
 use crate::checkpoint::LoadedCheckpoint;
 use crate::data::Dataset;
@@ -200,16 +200,21 @@ impl Loaded {
         aa.run(&f, &self.test, self.device, key, p.state.as_deref(), log)
     }
 
-    /// Clean and robust counts of a single attack, seeded as the batching says.
-    fn single(&self, s: &EvalSetup, attack: &dyn crate::attack::Attack) -> super::Counts {
+    /// Clean and robust counts of a single attack, seeded as the batching says, with the
+    /// per-point clean and robust flags.
+    fn single(
+        &self,
+        s: &EvalSetup,
+        attack: &dyn crate::attack::Attack,
+    ) -> (super::Counts, Vec<bool>, Vec<bool>) {
         let f = self.classifier(s);
         let (bs, dev) = (s.data.batch_size, self.device);
         match s.data.batching() {
             Batching::Pooled => {
                 tch::manual_seed(s.seed as i64);
-                robust_counts(&f, attack, &self.test, bs, dev)
+                counts_of(&f, attack, &self.test, bs, dev, None)
             }
-            Batching::Blocked => robust_counts_seeded(&f, attack, &self.test, bs, dev, s.seed),
+            Batching::Blocked => counts_of(&f, attack, &self.test, bs, dev, Some(s.seed)),
         }
     }
 }
@@ -301,7 +306,7 @@ fn probe_flags(file: &str, p: &ScriptProbe) -> Vec<Flag> {
 
 /// Set up the evaluation of `model` (the model of `s`): the test data (checked against the
 /// model's classes and input), the shard, the route, the soup and the re-estimation.
-fn load(s: &EvalSetup, mut model: LoadedModel, out: &mut dyn Progress) -> Result<Loaded> {
+fn load(s: &EvalSetup, model: LoadedModel, out: &mut dyn Progress) -> Result<Loaded> {
     let data = s.data.describe();
     let mut test = load_points(s)?;
     let (ckpt, sha256, device) = match &model {
@@ -313,7 +318,7 @@ fn load(s: &EvalSetup, mut model: LoadedModel, out: &mut dyn Progress) -> Result
     // The model's classes, its input checked on the data, and the TorchScript probe.
     let mut model_flags = vec![];
     let mut row_independent = false;
-    let classes = match &mut model {
+    let classes = match &model {
         LoadedModel::Native { net, .. } => {
             let channels = test.images.size()[1];
             anyhow::ensure!(
@@ -489,7 +494,7 @@ pub fn evaluate_model(
     let start = Instant::now();
     let n = l.test.len();
     let compute = format!("compute: {}", s.compute.describe());
-    let (name, config, (clean, robust), per_attack, max_pert, complete) = match &plan.attack {
+    let (name, config, (clean, robust), per_attack, max_pert, complete, points) = match &plan.attack {
         EvalAttack::AutoAttack(p) => {
             if let Some(dir) = p.state.as_ref().and_then(|p| p.parent()) {
                 if !dir.as_os_str().is_empty() {
@@ -537,6 +542,7 @@ pub fn evaluate_model(
                 per,
                 Some(r.max_perturbation),
                 r.complete,
+                (flag_string(&r.clean), flag_string(&r.robust)),
             )
         }
         EvalAttack::Single(spec) => {
@@ -552,7 +558,7 @@ pub fn evaluate_model(
                 device_name(l.device)
             ));
             out.info(&compute);
-            let counts = l.single(s, attack.as_ref());
+            let (counts, cf, rf) = l.single(s, attack.as_ref());
             let per = vec![PerAttack {
                 attack: attack.name(),
                 robust_accuracy: counts.robust_accuracy(),
@@ -560,7 +566,8 @@ pub fn evaluate_model(
                 robust_correct: counts.robust_correct,
             }];
             let c = (counts.clean_correct, counts.robust_correct);
-            (attack.name(), attack.config(), c, per, None, true)
+            let points = (flag_string(&cf), flag_string(&rf));
+            (attack.name(), attack.config(), c, per, None, true, points)
         }
     };
     Ok(EvalReport {
@@ -594,6 +601,8 @@ pub fn evaluate_model(
         robust_correct: robust,
         max_perturbation: max_pert,
         complete,
+        clean_points: points.0,
+        robust_points: points.1,
         shard: l.shard.clone(),
     })
 }
@@ -666,7 +675,7 @@ pub fn evaluate_curve_model(
                 flags.extend(r.flags);
                 r.robust_accuracy
             }
-            EvalAttack::Single(spec) => l.single(s, spec.build().as_ref()).robust_accuracy(),
+            EvalAttack::Single(spec) => l.single(s, spec.build().as_ref()).0.robust_accuracy(),
         };
         let point = CurvePoint {
             eps: p.eps,
