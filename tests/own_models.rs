@@ -229,3 +229,380 @@ fn torchscript_export_and_state_dict_give_the_native_verdicts() {
         }
     }
 }
+
+#[test]
+fn a_module_traced_in_train_mode_is_flagged_and_a_scripted_one_is_not() {
+    let f = fixture();
+    let d = s(&f.dir);
+    py(&["modules", d]);
+    let run = |m: &str| {
+        let mut full = vec!["--threads", "1", "eval", "--torchscript"];
+        let path = f.dir.join(m);
+        let json = f.dir.join(format!("{m}.json"));
+        full.extend_from_slice(&[
+            s(&path),
+            "--data",
+            s(&f.points),
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0.1",
+            "--device",
+            "cpu",
+            "--json",
+            s(&json),
+        ]);
+        let o = advtrain(&full);
+        assert!(o.status.success(), "{m}: {}", stderr(&o));
+        let codes: Vec<String> = read_json(&json)["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap().to_string())
+            .collect();
+        (codes, stderr(&o))
+    };
+    let (codes, err) = run("traced_train.pt");
+    assert!(codes.contains(&"traced-in-train-mode".into()), "{codes:?}");
+    assert!(err.contains("traced-in-train-mode"), "no warning printed: {err}");
+    assert!(err.contains("inputs float32 NCHW in [0, 1]"), "contract not printed: {err}");
+    let (codes, _) = run("scripted.pt");
+    for c in advtrain::eval::merge::MODEL_FLAGS {
+        assert!(!codes.contains(&c.to_string()), "scripted module flagged {c}");
+    }
+}
+
+#[test]
+fn torchscript_parameters_stay_frozen_and_input_gradients_are_right() {
+    let f = fixture();
+    let m = advtrain::checkpoint::torchscript::ScriptModel::load(&f.script, Device::Cpu).unwrap();
+    // The traced export holds its weights as constants; a scripted module has parameters.
+    py(&["modules", s(&f.dir)]);
+    let scripted =
+        advtrain::checkpoint::torchscript::ScriptModel::load(&f.dir.join("scripted.pt"), Device::Cpu)
+            .unwrap();
+    assert!(!scripted.parameters.is_empty());
+    let x = advtrain::data::points::load_points(&f.points, None).unwrap();
+    let x = x.images.narrow(0, 0, 8).to_kind(Kind::Double) / 255.0;
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
+    for model in [&m, &scripted] {
+        let c = advtrain::attack::Classifier::script(model, true);
+        let ce = |z: &Tensor, s: i64, l: i64| {
+            advtrain::attack::cross_entropy(z, &y.narrow(0, s, l), tch::Reduction::None)
+        };
+        let xf = x.to_kind(Kind::Float);
+        let (_, loss, g) = c.loss_grad(&xf, ce);
+        for (name, p) in &model.parameters {
+            assert!(!p.requires_grad(), "{name} requires grad");
+            assert!(!p.grad().defined(), "{name} received a gradient");
+        }
+        // Directional finite difference of the summed loss along the gradient's sign.
+        let d = g.sign();
+        let h = 1e-3;
+        let plus = c.predict(&(&xf + &d * h).to_kind(Kind::Float));
+        let minus = c.predict(&(&xf - &d * h).to_kind(Kind::Float));
+        let sum = |z: &Tensor| ce(z, 0, 8).sum(Kind::Double).double_value(&[]);
+        let fd = (sum(&plus) - sum(&minus)) / (2.0 * h);
+        let an = (&g * &d).sum(Kind::Double).double_value(&[]);
+        assert!(
+            (fd - an).abs() <= 0.02 * an.abs().max(1e-3),
+            "input gradient {an} vs finite difference {fd}"
+        );
+        assert!(loss.size() == [8]);
+    }
+}
+
+/// Every field of two reports equal, times aside.
+fn equal_but_times(a: &Value, b: &Value) {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        let o = v.as_object_mut().unwrap();
+        o.remove("elapsed_s");
+        for p in o["per_attack"].as_array_mut().unwrap() {
+            p.as_object_mut().unwrap().remove("elapsed_s");
+        }
+        v
+    };
+    let (a, b) = (strip(a), strip(b));
+    for (k, va) in a.as_object().unwrap() {
+        assert_eq!(Some(va), b.get(k), "field {k} differs");
+    }
+    assert_eq!(
+        a.as_object().unwrap().len(),
+        b.as_object().unwrap().len(),
+        "the field sets differ"
+    );
+}
+
+fn merge(files: &[&Path], out: &Path) -> std::process::Output {
+    let mut args = vec!["merge"];
+    args.extend(files.iter().map(|f| s(f)));
+    args.extend_from_slice(&["--json", s(out)]);
+    advtrain(&args)
+}
+
+#[test]
+fn merged_shards_equal_the_unsharded_report() {
+    let f = fixture();
+    // 60 points in batches of 15: 4 batches, shards of 1, 1 and 2 batches.
+    for attack in [
+        vec!["--attack", "autoattack", "--preset", "fast", "--eps", "0.1"],
+        vec!["--attack", "pgd", "--eps", "0.1", "--steps", "5"],
+    ] {
+        let base = [
+            &["--checkpoint", s(&f.ckpt), "--batch-size", "15", "--seed", "3"],
+            attack.as_slice(),
+        ]
+        .concat();
+        let whole = eval(
+            &[base.as_slice(), &["--batching", "blocked"]].concat(),
+            &f.dir.join("whole.json"),
+        );
+        let mut files = vec![];
+        for i in 0..3 {
+            let file = f.dir.join(format!("shard-{i}.json"));
+            let shard = format!("{i}/3");
+            let r = eval(&[base.as_slice(), &["--shard", &shard]].concat(), &file);
+            assert_eq!(r["shard"]["index"], i);
+            files.push(file);
+        }
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|p| read_json(p)["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sizes, [15, 15, 30]);
+        let out = f.dir.join("merged.json");
+        let _ = std::fs::remove_file(&out);
+        // Any order.
+        let o = merge(&[&files[2], &files[0], &files[1]], &out);
+        assert!(o.status.success(), "merge: {}", stderr(&o));
+        equal_but_times(&read_json(&out), &whole);
+
+        // A previous result is never overwritten.
+        let before = std::fs::read(&out).unwrap();
+        let o = merge(&[&files[0], &files[1], &files[2]], &out);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&out).unwrap(), before);
+    }
+    let out = f.dir.join("bad.json");
+    let files: Vec<PathBuf> = (0..3).map(|i| f.dir.join(format!("shard-{i}.json"))).collect();
+    // A missing shard.
+    let e = stderr(&merge(&[&files[0], &files[2]], &out));
+    assert!(e.contains("missing shard(s) 1/3"), "{e}");
+    // Overlap: one shard twice.
+    let e = stderr(&merge(&[&files[0], &files[1], &files[1], &files[2]], &out));
+    assert!(e.contains("both shard 1/3"), "{e}");
+    // A shard of another run (seed).
+    let other = f.dir.join("other.json");
+    eval(
+        &[
+            "--checkpoint",
+            s(&f.ckpt),
+            "--batch-size",
+            "15",
+            "--seed",
+            "4",
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+            "--steps",
+            "5",
+            "--shard",
+            "1/3",
+        ],
+        &other,
+    );
+    let e = stderr(&merge(&[&files[0], &other, &files[2]], &out));
+    assert!(e.contains("different evaluations") && e.contains("seed"), "{e}");
+    // An unsharded report, and the output among the inputs.
+    let e = stderr(&merge(&[&f.dir.join("whole.json")], &out));
+    assert!(e.contains("not the report of a shard"), "{e}");
+    let e = stderr(&merge(&[&files[0], &files[1], &files[2]], &files[0]));
+    assert!(e.contains("also one of the shard files"), "{e}");
+    assert!(!out.exists(), "a failed merge wrote {}", out.display());
+    // --shard auto takes RANK / WORLD_SIZE.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_advtrain"))
+        .args([
+            "--threads",
+            "1",
+            "eval",
+            "--checkpoint",
+            s(&f.ckpt),
+            "--batch-size",
+            "15",
+            "--seed",
+            "3",
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+            "--steps",
+            "5",
+            "--shard",
+            "auto",
+            "--device",
+            "cpu",
+            "--json",
+            s(&f.dir.join("auto.json")),
+        ])
+        .env("RANK", "2")
+        .env("WORLD_SIZE", "3")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let auto = read_json(&f.dir.join("auto.json"));
+    assert_eq!(auto["shard"]["index"], 2);
+    assert_eq!(auto["robust_points"], read_json(&files[2])["robust_points"]);
+}
+
+/// RobustBench's `ModelInfo` fields (robustbench/utils.py), written out here independently of
+/// the library's list.
+const ROBUSTBENCH_FIELDS: &[&str] = &[
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "corruptions_acc",
+    "corruptions_acc_3d",
+    "corruptions_mce",
+    "corruptions_mce_3d",
+    "autoattack_acc",
+    "footnote",
+];
+
+#[test]
+fn the_model_card_has_the_robustbench_fields() {
+    let f = fixture();
+    let card = f.dir.join("card.json");
+    let json = f.dir.join("aa.json");
+    let o = advtrain(&[
+        "--threads",
+        "1",
+        "eval",
+        "--torchscript",
+        s(&f.script),
+        "--data",
+        s(&f.points),
+        "--attack",
+        "autoattack",
+        "--eps",
+        "8/255",
+        "--test-limit",
+        "20",
+        "--device",
+        "cpu",
+        "--json",
+        s(&json),
+        "--model-card",
+        s(&card),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = read_json(&card);
+    let r = read_json(&json);
+    let obj = c.as_object().unwrap();
+    for k in ROBUSTBENCH_FIELDS {
+        assert!(obj.contains_key(*k), "card lacks {k}");
+    }
+    let pct = |v: &Value| format!("{:.2}", 100.0 * v.as_f64().unwrap());
+    assert_eq!(c["clean_acc"], Value::String(pct(&r["clean_accuracy"])));
+    assert_eq!(c["autoattack_acc"], Value::String(pct(&r["robust_accuracy"])));
+    let two_decimals = |v: &Value| {
+        let t = v.as_str().unwrap();
+        let (a, b) = t.split_once('.').unwrap();
+        a.chars().all(|c| c.is_ascii_digit()) && b.len() == 2
+    };
+    assert!(two_decimals(&c["clean_acc"]) && two_decimals(&c["autoattack_acc"]));
+    assert_eq!(c["eps"], "8/255");
+    assert_eq!(c["threat_model"], "Linf");
+    assert_eq!(c["number_forward_passes"], 1);
+    for k in ["link", "venue", "authors", "reported", "footnote"] {
+        assert!(c[k].is_null(), "{k} is for the user");
+    }
+    assert_eq!(c["advtrain"]["model_sha256"], r["checkpoint_sha256"]);
+    assert_eq!(c["advtrain"]["per_attack"], r["per_attack"]);
+    assert_eq!(c["advtrain"]["model_format"], "torchscript");
+    assert!(c["advtrain"]["written_utc"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_file_and_what_was_expected() {
+    let f = fixture();
+    py(&["modules", s(&f.dir)]);
+    let ts = s(&f.script);
+    fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        [extra, &["--attack", "fgsm", "--eps", "0.1"]].concat()
+    }
+    for (kind, want) in [
+        ("above-one", "expected [0, 1]"),
+        ("int32-labels", "expected int64"),
+        ("label-range", "go up to 12, but the model"),
+        ("short-labels", "tensor 'y' has shape"),
+        ("no-x", "no tensor 'x'"),
+        ("3d", "tensor 'x' has shape"),
+    ] {
+        let bad = f.dir.join(format!("{kind}.safetensors"));
+        py(&["points", s(&f.points), s(&bad), kind]);
+        let e = eval_fails(&with(&["--torchscript", ts, "--data", s(&bad)]));
+        assert!(e.contains(want) && e.contains(s(&bad)), "{kind}: {e}");
+    }
+    // Float points in [0, 1] are accepted as they are.
+    let float = f.dir.join("float.safetensors");
+    py(&["points", s(&f.points), s(&float), "float"]);
+    let a = eval(&with(&["--torchscript", ts, "--data", s(&float)]), &f.dir.join("a.json"));
+    let b = eval(&with(&["--torchscript", ts, "--data", s(&f.points)]), &f.dir.join("b.json"));
+    assert_eq!(a["robust_points"], b["robust_points"]);
+    // Modules: wrong input shape, not TorchScript at all, a pickle.
+    let wrong = f.dir.join("wrong_input.pt");
+    let e = eval_fails(&with(&["--torchscript", s(&wrong), "--data", s(&f.points)]));
+    assert!(e.contains("the module failed on a batch of shape") && e.contains("wrong_input.pt"), "{e}");
+    let junk = f.dir.join("junk.pt");
+    std::fs::write(&junk, b"not a module").unwrap();
+    let e = eval_fails(&with(&["--torchscript", s(&junk), "--data", s(&f.points)]));
+    assert!(e.contains("cannot load it as a TorchScript module"), "{e}");
+    let pickle = f.dir.join("pickle.pt");
+    for extra in [vec![], vec!["--arch", "small-cnn", "--data", "mnist"]] {
+        let e = eval_fails(&with(&[&["--checkpoint", s(&pickle)], extra.as_slice()].concat()));
+        assert!(e.contains("pickle") && e.contains("save_file("), "{e}");
+    }
+    // A state dict of another architecture.
+    let sd = f.dir.join("sd.safetensors");
+    py(&["state-dict", s(&f.ckpt), s(&sd)]);
+    let e = eval_fails(&with(&[
+        "--checkpoint",
+        s(&sd),
+        "--arch",
+        "preact-resnet18",
+        "--data",
+        s(&f.points),
+    ]));
+    assert!(e.contains("does not match the architecture"), "{e}");
+    // A state dict without --arch.
+    let e = eval_fails(&with(&["--checkpoint", s(&sd)]));
+    assert!(e.contains("--arch"), "{e}");
+    // Flags that need our Norm layer, missing data, bad shards, bad fractions.
+    let e = eval_fails(&with(&["--torchscript", ts, "--data", s(&f.points), "--route", "adv"]));
+    assert!(e.contains("Norm"), "{e}");
+    let e = eval_fails(&with(&["--torchscript", ts]));
+    assert!(e.contains("--data is required"), "{e}");
+    let json = f.dir.join("s.json");
+    let js = s(&json);
+    let e = eval_fails(&with(&["--torchscript", ts, "--data", s(&f.points), "--shard", "3/3", "--json", js]));
+    assert!(e.contains("0 <= index < count"), "{e}");
+    let e = eval_fails(&with(&["--torchscript", ts, "--data", s(&f.points), "--shard", "5/9", "--json", js]));
+    assert!(e.contains("is empty"), "{e}");
+    let e = eval_fails(&["--torchscript", ts, "--data", s(&f.points), "--attack", "pgd", "--eps", "8/0"]);
+    assert!(e.contains("division by zero"), "{e}");
+    // analyze needs our Norm layer.
+    let o = common::analyze(&["bn-divergence", "--torchscript", ts]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("Norm layer"), "{}", stderr(&o));
+}

@@ -40,12 +40,16 @@ pub struct Common {
     #[arg(
         long,
         conflicts_with = "checkpoint",
-        required_unless_present = "checkpoint"
+        required_unless_present_any = ["checkpoint", "torchscript"]
     )]
     pub run: Option<PathBuf>,
     /// Checkpoint file (`.safetensors` with its `.json` sidecar).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Refused with an explanation: the analyses need advtrain's Norm layer, which a TorchScript
+    /// module does not expose.
+    #[arg(long, hide = true)]
+    pub torchscript: Option<PathBuf>,
     /// Output folder (default: <run>/analysis; with --checkpoint: the run folder of
     /// `<run>/checkpoints/x.safetensors`, else the checkpoint's folder, + /analysis).
     #[arg(long)]
@@ -63,6 +67,18 @@ pub struct Common {
 impl Common {
     /// The checkpoint, the output folder, seed, device and compute settings.
     pub fn setup(&self, compute: Compute) -> Result<AnalysisSetup> {
+        if let Some(t) = &self.torchscript {
+            anyhow::bail!(
+                "--torchscript {}: the analyses (domain-gap, bn-divergence, bn-swap, \
+                 grad-conflict) read and switch advtrain's Norm layer (routes, statistics and \
+                 affine sets), which a TorchScript module does not expose; run them on an \
+                 advtrain checkpoint (advtrain eval --torchscript evaluates the module)",
+                t.display()
+            );
+        }
+        if let Some(f) = self.checkpoint.as_ref().filter(|f| f.is_file()) {
+            crate::checkpoint::import::refuse_pickle(f, "--checkpoint")?;
+        }
         let checkpoint =
             super::super::checkpoint_file(self.checkpoint.as_ref(), self.run.as_ref())?;
         Ok(AnalysisSetup {
