@@ -52,6 +52,7 @@ fn key(preset: &str, eps: f64, n: usize, batch_size: usize) -> StateKey {
         checkpoint_sha256: "test".into(),
         data_sha256: "test".into(),
         n,
+        batching: Default::default(),
     }
 }
 

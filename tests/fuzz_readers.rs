@@ -752,6 +752,7 @@ fn state_key() -> StateKey {
         checkpoint_sha256: "ab".repeat(32),
         data_sha256: "cd".repeat(32),
         n: 12,
+        batching: Default::default(),
     }
 }
 

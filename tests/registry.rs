@@ -15,7 +15,8 @@ use advtrain::device::DeviceChoice;
 use advtrain::eval::autoattack::{preset, Preset};
 use advtrain::eval::controls::StatsSource;
 use advtrain::eval::{
-    evaluate, DataSelection, EvalAttack, EvalPlan, EvalSetup, Silent, TestTime, Threat,
+    evaluate, Batching, DataSelection, DataSource, EvalAttack, EvalPlan, EvalSetup, ModelFormat,
+    Silent, TestTime, Threat,
 };
 use advtrain::nn::Mode;
 use clap::ValueEnum;
@@ -368,14 +369,19 @@ fn the_library_evaluation_is_the_cli_evaluation() {
     let plan = EvalPlan {
         setup: EvalSetup {
             checkpoint: ck.clone(),
+            format: ModelFormat::Advtrain,
             data: DataSelection {
-                spec: advtrain::train::saved::load_run(&ck, tch::Device::Cpu)
-                    .unwrap()
-                    .recipe
-                    .data,
+                source: DataSource::Dataset(
+                    advtrain::train::saved::load_run(&ck, tch::Device::Cpu)
+                        .unwrap()
+                        .recipe
+                        .data,
+                ),
                 test_limit: Some(30),
                 batch_size: 16,
                 data_dir: None,
+                batching: Batching::Pooled,
+                shard: None,
             },
             test_time: TestTime::default(),
             seed: 0,
