@@ -8,9 +8,9 @@ pub use args::EvalArgs;
 use super::write_json;
 use crate::attack::{AttackName, ParamNames};
 use crate::checkpoint::torchscript::ScriptModel;
-use crate::nn::ArchSpec;
 use crate::compute::Compute;
 use crate::eval::*;
+use crate::nn::ArchSpec;
 use crate::report::plot::{LinePlot, Series};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -83,10 +83,9 @@ fn setup(a: &EvalArgs, compute: Compute) -> Result<(EvalSetup, LoadedModel)> {
         let model = LoadedModel::Script(ScriptModel::load(ts, device)?);
         (ts.clone(), ModelFormat::Torchscript, data, model)
     } else if arch_flags {
-        let file = a
-            .checkpoint
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("--arch / --arch-file need --checkpoint sd.safetensors"))?;
+        let file = a.checkpoint.clone().ok_or_else(|| {
+            anyhow::anyhow!("--arch / --arch-file need --checkpoint sd.safetensors")
+        })?;
         let data = a.data(None)?;
         let arch = state_dict_arch(a, &data)?.expect("--arch or --arch-file");
         eprintln!(

@@ -24,7 +24,11 @@ pub struct ExportArgs {
     #[arg(long)]
     pub soup: Option<f64>,
     /// Output checkpoint file (`.safetensors`; the sidecar is written next to it).
-    #[arg(long, required_unless_present = "torchscript", conflicts_with = "torchscript")]
+    #[arg(
+        long,
+        required_unless_present = "torchscript",
+        conflicts_with = "torchscript"
+    )]
     pub out: Option<PathBuf>,
     /// Write a TorchScript module here instead: the route traced in eval mode (float32 NCHW
     /// inputs in [0, 1], logits out), for `torch.jit.load`.

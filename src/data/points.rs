@@ -63,7 +63,9 @@ pub fn load_points(file: &Path, num_classes: Option<usize>) -> Result<Dataset> {
             );
             x
         }
-        k => anyhow::bail!("--data {f}: tensor 'x' has dtype {k:?}, expected uint8 or float; {HOW}"),
+        k => {
+            anyhow::bail!("--data {f}: tensor 'x' has dtype {k:?}, expected uint8 or float; {HOW}")
+        }
     };
     anyhow::ensure!(
         y.kind() == Kind::Int64,
@@ -76,7 +78,10 @@ pub fn load_points(file: &Path, num_classes: Option<usize>) -> Result<Dataset> {
         y.size()
     );
     let (lo, hi) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
-    anyhow::ensure!(lo >= 0, "--data {f}: tensor 'y' holds the label {lo}, expected >= 0");
+    anyhow::ensure!(
+        lo >= 0,
+        "--data {f}: tensor 'y' holds the label {lo}, expected >= 0"
+    );
     let classes = num_classes.unwrap_or((hi + 1).max(2) as usize);
     anyhow::ensure!(
         (hi as usize) < classes,

@@ -5,9 +5,9 @@
 //! `update_json` writes them), what advtrain knows filled in and the rest left `null` for the
 //! user, plus our provenance under `advtrain`.
 
+use super::checks::Flag;
 use super::plan::{DataSource, EvalAttack, EvalPlan, ModelFormat};
 use super::report::{EvalReport, PerAttack};
-use super::checks::Flag;
 use serde::{Deserialize, Serialize};
 
 /// The `ModelInfo` field names, in RobustBench's order.

@@ -14,7 +14,11 @@ use std::path::PathBuf;
 
 /// Flag codes raised while loading the model (the same in every shard: computed on the first
 /// points of the whole selection).
-pub const MODEL_FLAGS: &[&str] = &["traced-in-train-mode", "batch-dependent-outputs", "frozen-mode"];
+pub const MODEL_FLAGS: &[&str] = &[
+    "traced-in-train-mode",
+    "batch-dependent-outputs",
+    "frozen-mode",
+];
 
 /// The fields every shard of one evaluation shares.
 const SHARED: &[&str] = &[
@@ -134,7 +138,10 @@ pub fn merge(shards: Vec<(PathBuf, EvalReport)>) -> Result<EvalReport> {
             );
         }
         if r.per_attack.len() != r0.per_attack.len()
-            || r.per_attack.iter().zip(&r0.per_attack).any(|(a, b)| a.attack != b.attack)
+            || r.per_attack
+                .iter()
+                .zip(&r0.per_attack)
+                .any(|(a, b)| a.attack != b.attack)
         {
             bail!(
                 "{}: its attacks differ from those of {}",

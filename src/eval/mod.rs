@@ -7,8 +7,8 @@
 pub mod autoattack;
 pub mod card;
 pub mod checks;
-pub mod merge;
 pub mod controls;
+pub mod merge;
 pub mod plan;
 pub mod report;
 pub mod run;

@@ -32,9 +32,7 @@ pub enum DataSource {
 }
 
 /// How the points are grouped into attack batches (every batch is seeded with the seed).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Batching {
     /// As the AutoAttack reference: each attack of a cascade re-batches the points still robust

@@ -3,18 +3,18 @@
 //! gradient checks and the attack(s), and hand back the report.
 
 use super::autoattack::{data_fingerprint, AutoAttack, AutoAttackResult, StateKey};
-use super::plan::{Batching, DataSource, ModelFormat, TestTime};
-use super::report::ShardInfo;
-use super::{counts_of, flag_string};
-use crate::checkpoint::torchscript::{ScriptModel, ScriptProbe};
-use crate::data::loader::to_unit;
 use super::checks::{curve_flags, gradient_flags, model_checks, Flag, GradientStats};
+use super::clean_counts;
 use super::controls::{check_soup, reestimate, swap_ap, Reestimate};
 use super::plan::{AutoAttackPlan, CurveAxis, CurvePlan, EvalAttack, EvalPlan, EvalSetup, Threat};
+use super::plan::{Batching, DataSource, ModelFormat, TestTime};
+use super::report::ShardInfo;
 use super::report::{CurvePoint, CurveReport, EvalReport, PerAttack};
-use super::clean_counts;
+use super::{counts_of, flag_string};
 use crate::attack::Classifier;
+use crate::checkpoint::torchscript::{ScriptModel, ScriptProbe};
 use crate::checkpoint::LoadedCheckpoint;
+use crate::data::loader::to_unit;
 use crate::data::Dataset;
 use crate::device::device_name;
 use crate::nn::{Ctx, Network, Route};
@@ -494,7 +494,8 @@ pub fn evaluate_model(
     let start = Instant::now();
     let n = l.test.len();
     let compute = format!("compute: {}", s.compute.describe());
-    let (name, config, (clean, robust), per_attack, max_pert, complete, points) = match &plan.attack {
+    let (name, config, (clean, robust), per_attack, max_pert, complete, points) = match &plan.attack
+    {
         EvalAttack::AutoAttack(p) => {
             if let Some(dir) = p.state.as_ref().and_then(|p| p.parent()) {
                 if !dir.as_os_str().is_empty() {

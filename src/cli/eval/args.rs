@@ -200,9 +200,8 @@ impl EvalArgs {
         let source = match (&self.data, recipe) {
             (Some(d), _) if is_points_file(d) => DataSource::Points(PathBuf::from(d)),
             (Some(d), _) => {
-                let dataset: DatasetName = crate::choice::parse(d, "--data").map_err(|e| {
-                    anyhow::anyhow!("{e} (or a FILE.safetensors of x and y)")
-                })?;
+                let dataset: DatasetName = crate::choice::parse(d, "--data")
+                    .map_err(|e| anyhow::anyhow!("{e} (or a FILE.safetensors of x and y)"))?;
                 DataSource::Dataset(DataSpec {
                     dataset,
                     dir: None,
