@@ -39,7 +39,13 @@ def sync(dev):
 
 
 def build(a, dev):
-    """The twin module of --arch with --weights loaded strictly."""
+    """The twin module of --arch with --weights loaded strictly (--arch torchscript: --weights
+    is a TorchScript module, loaded with torch.jit.load, eval mode, parameters frozen)."""
+    if a.arch == "torchscript":
+        model = torch.jit.load(a.weights, map_location=dev).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
     if a.arch == "small-cnn":
         model = SmallCnn(a.in_channels, a.num_classes)
     elif a.arch == "preact-resnet18":
@@ -151,7 +157,8 @@ def part_autoattack(a, dev, images, labels):
         clean = model(x).argmax(1) == y
         robust = clean & (model(xa).argmax(1) == y)
     return {"images": a.n, "elapsed_s": dt, "clean_accuracy": clean.float().mean().item(),
-            "robust_accuracy": robust.float().mean().item()}
+            "robust_accuracy": robust.float().mean().item(),
+            "robust_points": "".join("1" if r else "0" for r in robust.tolist())}
 
 
 PARTS = {"at": part_at, "pgd20": part_pgd20, "autoattack": part_autoattack}
@@ -192,7 +199,8 @@ def main():
     images, labels = data["images"], data["labels"]
     info = {"part": "info", "impl": "pytorch", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "device": str(dev),
-            "forward_flops": forward_flops(build(a, dev), as_float(images[:1], dev))}
+            "forward_flops": None if a.arch == "torchscript"
+            else forward_flops(build(a, dev), as_float(images[:1], dev))}
     if a.gemm:
         info["gemm_gflops_per_s"] = gemm_gflops(dev)
     print(json.dumps(info), flush=True)

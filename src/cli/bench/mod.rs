@@ -40,7 +40,7 @@ use report::{
 };
 use std::path::PathBuf;
 use subject::Opts;
-use subject::{checkpoint_subject, fresh_subject, TempDir};
+use subject::{checkpoint_subject, fresh_subject, script_subject, TempDir};
 use twin::Twin;
 
 #[derive(Args, Debug)]
@@ -51,14 +51,22 @@ pub struct BenchArgs {
     pub parts: String,
     /// Comma-separated architectures, freshly initialised, on random points
     /// (default: small-cnn,preact-resnet18).
-    #[arg(long, conflicts_with = "checkpoint")]
+    #[arg(long, conflicts_with_all = ["checkpoint", "torchscript"])]
     pub models: Option<String>,
     /// Checkpoint to benchmark (`.safetensors` with its `.json` sidecar) on its test images;
     /// report figures on a trained one, e.g. runs/fmnist-full-seed0/checkpoints/best.safetensors.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "torchscript")]
     pub checkpoint: Option<PathBuf>,
-    /// Folder of the test images for --checkpoint (default: the one in its recipe).
-    #[arg(long, requires = "checkpoint")]
+    /// A TorchScript module to benchmark (parts pgd20, autoattack) on --data; the twin runs the
+    /// same file with torch.jit.load.
+    #[arg(long)]
+    pub torchscript: Option<PathBuf>,
+    /// The points of --torchscript: FILE.safetensors (x, y) or a built-in data set's test split.
+    #[arg(long, requires = "torchscript")]
+    pub data: Option<String>,
+    /// Folder of the test images for --checkpoint (default: the one in its recipe) or of the
+    /// data set of --data.
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Points attacked by pgd20 and autoattack.
     #[arg(long, default_value_t = 100)]
@@ -117,6 +125,11 @@ fn check_args(a: &BenchArgs, parts: &[Part]) -> Result<()> {
     anyhow::ensure!(a.iters >= 1, "--iters must be >= 1");
     anyhow::ensure!(a.steps >= 1, "--steps must be >= 1");
     anyhow::ensure!(a.repeat >= 1, "--repeat must be >= 1");
+    anyhow::ensure!(
+        a.torchscript.is_none() || !parts.contains(&Part::At),
+        "--torchscript: the part 'at' trains the model, which a TorchScript module (frozen \
+         constants) cannot be here; give --parts pgd20,autoattack"
+    );
     if parts.iter().any(|p| *p != Part::At) {
         anyhow::ensure!(a.n >= 1, "--n must be >= 1");
     }
@@ -169,9 +182,9 @@ pub fn run(a: BenchArgs, compute: &crate::compute::Compute) -> Result<()> {
     let at = parts.contains(&Part::At);
     let points = (if eval_parts { a.n } else { 0 }).max(if at { a.batch_size } else { 0 });
     let mut models = vec![];
-    let names: Vec<String> = match &a.checkpoint {
-        Some(c) => vec![c.display().to_string()],
-        None => a
+    let names: Vec<String> = match (&a.checkpoint, &a.torchscript) {
+        (Some(c), _) | (None, Some(c)) => vec![c.display().to_string()],
+        (None, None) => a
             .models
             .as_deref()
             .unwrap_or("small-cnn,preact-resnet18")
@@ -185,13 +198,17 @@ pub fn run(a: BenchArgs, compute: &crate::compute::Compute) -> Result<()> {
         "--models: give at least one architecture"
     );
     for name in &names {
-        let s = match &a.checkpoint {
-            Some(c) => checkpoint_subject(&a, c, points)?,
-            None => fresh_subject(&a, name, points, &tmp.0)?,
+        let s = match (&a.checkpoint, &a.torchscript) {
+            (Some(c), _) => checkpoint_subject(&a, c, points)?,
+            (None, Some(t)) => script_subject(&a, t, points)?,
+            (None, None) => fresh_subject(&a, name, points, &tmp.0)?,
         };
         let data_file = tmp.0.join("points.safetensors");
         s.write_data(&data_file)?;
-        let f = flops::forward_flops(&s.network(&o)?, s.shape);
+        let f = match &s.script {
+            Some(_) => None,
+            None => flops::forward_flops(&s.network(&o)?, s.shape),
+        };
         let mut report = ModelReport {
             model: s.arch.name.clone(),
             checkpoint: s.checkpoint.as_ref().map(|c| c.display().to_string()),

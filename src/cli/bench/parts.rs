@@ -66,6 +66,9 @@ pub struct Timing {
     pub elapsed_s: f64,
     pub clean_accuracy: Option<f64>,
     pub robust_accuracy: Option<f64>,
+    /// AutoAttack: per point `1` robust, `0` not (both sides, to compare verdicts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub robust_points: Option<String>,
 }
 
 impl Timing {
@@ -78,6 +81,10 @@ impl Timing {
 pub fn time_ours(part: Part, s: &Subject, o: &Opts) -> Result<Timing> {
     tch::manual_seed(o.seed as i64);
     match part {
+        Part::At if s.script.is_some() => anyhow::bail!(
+            "--parts at: a TorchScript module cannot be trained here (its weights are frozen \
+             constants); time pgd20 and autoattack"
+        ),
         Part::At => time_at(s, o),
         Part::Pgd20 => time_pgd20(s, o),
         Part::Autoattack => time_autoattack(s, o),
@@ -138,8 +145,8 @@ fn time_at(s: &Subject, o: &Opts) -> Result<Timing> {
 /// One pass of `eval --attack pgd` (PGD-20) over the first `n` points, after one untimed batch
 /// when `warmup` > 0.
 fn time_pgd20(s: &Subject, o: &Opts) -> Result<Timing> {
-    let net = s.network(o)?;
-    let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&o.compute);
+    let model = s.model(o)?;
+    let f = model.classifier(o);
     let pgd = Pgd::new(s.pgd20());
     let points = s.data.take(o.n);
     if o.warmup > 0 {
@@ -156,13 +163,14 @@ fn time_pgd20(s: &Subject, o: &Opts) -> Result<Timing> {
         elapsed_s: t0.elapsed().as_secs_f64(),
         clean_accuracy: Some(counts.clean_accuracy()),
         robust_accuracy: Some(counts.robust_accuracy()),
+        robust_points: None,
     })
 }
 
 /// One run of our AutoAttack-standard cascade (clean pass included) over the first `n` points.
 fn time_autoattack(s: &Subject, o: &Opts) -> Result<Timing> {
-    let net = s.network(o)?;
-    let f = Classifier::new(net.model.as_ref(), Ctx::eval()).with_compute(&o.compute);
+    let model = s.model(o)?;
+    let f = model.classifier(o);
     let points = s.data.take(o.n);
     let p = Preset::Standard;
     let aa = AutoAttack::new(
@@ -197,5 +205,6 @@ fn time_autoattack(s: &Subject, o: &Opts) -> Result<Timing> {
         elapsed_s: t0.elapsed().as_secs_f64(),
         clean_accuracy: Some(r.clean_accuracy),
         robust_accuracy: Some(r.robust_accuracy),
+        robust_points: Some(crate::eval::flag_string(&r.robust)),
     })
 }

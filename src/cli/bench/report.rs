@@ -180,6 +180,7 @@ pub(super) fn twin_timing(v: &serde_json::Value) -> Result<std::result::Result<T
         elapsed_s: num("elapsed_s").context("twin line without 'elapsed_s'")?,
         clean_accuracy: num("clean_accuracy"),
         robust_accuracy: num("robust_accuracy"),
+        robust_points: v["robust_points"].as_str().map(String::from),
     }))
 }
 

@@ -5,7 +5,9 @@ use super::BenchArgs;
 use crate::attack::{AttackName, AttackSettings, AttackSpec, ParamNames, PgdConfig, ThreatNorm};
 use crate::cli::checkpoint_file;
 use crate::data::Dataset;
-use crate::nn::{ArchSpec, Network, NormSpec};
+use crate::attack::Classifier;
+use crate::checkpoint::torchscript::ScriptModel;
+use crate::nn::{ArchSpec, Ctx, Network, NormSpec};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -43,9 +45,37 @@ pub struct Subject {
     pub data_label: String,
     pub shape: [i64; 3],
     pub eps: f64,
+    /// `--torchscript`: the module (then `weights` is the same file and `arch` only names its
+    /// input channels and classes).
+    pub script: Option<PathBuf>,
+}
+
+/// The attacked model of an evaluation part: one of our networks or a TorchScript module.
+pub enum BenchModel {
+    Native(Network),
+    Script(ScriptModel),
+}
+
+impl BenchModel {
+    /// The attacked function (eval mode) with our compute settings.
+    pub fn classifier(&self, o: &Opts) -> Classifier<'_> {
+        match self {
+            BenchModel::Native(n) => Classifier::new(n.model.as_ref(), Ctx::eval()),
+            BenchModel::Script(m) => Classifier::script(m, true),
+        }
+        .with_compute(&o.compute)
+    }
 }
 
 impl Subject {
+    /// The model for the evaluation parts, on `o.device`.
+    pub fn model(&self, o: &Opts) -> Result<BenchModel> {
+        Ok(match &self.script {
+            Some(f) => BenchModel::Script(ScriptModel::load(f, o.device)?),
+            None => BenchModel::Native(self.network(o)?),
+        })
+    }
+
     /// L-inf step of the AT step's PGD: eps / 4 (Madry's setting).
     pub fn at_step_size(&self) -> f64 {
         self.eps / 4.0
@@ -137,6 +167,61 @@ fn default_eps(c: i64) -> f64 {
     }
 }
 
+/// The TorchScript module of `--torchscript` and the first `points` of `--data` (a points
+/// file or a built-in data set's test split, folder from `--data-dir`).
+pub(super) fn script_subject(a: &BenchArgs, file: &Path, points: usize) -> Result<Subject> {
+    let what = a.data.clone().ok_or_else(|| {
+        anyhow::anyhow!("--torchscript needs --data (FILE.safetensors of x and y, or a data set)")
+    })?;
+    let data = if crate::data::points::is_points_file(&what) {
+        crate::data::points::load_points(Path::new(&what), None)?.take(points)
+    } else {
+        let dataset: crate::data::DatasetName =
+            crate::choice::parse(&what, "--data").map_err(anyhow::Error::msg)?;
+        crate::data::DataSpec {
+            dataset,
+            dir: a.data_dir.clone(),
+            val_size: 0,
+            split_seed: 0,
+            train_limit: None,
+            test_limit: Some(points),
+            crop_padding: 0,
+            hflip: false,
+        }
+        .load_test()?
+    };
+    anyhow::ensure!(
+        data.len() >= points,
+        "--n {}: --data {what} holds only {} points",
+        a.n,
+        data.len()
+    );
+    let sz = data.images.size();
+    let shape = [sz[1], sz[2], sz[3]];
+    let m = ScriptModel::load(file, Device::Cpu)?;
+    let x = crate::data::loader::to_unit(&data.images.narrow(0, 0, 2.min(data.len() as i64)));
+    let classes = m.probe(&x)?.classes;
+    Ok(Subject {
+        arch: ArchSpec {
+            predictors: vec![],
+            heads: 1,
+            name: "torchscript".into(),
+            num_classes: classes,
+            in_channels: shape[0],
+            depth: None,
+            width: None,
+            norm: NormSpec::default(),
+        },
+        weights: file.to_path_buf(),
+        checkpoint: Some(file.to_path_buf()),
+        data,
+        data_label: what,
+        shape,
+        eps: a.eps.unwrap_or(default_eps(shape[0])),
+        script: Some(file.to_path_buf()),
+    })
+}
+
 /// The model and points of `--checkpoint`: its test images (first `points`).
 pub(super) fn checkpoint_subject(a: &BenchArgs, ckpt: &Path, points: usize) -> Result<Subject> {
     let file = checkpoint_file(Some(&ckpt.to_path_buf()), None)?;
@@ -182,6 +267,7 @@ pub(super) fn checkpoint_subject(a: &BenchArgs, ckpt: &Path, points: usize) -> R
         data_label: format!("{} test images from {}", spec.dataset, dir.display()),
         shape,
         eps: a.eps.unwrap_or(default_eps(shape[0])),
+        script: None,
     })
 }
 
@@ -226,5 +312,6 @@ pub(super) fn fresh_subject(
         data_label: "random".into(),
         shape,
         eps: a.eps.unwrap_or(default_eps(c)),
+        script: None,
     })
 }

@@ -95,7 +95,9 @@ impl Twin {
     /// Why the twin cannot run `arch` (`None` when it can).
     pub fn unsupported(arch: &ArchSpec) -> Option<String> {
         let default = NormSpec::default();
-        if !TWIN_ARCHITECTURES.contains(&arch.name.as_str()) {
+        if arch.name == "torchscript" {
+            None
+        } else if !TWIN_ARCHITECTURES.contains(&arch.name.as_str()) {
             Some(format!(
                 "the PyTorch twin has no module for '{}' (only {})",
                 arch.name,
