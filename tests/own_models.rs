@@ -702,3 +702,167 @@ fn bad_input_is_refused_naming_the_file_and_what_was_expected() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("Norm layer"), "{}", stderr(&o));
 }
+
+#[test]
+fn bench_times_a_torchscript_module_against_the_same_file_in_pytorch() {
+    let f = fixture();
+    let json = f.dir.join("bench.json");
+    let o = advtrain(&[
+        "--threads",
+        "1",
+        "bench",
+        "--torchscript",
+        s(&f.script),
+        "--data",
+        s(&f.points),
+        "--parts",
+        "pgd20",
+        "--n",
+        "20",
+        "--eval-batch-size",
+        "20",
+        "--warmup",
+        "0",
+        "--json",
+        s(&json),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = read_json(&json);
+    let part = &r["models"][0]["parts"][0];
+    assert_eq!(part["part"], "pgd20");
+    let (ours, theirs) = (&part["advtrain"], &part["pytorch"]);
+    assert!(ours["images_per_s"].as_f64().unwrap() > 0.0);
+    // The clean pass is deterministic: both sides see the same module on the same points.
+    let clean = |v: &Value| v["clean_accuracy"].as_f64().unwrap();
+    assert!(
+        (clean(ours) - clean(theirs)).abs() < 1e-6,
+        "{ours} vs {theirs}"
+    );
+    let o = advtrain(&[
+        "bench",
+        "--torchscript",
+        s(&f.script),
+        "--data",
+        s(&f.points),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--parts pgd20,autoattack"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Library evaluation of `format` / `file` with `attack` on the fixture's points.
+fn lib_eval(
+    f: &Fixture,
+    format: advtrain::eval::ModelFormat,
+    file: &Path,
+    attack: advtrain::eval::EvalAttack,
+) -> advtrain::eval::EvalReport {
+    use advtrain::eval::*;
+    let compute = advtrain::compute::Compute {
+        fold_bn: false,
+        ..Default::default()
+    };
+    let plan = EvalPlan {
+        setup: EvalSetup {
+            checkpoint: file.to_path_buf(),
+            format,
+            data: DataSelection {
+                source: DataSource::Points(f.points.clone()),
+                test_limit: Some(12),
+                batch_size: 6,
+                data_dir: None,
+                batching: Batching::Pooled,
+                shard: None,
+            },
+            test_time: TestTime::default(),
+            seed: 5,
+            device: advtrain::device::DeviceChoice::Cpu,
+            compute,
+        },
+        threat: Threat {
+            norm: advtrain::attack::ThreatNorm::Linf,
+            eps: 0.1,
+        },
+        attack,
+    };
+    let _g = common::rng_lock();
+    evaluate(&plan, &mut Silent).unwrap()
+}
+
+#[test]
+fn every_attack_gives_the_same_verdicts_on_the_torchscript_export() {
+    use advtrain::attack::{AttackName, AttackSettings, ParamNames, ThreatNorm};
+    use advtrain::eval::{EvalAttack, ModelFormat};
+    let f = fixture();
+    let mut broke = 0;
+    for name in <AttackName as clap::ValueEnum>::value_variants() {
+        if *name == AttackName::Autoattack {
+            continue; // the CLI test compares the cascade
+        }
+        let s = AttackSettings {
+            steps: Some(2),
+            queries: Some(20),
+            seed: 5,
+            ..AttackSettings::new(ThreatNorm::Linf, 0.1)
+        };
+        let spec = name.spec(&s, &ParamNames::flags(), false).unwrap();
+        let attack = EvalAttack::Single(spec);
+        let native = lib_eval(&f, ModelFormat::Advtrain, &f.ckpt, attack.clone());
+        let ts = lib_eval(&f, ModelFormat::Torchscript, &f.script, attack);
+        assert_eq!(native.robust_points, ts.robust_points, "{name}");
+        assert_eq!(native.clean_points, ts.clean_points, "{name}");
+        assert_eq!(native.attack_config, ts.attack_config, "{name}");
+        broke +=
+            native.robust_points.matches('0').count() - native.clean_points.matches('0').count();
+    }
+    assert!(
+        broke > 0,
+        "no attack broke any point: the comparison says nothing"
+    );
+}
+
+#[test]
+fn curves_run_on_a_torchscript_module() {
+    let f = fixture();
+    for (flag, values, vary) in [
+        ("--curve", "0,0.05,0.1", "eps"),
+        ("--curve-steps", "1,3", "steps"),
+    ] {
+        let json = f.dir.join(format!("curve-{vary}.json"));
+        let o = advtrain(&[
+            "--threads",
+            "1",
+            "eval",
+            "--torchscript",
+            s(&f.script),
+            "--data",
+            s(&f.points),
+            "--attack",
+            "pgd",
+            "--eps",
+            "0.1",
+            "--steps",
+            "2",
+            flag,
+            values,
+            "--test-limit",
+            "20",
+            "--device",
+            "cpu",
+            "--json",
+            s(&json),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let r = read_json(&json);
+        assert_eq!(r["vary"], vary);
+        assert_eq!(r["model_format"], "torchscript");
+        assert_eq!(
+            r["points"].as_array().unwrap().len(),
+            values.split(',').count()
+        );
+        assert!(json.with_extension("png").is_file());
+    }
+}

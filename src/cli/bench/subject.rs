@@ -2,11 +2,11 @@
 //! initialised architecture (weights written for the twin) on random points.
 
 use super::BenchArgs;
+use crate::attack::Classifier;
 use crate::attack::{AttackName, AttackSettings, AttackSpec, ParamNames, PgdConfig, ThreatNorm};
+use crate::checkpoint::torchscript::ScriptModel;
 use crate::cli::checkpoint_file;
 use crate::data::Dataset;
-use crate::attack::Classifier;
-use crate::checkpoint::torchscript::ScriptModel;
 use crate::nn::{ArchSpec, Ctx, Network, NormSpec};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
