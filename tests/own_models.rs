@@ -866,3 +866,45 @@ fn curves_run_on_a_torchscript_module() {
         assert!(json.with_extension("png").is_file());
     }
 }
+
+#[test]
+fn a_torchscript_autoattack_resumes_from_its_state_file() {
+    let f = fixture();
+    let run = |json: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--threads",
+            "1",
+            "eval",
+            "--torchscript",
+            s(&f.script),
+            "--data",
+            s(&f.points),
+            "--attack",
+            "autoattack",
+            "--preset",
+            "fast",
+            "--eps",
+            "0.1",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            s(json),
+        ];
+        args.extend_from_slice(extra);
+        let o = advtrain(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (read_json(json), stderr(&o))
+    };
+    let whole = run(&f.dir.join("whole.json"), &[]).0;
+    let part = f.dir.join("part.json");
+    let (first, _) = run(&part, &["--max-batches", "1"]);
+    assert_eq!(first["complete"], false);
+    assert!(f.dir.join("part.state.json").is_file());
+    let (done, err) = run(&part, &[]);
+    assert!(err.contains("continuing"), "{err}");
+    assert_eq!(done["complete"], true);
+    assert_eq!(done["robust_points"], whole["robust_points"]);
+    assert_eq!(done["per_attack"].as_array().unwrap().len(), 2);
+}
