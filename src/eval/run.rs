@@ -128,6 +128,25 @@ impl Loaded {
         .with_compute(&setup.compute)
     }
 
+    /// The data, model format, batching and shard, as printed at the start.
+    fn data_line(&self, s: &EvalSetup) -> String {
+        let shard = match &self.shard {
+            Some(sh) => format!(
+                " | shard {}/{}: points {}..{} of {}",
+                sh.index, sh.count, sh.start, sh.end, sh.n_total
+            ),
+            None => String::new(),
+        };
+        format!(
+            "model {} ({}) | data {} (sha256 {}) | batching {}{shard}",
+            self.ckpt.display(),
+            self.format,
+            self.data,
+            &self.data_sha256[..12.min(self.data_sha256.len())],
+            s.data.batching()
+        )
+    }
+
     /// The route plus every test-time control that changes results (state-file key).
     fn test_time_label(&self) -> String {
         let mut l = self.route_label.clone();
@@ -493,7 +512,7 @@ pub fn evaluate_model(
     flags.extend(gradient_flags(&checks));
     let start = Instant::now();
     let n = l.test.len();
-    let compute = format!("compute: {}", s.compute.describe());
+    let compute = format!("compute: {} | {}", s.compute.describe(), l.data_line(s));
     let (name, config, (clean, robust), per_attack, max_pert, complete, points) = match &plan.attack
     {
         EvalAttack::AutoAttack(p) => {
@@ -657,7 +676,11 @@ pub fn evaluate_curve_model(
         s.seed,
         device_name(l.device)
     ));
-    out.info(&format!("compute: {}", s.compute.describe()));
+    out.info(&format!(
+        "compute: {} | {}",
+        s.compute.describe(),
+        l.data_line(s)
+    ));
     let f = l.classifier(s);
     let clean = clean_counts(&f, &l.test, s.data.batch_size, l.device).clean_accuracy();
     let mut points = Vec::new();
