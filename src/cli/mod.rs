@@ -142,7 +142,9 @@ pub fn main() -> anyhow::Result<()> {
         crate::compute::apply_process_settings(&compute)?;
     }
     // Only `train` runs data-parallel; N copies of another command would write the same files.
-    if !matches!(cli.command, Command::Train(_)) {
+    // A sharded `eval --shard` is the exception: each rank evaluates and writes its own shard.
+    let sharded_eval = matches!(&cli.command, Command::Eval(a) if a.shard.is_some());
+    if !matches!(cli.command, Command::Train(_)) && !sharded_eval {
         crate::dist::refuse_launch("only `advtrain train` runs as data-parallel workers")?;
     }
     match cli.command {
