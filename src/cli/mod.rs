@@ -4,6 +4,7 @@ pub mod analyze;
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod study;
 pub mod train;
 
 use crate::checkpoint;
@@ -39,6 +40,8 @@ pub enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Throughput of the PGD-10 AT step, PGD-20 and AutoAttack against the PyTorch eager twin.
     Bench(bench::BenchArgs),
+    /// Studies: recipes x overrides x seeds, their evaluations, and reports over seeds.
+    Study(study::StudyArgs),
 }
 
 /// Compute settings on the command line ([`crate::compute`]); for `train` they override the
@@ -152,6 +155,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a, &compute),
         Command::Export(a) => export::run(a),
         Command::Analyze(a) => analyze::run(a, compute),
+        Command::Study(a) => study::run(a),
     }
 }
 
