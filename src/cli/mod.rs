@@ -42,6 +42,14 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Studies: recipes x overrides x seeds, their evaluations, and reports over seeds.
     Study(study::StudyArgs),
+    /// The report of one run folder: <run>/report.html (curves, evaluations, analyses, provenance).
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// The run folder.
+    pub run: PathBuf,
 }
 
 /// Compute settings on the command line ([`crate::compute`]); for `train` they override the
@@ -156,6 +164,12 @@ pub fn main() -> anyhow::Result<()> {
         Command::Export(a) => export::run(a),
         Command::Analyze(a) => analyze::run(a, compute),
         Command::Study(a) => study::run(a),
+        Command::Report(a) => {
+            crate::report::run::write_curves(&a.run).ok();
+            let p = crate::report::run::write_run_report(&a.run)?;
+            println!("wrote {}", p.display());
+            Ok(())
+        }
     }
 }
 
