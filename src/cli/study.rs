@@ -60,9 +60,9 @@ pub struct PlanArgs {
 pub struct ReportArgs {
     /// The study's output folder (runs/<study>).
     pub dir: PathBuf,
-    /// Paired difference A - B of two cells (`cell` or `cell@route`), repeatable, added to the
-    /// study file's `[report] compare`.
-    #[arg(long, value_name = "A,B", value_delimiter = ',', num_args = 2)]
+    /// Paired difference A - B of two cells (`cell` or `cell@route-tag`, e.g.
+    /// `e7-dual-ap@adv,e7-single-cat`), repeatable, added to the study file's `[report] compare`.
+    #[arg(long, value_name = "A,B")]
     pub compare: Vec<String>,
 }
 
@@ -94,11 +94,17 @@ pub fn run(a: StudyArgs) -> Result<()> {
             Ok(())
         }
         StudyCommand::Report(a) => {
-            let pairs: Vec<[String; 2]> = a
+            let pairs = a
                 .compare
-                .chunks(2)
-                .map(|c| [c[0].clone(), c[1].clone()])
-                .collect();
+                .iter()
+                .map(|c| match c.split_once(',') {
+                    Some((x, y)) if !y.contains(',') => Ok([x.to_string(), y.to_string()]),
+                    _ => anyhow::bail!(
+                        "--compare {c}: expected A,B (two cells, each `cell` or `cell@route-tag` \
+                         such as e7-dual-bn@adv or e7-cross-bn@ns-clean-ap-adv)"
+                    ),
+                })
+                .collect::<Result<Vec<_>>>()?;
             let written = crate::study::report::write_report(&a.dir, &pairs)?;
             for p in written {
                 println!("wrote {}", p.display());

@@ -68,7 +68,12 @@ impl Table {
 pub fn md_table(t: &Table) -> String {
     let cell = |s: &String| s.replace('|', "\\|").replace('\n', " ");
     let mut s = String::new();
-    let line = |cells: &[String]| format!("| {} |\n", cells.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    let line = |cells: &[String]| {
+        format!(
+            "| {} |\n",
+            cells.iter().map(cell).collect::<Vec<_>>().join(" | ")
+        )
+    };
     s.push_str(&line(&t.header));
     s.push_str(&format!("|{}\n", "---|".repeat(t.header.len())));
     for r in &t.rows {
@@ -87,11 +92,17 @@ pub enum Block {
     /// Preformatted text (a recipe, a command).
     Pre(String),
     /// A PNG with its caption.
-    Image { png: Vec<u8>, caption: String },
+    Image {
+        png: Vec<u8>,
+        caption: String,
+    },
     /// Figures side by side (wrapping), each with its caption.
     Gallery(Vec<(Vec<u8>, String)>),
     /// A collapsible section holding blocks.
-    Details { summary: String, blocks: Vec<Block> },
+    Details {
+        summary: String,
+        blocks: Vec<Block>,
+    },
 }
 
 /// A whole page.
@@ -161,7 +172,10 @@ fn render_blocks(blocks: &[Block], out: &mut String) {
                 out.push_str("</div>\n");
             }
             Block::Details { summary, blocks } => {
-                out.push_str(&format!("<details><summary>{}</summary>\n", escape(summary)));
+                out.push_str(&format!(
+                    "<details><summary>{}</summary>\n",
+                    escape(summary)
+                ));
                 render_blocks(blocks, out);
                 out.push_str("</details>\n");
             }
@@ -193,7 +207,9 @@ pub fn stack_png(images: &[Vec<u8>]) -> Result<Vec<u8>> {
             .read_info()
             .with_context(|| format!("image {i} is not a PNG"))?;
         let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
-        let info = reader.next_frame(&mut buf).with_context(|| format!("image {i}: bad PNG"))?;
+        let info = reader
+            .next_frame(&mut buf)
+            .with_context(|| format!("image {i}: bad PNG"))?;
         ensure!(
             info.color_type == png::ColorType::Rgb && info.bit_depth == png::BitDepth::Eight,
             "image {i}: expected 8-bit RGB"

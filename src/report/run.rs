@@ -27,7 +27,10 @@ pub fn training_plots(rows: &[EpochMetrics], title: &str) -> Vec<LinePlot> {
     };
     let mut acc = vec![];
     for (name, get) in [
-        ("train clean", (|m: &EpochMetrics| pct(m.train_clean_acc)) as fn(&EpochMetrics) -> f64),
+        (
+            "train clean",
+            (|m: &EpochMetrics| pct(m.train_clean_acc)) as fn(&EpochMetrics) -> f64,
+        ),
         ("train adversarial", |m| pct(m.train_adv_acc)),
         ("val clean", |m| pct(m.val_clean_acc)),
         ("val PGD", |m| pct(m.val_pgd_acc)),
@@ -114,7 +117,11 @@ pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
 pub fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = files_with(dir, ext);
     if let Ok(rd) = std::fs::read_dir(dir) {
-        let mut subs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        let mut subs: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
         subs.sort();
         for s in subs {
             out.extend(files_under(&s, ext));
@@ -162,7 +169,11 @@ fn eval_blocks(dir: &Path) -> Result<(Vec<Block>, Vec<(String, Value)>)> {
     let mut flags = vec![];
     let mut curves = vec![];
     for f in files_with(&dir.join("eval"), "json") {
-        let name = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let name = f
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if name.ends_with(".state") {
             continue;
         }
@@ -179,7 +190,13 @@ fn eval_blocks(dir: &Path) -> Result<(Vec<Block>, Vec<(String, Value)>)> {
             .into_iter()
             .flatten()
             .filter(|_| v["per_attack"].as_array().map_or(0, Vec::len) > 1)
-            .map(|s| format!("{} {}", text(&s["attack"]), pct_text(s["robust_accuracy"].as_f64())))
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    text(&s["attack"]),
+                    pct_text(s["robust_accuracy"].as_f64())
+                )
+            })
             .collect();
         let codes: Vec<String> = v["flags"]
             .as_array()
@@ -197,9 +214,19 @@ fn eval_blocks(dir: &Path) -> Result<(Vec<Block>, Vec<(String, Value)>)> {
             text(&v["n"]),
             pct_text(v["clean_accuracy"].as_f64()),
             pct_text(v["robust_accuracy"].as_f64()),
-            if stages.is_empty() { "-".into() } else { stages.join(", ") },
-            if codes.is_empty() { "none".into() } else { codes.join(", ") },
-            v["elapsed_s"].as_f64().map_or("-".into(), |s| format!("{s:.1}")),
+            if stages.is_empty() {
+                "-".into()
+            } else {
+                stages.join(", ")
+            },
+            if codes.is_empty() {
+                "none".into()
+            } else {
+                codes.join(", ")
+            },
+            v["elapsed_s"]
+                .as_f64()
+                .map_or("-".into(), |s| format!("{s:.1}")),
         ]);
     }
     blocks.push(Block::Heading(2, "Evaluations".into()));
@@ -216,7 +243,10 @@ fn eval_blocks(dir: &Path) -> Result<(Vec<Block>, Vec<(String, Value)>)> {
     for (name, v) in &curves {
         let plot = curve_plot(name, v);
         if let Ok(png) = plot.to_png((800, 500)) {
-            figs.push((png, format!("{name}: {} over {}", text(&v["attack"]), text(&v["vary"]))));
+            figs.push((
+                png,
+                format!("{name}: {} over {}", text(&v["attack"]), text(&v["vary"])),
+            ));
         }
     }
     if !figs.is_empty() {
@@ -235,18 +265,29 @@ pub fn curve_plot(name: &str, v: &Value) -> LinePlot {
         .into_iter()
         .flatten()
         .map(|p| {
-            let x = if steps { p["steps"].as_f64() } else { p["eps"].as_f64() };
+            let x = if steps {
+                p["steps"].as_f64()
+            } else {
+                p["eps"].as_f64()
+            };
             (x.unwrap_or(f64::NAN), pct(p["robust_accuracy"].as_f64()))
         })
         .collect();
-    let mut series = vec![Series::new(format!("{} robust", text(&v["attack"])), pts.clone())];
+    let mut series = vec![Series::new(
+        format!("{} robust", text(&v["attack"])),
+        pts.clone(),
+    )];
     if !steps {
         let c = pct(v["clean_accuracy"].as_f64());
         series.push(Series::new("clean", pts.iter().map(|p| (p.0, c))));
     }
     LinePlot {
         title: format!("{name} (n={})", text(&v["n"])),
-        x_label: if steps { "steps".into() } else { format!("eps ({})", text(&v["norm"])) },
+        x_label: if steps {
+            "steps".into()
+        } else {
+            format!("eps ({})", text(&v["norm"]))
+        },
         y_label: "accuracy (%)".into(),
         series,
         y_range: Some((0.0, 100.0)),
@@ -281,11 +322,16 @@ fn provenance(dir: &Path) -> Table {
             continue;
         }
         t.row([
-            side.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
+            side.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
             text(&v["format"]),
             text(&v["advtrain_version"]),
             text(&v["epoch"]),
-            v["best_metric"].as_f64().map_or("-".into(), |b| format!("{b:.4}")),
+            v["best_metric"]
+                .as_f64()
+                .map_or("-".into(), |b| format!("{b:.4}")),
             text(&v["sha256"]),
         ]);
     }

@@ -573,8 +573,21 @@ impl Study {
 
         // Every override key must be one a recipe uses: load each cell's recipe with them.
         let mut runs = vec![];
-        let evals = jobs(cli, &file.eval, false, &f("".into()))?;
-        let analyses = jobs(cli, &file.analysis, true, &f("".into()))?;
+        let mut evals = jobs(cli, &file.eval, false, &f("".into()))?;
+        let mut analyses = jobs(cli, &file.analysis, true, &f("".into()))?;
+        // In the order of the file (TOML tables are read sorted by name).
+        let at = |section: &str, name: &str| {
+            [
+                format!("[{section}.{name}]"),
+                format!("[{section}.\"{name}\"]"),
+            ]
+            .iter()
+            .filter_map(|h| text.find(h.as_str()))
+            .min()
+            .unwrap_or(usize::MAX)
+        };
+        evals.sort_by_key(|j| at("eval", &j.name));
+        analyses.sort_by_key(|j| at("analysis", &j.name));
         for job in evals.iter().chain(&analyses) {
             for p in &job.cells {
                 anyhow::ensure!(
