@@ -42,7 +42,13 @@ fn run_lines(study: &Study, exe: &Path, threads: usize, r: &super::spec::Run) ->
         let cmd = shell_join(&command_line(exe, threads, s));
         lines.push(cmd);
     }
+    // The run's report.html with its evaluations (`study run` writes it in-process).
     let _ = study;
+    lines.push(shell_join(&[
+        exe.display().to_string(),
+        "report".into(),
+        r.dir.display().to_string(),
+    ]));
     lines
 }
 

@@ -209,7 +209,18 @@ pub fn run_study(study: &Study, settings: &RunSettings) -> Result<Outcome> {
                 };
                 let Some(run) = next else { break };
                 let started = Instant::now();
-                let failure = run_one(run, settings, running, progress);
+                let mut failure = run_one(run, settings, running, progress);
+                // The run's own report.html, now with its evaluations and analyses.
+                if failure.is_none() {
+                    if let Err(e) = crate::report::run::write_run_report(&run.dir) {
+                        failure = Some(Failure {
+                            run: run.id(),
+                            step: "report".into(),
+                            status: format!("{e:#}"),
+                            log: run.dir.join("report.html"),
+                        });
+                    }
+                }
                 let mut res = results.lock().unwrap();
                 match failure {
                     None => {

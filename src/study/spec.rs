@@ -593,7 +593,7 @@ impl Study {
                 anyhow::ensure!(
                     cells.iter().any(|c| wildcard(p, &c.name)),
                     f(format!(
-                        "{} `{}`: key `cells`: pattern `{p}` matches no cell (cells: {})",
+                        "[{}.{}]: key `cells`: pattern `{p}` matches no cell (cells: {})",
                         if job.kind.is_some() {
                             "analysis"
                         } else {
