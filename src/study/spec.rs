@@ -484,6 +484,14 @@ impl Study {
             flatten("", t, &mut o);
             variants.push((vname.clone(), o));
         }
+        // In the order of the file (TOML tables are read sorted by name).
+        variants.sort_by_key(|(n, _)| {
+            [format!("[variants.{n}]"), format!("[variants.\"{n}\"]")]
+                .iter()
+                .filter_map(|h| text.find(h.as_str()))
+                .min()
+                .unwrap_or(usize::MAX)
+        });
         let mut grid = vec![];
         flatten("", &file.grid, &mut grid);
         let mut axes: Vec<(String, Vec<toml::Value>)> = vec![];
