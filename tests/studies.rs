@@ -640,3 +640,34 @@ fn bad_input_gives_errors_naming_file_and_key() {
     assert!(err.contains("mixes runs"), "{err}");
     let _ = PathBuf::new();
 }
+
+/// `routes = "all-branches"` from the shipped recipes' domains (no per-recipe lists), the
+/// output route tags and the cell patterns.
+#[test]
+fn all_branches_follow_the_model_domains() {
+    use advtrain::study::spec::{all_branches, route_tag, wildcard};
+    let routes = |name: &str| -> Vec<String> {
+        let r = advtrain::train::Recipe::load(Path::new(&format!("recipes/fmnist/{name}.toml")), &[])
+            .unwrap();
+        all_branches(&r).into_iter().map(route_tag).collect()
+    };
+    assert_eq!(routes("pgd-at"), ["clean"]);
+    assert_eq!(routes("e7-single-cat"), ["clean"], "single BN: both routes are one");
+    assert_eq!(routes("e7-dual-bn"), ["clean", "adv"]);
+    assert_eq!(routes("e7-dual-ap"), ["clean", "adv"]);
+    assert_eq!(routes("e10-dual-linear"), ["clean", "adv"], "heads count as affine sets");
+    assert_eq!(routes("e7-cross-bn"), ["clean", "ns-clean-ap-adv"]);
+    assert_eq!(routes("trades-dual-bn"), ["clean", "adv"]);
+    for (p, n, want) in [
+        ("e7-*", "e7-dual-bn", true),
+        ("e7-*", "e1-single-r0", false),
+        ("*-r50", "e3-mbn-r50", true),
+        ("e*-r*0", "e1-single-r50", true),
+        ("advprop", "advprop", true),
+        ("advprop", "advprop-x", false),
+        ("a*b*c", "abc", true),
+        ("a*b*c", "acb", false),
+    ] {
+        assert_eq!(wildcard(p, n), want, "{p} vs {n}");
+    }
+}
