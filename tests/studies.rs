@@ -7,7 +7,7 @@ mod common;
 
 use advtrain::study::report::{mean_sd, StudyReport};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -186,7 +186,7 @@ fn study_runs_survives_a_killed_lane_resumes_and_reports() {
     std::fs::write(dir.join("tiny.study.toml"), STUDY).unwrap();
     let out = dir.join("runs/tiny");
 
-    let mut child = bin()
+    let child = bin()
         .args([
             "study",
             "run",
@@ -638,7 +638,6 @@ fn bad_input_gives_errors_naming_file_and_key() {
         dir,
     );
     assert!(err.contains("mixes runs"), "{err}");
-    let _ = PathBuf::new();
 }
 
 /// `routes = "all-branches"` from the shipped recipes' domains (no per-recipe lists), the
