@@ -646,15 +646,24 @@ fn bad_input_gives_errors_naming_file_and_key() {
 fn all_branches_follow_the_model_domains() {
     use advtrain::study::spec::{all_branches, route_tag, wildcard};
     let routes = |name: &str| -> Vec<String> {
-        let r = advtrain::train::Recipe::load(Path::new(&format!("recipes/fmnist/{name}.toml")), &[])
-            .unwrap();
+        let r =
+            advtrain::train::Recipe::load(Path::new(&format!("recipes/fmnist/{name}.toml")), &[])
+                .unwrap();
         all_branches(&r).into_iter().map(route_tag).collect()
     };
     assert_eq!(routes("pgd-at"), ["clean"]);
-    assert_eq!(routes("e7-single-cat"), ["clean"], "single BN: both routes are one");
+    assert_eq!(
+        routes("e7-single-cat"),
+        ["clean"],
+        "single BN: both routes are one"
+    );
     assert_eq!(routes("e7-dual-bn"), ["clean", "adv"]);
     assert_eq!(routes("e7-dual-ap"), ["clean", "adv"]);
-    assert_eq!(routes("e10-dual-linear"), ["clean", "adv"], "heads count as affine sets");
+    assert_eq!(
+        routes("e10-dual-linear"),
+        ["clean", "adv"],
+        "heads count as affine sets"
+    );
     assert_eq!(routes("e7-cross-bn"), ["clean", "ns-clean-ap-adv"]);
     assert_eq!(routes("trades-dual-bn"), ["clean", "adv"]);
     for (p, n, want) in [

@@ -98,6 +98,8 @@ pub enum Block {
     },
     /// Figures side by side (wrapping), each with its caption.
     Gallery(Vec<(Vec<u8>, String)>),
+    /// A list of links `(href, text)` (relative links to files beside the page).
+    Links(Vec<(String, String)>),
     /// A collapsible section holding blocks.
     Details {
         summary: String,
@@ -170,6 +172,17 @@ fn render_blocks(blocks: &[Block], out: &mut String) {
                     out.push_str(&figure(png, caption));
                 }
                 out.push_str("</div>\n");
+            }
+            Block::Links(links) => {
+                out.push_str("<ul>");
+                for (href, text) in links {
+                    out.push_str(&format!(
+                        "<li><a href=\"{}\">{}</a></li>",
+                        escape(href),
+                        escape(text)
+                    ));
+                }
+                out.push_str("</ul>\n");
             }
             Block::Details { summary, blocks } => {
                 out.push_str(&format!(

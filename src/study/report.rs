@@ -858,20 +858,24 @@ impl StudyReport {
             blocks.push(Block::Gallery(analyses));
         }
         blocks.push(Block::Heading(2, "Runs".into()));
-        let mut t = Table::new(["run", "folder", "run report"]);
+        let mut links = vec![];
         for (cell, seed, dir) in &self.run_dirs {
-            let rep = dir.join("report.html");
-            t.row([
-                format!("{cell}-seed{seed}"),
-                dir.display().to_string(),
-                if rep.is_file() {
-                    "report.html".into()
-                } else {
-                    "-".to_string()
-                },
-            ]);
+            let name = dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let text = format!("{cell}-seed{seed}: {}", dir.display());
+            if dir.join("report.html").is_file() {
+                links.push((
+                    format!("{name}/report.html"),
+                    format!("{text} (run report)"),
+                ));
+            } else {
+                links.push((format!("{name}/"), text));
+            }
         }
-        blocks.push(Block::Table(t));
+        blocks.push(Block::Links(links));
         Ok(Page {
             title: format!("Study {}", self.study),
             blocks,

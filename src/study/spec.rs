@@ -169,23 +169,31 @@ pub fn route_tag(r: Route) -> String {
 }
 
 /// The distinct routes of a recipe's model: those its objective names and the validation route,
-/// with a shared set mapped to domain 0, in order of appearance (`[clean]` when none).
+/// two routes being the same when they differ only in a set the model shares (a single-BN model
+/// has one route, `clean`); each kept as first named (Dual-AP's `adv` stays `adv`), clean first.
 pub fn all_branches(recipe: &Recipe) -> Vec<Route> {
     let m = &recipe.model;
     let ns_sets = m.norm.ns_domains;
     let ap_sets = m.norm.ap_domains.max(m.heads);
-    let norm = |r: Route| Route {
-        ns: if ns_sets <= 1 { 0 } else { r.ns },
-        ap: if ap_sets <= 1 { 0 } else { r.ap },
+    let key = |r: Route| {
+        (
+            if ns_sets <= 1 { 0 } else { r.ns },
+            if ap_sets <= 1 { 0 } else { r.ap },
+        )
     };
     let mut out: Vec<Route> = vec![];
     let named = recipe.train.objective.routes().into_iter().map(|(_, r)| r);
-    for r in named.chain([recipe.validation_route()]).map(norm) {
-        if !out.contains(&r) {
+    for r in named.chain([recipe.validation_route()]) {
+        if !out.iter().any(|o| key(*o) == key(r)) {
             out.push(r);
         }
     }
-    // Clean first, then the others in order (tables read the same across cells).
+    // A route equivalent to clean is written clean, and comes first.
+    for r in out.iter_mut() {
+        if key(*r) == (0, 0) {
+            *r = Route::domain(0);
+        }
+    }
     out.sort_by_key(|r| (*r != Route::domain(0)) as u8);
     out
 }
