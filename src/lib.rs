@@ -92,4 +92,5 @@ pub mod fsio;
 pub mod interrupt;
 pub mod nn;
 pub mod report;
+pub mod study;
 pub mod train;

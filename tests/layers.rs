@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "train",
     "report",
     "analysis",
+    "study",
     "cli",
 ];
 

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod merge;
+pub mod study;
 pub mod train;
 
 use crate::checkpoint;
@@ -42,6 +43,16 @@ pub enum Command {
     Merge(merge::MergeArgs),
     /// Throughput of the PGD-10 AT step, PGD-20 and AutoAttack against the PyTorch eager twin.
     Bench(bench::BenchArgs),
+    /// Studies: recipes x overrides x seeds, their evaluations, and reports over seeds.
+    Study(study::StudyArgs),
+    /// The report of one run folder: <run>/report.html (curves, evaluations, analyses, provenance).
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// The run folder.
+    pub run: PathBuf,
 }
 
 /// Compute settings on the command line ([`crate::compute`]); for `train` they override the
@@ -158,6 +169,13 @@ pub fn main() -> anyhow::Result<()> {
         Command::Export(a) => export::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Analyze(a) => analyze::run(a, compute),
+        Command::Study(a) => study::run(a),
+        Command::Report(a) => {
+            crate::report::run::write_curves(&a.run).ok();
+            let p = crate::report::run::write_run_report(&a.run)?;
+            println!("wrote {}", p.display());
+            Ok(())
+        }
     }
 }
 

@@ -74,17 +74,31 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.resume {
         check_same_recipe(&recipe, &out)?;
     }
-    let summary = train::train(
+    // After every epoch: redraw curves.png (a figure: drawn here, figures are a higher layer).
+    let mut curves = |dir: &std::path::Path| {
+        if crate::dist::launched_rank() != 0 {
+            return; // rank 0 alone writes the run directory
+        }
+        if let Err(e) = crate::report::run::write_curves(dir) {
+            log::warn!("could not draw {}/curves.png: {e:#}", dir.display());
+        }
+    };
+    let summary = train::train_observed(
         &recipe,
         &RunOptions {
             out: out.clone(),
             resume: a.resume,
             stop_after: None,
         },
+        &mut curves,
     )?;
     // Data-parallel workers other than rank 0 print nothing (rank 0 speaks for the run).
     if crate::dist::launched_rank() == 0 {
         println!("{}", serde_json::to_string_pretty(&summary)?);
+        match crate::report::run::write_run_report(&out) {
+            Ok(p) => println!("report: {}", p.display()),
+            Err(e) => log::warn!("could not write the run report: {e:#}"),
+        }
         println!("run directory: {}", out.display());
     }
     Ok(())

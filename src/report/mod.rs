@@ -7,7 +7,14 @@
 //! `configure_mesh`, a legend or colour scale in a strip beside the plot); glyphs are rasterised in
 //! Rust from DejaVu Sans, embedded from `assets/fonts/`, so no system library or font is needed.
 
+//!
+//! [`html`] builds self-contained HTML pages (tables, figures embedded as base64 PNG) and
+//! Markdown tables; [`run`] is the report of one run folder (`curves.png` after every epoch,
+//! `report.html` by `advtrain report RUN` and at the end of `train`).
+
+pub mod html;
 pub mod plot;
+pub mod run;
 
 pub use plot::{
     BarPlot, BarSeries, Heatmap, ImageFormat, LinePlot, Series, ValueFormat, DEFAULT_SIZE,

@@ -101,12 +101,25 @@ pub struct LinePlot {
 pub struct BarSeries {
     pub name: String,
     pub values: Vec<f64>,
+    /// Error bar half-lengths (`value +- error`, e.g. a standard deviation), one per value, or
+    /// empty for none; a non-finite or zero entry draws no bar.
+    pub errors: Vec<f64>,
 }
 
 impl BarSeries {
     pub fn new(name: impl Into<String>, values: impl IntoIterator<Item = f64>) -> Self {
         let (name, values) = (name.into(), values.into_iter().collect());
-        BarSeries { name, values }
+        BarSeries {
+            name,
+            values,
+            errors: vec![],
+        }
+    }
+
+    /// The same bars with error bars `value +- error`.
+    pub fn with_errors(mut self, errors: impl IntoIterator<Item = f64>) -> Self {
+        self.errors = errors.into_iter().collect();
+        self
     }
 }
 
@@ -628,6 +641,11 @@ impl Figure for BarPlot {
                 got == n,
                 "series '{name}' has {got} values but there are {n} categories"
             );
+            let e = s.errors.len();
+            ensure!(
+                e == 0 || e == n,
+                "series '{name}' has {e} error bars but there are {n} categories"
+            );
         }
         let k = self.series.len();
         let finite = self
@@ -641,8 +659,18 @@ impl Figure for BarPlot {
 
     fn draw<DB: DrawingBackend>(&self, root: &Area<DB>) -> Result<()> {
         let (n, k) = (self.categories.len(), self.series.len());
-        let (lo, hi) = min_max(self.series.iter().flat_map(|s| s.values.iter().copied()))
-            .map_or((0.0, 1.0), |(lo, hi)| (lo.min(0.0), hi.max(0.0)));
+        let ends = self.series.iter().flat_map(|s| {
+            s.values.iter().enumerate().flat_map(|(i, &v)| {
+                let e = s
+                    .errors
+                    .get(i)
+                    .copied()
+                    .filter(|e| e.is_finite())
+                    .unwrap_or(0.0);
+                [v - e.abs(), v + e.abs()]
+            })
+        });
+        let (lo, hi) = min_max(ends).map_or((0.0, 1.0), |(lo, hi)| (lo.min(0.0), hi.max(0.0)));
         // From 0 (or a bit below the lowest value) to a bit above the highest (or 0).
         let pad = 0.05 * (hi - lo);
         let yr = match (lo < 0.0, hi > 0.0) {
@@ -693,6 +721,24 @@ impl Figure for BarPlot {
                 )
             });
             chart.draw_series(bars).pe()?;
+            // Error bars: a vertical line through the bar's middle with caps.
+            let w = 0.8 / k as f64;
+            for (i, (&v, &e)) in s.values.iter().zip(&s.errors).enumerate() {
+                if !(v.is_finite() && e.is_finite() && e != 0.0) {
+                    continue;
+                }
+                let x = i as f64 + 0.1 + 0.8 * j as f64 / k as f64 + w / 2.0;
+                let (a, b) = (clamp(v - e.abs()), clamp(v + e.abs()));
+                let cap = w / 4.0;
+                let style = BLACK.stroke_width(2);
+                chart
+                    .draw_series([
+                        PathElement::new(vec![(x, a), (x, b)], style),
+                        PathElement::new(vec![(x - cap, a), (x + cap, a)], style),
+                        PathElement::new(vec![(x - cap, b), (x + cap, b)], style),
+                    ])
+                    .pe()?;
+            }
         }
         if yr.0 < 0.0 {
             let zero = PathElement::new(vec![(0.0, 0.0), (n as f64, 0.0)], BLACK);

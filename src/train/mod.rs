@@ -19,7 +19,7 @@ pub use crate::checkpoint;
 pub use recipe::{Objective, Recipe};
 /// [`train`] under the name of the library API (`advtrain::train::run(&recipe, &options)`).
 pub use run::train as run;
-pub use run::{train, RunOptions};
+pub use run::{train, train_observed, RunOptions};
 pub use saved::restore;
 
 /// Derive an independent 64-bit seed for (seed, epoch, stream) by SplitMix64 mixing, so every

@@ -85,6 +85,17 @@ const STREAM_OVERFIT: u64 = 4;
 
 /// Train `recipe` into `opts.out`. With `opts.resume`, continue from `checkpoints/last`.
 pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
+    train_observed(recipe, opts, &mut |_| {})
+}
+
+/// [`train`], calling `after_epoch(run_dir)` after each epoch's checkpoint set is committed
+/// (the CLI draws `curves.png` there: figures are a higher layer). The hook cannot fail the
+/// run: it reports its own errors.
+pub fn train_observed(
+    recipe: &Recipe,
+    opts: &RunOptions,
+    after_epoch: &mut dyn FnMut(&Path),
+) -> Result<RunSummary> {
     crate::compute::apply_process_settings(&recipe.compute)?;
     let device = parse_device(&recipe.device)?;
     // Data-parallel workers (torchrun, srun): the recipe with its world size (src/train/ddp.rs).
@@ -299,6 +310,7 @@ pub fn train(recipe: &Recipe, opts: &RunOptions) -> Result<RunSummary> {
         }
         store.commit(stage)?;
         log::info!("{}", describe(&m, t.epochs));
+        after_epoch(out);
         last = m;
         if let Some((c, acc, collapsed)) = collapse {
             if collapsed {
