@@ -679,3 +679,65 @@ fn all_branches_follow_the_model_domains() {
         assert_eq!(wildcard(p, n), want, "{p} vs {n}");
     }
 }
+
+#[test]
+fn run_seeds_limit_a_job_to_some_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    let study = STUDY.replace(
+        "[analysis.div]",
+        "[eval.aa]\nattack = \"autoattack\"\npreset = \"fast\"\neps = 0.1\ntest-limit = 20\nrun-seeds = [0]\n\n[analysis.div]",
+    );
+    std::fs::write(dir.join("s.toml"), &study).unwrap();
+    let o = run_ok(&["study", "plan", "s.toml", "--format", "json"], dir);
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut with_aa = vec![];
+    for r in plan["runs"].as_array().unwrap() {
+        let has = r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["eval"] == "aa");
+        with_aa.push((
+            r["cell"].as_str().unwrap().to_string(),
+            r["seed"].as_u64().unwrap(),
+            has,
+        ));
+    }
+    assert_eq!(with_aa.len(), 4, "{with_aa:?}");
+    for (cell, seed, has) in &with_aa {
+        assert_eq!(*has, *seed == 0, "{cell} seed {seed}");
+    }
+    // The other jobs still run on every seed.
+    let pgd_runs = plan["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["eval"] == "pgd")
+        })
+        .count();
+    assert_eq!(pgd_runs, 4);
+    // A seed the study does not have is refused, naming the table and the key.
+    std::fs::write(
+        dir.join("bad.toml"),
+        study.replace("run-seeds = [0]", "run-seeds = [5]"),
+    )
+    .unwrap();
+    let err = run_err(&["study", "plan", "bad.toml"], dir);
+    for part in ["[eval.aa]", "key `run-seeds`", "seed 5", "[0, 1]"] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    std::fs::write(
+        dir.join("bad.toml"),
+        study.replace("run-seeds = [0]", "run-seeds = \"0\""),
+    )
+    .unwrap();
+    let err = run_err(&["study", "plan", "bad.toml"], dir);
+    assert!(err.contains("key `run-seeds`"), "{err}");
+}

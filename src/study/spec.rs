@@ -85,6 +85,9 @@ pub struct Job {
     pub routes: Routes,
     /// Cell-name patterns (`*` wildcards) this job applies to; empty = every cell.
     pub cells: Vec<String>,
+    /// Study seeds whose runs this job applies to (`run-seeds`); empty = every seed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run_seeds: Vec<u64>,
 }
 
 /// What one step of a run does.
@@ -411,6 +414,27 @@ fn parse_routes(t: &toml::Table, where_: &str) -> Result<(Routes, Vec<String>)> 
     Ok((routes, cells))
 }
 
+/// `run-seeds = [0]`: the study seeds whose runs a job applies to (empty = all).
+fn parse_run_seeds(t: &toml::Table, where_: &str) -> Result<Vec<u64>> {
+    let v = match (t.get("run-seeds"), t.get("run_seeds")) {
+        (Some(_), Some(_)) => bail!("{where_}: give `run-seeds` once"),
+        (Some(v), None) | (None, Some(v)) => v,
+        (None, None) => return Ok(vec![]),
+    };
+    let a = v.as_array().with_context(|| {
+        format!("{where_}: key `run-seeds`: expected a list of study seeds, got {v}")
+    })?;
+    anyhow::ensure!(!a.is_empty(), "{where_}: key `run-seeds` is an empty list");
+    a.iter()
+        .map(|x| {
+            x.as_integer()
+                .filter(|i| *i >= 0)
+                .map(|i| i as u64)
+                .with_context(|| format!("{where_}: key `run-seeds`: expected seeds >= 0, got {x}"))
+        })
+        .collect()
+}
+
 fn check_name(name: &str, what: &str) -> Result<()> {
     anyhow::ensure!(
         !name.is_empty() && sanitise(name) == name,
@@ -605,6 +629,20 @@ impl Study {
         evals.sort_by_key(|j| at("eval", &j.name));
         analyses.sort_by_key(|j| at("analysis", &j.name));
         for job in evals.iter().chain(&analyses) {
+            let section = if job.kind.is_some() {
+                "analysis"
+            } else {
+                "eval"
+            };
+            for s in &job.run_seeds {
+                anyhow::ensure!(
+                    file.seeds.contains(s),
+                    f(format!(
+                        "[{section}.{}]: key `run-seeds`: seed {s} is not one of the study's seeds {:?}",
+                        job.name, file.seeds
+                    ))
+                );
+            }
             for p in &job.cells {
                 anyhow::ensure!(
                     cells.iter().any(|c| wildcard(p, &c.name)),
@@ -703,6 +741,7 @@ fn jobs(cli: &clap::Command, tables: &toml::Table, analysis: bool, file: &str) -
             .as_table()
             .with_context(|| format!("{where_}: expected a table of flags, got {v}"))?;
         let (routes, cells) = parse_routes(t, &where_)?;
+        let run_seeds = parse_run_seeds(t, &where_)?;
         let (kind, path) = if analysis {
             let kind = t
                 .get("kind")
@@ -720,7 +759,13 @@ fn jobs(cli: &clap::Command, tables: &toml::Table, analysis: bool, file: &str) -
             (None, vec!["eval".to_string()])
         };
         let path_ref: Vec<&str> = path.iter().map(String::as_str).collect();
-        let flags = table_flags(cli, &path_ref, t, &["routes", "cells", "kind"], &where_)?;
+        let flags = table_flags(
+            cli,
+            &path_ref,
+            t,
+            &["routes", "cells", "kind", "run-seeds", "run_seeds"],
+            &where_,
+        )?;
         if routes != Routes::Fixed {
             let cmd = subcommand(cli, &path_ref).expect("checked");
             anyhow::ensure!(
@@ -735,6 +780,7 @@ fn jobs(cli: &clap::Command, tables: &toml::Table, analysis: bool, file: &str) -
             flags,
             routes,
             cells,
+            run_seeds,
         });
     }
     Ok(out)
@@ -776,6 +822,9 @@ fn steps(
     }];
     for job in evals.iter().chain(analyses) {
         if !job.cells.is_empty() && !job.cells.iter().any(|p| wildcard(p, &run.cell)) {
+            continue;
+        }
+        if !job.run_seeds.is_empty() && !job.run_seeds.contains(&run.seed) {
             continue;
         }
         let routes: Vec<Option<String>> = match &job.routes {
