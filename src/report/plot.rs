@@ -332,9 +332,9 @@ impl<'a> Axis<'a> {
         let sci = range.0.abs().max(range.1.abs()) >= 1e6 || step < 1e-4;
         let dec = (-step.log10().floor()).clamp(0.0, 8.0) as usize;
         let label = Box::new(move |v: &f64| match (sci, v.abs() < 1e-9 * step) {
-            (_, true) => format!("{:.dec$}", 0.0),
-            (true, _) => format!("{v:.1e}"),
-            _ => format!("{v:.dec$}"),
+            (true, true) => "0".into(),
+            (true, false) => format!("{v:.1e}"),
+            (false, zero) => format!("{:.dec$}", if zero { 0.0 } else { *v }),
         });
         Axis {
             range,
@@ -802,7 +802,16 @@ mod tests {
         assert_eq!(padded([0.0, f64::NAN], 0.05), (-1.0, 1.0));
         let ticks = |r, int| Axis::numeric(r, 10, int, "").ticks();
         assert_eq!(ticks((0.9, 3.1), true), ["1", "2", "3"]);
-        assert_eq!(ticks((0.0, 1.0), false)[..3], ["0.0", "0.1", "0.2"]);
+        assert_eq!(
+            ticks((0.0, 1.0), false),
+            ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+        );
+        assert_eq!(ticks((0.0, 1e-5), false)[..2], ["0", "2.0e-6"]);
+        let t = ticks((-0.3, 0.3), false);
+        assert!(
+            t.contains(&"0.0".into()) && !t.contains(&"-0.0".into()),
+            "{t:?}"
+        );
         assert_eq!(ValueFormat::Percent(1).format(0.8734), "87.3%");
         assert_eq!(ValueFormat::Fixed(2).format(f64::NAN), "n/a");
         assert_eq!(ValueFormat::default().format(0.8734), "0.87");
