@@ -510,6 +510,57 @@ fn mismatched_or_empty_data_is_a_clear_error() {
     assert!(!out.exists(), "a refused plot left {}", out.display());
 }
 
+/// The texts of an SVG's `<text>` elements (plotters writes each as `>\nTEXT\n</text>`).
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("</text>")
+        .filter_map(|t| t.rsplit_once('>').map(|(_, s)| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[test]
+fn an_integer_x_axis_has_integer_ticks() {
+    // Epochs 1..=n (as a run's curves): every tick label on x is an integer, and there are
+    // some; the y axis (values 0.2 .. 0.4) keeps its decimals.
+    for n in [1usize, 2, 3, 7, 12, 150] {
+        let plot = LinePlot {
+            title: format!("{n} epochs"),
+            x_label: "epoch".into(),
+            y_label: "loss".into(),
+            series: vec![Series::new(
+                "train loss",
+                (1..=n).map(|e| (e as f64, 0.2 + 0.2 / e as f64)),
+            )],
+            y_range: None,
+        };
+        let texts = svg_texts(&plot.to_svg(SIZE).unwrap());
+        let numbers: Vec<&String> = texts.iter().filter(|t| t.parse::<f64>().is_ok()).collect();
+        let x_ticks: Vec<u64> = numbers
+            .iter()
+            .filter_map(|t| t.parse::<u64>().ok())
+            .collect();
+        assert!(
+            !x_ticks.is_empty() && x_ticks.iter().all(|&e| e as usize <= n),
+            "{n} epochs: x ticks {x_ticks:?} in {texts:?}"
+        );
+        if n <= 7 {
+            assert_eq!(
+                x_ticks.len(),
+                n,
+                "{n} epochs: every epoch a tick: {texts:?}"
+            );
+        }
+        // Everything else is a y tick with decimals, none a fractional epoch.
+        for t in numbers.iter().filter(|t| t.parse::<u64>().is_err()) {
+            let v: f64 = t.parse().unwrap();
+            assert!(
+                t.contains('.') && v < 1.0,
+                "{n} epochs: tick {t:?} in {texts:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn in_memory_rendering_matches_the_requested_size() {
     let png = layer_bars().to_png((640, 400)).unwrap();

@@ -18,7 +18,7 @@ use crate::eval::controls::{reestimate, Reestimate};
 use crate::eval::{robust_counts, Counts, Progress, Threat};
 use crate::nn::norm::domain_name;
 use crate::nn::{Ctx, Domain, Mode, Model, Network, Route, ADV, CLEAN};
-use crate::report::plot::{Heatmap, ValueFormat};
+use crate::report::plot::{write_grid, Figure, Heatmap, ValueFormat};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -217,51 +217,9 @@ impl BnSwap {
     /// One PNG with the clean (left) and robust (right) heatmap side by side.
     pub fn write_png(&self, path: &Path, title: &str) -> Result<()> {
         let (clean, robust) = self.heatmaps(title);
-        let size = (760, 560);
-        let png = side_by_side(&[clean.to_png(size)?, robust.to_png(size)?])
-            .with_context(|| format!("cannot compose the swap heatmaps for {}", path.display()))?;
-        std::fs::write(path, png).with_context(|| format!("cannot write {}", path.display()))
+        let figs = [Figure::Heatmap(&clean), Figure::Heatmap(&robust)];
+        write_grid(&figs, 2, path, (2 * 760, 560))
     }
-}
-
-/// Decode 8-bit RGB PNGs of equal height and place them left to right in one PNG.
-fn side_by_side(pngs: &[Vec<u8>]) -> Result<Vec<u8>> {
-    let mut images = vec![];
-    for bytes in pngs {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes.as_slice())).read_info()?;
-        let mut buf = vec![0u8; reader.output_buffer_size().context("PNG too large")?];
-        let info = reader.next_frame(&mut buf)?;
-        anyhow::ensure!(
-            info.color_type == png::ColorType::Rgb && info.bit_depth == png::BitDepth::Eight,
-            "expected an 8-bit RGB image"
-        );
-        buf.truncate(info.line_size * info.height as usize);
-        images.push((
-            info.width as usize,
-            info.height as usize,
-            info.line_size,
-            buf,
-        ));
-    }
-    let h = images.first().map(|i| i.1).context("no image")?;
-    anyhow::ensure!(images.iter().all(|i| i.1 == h), "images differ in height");
-    let w: usize = images.iter().map(|i| i.0).sum();
-    let mut rgb = Vec::with_capacity(w * h * 3);
-    for y in 0..h {
-        for (iw, _, line, buf) in &images {
-            rgb.extend_from_slice(&buf[y * line..y * line + iw * 3]);
-        }
-    }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(&rgb)?;
-        writer.finish()?;
-    }
-    Ok(out)
 }
 
 /// `advtrain analyze bn-swap` as a plan: the swap matrix on the first `data.n` test images,

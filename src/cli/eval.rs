@@ -11,7 +11,7 @@ use crate::checkpoint::torchscript::ScriptModel;
 use crate::compute::Compute;
 use crate::eval::*;
 use crate::nn::ArchSpec;
-use crate::report::plot::{LinePlot, Series};
+use crate::report::run::curve_plot;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -231,32 +231,9 @@ fn run_curve(a: EvalArgs, compute: Compute) -> Result<()> {
     let report = evaluate_curve_model(&plan, checkpoint, &mut Console)?;
     print!("{report}");
     write_json(&json, &report)?;
-    plot(&report).write(&plan.plot)?;
+    let (r, json_value) = (&report, serde_json::to_value(&report)?);
+    let title = format!("{} ({}, n={}) on {}", r.attack, r.norm, r.n, r.checkpoint);
+    curve_plot(title, &json_value).write(&plan.plot)?;
     println!("wrote {}", plan.plot.display());
     Ok(())
-}
-
-/// Robust accuracy (%) over the varied setting, and the clean accuracy over eps.
-fn plot(r: &CurveReport) -> LinePlot {
-    let (xy, eps) = (r.xy(), r.vary == CurveAxis::Eps);
-    let series = |name: String, y: &dyn Fn(f64) -> f64| Series {
-        name,
-        points: xy.iter().map(|&(x, acc)| (x, 100.0 * y(acc))).collect(),
-    };
-    let mut all = vec![series(format!("{} robust", r.attack), &|acc| acc)];
-    if eps {
-        all.push(series("clean".into(), &|_| r.clean_accuracy));
-    }
-    let x_label = if eps {
-        format!("eps ({})", r.norm)
-    } else {
-        "steps".into()
-    };
-    LinePlot {
-        title: format!("{} ({}, n={}) on {}", r.attack, r.norm, r.n, r.checkpoint),
-        x_label,
-        y_label: "accuracy (%)".into(),
-        series: all,
-        y_range: Some((0.0, 100.0)),
-    }
 }

@@ -1,45 +1,26 @@
-//! Self-contained HTML pages: sections of headings, paragraphs, tables, preformatted text and
-//! figures embedded as base64 PNG (`data:image/png;base64,...`), with one small stylesheet; no
-//! external file, script or font. Markdown tables for the same content ([`md_table`]).
+//! Self-contained HTML pages: headings, paragraphs, tables, preformatted text and figures
+//! embedded as base64 PNG (`data:image/png;base64,...`) with one small stylesheet, no external
+//! file, script or font; and Markdown tables of the same [`Table`]s ([`md_table`]).
 
-use anyhow::{ensure, Context, Result};
+use base64ct::Encoding;
 
 /// Standard base64 (RFC 4648, with `=` padding) of `bytes`.
 pub fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64ct::Base64::encode_string(bytes)
 }
 
 /// `s` with `& < > " '` escaped for HTML text and attribute values.
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    let pairs = [
+        ('&', "&amp;"),
+        ('<', "&lt;"),
+        ('>', "&gt;"),
+        ('"', "&quot;"),
+        ('\'', "&#39;"),
+    ];
+    pairs
+        .iter()
+        .fold(s.to_string(), |s, (c, e)| s.replace(*c, e))
 }
 
 /// A table: a header row and body rows of text cells (each row as long as the header).
@@ -52,9 +33,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: impl IntoIterator<Item = impl Into<String>>) -> Table {
+        let header = header.into_iter().map(Into::into).collect();
         Table {
             caption: None,
-            header: header.into_iter().map(Into::into).collect(),
+            header,
             rows: vec![],
         }
     }
@@ -66,26 +48,21 @@ impl Table {
 
 /// A Markdown table (`|` in cells escaped).
 pub fn md_table(t: &Table) -> String {
-    let cell = |s: &String| s.replace('|', "\\|").replace('\n', " ");
-    let mut s = String::new();
     let line = |cells: &[String]| {
-        format!(
-            "| {} |\n",
-            cells.iter().map(cell).collect::<Vec<_>>().join(" | ")
-        )
+        let cells: Vec<String> = cells
+            .iter()
+            .map(|s| s.replace('|', "\\|").replace('\n', " "))
+            .collect();
+        format!("| {} |\n", cells.join(" | "))
     };
-    s.push_str(&line(&t.header));
-    s.push_str(&format!("|{}\n", "---|".repeat(t.header.len())));
-    for r in &t.rows {
-        s.push_str(&line(r));
-    }
-    s
+    let rule = format!("|{}\n", "---|".repeat(t.header.len()));
+    line(&t.header) + &rule + &t.rows.iter().map(|r| line(r)).collect::<String>()
 }
 
 /// One block of a page.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Block {
-    /// A heading of level 2 or 3.
+    /// A heading of level 2 to 4.
     Heading(u8, String),
     Paragraph(String),
     Table(Table),
@@ -123,124 +100,78 @@ pre{background:#f6f6f6;border:1px solid #ddd;padding:8px;overflow-x:auto;font-si
 figure{display:inline-block;margin:6px 12px 12px 0;vertical-align:top}figure img{max-width:100%;border:1px solid #eee}\
 figcaption{font-size:0.85em;color:#555}.gallery figure{max-width:48%}details{margin:8px 0}summary{cursor:pointer;font-weight:600}";
 
-fn render_table(t: &Table, out: &mut String) {
-    out.push_str("<table>");
-    if let Some(c) = &t.caption {
-        out.push_str(&format!("<caption>{}</caption>", escape(c)));
-    }
-    out.push_str("<thead><tr>");
-    for h in &t.header {
-        out.push_str(&format!("<th>{}</th>", escape(h)));
-    }
-    out.push_str("</tr></thead><tbody>\n");
-    for r in &t.rows {
-        out.push_str("<tr>");
-        for c in r {
-            out.push_str(&format!("<td>{}</td>", escape(c)));
-        }
-        out.push_str("</tr>\n");
-    }
-    out.push_str("</tbody></table>\n");
+/// `<tag>text</tag>` for each of `cells`, the text escaped.
+fn cells(tag: &str, cells: &[String]) -> String {
+    cells
+        .iter()
+        .map(|c| format!("<{tag}>{}</{tag}>", escape(c)))
+        .collect()
 }
 
 fn figure(png: &[u8], caption: &str) -> String {
-    format!(
-        "<figure><img alt=\"{}\" src=\"data:image/png;base64,{}\"><figcaption>{}</figcaption></figure>",
-        escape(caption),
-        base64(png),
-        escape(caption)
-    )
+    let (c, data) = (escape(caption), base64(png));
+    format!("<figure><img alt=\"{c}\" src=\"data:image/png;base64,{data}\"><figcaption>{c}</figcaption></figure>")
 }
 
-fn render_blocks(blocks: &[Block], out: &mut String) {
+fn render(blocks: &[Block]) -> String {
+    let mut out = String::new();
     for b in blocks {
-        match b {
+        out += &match b {
             Block::Heading(level, t) => {
                 let l = (*level).clamp(2, 4);
-                out.push_str(&format!("<h{l}>{}</h{l}>\n", escape(t)));
+                format!("<h{l}>{}</h{l}>", escape(t))
             }
-            Block::Paragraph(t) => out.push_str(&format!("<p>{}</p>\n", escape(t))),
-            Block::Table(t) => render_table(t, out),
-            Block::Pre(t) => out.push_str(&format!("<pre>{}</pre>\n", escape(t))),
-            Block::Image { png, caption } => {
-                out.push_str(&figure(png, caption));
-                out.push('\n');
+            Block::Paragraph(t) => format!("<p>{}</p>", escape(t)),
+            Block::Table(t) => {
+                let caption = t
+                    .caption
+                    .iter()
+                    .map(|c| format!("<caption>{}</caption>", escape(c)));
+                let rows = t
+                    .rows
+                    .iter()
+                    .map(|r| format!("<tr>{}</tr>\n", cells("td", r)));
+                let (caption, rows): (String, String) = (caption.collect(), rows.collect());
+                let head = cells("th", &t.header);
+                format!(
+                    "<table>{caption}<thead><tr>{head}</tr></thead><tbody>\n{rows}</tbody></table>"
+                )
             }
+            Block::Pre(t) => format!("<pre>{}</pre>", escape(t)),
+            Block::Image { png, caption } => figure(png, caption),
             Block::Gallery(figs) => {
-                out.push_str("<div class=\"gallery\">");
-                for (png, caption) in figs {
-                    out.push_str(&figure(png, caption));
-                }
-                out.push_str("</div>\n");
+                let figs: String = figs.iter().map(|(png, c)| figure(png, c)).collect();
+                format!("<div class=\"gallery\">{figs}</div>")
             }
             Block::Links(links) => {
-                out.push_str("<ul>");
-                for (href, text) in links {
-                    out.push_str(&format!(
-                        "<li><a href=\"{}\">{}</a></li>",
-                        escape(href),
-                        escape(text)
-                    ));
-                }
-                out.push_str("</ul>\n");
+                let li = |(href, text): &(String, String)| {
+                    format!("<li><a href=\"{}\">{}</a></li>", escape(href), escape(text))
+                };
+                format!("<ul>{}</ul>", links.iter().map(li).collect::<String>())
             }
             Block::Details { summary, blocks } => {
-                out.push_str(&format!(
-                    "<details><summary>{}</summary>\n",
+                let inner = render(blocks);
+                format!(
+                    "<details><summary>{}</summary>\n{inner}</details>",
                     escape(summary)
-                ));
-                render_blocks(blocks, out);
-                out.push_str("</details>\n");
+                )
             }
-        }
+        };
+        out.push('\n');
     }
+    out
 }
 
 impl Page {
     /// The page as one HTML document.
     pub fn to_html(&self) -> String {
-        let mut out = format!(
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n<h1>{}</h1>\n",
-            escape(&self.title),
-            escape(&self.title)
+        let t = escape(&self.title);
+        let head = format!(
+            "<head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head>"
         );
-        render_blocks(&self.blocks, &mut out);
-        out.push_str("</body></html>\n");
-        out
+        format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">{head}<body>\n<h1>{t}</h1>\n{}</body></html>\n",
+            render(&self.blocks)
+        )
     }
-}
-
-/// PNGs of one width stacked top to bottom into one PNG (8-bit RGB, as the plots write them).
-pub fn stack_png(images: &[Vec<u8>]) -> Result<Vec<u8>> {
-    ensure!(!images.is_empty(), "no image to stack");
-    let mut width = None;
-    let (mut rgb, mut height) = (Vec::new(), 0u32);
-    for (i, img) in images.iter().enumerate() {
-        let mut reader = png::Decoder::new(std::io::Cursor::new(img.as_slice()))
-            .read_info()
-            .with_context(|| format!("image {i} is not a PNG"))?;
-        let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
-        let info = reader
-            .next_frame(&mut buf)
-            .with_context(|| format!("image {i}: bad PNG"))?;
-        ensure!(
-            info.color_type == png::ColorType::Rgb && info.bit_depth == png::BitDepth::Eight,
-            "image {i}: expected 8-bit RGB"
-        );
-        ensure!(
-            *width.get_or_insert(info.width) == info.width,
-            "image {i}: width {} differs from the first image's",
-            info.width
-        );
-        rgb.extend_from_slice(&buf[..info.buffer_size()]);
-        height += info.height;
-    }
-    let mut out = Vec::new();
-    let mut enc = png::Encoder::new(&mut out, width.unwrap_or(0), height);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut w = enc.write_header().context("encoding PNG")?;
-    w.write_image_data(&rgb).context("encoding PNG")?;
-    w.finish().context("encoding PNG")?;
-    Ok(out)
 }

@@ -4,8 +4,8 @@
 //! gradient-masking flags, the checkpoint provenance (sidecars' epochs and sha256) and the
 //! resolved recipe. Run data is only read; the report files are written atomically.
 
-use super::html::{stack_png, Block, Page, Table};
-use super::plot::{LinePlot, Series};
+use super::html::{Block, Page, Table};
+use super::plot::{grid_png, Figure, LinePlot, Series};
 use crate::fsio::write_atomic;
 use crate::train::metrics::{self, EpochMetrics};
 use anyhow::{Context, Result};
@@ -13,81 +13,71 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Size of each of the stacked panels of `curves.png`.
-pub const PANEL: (u32, u32) = (1000, 380);
+const PANEL: (u32, u32) = (1000, 380);
 
-/// Percent of an optional fraction.
+/// Percent of an optional fraction (NaN for none: no point).
 fn pct(v: Option<f64>) -> f64 {
     v.map_or(f64::NAN, |x| 100.0 * x)
 }
 
-/// The three panels of a run's training curves: accuracies (%), training loss, learning rate.
-pub fn training_plots(rows: &[EpochMetrics], title: &str) -> Vec<LinePlot> {
-    let ep = |f: &dyn Fn(&EpochMetrics) -> f64| -> Vec<(f64, f64)> {
-        rows.iter().map(|m| (m.epoch as f64, f(m))).collect()
+/// `0.4567` as `45.67` (`-` for none).
+fn pct_text(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{:.2}", 100.0 * x))
+}
+
+/// The training curves of `rows` as one PNG: accuracies (%), training loss and learning rate
+/// stacked, each over the epochs.
+pub fn curves_png(rows: &[EpochMetrics], title: &str) -> Result<Vec<u8>> {
+    anyhow::ensure!(!rows.is_empty(), "no epochs to plot");
+    let ep = |f: fn(&EpochMetrics) -> f64| {
+        rows.iter()
+            .map(|m| (m.epoch as f64, f(m)))
+            .collect::<Vec<_>>()
     };
-    let mut acc = vec![];
-    for (name, get) in [
-        (
-            "train clean",
-            (|m: &EpochMetrics| pct(m.train_clean_acc)) as fn(&EpochMetrics) -> f64,
-        ),
+    let acc: [(&str, fn(&EpochMetrics) -> f64); 4] = [
+        ("train clean", |m| pct(m.train_clean_acc)),
         ("train adversarial", |m| pct(m.train_adv_acc)),
         ("val clean", |m| pct(m.val_clean_acc)),
         ("val PGD", |m| pct(m.val_pgd_acc)),
-    ] {
-        let pts = ep(&get);
-        if pts.iter().any(|p| p.1.is_finite()) {
-            acc.push(Series::new(name, pts));
-        }
-    }
+    ];
+    let acc = acc.iter().map(|(name, f)| Series::new(*name, ep(*f)));
+    let plot = |what: &str, y: &str, series: Vec<Series>| LinePlot {
+        title: format!("{title}: {what}"),
+        x_label: "epoch".into(),
+        y_label: y.into(),
+        series,
+        y_range: None,
+    };
+    let acc: Vec<Series> = acc
+        .filter(|s| s.points.iter().any(|p| p.1.is_finite()))
+        .collect();
     let mut plots = vec![];
     if !acc.is_empty() {
-        plots.push(LinePlot {
-            title: format!("{title}: accuracy"),
-            x_label: "epoch".into(),
-            y_label: "accuracy (%)".into(),
-            series: acc,
-            y_range: None,
-        });
+        plots.push(plot("accuracy", "accuracy (%)", acc));
     }
-    plots.push(LinePlot {
-        title: format!("{title}: training loss"),
-        x_label: "epoch".into(),
-        y_label: "loss".into(),
-        series: vec![Series::new("train loss", ep(&|m| m.train_loss))],
-        y_range: None,
-    });
-    plots.push(LinePlot {
-        title: format!("{title}: learning rate (end of epoch)"),
-        x_label: "epoch".into(),
-        y_label: "lr".into(),
-        series: vec![Series::new("lr", ep(&|m| m.lr))],
-        y_range: None,
-    });
-    plots
-}
-
-/// The training curves of `rows` as one PNG (the panels of [`training_plots`] stacked).
-pub fn curves_png(rows: &[EpochMetrics], title: &str) -> Result<Vec<u8>> {
-    anyhow::ensure!(!rows.is_empty(), "no epochs to plot");
-    let pngs = training_plots(rows, title)
-        .iter()
-        .map(|p| p.to_png(PANEL))
-        .collect::<Result<Vec<_>>>()?;
-    stack_png(&pngs)
+    plots.push(plot(
+        "training loss",
+        "loss",
+        vec![Series::new("train loss", ep(|m| m.train_loss))],
+    ));
+    plots.push(plot(
+        "learning rate (end of epoch)",
+        "lr",
+        vec![Series::new("lr", ep(|m| m.lr))],
+    ));
+    let figs: Vec<Figure> = plots.iter().map(Figure::LinePlot).collect();
+    grid_png(&figs, 1, (PANEL.0, PANEL.1 * figs.len() as u32))
 }
 
 /// The run's name for titles: its folder name.
 fn run_name(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string())
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    name.unwrap_or_else(|| dir.display().to_string())
 }
 
 /// Redraw `<run>/curves.png` from its `metrics.csv` (atomically).
 pub fn write_curves(dir: &Path) -> Result<PathBuf> {
-    let rows = metrics::read(&dir.join("metrics.csv"))?;
-    let png = curves_png(&rows, &run_name(dir))?;
+    let png = curves_png(&metrics::read(&dir.join("metrics.csv"))?, &run_name(dir))?;
     let path = dir.join("curves.png");
     write_atomic(&path, &png)?;
     Ok(path)
@@ -101,38 +91,32 @@ pub fn read_json(path: &Path) -> Result<Value> {
 
 /// Files in `dir` with extension `ext`, sorted (none when `dir` does not exist).
 pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    files(dir, ext, false)
 }
 
-/// Files with extension `ext` anywhere under `dir`, sorted.
-pub fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut out = files_with(dir, ext);
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        let mut subs: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        subs.sort();
-        for s in subs {
-            out.extend(files_under(&s, ext));
-        }
+/// [`files_with`], and with `deep` those of its subfolders (in order) after them.
+fn files(dir: &Path, ext: &str, deep: bool) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    let mut out: Vec<PathBuf> = entries
+        .iter()
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
+        .cloned()
+        .collect();
+    if deep {
+        out.extend(
+            entries
+                .iter()
+                .filter(|p| p.is_dir())
+                .flat_map(|d| files(d, ext, true)),
+        );
     }
     out
-}
-
-/// `0.4567` as `45.67`.
-pub fn pct_text(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), |x| format!("{:.2}", 100.0 * x))
 }
 
 /// Whether an eval JSON is a curve (`eval --curve`) rather than one evaluation.
@@ -140,6 +124,7 @@ pub fn is_curve(v: &Value) -> bool {
     v.get("points").is_some_and(Value::is_array)
 }
 
+/// A JSON value as a table cell: strings bare, null as `-`.
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -148,8 +133,17 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// The evaluations of a run as a table (file, attack, eps, route, BN mode, n, clean, robust,
-/// stages, flags) and the curves as figures.
+/// `v[key]` of every element of the array `v` as text, joined by `, ` (`none` for none).
+fn list(v: &Value, f: impl Fn(&Value) -> String, none: &str) -> String {
+    let items: Vec<String> = v.as_array().into_iter().flatten().map(f).collect();
+    if items.is_empty() {
+        none.into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The evaluations of a run as a table and the curves as figures; and every flag raised.
 fn eval_blocks(dir: &Path) -> Result<(Vec<Block>, Vec<(String, Value)>)> {
     let mut t = Table::new([
         "evaluation",
@@ -165,9 +159,7 @@ fn eval_blocks(dir: &Path) -> Result<(Vec<Block>, Vec<(String, Value)>)> {
         "flags",
         "time (s)",
     ]);
-    let mut blocks = vec![];
-    let mut flags = vec![];
-    let mut curves = vec![];
+    let (mut flags, mut figs) = (vec![], vec![]);
     for f in files_with(&dir.join("eval"), "json") {
         let name = f
             .file_stem()
@@ -178,111 +170,90 @@ fn eval_blocks(dir: &Path) -> Result<(Vec<Block>, Vec<(String, Value)>)> {
             continue;
         }
         let v = read_json(&f)?;
-        for fl in v["flags"].as_array().into_iter().flatten() {
-            flags.push((name.clone(), fl.clone()));
-        }
+        flags.extend(
+            v["flags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|fl| (name.clone(), fl.clone())),
+        );
         if is_curve(&v) {
-            curves.push((name, v));
+            let title = format!("{name} (n={})", text(&v["n"]));
+            if let Ok(png) = curve_plot(title, &v).to_png((800, 500)) {
+                figs.push((
+                    png,
+                    format!("{name}: {} over {}", text(&v["attack"]), text(&v["vary"])),
+                ));
+            }
             continue;
         }
-        let stages: Vec<String> = v["per_attack"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|_| v["per_attack"].as_array().map_or(0, Vec::len) > 1)
-            .map(|s| {
-                format!(
-                    "{} {}",
-                    text(&s["attack"]),
-                    pct_text(s["robust_accuracy"].as_f64())
-                )
-            })
-            .collect();
-        let codes: Vec<String> = v["flags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|f| text(&f["code"]))
-            .collect();
-        t.row([
-            name,
-            text(&v["attack"]),
-            text(&v["eps"]),
-            text(&v["norm"]),
-            text(&v["route"]),
-            text(&v["bn_mode"]),
-            text(&v["n"]),
-            pct_text(v["clean_accuracy"].as_f64()),
-            pct_text(v["robust_accuracy"].as_f64()),
-            if stages.is_empty() {
-                "-".into()
-            } else {
-                stages.join(", ")
-            },
-            if codes.is_empty() {
-                "none".into()
-            } else {
-                codes.join(", ")
-            },
-            v["elapsed_s"]
-                .as_f64()
-                .map_or("-".into(), |s| format!("{s:.1}")),
-        ]);
+        let stages = match v["per_attack"].as_array() {
+            Some(s) if s.len() > 1 => list(
+                &v["per_attack"],
+                |s| {
+                    format!(
+                        "{} {}",
+                        text(&s["attack"]),
+                        pct_text(s["robust_accuracy"].as_f64())
+                    )
+                },
+                "-",
+            ),
+            _ => "-".into(),
+        };
+        let cells = ["attack", "eps", "norm", "route", "bn_mode", "n"].map(|k| text(&v[k]));
+        t.row(
+            [name].into_iter().chain(cells).chain([
+                pct_text(v["clean_accuracy"].as_f64()),
+                pct_text(v["robust_accuracy"].as_f64()),
+                stages,
+                list(&v["flags"], |f| text(&f["code"]), "none"),
+                v["elapsed_s"]
+                    .as_f64()
+                    .map_or("-".into(), |s| format!("{s:.1}")),
+            ]),
+        );
     }
-    blocks.push(Block::Heading(2, "Evaluations".into()));
-    if t.rows.is_empty() && curves.is_empty() {
+    let mut blocks = vec![Block::Heading(2, "Evaluations".into())];
+    let eval_dir = dir.join("eval").display().to_string();
+    if t.rows.is_empty() && figs.is_empty() {
         blocks.push(Block::Paragraph(format!(
-            "No evaluation yet ({} holds no JSON).",
-            dir.join("eval").display()
+            "No evaluation yet ({eval_dir} holds no JSON)."
         )));
     } else if !t.rows.is_empty() {
-        t.caption = Some(format!("every JSON in {}", dir.join("eval").display()));
+        t.caption = Some(format!("every JSON in {eval_dir}"));
         blocks.push(Block::Table(t));
     }
-    let mut figs = vec![];
-    for (name, v) in &curves {
-        let plot = curve_plot(name, v);
-        if let Ok(png) = plot.to_png((800, 500)) {
-            figs.push((
-                png,
-                format!("{name}: {} over {}", text(&v["attack"]), text(&v["vary"])),
-            ));
-        }
-    }
     if !figs.is_empty() {
-        blocks.push(Block::Heading(3, "Curves".into()));
-        blocks.push(Block::Gallery(figs));
+        blocks.extend([Block::Heading(3, "Curves".into()), Block::Gallery(figs)]);
     }
     Ok((blocks, flags))
 }
 
 /// Robust accuracy (%) over the varied setting of an `eval --curve` JSON (and the clean line
-/// over eps).
-pub fn curve_plot(name: &str, v: &Value) -> LinePlot {
+/// over eps), titled `title`.
+pub fn curve_plot(title: String, v: &Value) -> LinePlot {
     let steps = v["vary"].as_str() == Some("steps");
-    let pts: Vec<(f64, f64)> = v["points"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let x = if steps { "steps" } else { "eps" };
+    let points = v["points"].as_array().into_iter().flatten();
+    let pts: Vec<(f64, f64)> = points
         .map(|p| {
-            let x = if steps {
-                p["steps"].as_f64()
-            } else {
-                p["eps"].as_f64()
-            };
-            (x.unwrap_or(f64::NAN), pct(p["robust_accuracy"].as_f64()))
+            (
+                p[x].as_f64().unwrap_or(f64::NAN),
+                pct(p["robust_accuracy"].as_f64()),
+            )
         })
         .collect();
+    let clean = pct(v["clean_accuracy"].as_f64());
     let mut series = vec![Series::new(
         format!("{} robust", text(&v["attack"])),
         pts.clone(),
     )];
     if !steps {
-        let c = pct(v["clean_accuracy"].as_f64());
-        series.push(Series::new("clean", pts.iter().map(|p| (p.0, c))));
+        series.push(Series::new("clean", pts.iter().map(|p| (p.0, clean))));
     }
     LinePlot {
-        title: format!("{name} (n={})", text(&v["n"])),
+        title,
         x_label: if steps {
             "steps".into()
         } else {
@@ -296,14 +267,17 @@ pub fn curve_plot(name: &str, v: &Value) -> LinePlot {
 
 /// Every PNG under `<run>/analysis/` with its path as caption.
 pub fn analysis_figures(dir: &Path) -> Result<Vec<(Vec<u8>, String)>> {
-    let root = dir.join("analysis");
-    let mut out = vec![];
-    for p in files_under(&root, "png") {
+    let read = |p: PathBuf| {
         let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let rel = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
-        out.push((bytes, rel));
-    }
-    Ok(out)
+        Ok((
+            bytes,
+            p.strip_prefix(dir).unwrap_or(&p).display().to_string(),
+        ))
+    };
+    files(&dir.join("analysis"), "png", true)
+        .into_iter()
+        .map(read)
+        .collect()
 }
 
 /// The checkpoint provenance of a run: every sidecar under `checkpoints/`.
@@ -318,28 +292,25 @@ fn provenance(dir: &Path) -> Table {
     ]);
     for side in files_with(&dir.join("checkpoints"), "json") {
         let Ok(v) = read_json(&side) else { continue };
-        if v.get("sha256").is_none() {
-            continue;
-        }
-        t.row([
-            side.file_stem()
+        if v.get("sha256").is_some() {
+            let name = side
+                .file_stem()
                 .unwrap_or_default()
                 .to_string_lossy()
-                .into_owned(),
-            text(&v["format"]),
-            text(&v["advtrain_version"]),
-            text(&v["epoch"]),
-            v["best_metric"]
+                .into_owned();
+            let best = v["best_metric"]
                 .as_f64()
-                .map_or("-".into(), |b| format!("{b:.4}")),
-            text(&v["sha256"]),
-        ]);
+                .map_or("-".into(), |b| format!("{b:.4}"));
+            let [format, version, epoch, sha] =
+                ["format", "advtrain_version", "epoch", "sha256"].map(|k| text(&v[k]));
+            t.row([name, format, version, epoch, best, sha]);
+        }
     }
     t
 }
 
 /// The per-epoch rows as a table.
-pub fn metrics_table(rows: &[EpochMetrics]) -> Table {
+fn metrics_table(rows: &[EpochMetrics]) -> Table {
     let mut t = Table::new([
         "epoch",
         "lr",
@@ -385,40 +356,37 @@ pub fn run_page(dir: &Path) -> Result<Page> {
         vec![]
     };
     let summary = dir.join("summary.json");
-    let state = if summary.is_file() {
-        let s = read_json(&summary)?;
-        format!(
-            "finished: {} epochs, {} parameters, device {}",
-            text(&s["epochs"]),
-            text(&s["parameters"]),
-            text(&s["device"])
-        )
-    } else {
-        format!("not finished: {} epoch(s) done so far", rows.len())
+    let state = match summary.is_file() {
+        true => {
+            let s = read_json(&summary)?;
+            let [e, p, d] = ["epochs", "parameters", "device"].map(|k| text(&s[k]));
+            format!("finished: {e} epochs, {p} parameters, device {d}")
+        }
+        false => format!("not finished: {} epoch(s) done so far", rows.len()),
     };
-    let mut blocks = vec![Block::Paragraph(format!(
-        "Run folder {}; {state}.",
-        dir.display()
-    ))];
-    blocks.push(Block::Heading(2, "Training".into()));
+    let mut blocks = vec![
+        Block::Paragraph(format!("Run folder {}; {state}.", dir.display())),
+        Block::Heading(2, "Training".into()),
+    ];
     if rows.is_empty() {
         blocks.push(Block::Paragraph("No epoch finished yet.".into()));
     } else {
+        let caption = "training curves (metrics.csv): accuracy, loss, learning rate".into();
         blocks.push(Block::Image {
             png: curves_png(&rows, &run_name(dir))?,
-            caption: "training curves (metrics.csv): accuracy, loss, learning rate".into(),
+            caption,
         });
+        let table = vec![Block::Table(metrics_table(&rows))];
         blocks.push(Block::Details {
             summary: "per-epoch metrics".into(),
-            blocks: vec![Block::Table(metrics_table(&rows))],
+            blocks: table,
         });
     }
     let (evals, flags) = eval_blocks(dir)?;
     blocks.extend(evals);
     let figs = analysis_figures(dir)?;
     if !figs.is_empty() {
-        blocks.push(Block::Heading(2, "Analyses".into()));
-        blocks.push(Block::Gallery(figs));
+        blocks.extend([Block::Heading(2, "Analyses".into()), Block::Gallery(figs)]);
     }
     blocks.push(Block::Heading(2, "Flags".into()));
     if flags.is_empty() {
@@ -432,10 +400,12 @@ pub fn run_page(dir: &Path) -> Result<Page> {
         }
         blocks.push(Block::Table(t));
     }
-    blocks.push(Block::Heading(2, "Checkpoint provenance".into()));
-    blocks.push(Block::Table(provenance(dir)));
-    blocks.push(Block::Heading(2, "Resolved recipe".into()));
-    blocks.push(Block::Pre(recipe));
+    blocks.extend([
+        Block::Heading(2, "Checkpoint provenance".into()),
+        Block::Table(provenance(dir)),
+        Block::Heading(2, "Resolved recipe".into()),
+        Block::Pre(recipe),
+    ]);
     Ok(Page {
         title: format!("Run {}", run_name(dir)),
         blocks,
@@ -444,8 +414,7 @@ pub fn run_page(dir: &Path) -> Result<Page> {
 
 /// Write `<run>/report.html` (atomically); returns its path.
 pub fn write_run_report(dir: &Path) -> Result<PathBuf> {
-    let page = run_page(dir)?;
     let path = dir.join("report.html");
-    write_atomic(&path, page.to_html().as_bytes())?;
+    write_atomic(&path, run_page(dir)?.to_html().as_bytes())?;
     Ok(path)
 }
