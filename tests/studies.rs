@@ -741,3 +741,124 @@ fn run_seeds_limit_a_job_to_some_seeds() {
     let err = run_err(&["study", "plan", "bad.toml"], dir);
     assert!(err.contains("key `run-seeds`"), "{err}");
 }
+
+/// A numeric grid key (E6's depth axis) gives one table and one figure per evaluation along
+/// it: per line (the cell without its grid value) and route, the mean ± sd over seeds at
+/// each value, against a hand computation; a string-valued key gives none.
+#[test]
+fn grid_tables_follow_a_numeric_grid_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    let study = r#"
+name = "g"
+out = "runs/g"
+recipes = ["single.toml", "dual.toml"]
+seeds = [0, 1]
+grid = { "train.attack.eps" = [0.1, 0.2, 0.3] }
+
+[eval.pgd]
+attack = "pgd"
+eps = 0.1
+steps = 2
+test-limit = 40
+routes = "all-branches"
+"#;
+    std::fs::write(dir.join("g.toml"), study).unwrap();
+    let o = run_ok(&["study", "plan", "g.toml", "--format", "json"], dir);
+    let out = dir.join("runs/g");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("study.json"), &o.stdout).unwrap();
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Robust accuracy of run (cell, seed) = eps + seed / 100 (+ 0.5 for dual); clean 0.9.
+    let mut n_runs = 0;
+    for r in plan["runs"].as_array().unwrap() {
+        let cell = r["cell"].as_str().unwrap();
+        let seed = r["seed"].as_u64().unwrap() as f64;
+        let eps: f64 = cell.rsplit("eps").next().unwrap().parse().unwrap();
+        let robust = eps + seed / 100.0 + if cell.starts_with("dual") { 0.5 } else { 0.0 };
+        let d = out.join(Path::new(r["dir"].as_str().unwrap()).file_name().unwrap());
+        std::fs::create_dir_all(d.join("eval")).unwrap();
+        std::fs::write(d.join("recipe.toml"), "name = \"x\"\n").unwrap();
+        for s in r["steps"].as_array().unwrap() {
+            if s["eval"] != "pgd" {
+                continue;
+            }
+            let f = Path::new(s["output"].as_str().unwrap())
+                .file_name()
+                .unwrap();
+            let v = serde_json::json!({
+                "clean_accuracy": 0.9, "robust_accuracy": robust, "attack": "pgd-2",
+                "eps": 0.1, "norm": "linf", "bn_mode": "eval", "n": 40,
+                "route": s["route"].as_str().map(|t| if t == "adv" { "ns=adv,ap=adv" } else { "ns=clean,ap=clean" }),
+                "flags": []
+            });
+            std::fs::write(d.join("eval").join(f), v.to_string()).unwrap();
+        }
+        n_runs += 1;
+    }
+    assert_eq!(n_runs, 12);
+    let rep = StudyReport::build(&out, &[]).unwrap();
+    assert_eq!(rep.grids.len(), 1, "{:?}", rep.grids);
+    let g = &rep.grids[0];
+    assert_eq!(
+        (g.evaluation.as_str(), g.axis.as_str()),
+        ("pgd", "train.attack.eps")
+    );
+    assert_eq!(g.xs, [0.1, 0.2, 0.3]);
+    // single@clean, dual@clean, dual@adv.
+    let lines: Vec<(&str, &str)> = g
+        .lines
+        .iter()
+        .map(|l| (l.line.as_str(), l.route.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        [("single", "clean"), ("dual", "clean"), ("dual", "adv")]
+    );
+    for l in &g.lines {
+        let extra = if l.line == "dual" { 0.5 } else { 0.0 };
+        assert_eq!(l.points.len(), 3);
+        for (x, clean, robust) in &l.points {
+            // Seeds 0 and 1: mean eps + 0.005 (+ 0.5); sd |0.01| / sqrt(2).
+            let r = robust.as_ref().unwrap();
+            assert_eq!(r.n, 2);
+            assert!((r.mean - (x + 0.005 + extra)).abs() < 1e-12, "{l:?}");
+            assert!((r.sd.unwrap() - 0.01 / 2f64.sqrt()).abs() < 1e-12);
+            assert!((clean.as_ref().unwrap().mean - 0.9).abs() < 1e-12);
+        }
+    }
+    advtrain::study::report::write_report(&out, &[]).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("### pgd over train.attack.eps"), "{md}");
+    assert!(
+        md.contains("| single | clean | robust % | 10.50 ± 0.71 | 20.50 ± 0.71 | 30.50 ± 0.71 |"),
+        "{md}"
+    );
+    let png = std::fs::read(out.join("report-figures/grid-pgd-train_attack_eps.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let tables = check_html(&html);
+    let rows = tables
+        .iter()
+        .find(|(c, _)| c.starts_with("pgd over"))
+        .unwrap()
+        .1;
+    assert_eq!(rows, 6, "{tables:?}");
+
+    // A string-valued grid key has no axis to plot along.
+    let study = study.replace(
+        "grid = { \"train.attack.eps\" = [0.1, 0.2, 0.3] }",
+        "grid = { \"train.attack.norm\" = [\"linf\", \"l2\"] }",
+    );
+    std::fs::write(dir.join("s.toml"), study).unwrap();
+    let o = run_ok(
+        &[
+            "study", "plan", "s.toml", "--format", "json", "--out", "runs/s",
+        ],
+        dir,
+    );
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["grid"].as_array().unwrap().len(), 4);
+    assert!(plan["grid"][0]["point"][0][1].is_string());
+}

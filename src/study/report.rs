@@ -13,7 +13,7 @@
 //! come from the study; without it (run folders of the earlier script layout) each run folder
 //! must be named `<cell>-seed<S>` and each eval JSON's file stem is its evaluation.
 
-use super::spec::{route_tag, StepKind, Study, STUDY_JSON};
+use super::spec::{route_tag, CellPoint, StepKind, Study, STUDY_JSON};
 use crate::fsio::write_atomic;
 use crate::nn::Route;
 use crate::report::html::{md_table, Block, Page, Table};
@@ -110,6 +110,87 @@ pub struct CurveTable {
     pub lines: Vec<(String, String, Vec<(f64, Stat)>)>,
 }
 
+/// One evaluation along one numeric grid key (E6's depth curve): per line (the cell without
+/// this key's value, and the route) the clean and robust accuracy over seeds at each value.
+#[derive(Debug, Clone, Serialize)]
+pub struct GridTable {
+    pub evaluation: String,
+    /// The dotted grid key (`model.depth`).
+    pub axis: String,
+    /// Its values that have results, ascending.
+    pub xs: Vec<f64>,
+    pub lines: Vec<GridLine>,
+}
+
+/// One line of a [`GridTable`]: `(x, clean, robust)` per grid value it has.
+#[derive(Debug, Clone, Serialize)]
+pub struct GridLine {
+    /// `<recipe>[-<variant>]`, plus `key=value` of the other grid keys.
+    pub line: String,
+    pub route: String,
+    pub points: Vec<(f64, Option<Stat>, Option<Stat>)>,
+}
+
+/// The grid tables of a study: every evaluation along every grid key whose values are
+/// numbers, when at least two of its values have results.
+fn grid_tables(grid: &[CellPoint], evaluations: &[EvalTable]) -> Vec<GridTable> {
+    let axes: Vec<String> = grid
+        .first()
+        .map(|c| c.point.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    let mut out = vec![];
+    for axis in &axes {
+        // A cell's value on `axis` and its line: the base and the other keys' values.
+        let place = |cell: &str| -> Option<(f64, String)> {
+            let c = grid.iter().find(|c| c.cell == cell)?;
+            let x = c.point.iter().find(|(k, _)| k == axis)?.1.as_f64()?;
+            let others: Vec<String> = c
+                .point
+                .iter()
+                .filter(|(k, _)| k != axis)
+                .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
+                .collect();
+            Some((x, [vec![c.base.clone()], others].concat().join(" ")))
+        };
+        for t in evaluations {
+            let (mut xs, mut lines) = (vec![], Vec::<GridLine>::new());
+            for r in &t.rows {
+                let Some((x, line)) = place(&r.cell) else {
+                    continue;
+                };
+                xs.push(x);
+                let point = (x, r.clean.clone(), r.robust.clone());
+                match lines
+                    .iter_mut()
+                    .find(|l| l.line == line && l.route == r.route)
+                {
+                    Some(l) => l.points.push(point),
+                    None => lines.push(GridLine {
+                        line,
+                        route: r.route.clone(),
+                        points: vec![point],
+                    }),
+                }
+            }
+            xs.sort_by(f64::total_cmp);
+            xs.dedup();
+            if xs.len() < 2 {
+                continue;
+            }
+            for l in &mut lines {
+                l.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+            out.push(GridTable {
+                evaluation: t.name.clone(),
+                axis: axis.clone(),
+                xs,
+                lines,
+            });
+        }
+    }
+    out
+}
+
 /// A paired difference `a - b` of one evaluation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Difference {
@@ -143,6 +224,8 @@ pub struct StudyReport {
     pub training: Vec<TrainRow>,
     pub evaluations: Vec<EvalTable>,
     pub curves: Vec<CurveTable>,
+    /// Evaluations along numeric grid keys.
+    pub grids: Vec<GridTable>,
     pub differences: Vec<Difference>,
     #[serde(skip)]
     run_dirs: Vec<(String, u64, PathBuf)>,
@@ -471,6 +554,11 @@ impl StudyReport {
             })
             .collect();
 
+        let grids = grid_tables(
+            study.as_ref().map_or(&[][..], |s| s.grid.as_slice()),
+            &evaluations,
+        );
+
         // Paired differences.
         let mut pairs: Vec<[String; 2]> = study
             .as_ref()
@@ -588,6 +676,7 @@ impl StudyReport {
             training,
             evaluations,
             curves,
+            grids,
             differences,
             run_dirs,
         })
@@ -617,6 +706,31 @@ impl StudyReport {
                 p(&r.clean),
                 p(&r.robust),
             ]);
+        }
+        tab
+    }
+
+    /// Mean ± sd per grid value, one row per line, route and metric.
+    fn grid_table(g: &GridTable) -> Table {
+        let mut header = vec!["line".to_string(), "route".into(), "metric".into()];
+        header.extend(g.xs.iter().map(|x| format!("{} = {x}", g.axis)));
+        let mut tab = Table::new(header);
+        tab.caption = Some(format!("{} over {}", g.evaluation, g.axis));
+        for l in &g.lines {
+            for (metric, pick) in [("clean %", 1), ("robust %", 2)] {
+                let mut row = vec![l.line.clone(), l.route.clone(), metric.to_string()];
+                for x in &g.xs {
+                    let stat = l.points.iter().find(|p| p.0 == *x).and_then(|p| {
+                        if pick == 1 {
+                            p.1.as_ref()
+                        } else {
+                            p.2.as_ref()
+                        }
+                    });
+                    row.push(stat.map_or("-".into(), Stat::pct));
+                }
+                tab.row(row);
+            }
         }
         tab
     }
@@ -759,6 +873,31 @@ impl StudyReport {
                 plot.to_png((1000, 560))?,
             ));
         }
+        // Along numeric grid keys: clean and robust accuracy per line.
+        for g in &self.grids {
+            let mut series = vec![];
+            for l in &g.lines {
+                for (metric, pick) in [("robust", 2), ("clean", 1)] {
+                    let pts = l.points.iter().filter_map(|p| {
+                        let s = if pick == 1 { &p.1 } else { &p.2 };
+                        Some((p.0, 100.0 * s.as_ref()?.mean))
+                    });
+                    series.push(Series::new(format!("{}@{} {metric}", l.line, l.route), pts));
+                }
+            }
+            let plot = LinePlot {
+                title: format!("{}: accuracy over {}", g.evaluation, g.axis),
+                x_label: g.axis.clone(),
+                y_label: "accuracy (%), mean over seeds".into(),
+                series,
+                y_range: Some((0.0, 100.0)),
+            };
+            out.push((
+                format!("grid-{}-{}", g.evaluation, sanitise_stem(&g.axis)),
+                format!("{} over {}: mean over seeds", g.evaluation, g.axis),
+                plot.to_png((900, 520))?,
+            ));
+        }
         // Curves.
         for c in &self.curves {
             let series = c
@@ -831,6 +970,13 @@ impl StudyReport {
             if let Some((png, caption)) = fig(&format!("bars-{}", t.name)) {
                 blocks.push(Block::Image { png, caption });
             }
+            for g in self.grids.iter().filter(|g| g.evaluation == t.name) {
+                blocks.push(Block::Table(Self::grid_table(g)));
+                let stem = format!("grid-{}-{}", g.evaluation, sanitise_stem(&g.axis));
+                if let Some((png, caption)) = fig(&stem) {
+                    blocks.push(Block::Image { png, caption });
+                }
+            }
         }
         for c in &self.curves {
             blocks.push(Block::Heading(2, format!("Curve {}", c.name)));
@@ -895,6 +1041,18 @@ impl StudyReport {
             s.push_str(&format!("\n{}: {}\n", t.name, t.attack));
             if let Some((stem, caption)) = fig(&format!("bars-{}", t.name)) {
                 s.push_str(&format!("\n![{caption}](report-figures/{stem}.png)\n"));
+            }
+            for g in self.grids.iter().filter(|g| g.evaluation == t.name) {
+                s.push_str(&format!(
+                    "\n### {} over {}\n\n{}",
+                    t.name,
+                    g.axis,
+                    md_table(&Self::grid_table(g))
+                ));
+                let stem = format!("grid-{}-{}", g.evaluation, sanitise_stem(&g.axis));
+                if let Some((stem, caption)) = fig(&stem) {
+                    s.push_str(&format!("\n![{caption}](report-figures/{stem}.png)\n"));
+                }
             }
         }
         for c in &self.curves {
@@ -1013,4 +1171,17 @@ pub fn write_report(dir: &Path, extra: &[[String; 2]]) -> Result<Vec<PathBuf>> {
         written.push(p);
     }
     Ok(written)
+}
+
+/// A grid key as part of a file name (`model.depth` -> `model_depth`).
+fn sanitise_stem(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

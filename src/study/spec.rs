@@ -156,6 +156,19 @@ pub struct Study {
     pub analyses: Vec<Job>,
     pub report: ReportSpec,
     pub runs: Vec<Run>,
+    /// Each cell's place in the `grid` (empty without a grid; absent in studies stored by
+    /// older versions): what the report's grid figures plot along.
+    #[serde(default)]
+    pub grid: Vec<CellPoint>,
+}
+
+/// A cell's grid point: `base` is the cell without its grid suffix (`<recipe>[-<variant>]`),
+/// `point` the value of every grid key (dotted key -> value, in the file's order).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellPoint {
+    pub cell: String,
+    pub base: String,
+    pub point: Vec<(String, serde_json::Value)>,
 }
 
 /// Name of the resolved study stored in its output folder.
@@ -575,6 +588,8 @@ impl Study {
             name: String,
             recipe: PathBuf,
             overrides: Vec<(String, toml::Value)>,
+            base: String,
+            point: Vec<(String, toml::Value)>,
         }
         let mut cells: Vec<CellDef> = vec![];
         let variant_list: Vec<(Option<String>, Vec<(String, toml::Value)>)> = if variants.is_empty()
@@ -592,6 +607,7 @@ impl Study {
                 for (suffix, go) in &points {
                     let mut parts = vec![stem.clone()];
                     parts.extend(vname.clone());
+                    let base = parts.join("-");
                     parts.extend(suffix.iter().cloned());
                     let name = parts.join("-");
                     if let Some(c) = cells.iter().find(|c| c.name == name) {
@@ -606,6 +622,8 @@ impl Study {
                         name,
                         recipe: r.clone(),
                         overrides,
+                        base,
+                        point: go.clone(),
                     });
                 }
             }
@@ -719,6 +737,22 @@ impl Study {
             analyses,
             report: file.report.clone(),
             runs,
+            grid: if axes.is_empty() {
+                vec![]
+            } else {
+                cells
+                    .iter()
+                    .map(|c| CellPoint {
+                        cell: c.name.clone(),
+                        base: c.base.clone(),
+                        point: c
+                            .point
+                            .iter()
+                            .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
+                            .collect(),
+                    })
+                    .collect()
+            },
         })
     }
 
