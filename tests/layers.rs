@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "attack",
     "eval",
     "train",
+    "bench",
     "report",
     "analysis",
     "study",

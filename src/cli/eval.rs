@@ -120,7 +120,7 @@ fn setup(a: &EvalArgs, compute: Compute) -> Result<(EvalSetup, LoadedModel)> {
                 side.display()
             );
         }
-        let checkpoint = super::checkpoint_file(a.checkpoint.as_ref(), a.run.as_ref())?;
+        let checkpoint = crate::checkpoint::locate(a.checkpoint.as_ref(), a.run.as_ref())?;
         let run = crate::train::saved::load_run(&checkpoint, device)?;
         let data = a.data(Some(run.recipe.data))?;
         let model: LoadedModel = run.checkpoint.into();

@@ -80,7 +80,7 @@ impl Common {
             crate::checkpoint::import::refuse_pickle(f, "--checkpoint")?;
         }
         let checkpoint =
-            super::super::checkpoint_file(self.checkpoint.as_ref(), self.run.as_ref())?;
+            crate::checkpoint::locate(self.checkpoint.as_ref(), self.run.as_ref())?;
         Ok(AnalysisSetup {
             out: match (&self.out, &self.run) {
                 (Some(o), _) => o.clone(),
