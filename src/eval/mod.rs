@@ -2,7 +2,8 @@
 //!
 //! As a library: describe the evaluation as an [`EvalPlan`] (or a [`CurvePlan`]) and call
 //! [`evaluate`] (or [`evaluate_curve`]); the [`EvalReport`] is what `advtrain eval` prints and
-//! writes as JSON. The counting functions below are the building blocks.
+//! writes as JSON. [`source`] resolves a model and its points as the `eval` flags name them. The
+//! counting functions below are the building blocks.
 
 pub mod autoattack;
 pub mod card;
@@ -12,11 +13,13 @@ pub mod merge;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod source;
 
 pub use plan::{
     AutoAttackPlan, Batching, CurveAxis, CurvePlan, CurvePointPlan, DataSelection, DataSource,
     EvalAttack, EvalPlan, EvalSetup, ModelFormat, Shard, TestTime, Threat,
 };
+pub use source::{DataRequest, LoadAdvtrain, ModelRequest, SetupRest, StateDictArch};
 pub use report::{CurvePoint, CurveReport, EvalReport, PerAttack, ShardInfo};
 pub use run::{
     evaluate, evaluate_curve, evaluate_curve_model, evaluate_curve_on, evaluate_model, evaluate_on,

@@ -8,10 +8,13 @@
 //! Rust from DejaVu Sans, embedded from `assets/fonts/`, so no system library or font is needed.
 
 //!
+//! [`curve`] is the figure of an `eval` curve.
+//!
 //! [`html`] builds self-contained HTML pages (tables, figures embedded as base64 PNG) and
 //! Markdown tables; [`run`] is the report of one run folder (`curves.png` after every epoch,
 //! `report.html` by `advtrain report RUN` and at the end of `train`).
 
+pub mod curve;
 pub mod html;
 pub mod plot;
 pub mod run;
