@@ -8,9 +8,10 @@
 //! The files form a chain, no circle: [`plan`] (the plan, the parts) and [`flops`] (work
 //! counts) read nothing of the module; [`subject`] (model and points) reads the plan;
 //! [`parts`] (our timings) reads the plan, the subject and `flops`; [`twin`] (the PyTorch
-//! side) reads the plan and the subject; [`report`] reads the plan and the timings; `run` here
-//! reads them all. The layer sits above `eval` and `train` (it runs their attacks, AutoAttack
-//! and optimiser) and below the CLI.
+//! side) reads the plan and the subject; [`report`] reads the plan, the timings and `flops`;
+//! `run` here reads them all (`tests/layers.rs` checks that no circle forms). The layer sits
+//! above `eval` and `train` (it runs their attacks, AutoAttack and optimiser) and below the
+//! CLI.
 //!
 //! Parts (`--parts`):
 //! - `at`: one PGD-k adversarial-training step on `--batch-size` points (k = `--steps`): k L-inf

@@ -103,8 +103,8 @@ impl SubjectPlan {
     }
 }
 
-/// How to run the PyTorch eager twin; `None` fields take the defaults of
-/// [`crate::bench::twin::Twin::resolve`].
+/// How to run the PyTorch eager twin; `None` fields take the defaults of `Twin::resolve` (the
+/// repository's `.venv/bin/python`, else `python3`; its `bench/pytorch_bench.py`).
 #[derive(Debug, Clone, Default)]
 pub struct TwinPlan {
     /// The Python interpreter with torch and safetensors.

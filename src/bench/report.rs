@@ -254,7 +254,10 @@ impl fmt::Display for ModelTable<'_> {
         }
         if let (Some(a), Some(b)) = (r.forward_flops, r.forward_flops_pytorch) {
             if (a - b).abs() > 1e-3 * a {
-                writeln!(f, "WARNING: the two FLOP counts differ; GFLOP/s use advtrain's")?;
+                writeln!(
+                    f,
+                    "WARNING: the two FLOP counts differ; GFLOP/s use advtrain's"
+                )?;
             }
         }
         writeln!(

@@ -265,12 +265,7 @@ pub fn checkpoint_subject(
 
 /// A freshly initialised `name` (seeded with the plan's seed; weights written to `tmp`) on
 /// random points.
-pub fn fresh_subject(
-    plan: &BenchPlan,
-    name: &str,
-    points: usize,
-    tmp: &Path,
-) -> Result<Subject> {
+pub fn fresh_subject(plan: &BenchPlan, name: &str, points: usize, tmp: &Path) -> Result<Subject> {
     let (c, hw) = if name == "small-cnn" {
         (1, 28)
     } else {

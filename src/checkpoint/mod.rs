@@ -67,10 +67,7 @@ pub fn paths(model_file: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// The checkpoint named by `--checkpoint FILE` (checked to exist with its sidecar) or by `--run
 /// DIR` (`checkpoints/best`, else `checkpoints/last`).
-pub fn locate(
-    checkpoint: Option<&PathBuf>,
-    run: Option<&PathBuf>,
-) -> Result<PathBuf> {
+pub fn locate(checkpoint: Option<&PathBuf>, run: Option<&PathBuf>) -> Result<PathBuf> {
     match (checkpoint, run) {
         (Some(f), _) => {
             let (model, _, side) = paths(f);

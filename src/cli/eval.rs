@@ -88,7 +88,10 @@ fn run_curve(a: EvalArgs, compute: Compute) -> Result<()> {
         }
         (None, Some(st)) => {
             names.steps = "--curve-steps value".into();
-            (CurveAxis::Steps, st.iter().map(|&k| (f.eps, Some(k))).collect())
+            (
+                CurveAxis::Steps,
+                st.iter().map(|&k| (f.eps, Some(k))).collect(),
+            )
         }
         _ => unreachable!("run_curve without --curve or --curve-steps"),
     };

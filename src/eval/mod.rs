@@ -19,12 +19,12 @@ pub use plan::{
     AutoAttackPlan, Batching, CurveAxis, CurvePlan, CurvePointPlan, DataSelection, DataSource,
     EvalAttack, EvalPlan, EvalSetup, ModelFormat, Shard, TestTime, Threat,
 };
-pub use source::{DataRequest, LoadAdvtrain, ModelRequest, SetupRest, StateDictArch};
 pub use report::{CurvePoint, CurveReport, EvalReport, PerAttack, ShardInfo};
 pub use run::{
     evaluate, evaluate_curve, evaluate_curve_model, evaluate_curve_on, evaluate_model, evaluate_on,
     load_checkpoint, load_model, Console, LoadedModel, Progress, Silent,
 };
+pub use source::{DataRequest, LoadAdvtrain, ModelRequest, SetupRest, StateDictArch};
 
 use crate::attack::{correct, Attack, Classifier};
 use crate::data::{Augment, Dataset};

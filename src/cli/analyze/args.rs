@@ -13,13 +13,6 @@ use crate::nn::{Hook, Route};
 use anyhow::Result;
 use clap::Args;
 
-fn linf(eps: f64) -> Threat {
-    Threat {
-        norm: ThreatNorm::Linf,
-        eps,
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct DomainGapArgs {
     #[command(flatten)]
@@ -37,12 +30,12 @@ pub struct DomainGapArgs {
 
 impl DomainGapArgs {
     pub fn plan(&self, compute: Compute) -> Result<domain_gap::Plan> {
-        crate::analysis::plan::check_threat(&linf(self.eps))?;
+        crate::analysis::plan::check_threat(&Threat::linf(self.eps))?;
         crate::analysis::plan::check_n(self.n)?;
         Ok(domain_gap::Plan {
             setup: self.common.setup(compute)?,
             data: self.common.images(self.n),
-            threat: linf(self.eps),
+            threat: Threat::linf(self.eps),
             route: self.route,
         })
     }
@@ -97,7 +90,7 @@ impl BnSwapArgs {
         let plan = bn_swap::Plan {
             setup: self.common.setup(compute)?,
             data: self.common.images(self.n),
-            threat: linf(self.eps),
+            threat: Threat::linf(self.eps),
             steps: self.steps,
             batch_size: self.batch_size,
             reestimate: Reestimate {
@@ -142,12 +135,12 @@ pub struct GradConflictArgs {
 impl GradConflictArgs {
     pub fn plan(&self, compute: Compute) -> Result<grad_conflict::Plan> {
         let terms = Term::pair(&self.terms)?;
-        crate::analysis::plan::check_threat(&linf(self.eps))?;
+        crate::analysis::plan::check_threat(&Threat::linf(self.eps))?;
         crate::analysis::plan::check_n(self.n)?;
         Ok(grad_conflict::Plan {
             setup: self.common.setup(compute)?,
             data: self.common.images(self.n),
-            threat: linf(self.eps),
+            threat: Threat::linf(self.eps),
             terms,
             hooks: self.hooks.clone(),
             route: self.route,

@@ -2,11 +2,11 @@
 //! `--help` keeps its order): the evaluated model and the test-time controls, each with its
 //! one-to-one conversion into the library's request or plan part.
 
+use super::attack::parse_number;
 use crate::attack::ThreatNorm;
 use crate::choice::choice;
 use crate::eval::controls::{Reestimate, StatsSource};
 use crate::eval::{ModelRequest, StateDictArch, TestTime};
-use super::attack::parse_number;
 use crate::nn::{Mode, Route};
 use std::path::PathBuf;
 
