@@ -1,5 +1,5 @@
 //! The command-line interface: flags into the library's typed plans, then its calls, prints and
-//! files. One file (or folder) per subcommand; [`compute`] holds the global compute flags.
+//! files. One file (or folder) per subcommand; `compute.rs` holds the global compute flags.
 
 pub mod analyze;
 pub mod bench;
