@@ -4,8 +4,9 @@
 //! [`device`], [`compute`], [`data`] (readers, splits, batches), [`nn`] (route-aware norm layer,
 //! models), [`checkpoint`] (files, atomic sets, foreign state dicts), [`attack`] (attacks on a
 //! fixed route and mode), [`eval`] (clean and robust accuracy, AutoAttack), [`train`] (recipes,
-//! objectives, optimiser, the resumable run loop), [`report`] (figures), [`analysis`], and the
-//! thin [`cli`].
+//! objectives, optimiser, the resumable run loop), [`bench`] (throughput against the PyTorch
+//! twin as a plan and a report), [`report`] (figures), [`analysis`], [`study`], and the thin
+//! [`cli`].
 //!
 //! Train a tiny model and evaluate it with two attacks through the library alone:
 //!
@@ -80,6 +81,7 @@
 
 pub mod analysis;
 pub mod attack;
+pub mod bench;
 pub mod checkpoint;
 pub mod choice;
 pub mod cli;

@@ -153,3 +153,73 @@ fn forward_flops_are_twice_the_conv_and_linear_macs() {
         2.0 * 1_297_829_888.0
     );
 }
+
+/// The library API the CLI calls: a tiny plan through `bench::run`, its table handed over
+/// per model (and again by the report's `Display`), its report with the CLI's JSON fields;
+/// and the plan's checks, which name the flags.
+#[test]
+fn bench_library_plan_runs_and_checks_name_the_flags() {
+    use advtrain::bench::{self, BenchPlan, Part, SubjectPlan};
+    let plan = BenchPlan {
+        subject: SubjectPlan::fresh(Some("small-cnn")),
+        parts: vec![Part::Pgd20],
+        n: 4,
+        batch_size: 4,
+        eval_batch_size: 4,
+        iters: 1,
+        warmup: 0,
+        steps: 1,
+        eps: None,
+        seed: 0,
+        device: tch::Device::Cpu,
+        channels_last: false,
+        repeat: 1,
+        compute: Default::default(),
+        twin: None,
+    };
+    let mut tables = vec![];
+    let r = bench::run(&plan, &mut |t| tables.push(t.to_string())).unwrap();
+    assert_eq!(tables.len(), 1);
+    assert!(
+        tables[0].starts_with("\nsmall-cnn | fresh weights | 1x28x28 | eps 0.1000 | batch 4"),
+        "{}",
+        tables[0]
+    );
+    assert_eq!(r.to_string(), tables.concat());
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["parts"], serde_json::json!(["pgd20"]));
+    let m = &v["models"][0];
+    assert_eq!(m["pytorch_skipped"], "--no-pytorch");
+    // PGD-20 as `eval --attack pgd` makes it: step 2.5 eps / 20 at eps 0.1.
+    assert!((m["pgd20_step_size"].as_f64().unwrap() - 0.0125).abs() < 1e-12);
+    assert_eq!(m["parts"][0]["advtrain"]["images"], 4);
+    for key in ["advtrain_version", "gemm", "compute", "pytorch", "threads"] {
+        assert!(v.get(key).is_some(), "no {key} in {v}");
+    }
+
+    let err = |p: BenchPlan| bench::run(&p, &mut |_| {}).unwrap_err().to_string();
+    assert!(err(BenchPlan {
+        repeat: 0,
+        ..plan.clone()
+    })
+    .contains("--repeat"));
+    let script = SubjectPlan::Torchscript {
+        file: "m.pt".into(),
+        data: None,
+        data_dir: None,
+    };
+    let e = err(BenchPlan {
+        subject: script,
+        ..plan.clone()
+    });
+    assert!(e.contains("--torchscript needs --data"), "{e}");
+    let e = err(BenchPlan {
+        subject: SubjectPlan::fresh(Some(" , ")),
+        ..plan.clone()
+    });
+    assert!(e.contains("--models"), "{e}");
+    assert_eq!(
+        SubjectPlan::fresh(None).names(),
+        ["small-cnn", "preact-resnet18"]
+    );
+}

@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "attack",
     "eval",
     "train",
+    "bench",
     "report",
     "analysis",
     "study",
@@ -137,4 +138,105 @@ fn the_scanner_finds_paths_and_groups() {
         "use crate::nn::Net;\nuse crate::{train::Recipe, eval};\nlet x = crate::fsio::tmp_path(p);";
     let got: Vec<String> = crate_paths(t).into_iter().collect();
     assert_eq!(got, ["eval", "fsio", "nn", "train"]);
+}
+
+/// The files of `src/<module>/` (mod.rs aside, the parent of them all) that each one names,
+/// by `super::<file>` or `crate::<module>::<file>` (doc links included).
+fn sibling_graph(module: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(module);
+    let names: BTreeSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let stem = n.strip_suffix(".rs")?.to_string();
+            (stem != "mod").then_some(stem)
+        })
+        .collect();
+    let word = |rest: &str| -> String {
+        rest.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut graph = std::collections::BTreeMap::new();
+    for n in &names {
+        let text = std::fs::read_to_string(dir.join(format!("{n}.rs"))).unwrap();
+        let mut used = BTreeSet::new();
+        for prefix in ["super::".to_string(), format!("crate::{module}::")] {
+            for (i, _) in text.match_indices(&prefix) {
+                let w = word(&text[i + prefix.len()..]);
+                if names.contains(&w) && &w != n {
+                    used.insert(w);
+                }
+            }
+        }
+        graph.insert(n.clone(), used);
+    }
+    graph
+}
+
+/// A circle in `graph`, if any (as the files on it, the first one repeated at the end).
+fn find_circle(
+    graph: &std::collections::BTreeMap<String, BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        graph: &std::collections::BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == n) {
+            let mut c = path[i..].to_vec();
+            c.push(n.to_string());
+            return Some(c);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n.to_string());
+        for m in &graph[n] {
+            if let Some(c) = visit(m, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(n.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut vec![], &mut done))
+}
+
+#[test]
+fn the_files_of_bench_and_cli_form_no_circle() {
+    for module in ["bench", "cli"] {
+        let g = sibling_graph(module);
+        assert!(g.len() >= 4, "{module}: expected its files, got {g:?}");
+        if let Some(c) = find_circle(&g) {
+            panic!(
+                "src/{module}: the files {} use each other in a circle",
+                c.join(" -> ")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_circle_finder_finds_a_circle() {
+    let g = |edges: &[(&str, &str)]| {
+        let mut m = std::collections::BTreeMap::<String, BTreeSet<String>>::new();
+        for (a, b) in edges {
+            m.entry(a.to_string()).or_default().insert(b.to_string());
+            m.entry(b.to_string()).or_default();
+        }
+        m
+    };
+    assert_eq!(find_circle(&g(&[("a", "b"), ("b", "c"), ("a", "c")])), None);
+    let c = find_circle(&g(&[("a", "b"), ("b", "c"), ("c", "a")])).unwrap();
+    assert_eq!(c.first(), c.last());
+    assert_eq!(c.len(), 4);
 }

@@ -60,6 +60,17 @@ impl Term {
     pub fn uses_features(self) -> bool {
         matches!(self, Term::Inv | Term::DistSg | Term::AratAsym)
     }
+
+    /// The two terms compared, from the list given as `--terms` (exactly two).
+    pub fn pair(terms: &[Term]) -> anyhow::Result<[Term; 2]> {
+        <[Term; 2]>::try_from(terms).map_err(|_| {
+            let given: Vec<String> = terms.iter().map(Term::to_string).collect();
+            anyhow::anyhow!(
+                "--terms {}: give exactly two terms, e.g. --terms clean-ce,adv-ce",
+                given.join(",")
+            )
+        })
+    }
 }
 
 /// What the invariance terms read: the hooks and the model's ARAT predictors (may be empty).

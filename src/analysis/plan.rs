@@ -30,7 +30,54 @@ pub struct AnalysisSetup {
     pub out: PathBuf,
 }
 
+/// The analysed checkpoint as a caller names it (the `analyze` flags, which its errors name).
+#[derive(Debug, Clone, Default)]
+pub struct SubjectRequest {
+    /// A run folder (`checkpoints/best`, else `checkpoints/last`).
+    pub run: Option<PathBuf>,
+    /// An advtrain checkpoint (`.safetensors` with its `.json` sidecar).
+    pub checkpoint: Option<PathBuf>,
+    /// Refused with the reason: the analyses read advtrain's Norm layer.
+    pub torchscript: Option<PathBuf>,
+    /// The output folder (default: `<run>/analysis`, else [`default_out`] of the checkpoint).
+    pub out: Option<PathBuf>,
+}
+
 impl AnalysisSetup {
+    /// The setup of `r` (the checkpoint checked to exist, a pickle or a TorchScript module
+    /// refused with the reason) with `seed`, `device` and `compute`.
+    pub fn locate(
+        r: &SubjectRequest,
+        seed: u64,
+        device: DeviceChoice,
+        compute: Compute,
+    ) -> Result<AnalysisSetup> {
+        if let Some(t) = &r.torchscript {
+            anyhow::bail!(
+                "--torchscript {}: the analyses (domain-gap, bn-divergence, bn-swap, \
+                 grad-conflict) read and switch advtrain's Norm layer (routes, statistics and \
+                 affine sets), which a TorchScript module does not expose; run them on an \
+                 advtrain checkpoint (advtrain eval --torchscript evaluates the module)",
+                t.display()
+            );
+        }
+        if let Some(f) = r.checkpoint.as_ref().filter(|f| f.is_file()) {
+            crate::checkpoint::import::refuse_pickle(f, "--checkpoint")?;
+        }
+        let checkpoint = crate::checkpoint::locate(r.checkpoint.as_ref(), r.run.as_ref())?;
+        Ok(AnalysisSetup {
+            out: match (&r.out, &r.run) {
+                (Some(o), _) => o.clone(),
+                (None, Some(run)) => run.join("analysis"),
+                (None, None) => default_out(&checkpoint),
+            },
+            checkpoint,
+            seed,
+            device,
+            compute,
+        })
+    }
+
     /// `<out>/<kind>.json` and `<out>/<kind>.png`.
     pub fn paths(&self, kind: &str) -> (PathBuf, PathBuf) {
         (

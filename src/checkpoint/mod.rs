@@ -65,6 +65,47 @@ pub fn paths(model_file: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// The checkpoint named by `--checkpoint FILE` (checked to exist with its sidecar) or by `--run
+/// DIR` (`checkpoints/best`, else `checkpoints/last`).
+pub fn locate(checkpoint: Option<&PathBuf>, run: Option<&PathBuf>) -> Result<PathBuf> {
+    match (checkpoint, run) {
+        (Some(f), _) => {
+            let (model, _, side) = paths(f);
+            anyhow::ensure!(
+                model.is_file(),
+                "--checkpoint {}: no such checkpoint file ({} does not exist)",
+                f.display(),
+                model.display()
+            );
+            anyhow::ensure!(
+                side.is_file(),
+                "--checkpoint {}: its sidecar {} does not exist",
+                f.display(),
+                side.display()
+            );
+            Ok(f.clone())
+        }
+        (None, Some(r)) => {
+            anyhow::ensure!(r.is_dir(), "--run {}: no such directory", r.display());
+            let best = r.join("checkpoints/best.safetensors");
+            let last = r.join("checkpoints/last.safetensors");
+            if best.is_file() {
+                Ok(best)
+            } else if last.is_file() {
+                Ok(last)
+            } else {
+                anyhow::bail!(
+                    "--run {}: no checkpoint (neither {} nor {} exists, with its .json sidecar)",
+                    r.display(),
+                    best.display(),
+                    last.display()
+                )
+            }
+        }
+        (None, None) => anyhow::bail!("give --run DIR or --checkpoint FILE"),
+    }
+}
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -1,14 +1,17 @@
-//! The command-line interface: `advtrain train` and `advtrain eval`.
+//! The command-line interface: flags into the library's typed plans, then its calls, prints and
+//! files. One file (or folder) per subcommand; `compute.rs` holds the global compute flags.
 
 pub mod analyze;
 pub mod bench;
+mod compute;
 pub mod eval;
 pub mod export;
 pub mod merge;
 pub mod study;
 pub mod train;
 
-use crate::checkpoint;
+pub use compute::ComputeArgs;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -55,83 +58,6 @@ pub struct ReportArgs {
     pub run: PathBuf,
 }
 
-/// Compute settings on the command line ([`crate::compute`]); for `train` they override the
-/// recipe's `[compute]` table.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct ComputeArgs {
-    /// Precision of attack generation: fp32 (default) or bf16 (autocast).
-    #[arg(long, global = true, value_parser = crate::choice::choice::<crate::compute::Precision>())]
-    pub precision_attack: Option<crate::compute::Precision>,
-    /// Precision of the training forward/backward: fp32 (default) or bf16 (autocast).
-    #[arg(long, global = true, value_parser = crate::choice::choice::<crate::compute::Precision>())]
-    pub precision_train: Option<crate::compute::Precision>,
-    /// Do not fold eval-mode BatchNorm into the convolutions in attacks (folding computes the
-    /// same function to float rounding, faster; docs/BENCHMARKS.md).
-    #[arg(long, global = true)]
-    pub no_fold_bn: bool,
-    /// Rows per forward/backward micro-batch of eval-mode attacks on CPU (0 = whole batch;
-    /// default 128).
-    #[arg(long, global = true, value_name = "ROWS")]
-    pub attack_chunk: Option<usize>,
-    /// TensorFloat-32 on CUDA: pytorch (default: convolutions TF32, matmuls fp32), on, off.
-    #[arg(long, global = true, value_parser = crate::choice::choice::<crate::compute::Tf32>())]
-    pub tf32: Option<crate::compute::Tf32>,
-    /// Deterministic algorithms (CUDA: deterministic cuDNN, no benchmark search,
-    /// CUBLAS_WORKSPACE_CONFIG); the CPU is deterministic already.
-    #[arg(long, global = true)]
-    pub deterministic: bool,
-}
-
-impl ComputeArgs {
-    /// `base` with the flags given applied.
-    pub fn apply(&self, base: crate::compute::Compute) -> crate::compute::Compute {
-        let mut c = base;
-        if let Some(p) = self.precision_attack {
-            c.precision_attack = p;
-        }
-        if let Some(p) = self.precision_train {
-            c.precision_train = p;
-        }
-        if self.no_fold_bn {
-            c.fold_bn = false;
-        }
-        if let Some(n) = self.attack_chunk {
-            c.attack_chunk = n;
-        }
-        if let Some(t) = self.tf32 {
-            c.tf32 = t;
-        }
-        if self.deterministic {
-            c.deterministic = true;
-        }
-        c
-    }
-
-    /// The flags given, as recipe `--set` overrides.
-    pub fn as_overrides(&self) -> Vec<String> {
-        let mut v = vec![];
-        if let Some(p) = self.precision_attack {
-            v.push(format!("compute.precision_attack=\"{p}\""));
-        }
-        if let Some(p) = self.precision_train {
-            v.push(format!("compute.precision_train=\"{p}\""));
-        }
-        if self.no_fold_bn {
-            v.push("compute.fold_bn=false".into());
-        }
-        if let Some(n) = self.attack_chunk {
-            v.push(format!("compute.attack_chunk={n}"));
-        }
-        if let Some(t) = self.tf32 {
-            v.push(format!("compute.tf32=\"{t}\""));
-        }
-        if self.deterministic {
-            v.push("compute.deterministic=true".into());
-        }
-        v
-    }
-}
-
 /// Parse the arguments and run the command.
 pub fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -176,50 +102,6 @@ pub fn main() -> anyhow::Result<()> {
             println!("wrote {}", p.display());
             Ok(())
         }
-    }
-}
-
-/// The checkpoint named by `--checkpoint FILE` (checked to exist with its sidecar) or by `--run
-/// DIR` (`checkpoints/best`, else `checkpoints/last`).
-pub(crate) fn checkpoint_file(
-    checkpoint: Option<&PathBuf>,
-    run: Option<&PathBuf>,
-) -> Result<PathBuf> {
-    match (checkpoint, run) {
-        (Some(f), _) => {
-            let (model, _, side) = checkpoint::paths(f);
-            anyhow::ensure!(
-                model.is_file(),
-                "--checkpoint {}: no such checkpoint file ({} does not exist)",
-                f.display(),
-                model.display()
-            );
-            anyhow::ensure!(
-                side.is_file(),
-                "--checkpoint {}: its sidecar {} does not exist",
-                f.display(),
-                side.display()
-            );
-            Ok(f.clone())
-        }
-        (None, Some(r)) => {
-            anyhow::ensure!(r.is_dir(), "--run {}: no such directory", r.display());
-            let best = r.join("checkpoints/best.safetensors");
-            let last = r.join("checkpoints/last.safetensors");
-            if best.is_file() {
-                Ok(best)
-            } else if last.is_file() {
-                Ok(last)
-            } else {
-                anyhow::bail!(
-                    "--run {}: no checkpoint (neither {} nor {} exists, with its .json sidecar)",
-                    r.display(),
-                    best.display(),
-                    last.display()
-                )
-            }
-        }
-        (None, None) => anyhow::bail!("give --run DIR or --checkpoint FILE"),
     }
 }
 

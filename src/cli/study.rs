@@ -97,13 +97,7 @@ pub fn run(a: StudyArgs) -> Result<()> {
             let pairs = a
                 .compare
                 .iter()
-                .map(|c| match c.split_once(',') {
-                    Some((x, y)) if !y.contains(',') => Ok([x.to_string(), y.to_string()]),
-                    _ => anyhow::bail!(
-                        "--compare {c}: expected A,B (two cells, each `cell` or `cell@route-tag` \
-                         such as e7-dual-bn@adv or e7-cross-bn@ns-clean-ap-adv)"
-                    ),
-                })
+                .map(|c| study::report::parse_compare(c))
                 .collect::<Result<Vec<_>>>()?;
             let written = crate::study::report::write_report(&a.dir, &pairs)?;
             for p in written {
@@ -130,28 +124,7 @@ fn run_study(a: RunArgs) -> Result<()> {
             resume: a.resume,
         },
     )?;
-    println!(
-        "study {}: {} runs: {} already done, {} completed now, {} failed{}",
-        study.study,
-        outcome.runs,
-        outcome.skipped,
-        outcome.completed,
-        outcome.failures.len(),
-        if outcome.interrupted {
-            " (interrupted)"
-        } else {
-            ""
-        }
-    );
-    for f in &outcome.failures {
-        println!(
-            "  FAILED {} at {} ({}): log {}",
-            f.run,
-            f.step,
-            f.status,
-            f.log.display()
-        );
-    }
+    println!("{}", outcome.summary(&study.study));
     if !outcome.failures.is_empty() || outcome.interrupted {
         anyhow::bail!(
             "{} of {} runs did not finish; fix the cause and continue with `advtrain study run {} --resume`",

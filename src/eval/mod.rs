@@ -2,7 +2,8 @@
 //!
 //! As a library: describe the evaluation as an [`EvalPlan`] (or a [`CurvePlan`]) and call
 //! [`evaluate`] (or [`evaluate_curve`]); the [`EvalReport`] is what `advtrain eval` prints and
-//! writes as JSON. The counting functions below are the building blocks.
+//! writes as JSON. [`source`] resolves a model and its points as the `eval` flags name them. The
+//! counting functions below are the building blocks.
 
 pub mod autoattack;
 pub mod card;
@@ -12,6 +13,7 @@ pub mod merge;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod source;
 
 pub use plan::{
     AutoAttackPlan, Batching, CurveAxis, CurvePlan, CurvePointPlan, DataSelection, DataSource,
@@ -22,6 +24,7 @@ pub use run::{
     evaluate, evaluate_curve, evaluate_curve_model, evaluate_curve_on, evaluate_model, evaluate_on,
     load_checkpoint, load_model, Console, LoadedModel, Progress, Silent,
 };
+pub use source::{DataRequest, LoadAdvtrain, ModelRequest, SetupRest, StateDictArch};
 
 use crate::attack::{correct, Attack, Classifier};
 use crate::data::{Augment, Dataset};

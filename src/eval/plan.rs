@@ -20,6 +20,16 @@ pub struct Threat {
     pub eps: f64,
 }
 
+impl Threat {
+    /// The L-inf ball of radius `eps`.
+    pub fn linf(eps: f64) -> Threat {
+        Threat {
+            norm: ThreatNorm::Linf,
+            eps,
+        }
+    }
+}
+
 /// Where the evaluated points come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1143,6 +1143,17 @@ impl StudyReport {
     }
 }
 
+/// One `--compare A,B` pair (each `cell` or `cell@route-tag`).
+pub fn parse_compare(c: &str) -> Result<[String; 2]> {
+    match c.split_once(',') {
+        Some((x, y)) if !y.contains(',') => Ok([x.to_string(), y.to_string()]),
+        _ => anyhow::bail!(
+            "--compare {c}: expected A,B (two cells, each `cell` or `cell@route-tag` \
+             such as e7-dual-bn@adv or e7-cross-bn@ns-clean-ap-adv)"
+        ),
+    }
+}
+
 /// Build the report of `dir` and write `report.{md,csv,json,html}` (and the Markdown's figures
 /// in `report-figures/`) into it; returns the files written.
 pub fn write_report(dir: &Path, extra: &[[String; 2]]) -> Result<Vec<PathBuf>> {

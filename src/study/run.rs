@@ -53,6 +53,34 @@ pub struct Outcome {
     pub interrupted: bool,
 }
 
+impl Outcome {
+    /// The summary `study run` prints: the counts of study `name`, then one line per failure.
+    pub fn summary(&self, name: &str) -> String {
+        let mut s = format!(
+            "study {name}: {} runs: {} already done, {} completed now, {} failed{}",
+            self.runs,
+            self.skipped,
+            self.completed,
+            self.failures.len(),
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
+        );
+        for f in &self.failures {
+            s += &format!(
+                "\n  FAILED {} at {} ({}): log {}",
+                f.run,
+                f.step,
+                f.status,
+                f.log.display()
+            );
+        }
+        s
+    }
+}
+
 /// Name of the study's lock file in its output folder.
 pub const LOCK_FILE: &str = ".study.lock";
 

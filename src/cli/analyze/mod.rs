@@ -4,8 +4,7 @@
 //! `<out>/<kind>.png` (default out: `<run>/analysis`).
 
 mod args;
-
-pub use args::AnalyzeArgs;
+mod common;
 
 use super::write_json;
 use crate::analysis::plan::{prepare_out, AnalysisSetup};
@@ -13,10 +12,29 @@ use crate::analysis::{bn_divergence, bn_swap, domain_gap, grad_conflict};
 use crate::compute::Compute;
 use crate::eval::Console;
 use anyhow::Result;
-use args::Kind;
+use args::{BnDivergenceArgs, BnSwapArgs, DomainGapArgs, GradConflictArgs};
+use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::fmt::Display;
 use std::path::Path;
+
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    #[command(subcommand)]
+    pub kind: Kind,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Kind {
+    /// Per BN layer: W1 of adversarial / noise / clean batch statistics to the clean running ones.
+    DomainGap(DomainGapArgs),
+    /// Per norm layer: W1 and mean |difference| between the two branches' NS and AP.
+    BnDivergence(BnDivergenceArgs),
+    /// Clean and PGD accuracy for NS {adv, clean, re-estimated} x AP {adv, clean}.
+    BnSwap(BnSwapArgs),
+    /// Cosine and opposite-sign fraction of two loss terms' parameter gradients, per layer.
+    GradConflict(GradConflictArgs),
+}
 
 pub fn run(a: AnalyzeArgs, compute: Compute) -> Result<()> {
     match a.kind {

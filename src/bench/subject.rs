@@ -1,36 +1,16 @@
-//! The benchmarked model and its points: a checkpoint on its test images, or a freshly
-//! initialised architecture (weights written for the twin) on random points.
+//! The benchmarked model and its points: a checkpoint on its test images, a TorchScript
+//! module on given points, or a freshly initialised architecture (weights written for the
+//! twin) on random points. Reads only the plan ([`super::plan`]).
 
-use super::BenchArgs;
+use super::plan::{BenchPlan, EVAL_STEPS};
 use crate::attack::Classifier;
 use crate::attack::{AttackName, AttackSettings, AttackSpec, ParamNames, PgdConfig, ThreatNorm};
 use crate::checkpoint::torchscript::ScriptModel;
-use crate::cli::checkpoint_file;
 use crate::data::Dataset;
 use crate::nn::{ArchSpec, Ctx, Network, NormSpec};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
-
-/// Everything a part needs besides the model and points.
-#[derive(Debug, Clone)]
-pub struct Opts {
-    pub device: Device,
-    pub batch_size: usize,
-    pub eval_batch_size: usize,
-    pub n: usize,
-    pub iters: usize,
-    pub warmup: usize,
-    /// PGD steps of the AT step.
-    pub steps: usize,
-    pub seed: u64,
-    pub channels_last: bool,
-    /// Our side's compute settings (precision, BN folding, attack micro-batches).
-    pub compute: crate::compute::Compute,
-}
-
-/// PGD steps of the `pgd20` part.
-pub const EVAL_STEPS: usize = 20;
 
 /// The benchmarked model (its weights in a safetensors file with PyTorch names, so that the
 /// PyTorch twin loads the same ones) and its points.
@@ -58,7 +38,7 @@ pub enum BenchModel {
 
 impl BenchModel {
     /// The attacked function (eval mode) with our compute settings.
-    pub fn classifier(&self, o: &Opts) -> Classifier<'_> {
+    pub fn classifier(&self, o: &BenchPlan) -> Classifier<'_> {
         match self {
             BenchModel::Native(n) => Classifier::new(n.model.as_ref(), Ctx::eval()),
             BenchModel::Script(m) => Classifier::script(m, true),
@@ -69,7 +49,7 @@ impl BenchModel {
 
 impl Subject {
     /// The model for the evaluation parts, on `o.device`.
-    pub fn model(&self, o: &Opts) -> Result<BenchModel> {
+    pub fn model(&self, o: &BenchPlan) -> Result<BenchModel> {
         Ok(match &self.script {
             Some(f) => BenchModel::Script(ScriptModel::load(f, o.device)?),
             None => BenchModel::Native(self.network(o)?),
@@ -100,7 +80,7 @@ impl Subject {
     }
 
     /// A fresh copy of the model on `o.device`.
-    pub fn network(&self, o: &Opts) -> Result<Network> {
+    pub fn network(&self, o: &BenchPlan) -> Result<Network> {
         let net = Network::new(&self.arch, o.device)?;
         net.load_weights(&self.weights)
             .with_context(|| format!("loading the weights {}", self.weights.display()))?;
@@ -136,7 +116,7 @@ pub fn random_points(n: usize, shape: [i64; 3], num_classes: i64, seed: u64) -> 
 }
 
 /// A temporary folder removed on drop.
-pub(super) struct TempDir(pub PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new() -> Result<TempDir> {
@@ -167,10 +147,16 @@ fn default_eps(c: i64) -> f64 {
     }
 }
 
-/// The TorchScript module of `--torchscript` and the first `points` of `--data` (a points
-/// file or a built-in data set's test split, folder from `--data-dir`).
-pub(super) fn script_subject(a: &BenchArgs, file: &Path, points: usize) -> Result<Subject> {
-    let what = a.data.clone().ok_or_else(|| {
+/// The TorchScript module `file` and the first `points` of `data` (a points file or a
+/// built-in data set's test split, folder `data_dir`).
+pub fn script_subject(
+    plan: &BenchPlan,
+    file: &Path,
+    data: Option<&str>,
+    data_dir: Option<&PathBuf>,
+    points: usize,
+) -> Result<Subject> {
+    let what = data.map(String::from).ok_or_else(|| {
         anyhow::anyhow!("--torchscript needs --data (FILE.safetensors of x and y, or a data set)")
     })?;
     let data = if crate::data::points::is_points_file(&what) {
@@ -180,7 +166,7 @@ pub(super) fn script_subject(a: &BenchArgs, file: &Path, points: usize) -> Resul
             crate::choice::parse(&what, "--data").map_err(anyhow::Error::msg)?;
         crate::data::DataSpec {
             dataset,
-            dir: a.data_dir.clone(),
+            dir: data_dir.cloned(),
             val_size: 0,
             split_seed: 0,
             train_limit: None,
@@ -193,7 +179,7 @@ pub(super) fn script_subject(a: &BenchArgs, file: &Path, points: usize) -> Resul
     anyhow::ensure!(
         data.len() >= points,
         "--n {}: --data {what} holds only {} points",
-        a.n,
+        plan.n,
         data.len()
     );
     let sz = data.images.size();
@@ -217,19 +203,25 @@ pub(super) fn script_subject(a: &BenchArgs, file: &Path, points: usize) -> Resul
         data,
         data_label: what,
         shape,
-        eps: a.eps.unwrap_or(default_eps(shape[0])),
+        eps: plan.eps.unwrap_or(default_eps(shape[0])),
         script: Some(file.to_path_buf()),
     })
 }
 
-/// The model and points of `--checkpoint`: its test images (first `points`).
-pub(super) fn checkpoint_subject(a: &BenchArgs, ckpt: &Path, points: usize) -> Result<Subject> {
-    let file = checkpoint_file(Some(&ckpt.to_path_buf()), None)?;
+/// The model and points of the checkpoint `ckpt`: its test images (first `points`), from
+/// `data_dir` instead of the recipe's folder when given.
+pub fn checkpoint_subject(
+    plan: &BenchPlan,
+    ckpt: &Path,
+    data_dir: Option<&PathBuf>,
+    points: usize,
+) -> Result<Subject> {
+    let file = crate::checkpoint::locate(Some(&ckpt.to_path_buf()), None)?;
     let run = crate::train::saved::load_run(&file, Device::Cpu)
         .with_context(|| format!("--checkpoint {}", file.display()))?;
     let (net, recipe) = (run.checkpoint.net, run.recipe);
     let mut spec = recipe.data.clone();
-    if let Some(d) = &a.data_dir {
+    if let Some(d) = data_dir {
         spec.dir = Some(d.clone());
     }
     spec.test_limit = Some(points);
@@ -244,8 +236,8 @@ pub(super) fn checkpoint_subject(a: &BenchArgs, ckpt: &Path, points: usize) -> R
     anyhow::ensure!(
         data.len() >= points,
         "--n {} / --batch-size {}: the test set in {} holds only {} images",
-        a.n,
-        a.batch_size,
+        plan.n,
+        plan.batch_size,
         dir.display(),
         data.len()
     );
@@ -266,18 +258,14 @@ pub(super) fn checkpoint_subject(a: &BenchArgs, ckpt: &Path, points: usize) -> R
         data,
         data_label: format!("{} test images from {}", spec.dataset, dir.display()),
         shape,
-        eps: a.eps.unwrap_or(default_eps(shape[0])),
+        eps: plan.eps.unwrap_or(default_eps(shape[0])),
         script: None,
     })
 }
 
-/// A freshly initialised `name` (seeded with `--seed`; weights written to `tmp`) on random points.
-pub(super) fn fresh_subject(
-    a: &BenchArgs,
-    name: &str,
-    points: usize,
-    tmp: &Path,
-) -> Result<Subject> {
+/// A freshly initialised `name` (seeded with the plan's seed; weights written to `tmp`) on
+/// random points.
+pub fn fresh_subject(plan: &BenchPlan, name: &str, points: usize, tmp: &Path) -> Result<Subject> {
     let (c, hw) = if name == "small-cnn" {
         (1, 28)
     } else {
@@ -293,7 +281,7 @@ pub(super) fn fresh_subject(
         width: None,
         norm: NormSpec::default(),
     };
-    tch::manual_seed(a.seed as i64);
+    tch::manual_seed(plan.seed as i64);
     let net = Network::new(&arch, Device::Cpu).with_context(|| format!("--models {name}"))?;
     let weights = tmp.join(format!("{name}.safetensors"));
     let named: Vec<(String, Tensor)> = net
@@ -308,10 +296,10 @@ pub(super) fn fresh_subject(
         arch,
         weights,
         checkpoint: None,
-        data: random_points(points, shape, 10, a.seed),
+        data: random_points(points, shape, 10, plan.seed),
         data_label: "random".into(),
         shape,
-        eps: a.eps.unwrap_or(default_eps(c)),
+        eps: plan.eps.unwrap_or(default_eps(c)),
         script: None,
     })
 }

@@ -1,10 +1,9 @@
 //! The PyTorch eager twin (`bench/pytorch_bench.py`), run as a subprocess per part on the
-//! weights and points our side used; its JSON lines are parsed back.
+//! weights and points our side used; its JSON lines are parsed back. Reads the plan and the
+//! subject.
 
-use super::parts::Part;
+use super::plan::{BenchPlan, Part, TwinPlan, EVAL_STEPS};
 use super::subject::Subject;
-use super::subject::{Opts, EVAL_STEPS};
-use super::BenchArgs;
 use crate::device::device_name;
 use crate::nn::norm::NormKind;
 use crate::nn::{ArchSpec, NormSpec};
@@ -43,10 +42,10 @@ fn in_repo(rel: &str) -> Option<PathBuf> {
 impl Twin {
     /// The interpreter (`--pytorch`, else the repository's `.venv/bin/python`, else `python3`),
     /// the script (`--twin`, else the repository's `bench/pytorch_bench.py`) and the AutoAttack
-    /// checkout.
-    pub fn resolve(a: &BenchArgs) -> Result<Twin> {
+    /// checkout (`--autoattack-dir`, else `$AUTOATTACK_DIR`).
+    pub fn resolve(a: &TwinPlan) -> Result<Twin> {
         let python = a
-            .pytorch
+            .python
             .clone()
             .or_else(|| in_repo(".venv/bin/python"))
             .unwrap_or_else(|| PathBuf::from("python3"));
@@ -62,7 +61,7 @@ impl Twin {
              (e.g. .venv/bin/python), or --no-pytorch",
             python.display()
         );
-        let script = match &a.twin {
+        let script = match &a.script {
             Some(t) => {
                 anyhow::ensure!(t.is_file(), "--twin {}: no such file", t.display());
                 t.clone()
@@ -126,7 +125,7 @@ impl Twin {
         &self,
         part: Part,
         s: &Subject,
-        o: &Opts,
+        o: &BenchPlan,
         data_file: &Path,
         threads: i32,
         gemm: bool,

@@ -1,10 +1,11 @@
-//! The report of `advtrain bench`: its JSON (`--json`) and the table printed per model.
+//! The report of a benchmark: [`BenchReport`] serialises to the JSON of `bench --json`; its
+//! [`ModelTable`]s (`Display`) are the table printed per model. Reads the plan and the timings.
 
-use super::parts::{Part, Timing};
-use super::subject::{Opts, EVAL_STEPS};
-use crate::device::device_name;
+use super::parts::Timing;
+use super::plan::{Part, EVAL_STEPS};
 use anyhow::{Context, Result};
 use serde::Serialize;
+use std::fmt;
 
 /// One side of one part.
 #[derive(Debug, Clone, Serialize)]
@@ -100,7 +101,7 @@ pub struct ModelReport {
     pub eps: f64,
     pub at_step_size: f64,
     pub pgd20_step_size: f64,
-    /// Forward FLOPs per image, ours ([`flops::forward_flops`]); used for both sides.
+    /// Forward FLOPs per image, ours ([`super::flops::forward_flops`]); used for both sides.
     pub forward_flops: Option<f64>,
     /// The twin's count (`torch.utils.flop_counter.FlopCounterMode`), a cross-check.
     pub forward_flops_pytorch: Option<f64>,
@@ -188,94 +189,135 @@ fn opt(v: Option<f64>, prec: usize) -> String {
     v.map_or("-".into(), |x| format!("{x:.prec$}"))
 }
 
-/// The table of one model: per part images/s of both sides, their ratio and GFLOP/s.
-pub(super) fn print_model(r: &ModelReport, g: &Gemm, o: &Opts, threads: i32) {
-    println!(
-        "\n{} | {} | {}x{}x{} | eps {:.4} | batch {} (AT), {} (eval) | n {} | {} threads | {}",
-        r.model,
-        r.checkpoint.as_deref().unwrap_or("fresh weights"),
-        r.input_shape[0],
-        r.input_shape[1],
-        r.input_shape[2],
-        r.eps,
-        o.batch_size,
-        o.eval_batch_size,
-        o.n,
-        threads,
-        device_name(o.device)
-    );
-    println!("data: {}", r.data);
-    println!(
-        "advtrain compute: {} | PyTorch: eager fp32",
-        o.compute.describe()
-    );
-    println!(
-        "forward: {} MFLOP/image (PyTorch FlopCounterMode: {}) | fp32 GEMM {}^3: advtrain {:.1} \
-         GFLOP/s, PyTorch {} GFLOP/s",
-        opt(r.forward_flops.map(|f| f / 1e6), 3),
-        opt(r.forward_flops_pytorch.map(|f| f / 1e6), 3),
-        g.n,
-        g.advtrain_gflops_per_s,
-        opt(g.pytorch_gflops_per_s, 1)
-    );
-    if let Some(why) = &r.pytorch_skipped {
-        println!("no PyTorch figures: {why}");
-    }
-    if let (Some(a), Some(b)) = (r.forward_flops, r.forward_flops_pytorch) {
-        if (a - b).abs() > 1e-3 * a {
-            println!("WARNING: the two FLOP counts differ; GFLOP/s use advtrain's");
+impl BenchReport {
+    /// The table of `model` with the report's settings (the GEMM rates as they stand).
+    pub fn table<'a>(&'a self, model: &'a ModelReport) -> ModelTable<'a> {
+        ModelTable {
+            report: self,
+            model,
         }
     }
-    println!(
-        "{:<11}{:>7}{:>12}{:>15}{:>7}{:>14}{:>17}{:>18}",
-        "part",
-        "images",
-        "ours img/s",
-        "PyTorch img/s",
-        "ratio",
-        "ours GFLOP/s",
-        "PyTorch GFLOP/s",
-        "robust ours/PT"
-    );
-    for p in &r.parts {
-        let pt = p.pytorch.as_ref();
-        let pct = |x: Option<f64>| x.map(|v| format!("{:.1}%", 100.0 * v));
-        let robust = format!(
-            "{}/{}",
-            pct(p.advtrain.timing.robust_accuracy).unwrap_or("-".into()),
-            pct(pt.and_then(|t| t.timing.robust_accuracy)).unwrap_or("-".into())
-        );
-        println!(
-            "{:<11}{:>7}{:>12.2}{:>15}{:>7}{:>14}{:>17}{:>18}",
-            p.part.name(),
-            p.advtrain.timing.images,
-            p.advtrain.images_per_s,
-            opt(pt.map(|t| t.images_per_s), 2),
-            opt(p.ratio, 2),
-            opt(p.advtrain.gflops_per_s, 1),
-            opt(pt.and_then(|t| t.gflops_per_s), 1),
-            robust
-        );
-        if p.rounds.len() > 1 {
-            let list: Vec<String> = p
-                .rounds
-                .iter()
-                .map(|r| match (&r.pytorch, r.ratio) {
-                    (Some(t), Some(q)) => format!(
-                        "{:.2}/{:.2}={:.2}",
-                        r.advtrain.images_per_s, t.images_per_s, q
-                    ),
-                    _ => format!("{:.2}", r.advtrain.images_per_s),
-                })
-                .collect();
-            println!("  rounds (ours/PyTorch img/s = ratio): {}", list.join(", "));
+}
+
+/// Every model's table, in order.
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        self.models
+            .iter()
+            .try_for_each(|m| write!(f, "{}", self.table(m)))
+    }
+}
+
+/// The table of one model: per part images/s of both sides, their ratio and GFLOP/s, under
+/// a header of the settings (from `report`; its `models` need not hold `model` yet).
+pub struct ModelTable<'a> {
+    pub report: &'a BenchReport,
+    pub model: &'a ModelReport,
+}
+
+impl fmt::Display for ModelTable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let (o, r, g) = (self.report, self.model, &self.report.gemm);
+        writeln!(
+            f,
+            "\n{} | {} | {}x{}x{} | eps {:.4} | batch {} (AT), {} (eval) | n {} | {} threads | {}",
+            r.model,
+            r.checkpoint.as_deref().unwrap_or("fresh weights"),
+            r.input_shape[0],
+            r.input_shape[1],
+            r.input_shape[2],
+            r.eps,
+            o.batch_size,
+            o.eval_batch_size,
+            o.n,
+            o.threads,
+            o.device
+        )?;
+        writeln!(f, "data: {}", r.data)?;
+        writeln!(
+            f,
+            "advtrain compute: {} | PyTorch: eager fp32",
+            o.compute.describe()
+        )?;
+        writeln!(
+            f,
+            "forward: {} MFLOP/image (PyTorch FlopCounterMode: {}) | fp32 GEMM {}^3: advtrain \
+             {:.1} GFLOP/s, PyTorch {} GFLOP/s",
+            opt(r.forward_flops.map(|f| f / 1e6), 3),
+            opt(r.forward_flops_pytorch.map(|f| f / 1e6), 3),
+            g.n,
+            g.advtrain_gflops_per_s,
+            opt(g.pytorch_gflops_per_s, 1)
+        )?;
+        if let Some(why) = &r.pytorch_skipped {
+            writeln!(f, "no PyTorch figures: {why}")?;
         }
-        if let Some(why) = p
-            .pytorch_skipped
-            .as_ref()
-            .filter(|_| r.pytorch_skipped.is_none())
-        {
-            println!("  ({}: no PyTorch figure: {why})", p.part.name());
+        if let (Some(a), Some(b)) = (r.forward_flops, r.forward_flops_pytorch) {
+            if (a - b).abs() > 1e-3 * a {
+                writeln!(
+                    f,
+                    "WARNING: the two FLOP counts differ; GFLOP/s use advtrain's"
+                )?;
+            }
         }
+        writeln!(
+            f,
+            "{:<11}{:>7}{:>12}{:>15}{:>7}{:>14}{:>17}{:>18}",
+            "part",
+            "images",
+            "ours img/s",
+            "PyTorch img/s",
+            "ratio",
+            "ours GFLOP/s",
+            "PyTorch GFLOP/s",
+            "robust ours/PT"
+        )?;
+        for p in &r.parts {
+            let pt = p.pytorch.as_ref();
+            let pct = |x: Option<f64>| x.map(|v| format!("{:.1}%", 100.0 * v));
+            let robust = format!(
+                "{}/{}",
+                pct(p.advtrain.timing.robust_accuracy).unwrap_or("-".into()),
+                pct(pt.and_then(|t| t.timing.robust_accuracy)).unwrap_or("-".into())
+            );
+            writeln!(
+                f,
+                "{:<11}{:>7}{:>12.2}{:>15}{:>7}{:>14}{:>17}{:>18}",
+                p.part.name(),
+                p.advtrain.timing.images,
+                p.advtrain.images_per_s,
+                opt(pt.map(|t| t.images_per_s), 2),
+                opt(p.ratio, 2),
+                opt(p.advtrain.gflops_per_s, 1),
+                opt(pt.and_then(|t| t.gflops_per_s), 1),
+                robust
+            )?;
+            if p.rounds.len() > 1 {
+                let list: Vec<String> = p
+                    .rounds
+                    .iter()
+                    .map(|r| match (&r.pytorch, r.ratio) {
+                        (Some(t), Some(q)) => format!(
+                            "{:.2}/{:.2}={:.2}",
+                            r.advtrain.images_per_s, t.images_per_s, q
+                        ),
+                        _ => format!("{:.2}", r.advtrain.images_per_s),
+                    })
+                    .collect();
+                writeln!(
+                    f,
+                    "  rounds (ours/PyTorch img/s = ratio): {}",
+                    list.join(", ")
+                )?;
+            }
+            if let Some(why) = p
+                .pytorch_skipped
+                .as_ref()
+                .filter(|_| r.pytorch_skipped.is_none())
+            {
+                writeln!(f, "  ({}: no PyTorch figure: {why})", p.part.name())?;
+            }
+        }
+        Ok(())
     }
 }

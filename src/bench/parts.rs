@@ -1,7 +1,8 @@
-//! The parts of the benchmark and our side of each, timed in-process.
+//! Our side of each part of the benchmark, timed in-process on a [`Subject`].
 
 use super::flops::sync;
-use super::subject::{Opts, Subject};
+use super::plan::{BenchPlan, Part};
+use super::subject::Subject;
 use crate::attack::{cross_entropy, Attack, Classifier, Pgd, PgdConfig, ThreatNorm};
 use crate::eval::autoattack::{AutoAttack, Preset, StateKey};
 use crate::eval::robust_counts;
@@ -12,51 +13,6 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 use tch::{Kind, Tensor};
-
-/// A part of the benchmark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Part {
-    /// One PGD-k adversarial-training step.
-    At,
-    /// PGD-20 evaluation.
-    Pgd20,
-    /// AutoAttack-standard.
-    Autoattack,
-}
-
-pub const PART_NAMES: &str = "at, pgd20, autoattack";
-
-impl Part {
-    pub fn name(self) -> &'static str {
-        match self {
-            Part::At => "at",
-            Part::Pgd20 => "pgd20",
-            Part::Autoattack => "autoattack",
-        }
-    }
-
-    /// The comma-separated list of `--parts`, in the order given, without repeats.
-    pub fn parse_list(s: &str) -> Result<Vec<Part>> {
-        let mut out = vec![];
-        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let p = match name {
-                "at" => Part::At,
-                "pgd20" => Part::Pgd20,
-                "autoattack" => Part::Autoattack,
-                other => anyhow::bail!("--parts: unknown part '{other}': expected {PART_NAMES}"),
-            };
-            if !out.contains(&p) {
-                out.push(p);
-            }
-        }
-        anyhow::ensure!(
-            !out.is_empty(),
-            "--parts: give at least one of {PART_NAMES}"
-        );
-        Ok(out)
-    }
-}
 
 /// One side's measurement of one part.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -78,7 +34,7 @@ impl Timing {
 }
 
 /// Time our side of `part`.
-pub fn time_ours(part: Part, s: &Subject, o: &Opts) -> Result<Timing> {
+pub fn time_ours(part: Part, s: &Subject, o: &BenchPlan) -> Result<Timing> {
     tch::manual_seed(o.seed as i64);
     match part {
         Part::At if s.script.is_some() => anyhow::bail!(
@@ -111,7 +67,7 @@ fn train_step(
 }
 
 /// `iters` AT steps on the first `batch_size` points after `warmup` untimed ones.
-fn time_at(s: &Subject, o: &Opts) -> Result<Timing> {
+fn time_at(s: &Subject, o: &BenchPlan) -> Result<Timing> {
     let net = s.network(o)?;
     let mut sgd = Sgd::new(&net.vs, 0.9, 5e-4, false);
     let pgd = Pgd::new(PgdConfig::new(
@@ -144,7 +100,7 @@ fn time_at(s: &Subject, o: &Opts) -> Result<Timing> {
 
 /// One pass of `eval --attack pgd` (PGD-20) over the first `n` points, after one untimed batch
 /// when `warmup` > 0.
-fn time_pgd20(s: &Subject, o: &Opts) -> Result<Timing> {
+fn time_pgd20(s: &Subject, o: &BenchPlan) -> Result<Timing> {
     let model = s.model(o)?;
     let f = model.classifier(o);
     let pgd = Pgd::new(s.pgd20());
@@ -168,7 +124,7 @@ fn time_pgd20(s: &Subject, o: &Opts) -> Result<Timing> {
 }
 
 /// One run of our AutoAttack-standard cascade (clean pass included) over the first `n` points.
-fn time_autoattack(s: &Subject, o: &Opts) -> Result<Timing> {
+fn time_autoattack(s: &Subject, o: &BenchPlan) -> Result<Timing> {
     let model = s.model(o)?;
     let f = model.classifier(o);
     let points = s.data.take(o.n);
