@@ -516,6 +516,8 @@ fn train_epoch(
     let (mut loss_sum, mut clean_hits, mut adv_hits) = (zero(), zero(), zero());
     let (mut seen, mut clean_seen, mut adv_seen, mut lr) = (0usize, 0i64, 0i64, t.lr);
     let start = Instant::now();
+    // distributed.sync_bn: every batch-statistics forward of this epoch synchronises.
+    let _sync_bn = ddp.sync_bn_scope();
     for (i, (x, y)) in batches.enumerate() {
         if let Some(sig) = crate::interrupt::requested() {
             pb.finish_and_clear();
