@@ -23,8 +23,11 @@
 //!   so per domain and per segment source; running statistics from the global mean and unbiased
 //!   variance). Running statistics (every floating buffer) are averaged over the workers at each
 //!   epoch end, so all workers hold identical models.
-//! - **Validation** sharded the same way, counts summed. Only rank 0 writes (run directory lock,
-//!   recipe, checkpoints, metrics, summary) and shows progress; other ranks log warnings only.
+//! - **Validation**, `validation.branches` and the overfitting check sharded the same way,
+//!   counts summed: every worker takes the same decisions (best checkpoint, stop, rollback) from
+//!   the same numbers. SWA's end (BN re-estimation in global batches, validation) runs on rank 0
+//!   alone, as one process. Only rank 0 writes (run directory lock, recipe, checkpoints,
+//!   metrics, summary) and shows progress; other ranks log warnings only.
 
 use super::optim::Sgd;
 use super::recipe::Recipe;
