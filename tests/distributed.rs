@@ -614,8 +614,9 @@ fn two_workers_equal_one_process_on_the_global_batch() {
 }
 
 /// A killed worker fails the other; resume after the kill gives the uninterrupted 2-worker run
-/// (launched by torchrun, whose agent hosts the store); a different world size is refused;
-/// workers whose recipes differ fail.
+/// (launched by torchrun, whose agent hosts the store); SIGTERM to torchrun stops both workers
+/// at the same step boundary and the run resumes to the uninterrupted one; a different world
+/// size is refused; workers whose recipes differ fail.
 #[test]
 fn resume_world_size_and_recipe_checks() {
     if is_worker() {
@@ -714,6 +715,62 @@ fn resume_world_size_and_recipe_checks() {
     }
     let d = max_diff(&weights(&full), &weights(&part));
     assert!(d == 0.0, "resumed vs uninterrupted: max |dw| = {d}");
+
+    // SIGTERM to torchrun once epoch 1's metrics row is out (rank 0's writes slowed, so the
+    // signal lands in epoch 1's save): torchrun forwards it to both workers, which agree on it
+    // before the next step and both stop at that same boundary with the signal's message (no
+    // collective failure); a resume gives the uninterrupted run.
+    let term = dir.path().join("term");
+    let mut c = Command::new(&torchrun);
+    c.args([
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        &free_port().to_string(),
+        "--no-python",
+        env!("CARGO_BIN_EXE_advtrain"),
+    ])
+    .args(args(&recipe, &term, &[]))
+    .env("OMP_NUM_THREADS", "1")
+    .env("RUST_LOG", "warn")
+    .env("ADVTRAIN_TEST_WRITE_DELAY_MS", "150")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let job = c.spawn().unwrap();
+    let rows = || {
+        std::fs::read_to_string(term.join("metrics.csv"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while rows() < 2 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rows(), 2, "epoch 1 never finished");
+    let _ = Command::new("kill")
+        .args(["-TERM", &job.id().to_string()])
+        .status();
+    let o = wait_output(job, Duration::from_secs(90), "torchrun after SIGTERM");
+    let t = text(&o);
+    assert!(
+        !o.status.success(),
+        "torchrun finished despite SIGTERM:\n{t}"
+    );
+    assert_eq!(
+        t.matches("stopped by SIGTERM in epoch 2 (before step 1")
+            .count(),
+        2,
+        "both workers must stop at the same step:\n{t}"
+    );
+    assert!(!t.contains("failed on rank"), "{t}");
+    for o in train2(&args(&recipe, &term, &["--resume"])) {
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let d = max_diff(&weights(&full), &weights(&term));
+    assert!(
+        d == 0.0,
+        "resumed after SIGTERM vs uninterrupted: max |dw| = {d}"
+    );
 
     // Workers launched with different recipes: both fail with the hash check's message.
     let port = free_port();

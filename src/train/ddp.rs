@@ -160,6 +160,21 @@ impl Ddp {
             .map(|pg| pg.sync_bn_scope())
     }
 
+    /// The signal (SIGINT/SIGTERM) that stops training, when any worker has received one:
+    /// checked before every step with one tiny all-reduce, so all workers stop at the same
+    /// step boundary (torchrun forwards a signal to every worker, but not at the same instant).
+    pub fn interrupt_signal(&self) -> Result<Option<i32>> {
+        let local = crate::interrupt::requested();
+        let Some(pg) = &self.pg else {
+            return Ok(local);
+        };
+        let t = Tensor::from_slice(&[i64::from(local.is_some()), local.unwrap_or(0) as i64]);
+        pg.allreduce_sum(&t)
+            .context("agreeing on a stop signal between the workers")?;
+        let (n, sum) = (t.int64_value(&[0]), t.int64_value(&[1]));
+        Ok(local.or((n > 0).then(|| (sum / n) as i32)))
+    }
+
     /// The batch the data loader cuts per step (all workers' images together).
     pub fn global_batch(&self, recipe: &Recipe) -> usize {
         if self.pg.is_none() {

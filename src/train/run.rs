@@ -533,7 +533,8 @@ fn train_epoch(
     // distributed.sync_bn: every batch-statistics forward of this epoch synchronises.
     let _sync_bn = ddp.sync_bn_scope();
     for (i, (x, y)) in batches.enumerate() {
-        if let Some(sig) = crate::interrupt::requested() {
+        // Data-parallel: every worker learns of a signal any of them got (same step boundary).
+        if let Some(sig) = ddp.interrupt_signal()? {
             pb.finish_and_clear();
             return Err(crate::interrupt::Interrupted {
                 signal: sig,
