@@ -151,6 +151,8 @@ impl<'a> Classifier<'a> {
     ) -> (Tensor, Tensor, Tensor) {
         let n = x.size()[0];
         let step = self.rows_per_chunk(n, x.device());
+        // Data-parallel sync BatchNorm: the summed loss weighs every worker's rows alike.
+        let _summed = crate::dist::sync_bn_summed_losses();
         let one = |start: i64, len: i64| {
             let xr = if len == n {
                 x.detach()

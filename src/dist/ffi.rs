@@ -27,4 +27,14 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     pub fn advtrain_dist_barrier(g: *mut c_void, err: *mut *mut c_char) -> c_int;
+    pub fn advtrain_dist_sync_error(g: *mut c_void, clear: c_int) -> *mut c_char;
+    pub fn advtrain_dist_sync_moments(
+        g: *mut c_void,
+        x: *mut c_void,
+        summed: c_int,
+        mean: *mut *mut c_void,
+        var: *mut *mut c_void,
+        count: *mut f64,
+        err: *mut *mut c_char,
+    ) -> c_int;
 }

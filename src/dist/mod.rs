@@ -54,7 +54,11 @@ pub struct DistSpec {
     /// per-worker (default) | global: what `train.batch_size` counts.
     #[serde(default = "default_batch")]
     pub batch: BatchSemantics,
-    /// Synchronised BatchNorm statistics across workers (not implemented: refused).
+    /// Synchronised BatchNorm statistics across workers (PyTorch's SyncBatchNorm): every
+    /// training forward that uses batch statistics normalises with the mean and variance of all
+    /// workers' rows, per statistics set (per domain; the rows of each segment source), and the
+    /// running statistics move towards the global mean and unbiased variance. Default false:
+    /// per-worker statistics, as PyTorch DDP.
     #[serde(default)]
     pub sync_bn: bool,
     /// Seconds the rendezvous and every collective may wait (a dead worker fails the others
@@ -98,13 +102,6 @@ impl DistSpec {
 
     /// Value checks naming the field.
     pub fn validate(&self) -> Result<()> {
-        if self.sync_bn {
-            bail!(
-                "distributed.sync_bn = true: synchronised BatchNorm is not implemented yet \
-                 (workers normalise with their own batch statistics, as PyTorch DDP does by \
-                 default, and running statistics are averaged at every epoch end)"
-            );
-        }
         if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
             bail!(
                 "distributed.timeout_s = {}: expected a positive number of seconds",
@@ -247,6 +244,8 @@ pub struct ProcessGroup {
     pub timeout: Duration,
     what: String,
     stats: Cell<CommStats>,
+    /// A failed sync-BatchNorm call (see [`ProcessGroup::take_sync_error`]).
+    sync_error: Cell<Option<String>>,
 }
 
 /// Flat buffers of at most this many bytes per collective (PyTorch DDP's default bucket is 25 MiB).
@@ -314,6 +313,7 @@ impl ProcessGroup {
             timeout,
             what: where_,
             stats: Cell::new(CommStats::default()),
+            sync_error: Cell::new(None),
         })
     }
 
@@ -391,6 +391,144 @@ impl ProcessGroup {
     /// [`ProcessGroup::allreduce_sum_all`]).
     pub fn broadcast_all(&self, ts: &[Tensor], root: usize) -> Result<()> {
         for_buckets(ts, |flat| self.broadcast(flat, root))
+    }
+}
+
+// Synchronised BatchNorm: the group that batch-statistics BatchNorm layers of this thread
+// synchronise over, while a [`SyncBnScope`] is alive.
+thread_local! {
+    static SYNC_BN: Cell<*const ProcessGroup> = const { Cell::new(std::ptr::null()) };
+    static SYNC_BN_SUMMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, synchronised BatchNorm backward passes on this thread differentiate a loss
+/// summed over the rows (an attack's `d(sum_i loss_i)/dx`: every worker's rows weigh 1), not
+/// a per-worker mean weighted by the worker's share of the batch (the training loss).
+pub struct SummedLosses {
+    prev: bool,
+}
+
+impl Drop for SummedLosses {
+    fn drop(&mut self) {
+        SYNC_BN_SUMMED.with(|c| c.set(self.prev));
+    }
+}
+
+/// See [`SummedLosses`].
+pub fn sync_bn_summed_losses() -> SummedLosses {
+    SummedLosses {
+        prev: SYNC_BN_SUMMED.with(|c| c.replace(true)),
+    }
+}
+
+/// While alive, [`sync_bn_moments`] on this thread synchronises over its group (PyTorch's
+/// `SyncBatchNorm` for every BatchNorm layer in a batch-statistics mode); dropping it restores
+/// the previous state.
+pub struct SyncBnScope<'a> {
+    prev: *const ProcessGroup,
+    _group: std::marker::PhantomData<&'a ProcessGroup>,
+}
+
+impl Drop for SyncBnScope<'_> {
+    fn drop(&mut self) {
+        SYNC_BN.with(|c| c.set(self.prev));
+    }
+}
+
+/// Whether a [`SyncBnScope`] is active on this thread.
+pub fn sync_bn_active() -> bool {
+    SYNC_BN.with(|c| !c.get().is_null())
+}
+
+/// Per-channel mean and biased variance of `x` (`[N, C, ...]`) over the rows of every worker,
+/// and the global row count per channel, when a [`SyncBnScope`] is active (None otherwise).
+/// Differentiable: the backward all-reduces the gradients with respect to (mean, var) (the
+/// shim's `SyncMoments`, PyTorch's `SyncBatchNorm`). Every worker must make the same calls in
+/// the same order. A failed collective does not stop the forward (local statistics are used);
+/// [`ProcessGroup::take_sync_error`] reports it at the end of the step.
+pub fn sync_bn_moments(x: &Tensor) -> Option<(Tensor, Tensor, f64)> {
+    let pg = SYNC_BN.with(|c| c.get());
+    if pg.is_null() {
+        return None;
+    }
+    // SAFETY: the scope that set the pointer borrows the group and restores it on drop.
+    let pg = unsafe { &*pg };
+    Some(pg.sync_moments(x))
+}
+
+impl ProcessGroup {
+    /// Synchronise batch-statistics BatchNorm on this thread over this group until the scope
+    /// is dropped.
+    pub fn sync_bn_scope(&self) -> SyncBnScope<'_> {
+        let prev = SYNC_BN.with(|c| c.replace(self as *const ProcessGroup));
+        SyncBnScope {
+            prev,
+            _group: std::marker::PhantomData,
+        }
+    }
+
+    /// See [`sync_bn_moments`]. Falls back to the local moments when the call itself fails
+    /// (the error is kept for [`ProcessGroup::take_sync_error`]).
+    fn sync_moments(&self, x: &Tensor) -> (Tensor, Tensor, f64) {
+        let t0 = Instant::now();
+        let mut err = std::ptr::null_mut();
+        let (mut mean, mut var, mut count) = (std::ptr::null_mut(), std::ptr::null_mut(), 0.0f64);
+        let rc = unsafe {
+            ffi::advtrain_dist_sync_moments(
+                self.raw,
+                x.as_ptr() as _,
+                SYNC_BN_SUMMED.with(|c| c.get()) as i32,
+                &mut mean,
+                &mut var,
+                &mut count,
+                &mut err,
+            )
+        };
+        if rc != 0 {
+            let msg = take_error(err);
+            self.sync_error.replace(Some(msg));
+            let dims: Vec<i64> = (0..x.dim() as i64).filter(|&d| d != 1).collect();
+            let _guard = tch::no_grad_guard();
+            let m = x.mean_dim(dims.as_slice(), false, Kind::Float);
+            let v = x
+                .to_kind(Kind::Float)
+                .var_dim(dims.as_slice(), false, false);
+            let n = (x.numel() / x.size()[1].max(1) as usize) as f64;
+            return (m, v, n);
+        }
+        let c = x.size()[1] as usize;
+        self.count((2 * c + 1) * self.world_size * 8, t0);
+        unsafe {
+            (
+                Tensor::from_ptr(mean as *mut torch_sys::C_tensor),
+                Tensor::from_ptr(var as _),
+                count,
+            )
+        }
+    }
+
+    /// The first failed synchronised-BatchNorm collective since the last call, as an error
+    /// naming this worker (Ok when none failed). Checked after every training step.
+    pub fn take_sync_error(&self) -> Result<()> {
+        let raw = unsafe { ffi::advtrain_dist_sync_error(self.raw, 1) };
+        let msg = if raw.is_null() {
+            self.sync_error.take()
+        } else {
+            let _ = self.sync_error.take();
+            Some(take_error(raw))
+        };
+        match msg {
+            None => Ok(()),
+            Some(msg) => bail!(
+                "distributed sync BatchNorm failed on rank {} of {}: {msg} (another worker \
+                 probably exited or was killed, or did not reach the same step within the \
+                 timeout of {:.0} s; group {})",
+                self.rank,
+                self.world_size,
+                self.timeout.as_secs_f64(),
+                self.what
+            ),
+        }
     }
 }
 

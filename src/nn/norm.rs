@@ -711,7 +711,10 @@ impl Norm {
     /// BatchNorm over explicit segments. Eval: every segment uses the running NS of its route.
     /// Train modes: the rows of each statistics set (by `source`) are normalised together with
     /// their batch NS (that set's running NS updated once in `Train`); Cross-BN rows
-    /// (`route.ns != source`) use the batch NS of the set they route to.
+    /// (`route.ns != source`) use the batch NS of the set they route to. Under a
+    /// [`crate::dist::SyncBnScope`] (data-parallel `sync_bn`) each set's batch NS are those of
+    /// its rows on every worker (mean, biased var; the running var gets the unbiased var with
+    /// the global count N: `var * N / (N - 1)`), as PyTorch's SyncBatchNorm.
     fn batch_norm(&self, x: &Tensor, segs: &[Segment], ctx: &Ctx) -> Tensor {
         let cudnn = x.device().is_cuda();
         let eps = self.spec.eps;
@@ -723,7 +726,10 @@ impl Norm {
             && segs
                 .iter()
                 .all(|g| self.ns_index(g.source) == self.ns_index(g.route.ns));
-        if uniform {
+        // Synchronised BatchNorm (data-parallel `distributed.sync_bn`): batch statistics of
+        // every worker's rows, per statistics set, through the process group.
+        let sync = ctx.mode != Mode::Eval && crate::dist::sync_bn_active();
+        if uniform && !sync {
             let wb = self.affine_params(segs[0].route.ap, ctx.soup);
             return self.fused(
                 x,
@@ -771,10 +777,17 @@ impl Norm {
             } else {
                 Tensor::cat(&rows, 0)
             };
-            let (mean, var) = batch_moments(&xk);
+            let synced = if sync {
+                crate::dist::sync_bn_moments(&xk)
+            } else {
+                None
+            };
+            let (mean, var, count) = synced.unwrap_or_else(|| {
+                let (mean, var) = batch_moments(&xk);
+                (mean, var, xk.numel() as f64 / self.channels as f64)
+            });
             if ctx.mode == Mode::Train {
                 let s = &self.stats[k];
-                let count = xk.numel() as f64 / self.channels as f64;
                 tch::no_grad(|| {
                     let unbiased = &var * (count / (count - 1.0).max(1.0));
                     let mut rm = s.running_mean.shallow_clone();

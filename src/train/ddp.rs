@@ -17,11 +17,17 @@
 //!   buckets: `sum_r (m_r/m) grad L_r = grad` of the global batch's mean loss. AWP's weight
 //!   perturbation uses the same averaged gradient. Attacks run locally, each worker with its own
 //!   torch seed (rank 0 keeps the single-process seed).
-//! - **BatchNorm.** Batch statistics per worker during training (DDP's default; `sync_bn` is not
-//!   implemented); running statistics (every floating buffer) averaged over the workers at each
+//! - **BatchNorm.** Batch statistics per worker during training (DDP's default), or with
+//!   `distributed.sync_bn = true` synchronised over all workers in every training forward that
+//!   uses batch statistics (PyTorch's SyncBatchNorm: `dist::sync_bn_moments`, per statistics set,
+//!   so per domain and per segment source; running statistics from the global mean and unbiased
+//!   variance). Running statistics (every floating buffer) are averaged over the workers at each
 //!   epoch end, so all workers hold identical models.
-//! - **Validation** sharded the same way, counts summed. Only rank 0 writes (run directory lock,
-//!   recipe, checkpoints, metrics, summary) and shows progress; other ranks log warnings only.
+//! - **Validation**, `validation.branches` and the overfitting check sharded the same way,
+//!   counts summed: every worker takes the same decisions (best checkpoint, stop, rollback) from
+//!   the same numbers. SWA's end (BN re-estimation in global batches, validation) runs on rank 0
+//!   alone, as one process. Only rank 0 writes (run directory lock, recipe, checkpoints,
+//!   metrics, summary) and shows progress; other ranks log warnings only.
 
 use super::optim::Sgd;
 use super::recipe::Recipe;
@@ -40,6 +46,8 @@ pub struct Ddp {
     pg: Option<ProcessGroup>,
     pub rank: usize,
     pub world_size: usize,
+    /// `distributed.sync_bn`: training forwards synchronise BatchNorm statistics.
+    pub sync_bn: bool,
     /// Gradient all-reduces so far: (optimiser steps, bytes, seconds).
     grad_comm: Cell<(u64, u64, f64)>,
 }
@@ -51,6 +59,7 @@ impl Ddp {
             pg: None,
             rank: 0,
             world_size: 1,
+            sync_bn: false,
             grad_comm: Cell::new((0, 0, 0.0)),
         }
     }
@@ -99,6 +108,7 @@ impl Ddp {
             pg: Some(pg),
             rank: env.rank,
             world_size: env.world_size,
+            sync_bn: spec.sync_bn,
             grad_comm: Cell::new((0, 0, 0.0)),
         };
         ddp.check_same_recipe(&resolved)?;
@@ -122,8 +132,7 @@ impl Ddp {
         let (local, global) = d.batches(recipe.train.batch_size, self.world_size).ok()?;
         Some(format!(
             "distributed: {} workers ({} backend, timeout {:.0} s) | batch {local} per worker, \
-             global {global} (distributed.batch = \"{}\") | BatchNorm: per-worker batch \
-             statistics, running statistics averaged at every epoch end | gradients averaged \
+             global {global} (distributed.batch = \"{}\") | BatchNorm: {} | gradients averaged \
              before every step",
             self.world_size,
             match pg.backend {
@@ -131,8 +140,39 @@ impl Ddp {
                 _ => "gloo",
             },
             pg.timeout.as_secs_f64(),
-            d.batch
+            d.batch,
+            if self.sync_bn {
+                "synchronised batch statistics over all workers per statistics set \
+                 (distributed.sync_bn = true), running statistics from the global batch"
+            } else {
+                "per-worker batch statistics (distributed.sync_bn = false), running statistics \
+                 averaged at every epoch end"
+            }
         ))
+    }
+
+    /// While alive (a training epoch), batch-statistics BatchNorm synchronises over the group
+    /// (`distributed.sync_bn`); None in one process or without sync_bn.
+    pub fn sync_bn_scope(&self) -> Option<crate::dist::SyncBnScope<'_>> {
+        self.pg
+            .as_ref()
+            .filter(|_| self.sync_bn)
+            .map(|pg| pg.sync_bn_scope())
+    }
+
+    /// The signal (SIGINT/SIGTERM) that stops training, when any worker has received one:
+    /// checked before every step with one tiny all-reduce, so all workers stop at the same
+    /// step boundary (torchrun forwards a signal to every worker, but not at the same instant).
+    pub fn interrupt_signal(&self) -> Result<Option<i32>> {
+        let local = crate::interrupt::requested();
+        let Some(pg) = &self.pg else {
+            return Ok(local);
+        };
+        let t = Tensor::from_slice(&[i64::from(local.is_some()), local.unwrap_or(0) as i64]);
+        pg.allreduce_sum(&t)
+            .context("agreeing on a stop signal between the workers")?;
+        let (n, sum) = (t.int64_value(&[0]), t.int64_value(&[1]));
+        Ok(local.or((n > 0).then(|| (sum / n) as i32)))
     }
 
     /// The batch the data loader cuts per step (all workers' images together).
@@ -263,6 +303,8 @@ impl Ddp {
     /// `sum_r (local_r / global) g_r`.
     pub fn average_gradients(&self, grads: &[Tensor], local: i64, global: i64) -> Result<()> {
         let Some(pg) = &self.pg else { return Ok(()) };
+        // A sync-BatchNorm collective of this step's forward or backward that failed.
+        pg.take_sync_error()?;
         let grads: Vec<Tensor> = grads
             .iter()
             .filter(|g| g.defined())

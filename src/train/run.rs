@@ -228,16 +228,16 @@ pub fn train_observed(
         prev_clean_acc = m.train_clean_acc;
         ddp.average_buffers(&net)?;
         validate(recipe, &net, &data, epoch, device, &mut m, &ddp)?;
-        if writer {
-            validate_branches(
-                recipe,
-                &net,
-                &data,
-                epoch,
-                device,
-                &out.join("branches.csv"),
-            )?;
-        }
+        // Sharded like the validation: every worker computes its share, rank 0 writes.
+        validate_branches(
+            recipe,
+            &net,
+            &data,
+            epoch,
+            device,
+            &out.join("branches.csv"),
+            &ddp,
+        )?;
         let score = t.objective.score(&m);
         let is_best = match (score, best) {
             (Some(s), Some(b)) => s >= b,
@@ -254,9 +254,10 @@ pub fn train_observed(
         let model_tensors = net.named_tensors();
         checkpoint::check_finite(&model_tensors, epoch + 1)?;
         if !writer {
-            // Ranks > 0 write nothing; the overfitting check runs on every worker alike.
+            // Ranks > 0 write nothing; the overfitting check is sharded and its counts summed,
+            // so every worker decides (stop, roll back) from the same number.
             if let Some(c) = &t.overfit_check {
-                let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device)?;
+                let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device, &ddp)?;
                 if is_collapse(check_best, acc, c.drop) && c.rollback {
                     break;
                 }
@@ -294,7 +295,7 @@ pub fn train_observed(
         metrics::append(&csv, &m)?;
         let mut collapse = None;
         if let Some(c) = &t.overfit_check {
-            let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device)?;
+            let acc = overfit_accuracy(recipe, c, &net, &data, epoch, device, &ddp)?;
             let collapsed = is_collapse(check_best, acc, c.drop);
             append_line(
                 &overfit_csv,
@@ -347,8 +348,17 @@ pub fn train_observed(
         }
     }
     let swa = match &t.swa {
+        // Rank 0 alone (the others are done): BN re-estimation over the whole training set in
+        // global batches and an unsharded validation, exactly as one process.
         Some(w) if writer && end == t.epochs && swa_avg.n > 0 => Some(finish_swa(
-            recipe, w, &swa_avg, &net, &data, device, &store,
+            recipe,
+            w,
+            &swa_avg,
+            &net,
+            &data,
+            device,
+            &store,
+            ddp.global_batch(recipe),
         )?),
         _ => None,
     };
@@ -374,7 +384,8 @@ pub fn train_observed(
 }
 
 /// Turn the SWA average into `checkpoints/swa`: load it into `net`, re-estimate the BN
-/// statistics, validate, save.
+/// statistics (in batches of `batch`, the global batch of a data-parallel run), validate, save.
+#[allow(clippy::too_many_arguments)]
 fn finish_swa(
     recipe: &Recipe,
     spec: &super::recipe::SwaSpec,
@@ -383,10 +394,13 @@ fn finish_swa(
     data: &Splits,
     device: Device,
     store: &CheckpointStore,
+    batch: usize,
 ) -> Result<SwaSummary> {
     let t = &recipe.train;
     avg.apply(net);
-    let sets = swa::reestimate_bn(recipe, spec, net, &data.train, device)?;
+    let mut global = recipe.clone();
+    global.train.batch_size = batch;
+    let sets = swa::reestimate_bn(&global, spec, net, &data.train, device)?;
     let mut m = EpochMetrics {
         epoch: t.epochs,
         ..Default::default()
@@ -516,8 +530,11 @@ fn train_epoch(
     let (mut loss_sum, mut clean_hits, mut adv_hits) = (zero(), zero(), zero());
     let (mut seen, mut clean_seen, mut adv_seen, mut lr) = (0usize, 0i64, 0i64, t.lr);
     let start = Instant::now();
+    // distributed.sync_bn: every batch-statistics forward of this epoch synchronises.
+    let _sync_bn = ddp.sync_bn_scope();
     for (i, (x, y)) in batches.enumerate() {
-        if let Some(sig) = crate::interrupt::requested() {
+        // Data-parallel: every worker learns of a signal any of them got (same step boundary).
+        if let Some(sig) = ddp.interrupt_signal()? {
             pb.finish_and_clear();
             return Err(crate::interrupt::Interrupted {
                 signal: sig,
@@ -636,7 +653,8 @@ fn train_epoch(
     })
 }
 
-/// PGD accuracy on the first `c.n` training images (the catastrophic-overfitting check).
+/// PGD accuracy on the first `c.n` training images (the catastrophic-overfitting check);
+/// data-parallel: each worker its share, the counts summed (the same number on every worker).
 fn overfit_accuracy(
     recipe: &Recipe,
     c: &super::recipe::OverfitCheck,
@@ -644,27 +662,29 @@ fn overfit_accuracy(
     data: &Splits,
     epoch: usize,
     device: Device,
+    ddp: &Ddp,
 ) -> Result<f64> {
     let a = recipe
         .train
         .attack()
         .context("train.overfit_check needs train.attack (its eps)")?;
     let cfg = crate::attack::PgdConfig::probe(a.norm, a.eps, c.steps);
-    tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_OVERFIT) as i64);
+    tch::manual_seed(ddp.torch_seed(derive_seed(recipe.seed, epoch as u64, STREAM_OVERFIT)));
     let f = Classifier::new(
         net.model.as_ref(),
         Ctx::new(recipe.validation_route(), Mode::Eval),
     )
     .with_compute(&recipe.compute);
-    let subset = data.train.take(c.n);
-    Ok(robust_counts(
+    let subset = ddp.shard_dataset(&data.train.take(c.n));
+    let r = robust_counts(
         &f,
         &Pgd::new(cfg),
         &subset,
         recipe.validation.batch_size,
         device,
-    )
-    .robust_accuracy())
+    );
+    let v = ddp.sum(&[r.robust_correct as f64, r.n as f64])?;
+    Ok(v[0] / v[1].max(1.0))
 }
 
 /// `train_clean_acc` of the last row of an existing `metrics.csv` (resume).
@@ -719,7 +739,8 @@ fn append_line(path: &Path, header: &str, line: &str) -> Result<()> {
 }
 
 /// Clean and PGD validation accuracy of every route in `validation.branches`, appended to
-/// `branches.csv` (the same images and seeds as the main validation).
+/// `branches.csv` (the same images and seeds as the main validation; data-parallel: sharded
+/// like it, counts summed, rank 0 writes).
 fn validate_branches(
     recipe: &Recipe,
     net: &Network,
@@ -727,6 +748,7 @@ fn validate_branches(
     epoch: usize,
     device: Device,
     csv: &Path,
+    ddp: &Ddp,
 ) -> Result<()> {
     if data.val.is_empty() || recipe.validation.branches.is_empty() {
         return Ok(());
@@ -739,16 +761,23 @@ fn validate_branches(
         let f = Classifier::new(net.model.as_ref(), Ctx::new(route, Mode::Eval))
             .with_compute(&recipe.compute);
         let bs = recipe.validation.batch_size;
-        let clean = clean_counts(&f, &data.val, bs, device).clean_accuracy();
+        let accuracy = |hits: usize, n: usize| -> Result<f64> {
+            let v = ddp.sum(&[hits as f64, n as f64])?;
+            Ok(v[0] / v[1].max(1.0))
+        };
+        let c = clean_counts(&f, &ddp.shard_dataset(&data.val), bs, device);
+        let clean = accuracy(c.clean_correct, c.n)?;
         let pgd = match (recipe.validation_attack(), recipe.validation.pgd_limit > 0) {
             (Some(cfg), true) => {
-                tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_VAL) as i64);
-                let subset = data.val.take(recipe.validation.pgd_limit);
+                tch::manual_seed(ddp.torch_seed(derive_seed(
+                    recipe.seed,
+                    epoch as u64,
+                    STREAM_VAL,
+                )));
+                let subset = ddp.shard_dataset(&data.val.take(recipe.validation.pgd_limit));
                 let attack = Pgd::new(cfg);
-                format!(
-                    "{:.6}",
-                    robust_counts(&f, &attack, &subset, bs, device).robust_accuracy()
-                )
+                let r = robust_counts(&f, &attack, &subset, bs, device);
+                format!("{:.6}", accuracy(r.robust_correct, r.n)?)
             }
             _ => String::new(),
         };
@@ -757,6 +786,9 @@ fn validate_branches(
             epoch + 1
         );
         rows += &format!("{},\"{route}\",{clean:.6},{pgd}\n", epoch + 1);
+    }
+    if !ddp.is_writer() {
+        return Ok(());
     }
     use std::io::Write;
     std::fs::OpenOptions::new()

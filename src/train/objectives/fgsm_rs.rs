@@ -36,6 +36,8 @@ pub fn fgsm_rs_example(f: &Classifier, x: &Tensor, y: &Tensor, eps: f64, alpha: 
         .clamp(0.0, 1.0)
         .detach()
         .set_requires_grad(true);
+    // Data-parallel sync BatchNorm: a summed loss weighs every worker's rows alike.
+    let _summed = crate::dist::sync_bn_summed_losses();
     let loss = cross_entropy(&f.logits(&start), y, Reduction::Sum);
     let g = Tensor::run_backward(&[&loss], &[&start], false, false).remove(0);
     tch::no_grad(|| {
