@@ -4,7 +4,7 @@
 //! The settings are a value given to each [`Classifier`] (`with_compute`): no process-wide state,
 //! no lock between these tests.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::{
     Apgd, ApgdConfig, Attack, Classifier, Fab, FabConfig, Fgsm, Pgd, PgdConfig, Square,

@@ -3,7 +3,7 @@
 //! resumption from the state file give the uninterrupted result, and a state file written for
 //! other settings is refused.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::AttackName;
 use advtrain::attack::{correct, Classifier, ThreatNorm};

@@ -2,7 +2,7 @@
 //! values, bn-divergence on a hand-set Dual-BN model, the domain gap's degenerate cases, the swap
 //! matrix against `clean_counts`, and the CLI contract with its errors. Tiny models, n <= 64.
 
-mod common;
+use crate::common;
 
 use advtrain::analysis::{
     bn_divergence, bn_swap, domain_gap, mean_abs_diff, stat_distances, wasserstein1, GapConfig,

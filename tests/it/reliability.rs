@@ -3,7 +3,7 @@
 //! layout, one writer per run directory and per AutoAttack state file, cleanup of leftovers,
 //! SIGTERM, and checkpoints that are refused (dtype, NaN, byte lengths).
 
-mod common;
+use crate::common;
 
 use advtrain::checkpoint::{self, CheckpointStore};
 use advtrain::fsio::DirLock;

@@ -2,7 +2,7 @@
 //! and AdvProp losses against an independent recomputation, export of one branch, soup and
 //! re-estimation, and the CLI of these controls.
 
-mod common;
+use crate::common;
 
 use common::advtrain;
 

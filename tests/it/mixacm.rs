@@ -2,7 +2,7 @@
 //! rungs, the frozen teacher, and loading a teacher from a PyTorch-style safetensors file
 //! written by `tests/data/write_teacher.py` (numpy + safetensors, no torch).
 
-mod common;
+use crate::common;
 
 use advtrain::checkpoint;
 use advtrain::checkpoint::import;

@@ -1,7 +1,7 @@
 //! Robust training objectives against independent hand computations: TRADES (batch-mean of the
 //! per-sample KL sum), MART, FGSM-RS.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::{cross_entropy, Attack, Classifier, Pgd};
 use advtrain::nn::{Ctx, Mode, Network};

@@ -3,7 +3,7 @@
 //! a hand computation, the printed plan run as printed, the HTML parsed (tl) with every
 //! embedded image decoded and every table's rows counted, and the bad inputs.
 
-mod common;
+use crate::common;
 
 use advtrain::study::report::{mean_sd, StudyReport};
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! and `advtrain merge`, and their bad inputs. The TorchScript modules, state dicts and broken
 //! files are made at test time by the venv's Python (`tests/data/own_models.py`).
 
-mod common;
+use crate::common;
 
 use common::{advtrain, read_json, stderr};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Stochastic weight averaging (`train.swa`): the running average, its resume, and the BN
 //! re-estimation of the averaged model against independent computations.
 
-mod common;
+use crate::common;
 
 use advtrain::nn::Network;
 use advtrain::train::recipe::Recipe;

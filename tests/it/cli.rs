@@ -1,6 +1,6 @@
 //! The CLI contract end to end on tiny synthetic data, and its errors on bad input.
 
-mod common;
+use crate::common;
 
 use common::{advtrain, stderr};
 

@@ -3,7 +3,7 @@
 //! attacks on a small confident CNN (ball, box, the stripes start, one shared window per
 //! iteration, margin never increasing, fooled points misclassified, reproducibility).
 
-mod common;
+use crate::common;
 
 use advtrain::attack::square::{l2_square_pattern, margin_loss};
 use advtrain::attack::{

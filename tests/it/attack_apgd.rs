@@ -4,7 +4,7 @@
 //! parameter gradients). `dump_for_reference` (ignored) writes the inputs of
 //! bench/reference/apgd_check.py.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::{
     checkpoints, correct, dlr_loss, dlr_targeted_loss, per_sample_l2, Apgd, ApgdConfig, ApgdLoss,

@@ -10,7 +10,7 @@
 //! reader allocate more than the file holds (an IDX header claiming 2^32 images must not abort).
 //! The checkpoint reader is not fuzzed here.
 
-mod common;
+use crate::common;
 
 use advtrain::data::{cifar, idx, DataSpec};
 use advtrain::eval::autoattack::{read_state, AttackRecord, InProgress, Preset, State, StateKey};

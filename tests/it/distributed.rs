@@ -5,7 +5,7 @@
 //! Worker processes are this test binary run again on one `#[ignore]`d test (`worker_*`), with
 //! the launch variables and `ADVTRAIN_TEST_WORKER=1` set; they exit non-zero on a mismatch.
 
-mod common;
+use crate::common;
 
 use advtrain::dist::{Backend, LaunchEnv, ProcessGroup};
 use std::process::{Child, Command, Stdio};

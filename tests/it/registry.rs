@@ -3,7 +3,7 @@
 //! (serde round trips), the named choices keep their spellings and serde names, presets are
 //! lists of specs, and `advtrain::eval::evaluate` on a plan gives the CLI's report.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::pgd::{Init, PgdLoss, Target};
 use advtrain::attack::{

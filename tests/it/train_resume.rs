@@ -1,7 +1,7 @@
 //! Runs on tiny synthetic data: a killed run resumed from its checkpoint ends identical to an
 //! uninterrupted one; checkpoints round-trip and reject mismatches; the run directory is complete.
 
-mod common;
+use crate::common;
 
 use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
 use advtrain::train::{self, checkpoint, Recipe, RunOptions};
