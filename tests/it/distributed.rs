@@ -23,9 +23,11 @@ fn free_port() -> u16 {
 
 /// This test binary, running only `test` as worker `rank` of `world`.
 fn spawn_worker(test: &str, rank: usize, world: usize, port: u16, extra: &[(&str, &str)]) -> Child {
+    // Test names are paths inside the crate (`distributed::worker_*`).
+    let test = format!("{}::{test}", module_path!().split_once("::").unwrap().1);
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
-        test,
+        test.as_str(),
         "--exact",
         "--ignored",
         "--nocapture",

@@ -145,7 +145,8 @@ fn same_verdicts(a: &Value, b: &Value) {
 #[test]
 fn torchscript_export_and_state_dict_give_the_native_verdicts() {
     let f = fixture();
-    // PyTorch loads the export and computes our logits.
+    let _rng = common::rng_shared(); // loading the checkpoint builds a network
+                                     // PyTorch loads the export and computes our logits.
     let logits = f.dir.join("logits.safetensors");
     py(&["check-export", s(&f.script), s(&f.points), s(&logits)]);
     let theirs = Tensor::read_safetensors(&logits).unwrap().remove(0).1;
