@@ -10,7 +10,7 @@
 //! printed table (stdout), its messages (stderr) and its PNG must be byte-identical to the stored ones too.
 //!
 //! Re-record (only when a field is added on purpose): `ADVTRAIN_RECORD_CONTRACT=1 cargo test
-//! --release --test analysis_contract`.
+//! --release --test it analysis_contract::`.
 
 use crate::common;
 

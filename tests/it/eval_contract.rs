@@ -4,7 +4,7 @@
 //! may be added, never renamed or dropped. Times, paths and the version are not compared.
 //!
 //! Re-record (only when a field is added on purpose): `ADVTRAIN_RECORD_CONTRACT=1 cargo test
-//! --release --test eval_contract`.
+//! --release --test it eval_contract::`.
 
 use crate::common;
 

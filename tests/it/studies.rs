@@ -12,9 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_advtrain"));
-    c.env("RUST_LOG", "warn").env("OMP_NUM_THREADS", "1");
-    c
+    common::advtrain_cmd()
 }
 
 fn run_ok(args: &[&str], cwd: &Path) -> Output {
