@@ -51,3 +51,35 @@ mod reliability;
 mod studies;
 mod swa;
 mod train_resume;
+
+/// Every integration-test file is a module of this crate: a `tests/*.rs` file would be one more
+/// binary linking libtorch (and outside these rules), and a `tests/it/*.rs` file not declared
+/// above would never run.
+#[test]
+fn every_test_file_is_a_module_of_this_crate() {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let stems = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.unwrap().path();
+                (p.extension()? == "rs").then(|| p.file_stem().unwrap().to_string_lossy().into())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let top = stems(&tests);
+    assert!(
+        top.is_empty(),
+        "tests/{{{}}}.rs: make each a module of tests/it (declared in tests/it/main.rs)",
+        top.join(",")
+    );
+    let main = std::fs::read_to_string(tests.join("it/main.rs")).unwrap();
+    for m in stems(&tests.join("it")) {
+        assert!(
+            m == "main" || main.contains(&format!("\nmod {m};\n")),
+            "tests/it/{m}.rs is not declared in tests/it/main.rs: its tests never run"
+        );
+    }
+}
