@@ -1,7 +1,7 @@
 //! Named choices: enums whose spellings are written once, in their [`clap::ValueEnum`] derive
 //! (names, aliases, and help text from the variants' doc comments), and shared by the command
 //! line, `Display` and `FromStr` ([`value_enum_text!`]). Serde names are kept equal to them
-//! (tests/registry.rs checks every such enum).
+//! (tests/it/registry.rs checks every such enum).
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use clap::ValueEnum;

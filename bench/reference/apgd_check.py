@@ -3,7 +3,7 @@
 `APGDAttack` / `APGDAttack_targeted` (fra31/auto-attack, autoattack/autopgd_base.py), on CPU,
 in float32 and in float64.
 
-Inputs (written by `cargo test --release --test attack_apgd -- --ignored dump_for_reference`,
+Inputs (written by `cargo test --release --test it -- --ignored attack_apgd::dump_for_reference`,
 into $APGD_CHECK_DIR, default /tmp/apgd_check):
   model.safetensors   the test model's state dict (small-cnn, PyTorch names, float32)
   batch.safetensors   x (float32 [N,1,28,28]) and y (int64 [N])

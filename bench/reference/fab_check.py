@@ -2,7 +2,7 @@
 """Compare advtrain's FAB / FAB-T (src/attack/fab.rs) with the reference implementation,
 AutoAttack's `FABAttack_PT` (fra31/auto-attack, autoattack/fab_pt.py), on CPU.
 
-Inputs (written by `cargo test --release --test attack_fab -- --ignored dump_for_reference`,
+Inputs (written by `cargo test --release --test it -- --ignored attack_fab::dump_for_reference`,
 into $FAB_CHECK_DIR, default /tmp/fab_check):
   model.safetensors   the test model's state dict (small-cnn, PyTorch names)
   batch.safetensors   x (float32 [N,1,28,28]) and y (int64 [N])

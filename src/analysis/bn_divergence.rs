@@ -209,7 +209,7 @@ pub struct Plan {
     pub setup: AnalysisSetup,
 }
 
-/// The JSON written by `analyze bn-divergence` (tests/analysis_contract.rs guards it).
+/// The JSON written by `analyze bn-divergence` (tests/it/analysis_contract.rs guards it).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     #[serde(flatten)]

@@ -260,7 +260,7 @@ impl Plan {
     }
 }
 
-/// The JSON written by `analyze bn-swap` (tests/analysis_contract.rs guards it).
+/// The JSON written by `analyze bn-swap` (tests/it/analysis_contract.rs guards it).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     #[serde(flatten)]

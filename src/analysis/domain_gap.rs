@@ -239,7 +239,7 @@ pub struct Plan {
     pub route: Route,
 }
 
-/// The JSON written by `analyze domain-gap` (tests/analysis_contract.rs guards it).
+/// The JSON written by `analyze domain-gap` (tests/it/analysis_contract.rs guards it).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     #[serde(flatten)]

@@ -515,7 +515,7 @@ pub fn default_hooks(s: &Subject) -> Vec<Hook> {
     vec![Hook::Stage(n.saturating_sub(1))]
 }
 
-/// The JSON written by `analyze grad-conflict` (tests/analysis_contract.rs guards it).
+/// The JSON written by `analyze grad-conflict` (tests/it/analysis_contract.rs guards it).
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     #[serde(flatten)]

@@ -16,7 +16,7 @@
 //!   and compute settings of [`plan::AnalysisSetup`], the test images, the threat and the
 //!   route), `<kind>::run(&Plan, ..)` (loads the checkpoint with [`plan::Subject::load`]) or
 //!   `run_on` (already loaded), and `<kind>::Report`: the JSON `advtrain analyze <kind>`
-//!   writes (tests/analysis_contract.rs guards it), its table (`Display`) and its PNG
+//!   writes (tests/it/analysis_contract.rs guards it), its table (`Display`) and its PNG
 //!   (`write_png`).
 //!
 //! ```no_run

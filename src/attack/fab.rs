@@ -37,7 +37,7 @@
 //! are the same.
 //!
 //! Agreement with the reference is checked by `bench/reference/fab_check.py`:
-//! `cargo test --release --test attack_fab -- --ignored dump_for_reference` writes a model,
+//! `cargo test --release --test it -- --ignored attack_fab::dump_for_reference` writes a model,
 //! a batch and our examples to /tmp/fab_check; then
 //! `python bench/reference/fab_check.py --dir /tmp/fab_check --autoattack <auto-attack checkout>`.
 

@@ -1,5 +1,5 @@
 //! What an evaluation reports: [`EvalReport`] and [`CurveReport`], serialised as the eval JSON
-//! files (tests/eval_contract.rs holds them to the stored examples: fields are added, never
+//! files (tests/it/eval_contract.rs holds them to the stored examples: fields are added, never
 //! renamed or dropped), and printed as the CLI's tables ([`std::fmt::Display`]).
 
 use super::checks::{Flag, GradientStats};

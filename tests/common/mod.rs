@@ -1,8 +1,10 @@
-//! Shared test helpers: tiny synthetic IDX data sets and recipes.
+//! The integration tests' shared builders (tests/it: one crate, one process): tiny synthetic IDX
+//! data sets, recipes, architectures and models, tiny checkpoints and run folders, the CLI runner,
+//! and the lock on torch's random generator.
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Write an IDX image file (magic 0x803) with `n` images of `h` x `w`.
 pub fn write_idx_images(path: &Path, n: usize, h: usize, w: usize, pixels: &[u8]) {
@@ -93,32 +95,80 @@ batch_size = 20
     )
 }
 
-/// torch's random generator is global to the process: tests of one file that seed it and
-/// compare results hold this lock so parallel test threads do not interleave their draws.
-pub static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The tiny data (`n_train` / `n_test` images in `dir/data`) and [`tiny_recipe_toml`] over it
+/// (`epochs` epochs) written to `dir/name`: the recipe file.
+pub fn tiny_recipe_file(
+    dir: &Path,
+    name: &str,
+    n_train: usize,
+    n_test: usize,
+    epochs: usize,
+) -> PathBuf {
+    write_tiny_mnist(&dir.join("data"), n_train, n_test);
+    let file = dir.join(name);
+    std::fs::write(&file, tiny_recipe_toml(&dir.join("data"), epochs)).unwrap();
+    file
+}
 
-/// Hold [`TORCH_RNG`] (ignoring poisoning by an earlier failed test).
-pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+/// Write `text` to `file` and load it as a recipe (no overrides).
+pub fn load_recipe(file: &Path, text: &str) -> advtrain::train::Recipe {
+    std::fs::write(file, text).unwrap();
+    advtrain::train::Recipe::load(file, &[]).unwrap()
+}
+
+/// A recipe in a new temporary folder holding 20 / 10 tiny images: small-cnn on the CPU, no
+/// validation split, then `body` (the `[model.norm]`, `[train]`, ... sections). The data lives
+/// as long as the returned folder.
+pub fn small_recipe(body: &str) -> (tempfile::TempDir, advtrain::train::Recipe) {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_mnist(dir.path(), 20, 10);
+    let text = format!(
+        r#"
+name = "t"
+device = "cpu"
+channels_last = false
+[data]
+dataset = "mnist"
+dir = "{}"
+val_size = 0
+[model]
+name = "small-cnn"
+num_classes = 10
+in_channels = 1
+{body}
+"#,
+        dir.path().display()
+    );
+    let r = load_recipe(&dir.path().join("r.toml"), &text);
+    (dir, r)
+}
+
+/// torch's CPU random generator is one per process, and every test of the crate runs in this
+/// process. A test whose result depends on the numbers drawn after a `tch::manual_seed` holds
+/// [`rng_lock`] (exclusive) from the seed to its last draw; a test that only draws (builds or
+/// loads a network, `Tensor::rand` for inputs whose values do not matter) holds [`rng_shared`].
+/// So no draw ever lands inside a seeded section, and drawing tests still run side by side.
+/// Never take one while holding the other (or `rng_shared` twice): that deadlocks.
+pub static TORCH_RNG: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Hold [`TORCH_RNG`] alone (ignoring poisoning by an earlier failed test).
+pub fn rng_lock() -> std::sync::RwLockWriteGuard<'static, ()> {
+    TORCH_RNG.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hold [`TORCH_RNG`] shared with other tests that draw but do not depend on the values.
+pub fn rng_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    TORCH_RNG.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The attack tests' model: small-cnn (seed 3) with non-trivial running statistics, so eval mode
 /// is not the identity normalisation, and fc.weight x30, so logits are confident and attacks have
 /// a loss to increase.
 pub fn confident_small_cnn() -> advtrain::nn::Network {
-    use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
+    use advtrain::nn::{Ctx, Network};
     use tch::{Device, Kind, Tensor};
     tch::manual_seed(3);
-    let arch = ArchSpec {
-        predictors: vec![],
-        heads: 1,
-        name: "small-cnn".into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth: None,
-        width: None,
-        norm: NormSpec::default(),
-    };
+    let arch = arch_spec("small-cnn", 1, None, None);
     let net = Network::new(&arch, Device::Cpu).unwrap();
     let x = Tensor::rand([64, 1, 28, 28], (Kind::Float, Device::Cpu));
     let _ = tch::no_grad(|| net.model.forward(&x, &Ctx::train()));
@@ -134,33 +184,49 @@ pub fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * (1.0 + b.abs())
 }
 
+/// The architecture `name` for 10 classes: one head, no predictors, the default norm layers.
+pub fn arch_spec(
+    name: &str,
+    in_channels: i64,
+    depth: Option<i64>,
+    width: Option<i64>,
+) -> advtrain::nn::ArchSpec {
+    advtrain::nn::ArchSpec {
+        predictors: vec![],
+        heads: 1,
+        name: name.into(),
+        num_classes: 10,
+        in_channels,
+        depth,
+        width,
+        norm: advtrain::nn::NormSpec::default(),
+    }
+}
+
 /// The `small-cnn` architecture (10 classes, 1 channel) with `ns` statistics sets and `ap`
 /// affine sets per norm layer.
 pub fn small_cnn_arch(ns: usize, ap: usize) -> advtrain::nn::ArchSpec {
     advtrain::nn::ArchSpec {
-        predictors: vec![],
-        heads: 1,
-        name: "small-cnn".into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth: None,
-        width: None,
         norm: advtrain::nn::NormSpec {
             ns_domains: ns,
             ap_domains: ap,
             ..advtrain::nn::NormSpec::default()
         },
+        ..arch_spec("small-cnn", 1, None, None)
     }
 }
 
-/// Run the `advtrain` binary with `args` (log level warn, one OpenMP thread).
+/// The `advtrain` binary as a command (log level warn, one OpenMP thread). Settings of the
+/// process (environment, threads, directory, signals) go to such a child, never to the tests'.
+pub fn advtrain_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_advtrain"));
+    c.env("RUST_LOG", "warn").env("OMP_NUM_THREADS", "1");
+    c
+}
+
+/// Run the `advtrain` binary with `args` ([`advtrain_cmd`]).
 pub fn advtrain(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_advtrain"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap()
+    advtrain_cmd().args(args).output().unwrap()
 }
 
 /// `advtrain --threads 1 analyze ARGS`.
@@ -183,10 +249,8 @@ pub fn read_json(p: &Path) -> serde_json::Value {
 /// Save `net` as `<run>/checkpoints/last` with the tiny recipe of `data` in its sidecar.
 pub fn save_run(run: &Path, data: &Path, net: &advtrain::nn::Network) {
     use advtrain::checkpoint;
-    let file = run.join("recipe.toml");
     std::fs::create_dir_all(run).unwrap();
-    std::fs::write(&file, tiny_recipe_toml(data, 1)).unwrap();
-    let mut recipe = advtrain::train::Recipe::load(&file, &[]).unwrap();
+    let mut recipe = load_recipe(&run.join("recipe.toml"), &tiny_recipe_toml(data, 1));
     recipe.model = net.arch.clone();
     let side = checkpoint::Sidecar {
         format: "advtrain-checkpoint-v1".into(),
@@ -207,6 +271,15 @@ pub fn save_run(run: &Path, data: &Path, net: &advtrain::nn::Network) {
         side,
     )
     .unwrap();
+}
+
+/// A tiny checkpoint: [`confident_small_cnn`] saved by [`save_run`] into `run` (holding
+/// [`rng_lock`] while it is built); its `checkpoints/last.safetensors`.
+pub fn confident_run(run: &Path, data: &Path) -> PathBuf {
+    let _g = rng_lock();
+    let net = confident_small_cnn();
+    save_run(run, data, &net);
+    run.join("checkpoints/last.safetensors")
 }
 
 /// A Dual-BN small-cnn whose branches hold different statistics (clean: x, adv: 0.5 x + 0.3),

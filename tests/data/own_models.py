@@ -1,4 +1,4 @@
-"""Fixtures and PyTorch-side checks for tests/own_models.rs (run by the venv's Python).
+"""Fixtures and PyTorch-side checks for tests/it/own_models.rs (run by the venv's Python).
 
   own_models.py check-export MODEL.pt POINTS.safetensors OUT.safetensors
       torch.jit.load the exported module, logits of the points' x -> OUT (tensor 'logits')

@@ -1,6 +1,6 @@
 """Write a PyTorch-style teacher state dict as safetensors, without torch (numpy + safetensors).
 
-Reads the tensor list (names, shapes, dtypes) that tests/mixacm.rs dumps from a Rust-built
+Reads the tensor list (names, shapes, dtypes) that tests/it/mixacm.rs dumps from a Rust-built
 network, fills it with seeded random values and writes it under foreign names:
 
   python write_teacher.py SPEC.json OUT.safetensors [--prefix module.] [--rename fc=linear]

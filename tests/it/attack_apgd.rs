@@ -4,22 +4,18 @@
 //! parameter gradients). `dump_for_reference` (ignored) writes the inputs of
 //! bench/reference/apgd_check.py.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::{
     checkpoints, correct, dlr_loss, dlr_targeted_loss, per_sample_l2, Apgd, ApgdConfig, ApgdLoss,
     Attack, Classifier, Pgd, PgdConfig, ThreatNorm,
 };
 use advtrain::nn::{Ctx, Network};
-use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
-/// torch's random generator is global to the process and the tests of this file run in parallel
-/// threads: every test holds this lock.
-static LOCK: Mutex<()> = Mutex::new(());
-
-fn lock() -> MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Every test holds the crate's torch RNG lock (tests/common: one generator per process).
+fn lock() -> std::sync::RwLockWriteGuard<'static, ()> {
+    common::rng_lock()
 }
 
 fn small_cnn() -> Network {

@@ -1,5 +1,7 @@
 //! The norm layer's modes against an independent float64 reference computed with plain loops.
 
+use crate::common;
+
 use advtrain::nn::{Ctx, Mode, Norm, NormKind, NormSpec, Route};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -69,6 +71,7 @@ fn reference(
 
 #[test]
 fn train_mode_uses_batch_stats_and_updates_running_stats() {
+    let _rng = common::rng_shared();
     let (_vs, norm, x) = setup(NormSpec::default());
     let xv = to_vec(&x);
     let st = channel_stats(&xv, 4, 3, 25);
@@ -102,6 +105,7 @@ fn train_mode_uses_batch_stats_and_updates_running_stats() {
 
 #[test]
 fn eval_mode_uses_running_stats_and_changes_nothing() {
+    let _rng = common::rng_shared();
     let (_vs, norm, x) = setup(NormSpec::default());
     tch::no_grad(|| {
         norm.stats[0]
@@ -129,6 +133,7 @@ fn eval_mode_uses_running_stats_and_changes_nothing() {
 
 #[test]
 fn train_frozen_uses_batch_stats_without_updating() {
+    let _rng = common::rng_shared();
     let (_vs, norm, x) = setup(NormSpec::default());
     let xv = to_vec(&x);
     let st = channel_stats(&xv, 4, 3, 25);
@@ -179,6 +184,7 @@ fn gamma_starts_at_one_and_beta_at_zero() {
 
 #[test]
 fn group_layer_instance_norm_match_reference() {
+    let _rng = common::rng_shared();
     for (kind, groups) in [
         (NormKind::Group, 3i64),
         (NormKind::Layer, 1),
@@ -219,6 +225,7 @@ fn group_layer_instance_norm_match_reference() {
 
 #[test]
 fn two_stat_sets_are_updated_only_through_their_route() {
+    let _rng = common::rng_shared();
     let spec = NormSpec {
         ns_domains: 2,
         ap_domains: 2,

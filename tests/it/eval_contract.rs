@@ -4,9 +4,9 @@
 //! may be added, never renamed or dropped. Times, paths and the version are not compared.
 //!
 //! Re-record (only when a field is added on purpose): `ADVTRAIN_RECORD_CONTRACT=1 cargo test
-//! --release --test eval_contract`.
+//! --release --test it eval_contract::`.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

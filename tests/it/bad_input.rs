@@ -1,7 +1,7 @@
 //! Bad input that used to be accepted silently (issue 20): each case is now a clear error naming
 //! the file, flag or field and what was expected, or a warning where the input can be valid.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::{check_attack_params, AttackParams, ParamNames, ThreatNorm};
 use advtrain::data::DataSpec;

@@ -3,7 +3,7 @@
 //! (serde round trips), the named choices keep their spellings and serde names, presets are
 //! lists of specs, and `advtrain::eval::evaluate` on a plan gives the CLI's report.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::pgd::{Init, PgdLoss, Target};
 use advtrain::attack::{
@@ -320,21 +320,18 @@ fn choices_keep_their_spellings_and_serde_names() {
 /// compute settings given are the ones recorded.
 #[test]
 fn the_library_evaluation_is_the_cli_evaluation() {
-    tch::set_num_threads(1);
+    // The CLI runs with the torch threads of this process (setting them here would set them for
+    // every test of the crate).
+    let threads = tch::get_num_threads().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     common::write_tiny_mnist(&data, 40, 60);
     let run = tmp.path().join("run");
-    {
-        let _g = common::rng_lock();
-        let net = common::confident_small_cnn();
-        common::save_run(&run, &data, &net);
-    }
-    let ck = run.join("checkpoints/last.safetensors");
+    let ck = common::confident_run(&run, &data);
     let json = tmp.path().join("cli.json");
     let o = common::advtrain(&[
         "--threads",
-        "1",
+        &threads,
         "--attack-chunk",
         "0",
         "eval",
@@ -358,6 +355,8 @@ fn the_library_evaluation_is_the_cli_evaluation() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     let cli = common::read_json(&json);
 
+    // The seeded evaluation (and the network its plan loads) holds the generator alone.
+    let _rng = common::rng_lock();
     let compute = Compute {
         attack_chunk: 0,
         ..Compute::default()

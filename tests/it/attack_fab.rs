@@ -4,7 +4,7 @@
 //! least as strong as FGSM, seeding, no parameter gradients). `dump_for_reference` (ignored)
 //! writes the inputs of bench/reference/fab_check.py.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::fab::{projection_l2, projection_linf};
 use advtrain::attack::{

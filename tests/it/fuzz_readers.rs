@@ -10,7 +10,7 @@
 //! reader allocate more than the file holds (an IDX header claiming 2^32 images must not abort).
 //! The checkpoint reader is not fuzzed here.
 
-mod common;
+use crate::common;
 
 use advtrain::data::{cifar, idx, DataSpec};
 use advtrain::eval::autoattack::{read_state, AttackRecord, InProgress, Preset, State, StateKey};
@@ -68,9 +68,17 @@ impl Failures {
     }
 }
 
+thread_local! {
+    /// Whether this thread runs a [`guarded`] call (its panics get the short report).
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// `f()` with a panic turned into `Err("panicked: ...")`.
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+    let before = GUARDED.with(|g| g.replace(true));
+    let r = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(before));
+    r.map_err(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -80,11 +88,21 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// The panic hook prints every caught panic; keep the output short.
+/// The panic hook prints every caught panic; keep the output of those [`guarded`] catches
+/// short. The hook is the process's (every test of the crate): installed once, it gives every
+/// other panic the report of the hook it replaced.
 fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("caught panic: {info}");
-    }));
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(|g| g.get()) {
+                eprintln!("caught panic: {info}");
+            } else {
+                before(info)
+            }
+        }));
+    });
 }
 
 /// The per-case RNG: case `i` of the stream named `what`.

@@ -1,6 +1,8 @@
 //! Every recipe shipped under recipes/ parses, validates, and builds its model (with ARAT
 //! predictors on the named hooks), so a typo in a generated recipe fails CI.
 
+use crate::common;
+
 use advtrain::nn::Network;
 use advtrain::train::objectives::Objective;
 use advtrain::train::recipe::Recipe;
@@ -20,6 +22,7 @@ fn recipes(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[test]
 fn every_shipped_recipe_loads_and_builds() {
+    let _rng = common::rng_shared();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
     let mut files = vec![];
     recipes(&root, &mut files);

@@ -1,15 +1,13 @@
 //! The CLI contract end to end on tiny synthetic data, and its errors on bad input.
 
-mod common;
+use crate::common;
 
 use common::{advtrain, stderr};
 
 use std::path::Path;
 
 fn setup(dir: &Path) -> String {
-    common::write_tiny_mnist(&dir.join("data"), 160, 50);
-    let file = dir.join("recipe.toml");
-    std::fs::write(&file, common::tiny_recipe_toml(&dir.join("data"), 2)).unwrap();
+    let file = common::tiny_recipe_file(dir, "recipe.toml", 160, 50, 2);
     file.display().to_string()
 }
 

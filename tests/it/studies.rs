@@ -3,7 +3,7 @@
 //! a hand computation, the printed plan run as printed, the HTML parsed (tl) with every
 //! embedded image decoded and every table's rows counted, and the bad inputs.
 
-mod common;
+use crate::common;
 
 use advtrain::study::report::{mean_sd, StudyReport};
 use serde_json::Value;
@@ -12,9 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_advtrain"));
-    c.env("RUST_LOG", "warn").env("OMP_NUM_THREADS", "1");
-    c
+    common::advtrain_cmd()
 }
 
 fn run_ok(args: &[&str], cwd: &Path) -> Output {

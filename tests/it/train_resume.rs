@@ -1,17 +1,16 @@
 //! Runs on tiny synthetic data: a killed run resumed from its checkpoint ends identical to an
 //! uninterrupted one; checkpoints round-trip and reject mismatches; the run directory is complete.
 
-mod common;
+use crate::common;
 
-use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
+use advtrain::nn::{ArchSpec, Ctx, Network};
 use advtrain::train::{self, checkpoint, Recipe, RunOptions};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 fn recipe(dir: &Path, epochs: usize) -> Recipe {
-    let file = dir.join("recipe.toml");
-    std::fs::write(&file, common::tiny_recipe_toml(&dir.join("data"), epochs)).unwrap();
-    Recipe::load(&file, &[]).unwrap()
+    let text = common::tiny_recipe_toml(&dir.join("data"), epochs);
+    common::load_recipe(&dir.join("recipe.toml"), &text)
 }
 
 fn model_tensors(run: &Path) -> std::collections::HashMap<String, Tensor> {
@@ -134,16 +133,7 @@ fn training_learns_the_tiny_task() {
 fn checkpoint_round_trip_and_mismatch_errors() {
     let _rng = common::rng_lock();
     let tmp = tempfile::tempdir().unwrap();
-    let arch = ArchSpec {
-        predictors: vec![],
-        heads: 1,
-        name: "small-cnn".into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth: None,
-        width: None,
-        norm: NormSpec::default(),
-    };
+    let arch = common::arch_spec("small-cnn", 1, None, None);
     tch::manual_seed(1);
     let net = Network::new(&arch, Device::Cpu).unwrap();
     let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));

@@ -4,7 +4,7 @@
 //! and `advtrain merge`, and their bad inputs. The TorchScript modules, state dicts and broken
 //! files are made at test time by the venv's Python (`tests/data/own_models.py`).
 
-mod common;
+use crate::common;
 
 use common::{advtrain, read_json, stderr};
 use serde_json::Value;
@@ -145,7 +145,8 @@ fn same_verdicts(a: &Value, b: &Value) {
 #[test]
 fn torchscript_export_and_state_dict_give_the_native_verdicts() {
     let f = fixture();
-    // PyTorch loads the export and computes our logits.
+    let _rng = common::rng_shared(); // loading the checkpoint builds a network
+                                     // PyTorch loads the export and computes our logits.
     let logits = f.dir.join("logits.safetensors");
     py(&["check-export", s(&f.script), s(&f.points), s(&logits)]);
     let theirs = Tensor::read_safetensors(&logits).unwrap().remove(0).1;

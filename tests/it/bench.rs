@@ -1,16 +1,16 @@
 //! `advtrain bench`: a tiny smoke run of the CLI (ours only: no PyTorch, no AutoAttack), its
 //! error on a bad `--parts`, and the forward FLOP count it divides by.
 
+use crate::common;
+
 use advtrain::cli::bench::flops::forward_flops;
-use advtrain::nn::{ArchSpec, Network, NormSpec};
-use std::process::{Command, Output};
+use advtrain::nn::{ArchSpec, Network};
+use std::process::Output;
 
 fn bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_advtrain"))
+    common::advtrain_cmd()
         .args(["--threads", "1", "bench"])
         .args(args)
-        .env("RUST_LOG", "warn")
-        .env("OMP_NUM_THREADS", "1")
         .output()
         .unwrap()
 }
@@ -120,20 +120,12 @@ fn bench_rejects_an_unknown_part_naming_the_flag() {
 }
 
 fn arch(name: &str, in_channels: i64, depth: Option<i64>) -> ArchSpec {
-    ArchSpec {
-        predictors: vec![],
-        heads: 1,
-        name: name.into(),
-        num_classes: 10,
-        in_channels,
-        depth,
-        width: None,
-        norm: NormSpec::default(),
-    }
+    common::arch_spec(name, in_channels, depth, None)
 }
 
 #[test]
 fn forward_flops_are_twice_the_conv_and_linear_macs() {
+    let _rng = common::rng_shared();
     let count = |a: ArchSpec, shape| {
         let net = Network::new(&a, tch::Device::Cpu).unwrap();
         forward_flops(&net, shape).unwrap()

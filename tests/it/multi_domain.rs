@@ -2,7 +2,7 @@
 //! and AdvProp losses against an independent recomputation, export of one branch, soup and
 //! re-estimation, and the CLI of these controls.
 
-mod common;
+use crate::common;
 
 use common::advtrain;
 
@@ -24,18 +24,13 @@ fn arch(
     heads: usize,
 ) -> ArchSpec {
     ArchSpec {
-        predictors: vec![],
-        name: name.into(),
-        num_classes: 10,
-        in_channels: c,
-        depth,
-        width,
         norm: NormSpec {
             ns_domains: ns,
             ap_domains: ap,
             ..NormSpec::default()
         },
         heads,
+        ..common::arch_spec(name, c, depth, width)
     }
 }
 
@@ -222,22 +217,8 @@ fn reestimation_is_the_cumulative_average_of_batch_statistics() {
 }
 
 fn recipe(objective: &str, norm: &str, hybrid: &str) -> Recipe {
-    let dir = tempfile::tempdir().unwrap();
-    common::write_tiny_mnist(dir.path(), 20, 10);
-    let text = format!(
-        r#"
-name = "t"
-device = "cpu"
-channels_last = false
-[data]
-dataset = "mnist"
-dir = "{}"
-val_size = 0
-[model]
-name = "small-cnn"
-num_classes = 10
-in_channels = 1
-[model.norm]
+    let body = format!(
+        r#"[model.norm]
 {norm}
 [train]
 objective = "{objective}"
@@ -250,13 +231,9 @@ track_clean_accuracy = false
 [train.attack]
 eps = 0.1
 step_size = 0.05
-steps = 2
-"#,
-        dir.path().display()
+steps = 2"#
     );
-    let f = dir.path().join("r.toml");
-    std::fs::write(&f, text).unwrap();
-    Recipe::load(&f, &[]).unwrap()
+    common::small_recipe(&body).1
 }
 
 /// The step's loss against an independent recomputation on an identical second model.

@@ -1,7 +1,7 @@
 //! PGD/FGSM properties (projection, clamping, loss increase) and the input gradient against
 //! central finite differences in float64.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::pgd::{cw_margin, kl_to_clean, random_other_class, Init, PgdLoss, Target};
 use advtrain::attack::{

@@ -1,7 +1,7 @@
 //! Stochastic weight averaging (`train.swa`): the running average, its resume, and the BN
 //! re-estimation of the averaged model against independent computations.
 
-mod common;
+use crate::common;
 
 use advtrain::nn::Network;
 use advtrain::train::recipe::Recipe;
@@ -21,9 +21,10 @@ fn trainable(net: &Network) -> Vec<(String, Tensor)> {
 fn the_average_is_the_mean_of_the_folded_parameters() {
     let _g = common::rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("r.toml");
-    std::fs::write(&f, common::tiny_recipe_toml(dir.path(), 1)).unwrap();
-    let r = Recipe::load(&f, &[]).unwrap();
+    let r = common::load_recipe(
+        &dir.path().join("r.toml"),
+        &common::tiny_recipe_toml(dir.path(), 1),
+    );
     let net = Network::new(&r.model, Device::Cpu).unwrap();
     let p0 = trainable(&net);
     let mut avg = SwaAverage::empty();

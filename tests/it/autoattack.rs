@@ -3,7 +3,7 @@
 //! resumption from the state file give the uninterrupted result, and a state file written for
 //! other settings is refused.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::AttackName;
 use advtrain::attack::{correct, Classifier, ThreatNorm};
@@ -20,9 +20,7 @@ const EPS: f64 = 0.03;
 
 /// A small-cnn trained for 8 epochs (standard training) on the tiny data, and 12 test points.
 fn trained(dir: &Path) -> (Network, Dataset) {
-    common::write_tiny_mnist(&dir.join("data"), 200, 12);
-    let file = dir.join("recipe.toml");
-    std::fs::write(&file, common::tiny_recipe_toml(&dir.join("data"), 8)).unwrap();
+    let file = common::tiny_recipe_file(dir, "recipe.toml", 200, 12, 8);
     let recipe = Recipe::load(&file, &["train.objective=\"standard\"".to_string()]).unwrap();
     let run = dir.join("run");
     train::train(

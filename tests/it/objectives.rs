@@ -1,7 +1,7 @@
 //! Robust training objectives against independent hand computations: TRADES (batch-mean of the
 //! per-sample KL sum), MART, FGSM-RS.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::{cross_entropy, Attack, Classifier, Pgd};
 use advtrain::nn::{Ctx, Mode, Network};
@@ -60,29 +60,7 @@ fn mart_loss_matches_a_float64_hand_computation() {
 }
 
 fn recipe(extra: &str) -> (tempfile::TempDir, Recipe) {
-    let dir = tempfile::tempdir().unwrap();
-    common::write_tiny_mnist(dir.path(), 20, 10);
-    let text = format!(
-        r#"
-name = "t"
-device = "cpu"
-channels_last = false
-[data]
-dataset = "mnist"
-dir = "{}"
-val_size = 0
-[model]
-name = "small-cnn"
-num_classes = 10
-in_channels = 1
-{extra}
-"#,
-        dir.path().display()
-    );
-    let f = dir.path().join("r.toml");
-    std::fs::write(&f, text).unwrap();
-    let r = Recipe::load(&f, &[]).unwrap();
-    (dir, r)
+    common::small_recipe(extra)
 }
 
 const TRADES: &str = r#"

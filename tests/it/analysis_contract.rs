@@ -10,9 +10,9 @@
 //! printed table (stdout), its messages (stderr) and its PNG must be byte-identical to the stored ones too.
 //!
 //! Re-record (only when a field is added on purpose): `ADVTRAIN_RECORD_CONTRACT=1 cargo test
-//! --release --test analysis_contract`.
+//! --release --test it analysis_contract::`.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -5,7 +5,7 @@
 //! Worker processes are this test binary run again on one `#[ignore]`d test (`worker_*`), with
 //! the launch variables and `ADVTRAIN_TEST_WORKER=1` set; they exit non-zero on a mismatch.
 
-mod common;
+use crate::common;
 
 use advtrain::dist::{Backend, LaunchEnv, ProcessGroup};
 use std::process::{Child, Command, Stdio};
@@ -23,9 +23,11 @@ fn free_port() -> u16 {
 
 /// This test binary, running only `test` as worker `rank` of `world`.
 fn spawn_worker(test: &str, rank: usize, world: usize, port: u16, extra: &[(&str, &str)]) -> Child {
+    // Test names are paths inside the crate (`distributed::worker_*`).
+    let test = format!("{}::{test}", module_path!().split_once("::").unwrap().1);
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
-        test,
+        test.as_str(),
         "--exact",
         "--ignored",
         "--nocapture",

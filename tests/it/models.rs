@@ -24,23 +24,14 @@
 //!   layer2 (16*32*9 + 32*32*9 + 128) + 2 x (2 x 32*32*9 + 128) = 51,072;
 //!   layer3 (32*64*9 + 64*64*9 + 256) + 2 x (2 x 64*64*9 + 256) = 203,520; fc 64*10 + 10 = 650.
 
-use advtrain::nn::{
-    build_model, ArchSpec, Ctx, Mode, Model, NormKind, NormSpec, Route, ADV, CLEAN,
-};
+use crate::common;
+
+use advtrain::nn::{build_model, ArchSpec, Ctx, Mode, Model, NormKind, Route, ADV, CLEAN};
 use std::collections::BTreeSet;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn spec(name: &str, in_channels: i64, depth: Option<i64>, width: Option<i64>) -> ArchSpec {
-    ArchSpec {
-        predictors: vec![],
-        heads: 1,
-        name: name.into(),
-        num_classes: 10,
-        in_channels,
-        depth,
-        width,
-        norm: NormSpec::default(),
-    }
+    common::arch_spec(name, in_channels, depth, width)
 }
 
 fn build(spec: &ArchSpec) -> (VarStore, Box<dyn Model>) {
@@ -81,6 +72,7 @@ fn small_models() -> Vec<(ArchSpec, i64)> {
 
 #[test]
 fn output_and_stage_shapes() {
+    let _rng = common::rng_shared();
     for (s, hw) in small_models() {
         let (_vs, m) = build(&s);
         let f = tch::no_grad(|| m.forward_stages(&input(2, s.in_channels, hw), &Ctx::train()));
@@ -115,6 +107,7 @@ fn output_and_stage_shapes() {
 
 #[test]
 fn resnet18_names_and_count() {
+    let _rng = common::rng_shared();
     let (vs, m) = build(&spec("resnet18", 3, None, None));
     let n = names(&vs);
     for k in [
@@ -177,6 +170,7 @@ fn resnet18_names_and_count() {
 
 #[test]
 fn preact_resnet18_names_and_count() {
+    let _rng = common::rng_shared();
     let (vs, m) = build(&spec("preact-resnet18", 3, None, None));
     let n = names(&vs);
     for k in [
@@ -226,6 +220,7 @@ fn preact_resnet18_names_and_count() {
 
 #[test]
 fn wide_resnet_names_and_counts() {
+    let _rng = common::rng_shared();
     let (vs, m) = build(&spec("wide-resnet", 3, None, None)); // defaults: 28-10
     let n = names(&vs);
     for k in [
@@ -266,6 +261,7 @@ fn wide_resnet_names_and_counts() {
 
 #[test]
 fn resnet_depth_counts() {
+    let _rng = common::rng_shared();
     // torchvision counts with CIFAR stem (3x3 conv1) and a 10-class fc.
     for (depth, count) in [(10, 4_903_242), (34, 21_282_122), (50, 23_520_842)] {
         let (vs, _) = build(&spec("resnet", 3, Some(depth), None));
@@ -288,6 +284,7 @@ fn resnet_depth_counts() {
 
 #[test]
 fn norms_cover_every_norm_variable() {
+    let _rng = common::rng_shared();
     for (s, _) in small_models() {
         let (vs, m) = build(&s);
         let n = names(&vs);
@@ -330,6 +327,7 @@ fn none_moved(a: &[Tensor], b: &[Tensor]) -> bool {
 
 #[test]
 fn running_stats_follow_mode() {
+    let _rng = common::rng_shared();
     for (s, hw) in small_models() {
         let (_vs, m) = build(&s);
         let x = input(4, s.in_channels, hw);
@@ -355,6 +353,7 @@ fn running_stats_follow_mode() {
 
 #[test]
 fn eval_output_is_batch_independent() {
+    let _rng = common::rng_shared();
     for (s, hw) in small_models() {
         let (_vs, m) = build(&s);
         let x = input(3, s.in_channels, hw);
@@ -378,6 +377,7 @@ fn eval_output_is_batch_independent() {
 
 #[test]
 fn unsupported_depths_are_errors() {
+    let _rng = common::rng_shared();
     let err = |s: ArchSpec| {
         let vs = VarStore::new(Device::Cpu);
         build_model(&vs.root(), &s)
@@ -402,6 +402,7 @@ fn unsupported_depths_are_errors() {
 
 #[test]
 fn norm_kinds_and_domains_come_from_the_spec() {
+    let _rng = common::rng_shared();
     // No norm: no norm variables at all, forward still works.
     let mut s = spec("preact-resnet18", 3, None, None);
     s.norm.kind = NormKind::None;
@@ -451,6 +452,7 @@ fn norm_kinds_and_domains_come_from_the_spec() {
 
 #[test]
 fn resnet_cifar_counts_names_and_depth_rule() {
+    let _rng = common::rng_shared();
     // n = (depth - 2) / 6 blocks per stage; each extra block of stage k adds 2 convs + 2 norms.
     let per_block = [
         2 * 16 * 16 * 9 + 64,
@@ -539,6 +541,7 @@ save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[3])
 
 #[test]
 fn resnet_cifar_matches_a_pytorch_twin() {
+    let _rng = common::rng_shared();
     let dir = tempfile::tempdir().unwrap();
     let (vs, m) = build(&spec("resnet-cifar", 3, Some(8), None));
     // Non-trivial running statistics, so eval mode differs from train mode.

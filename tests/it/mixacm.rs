@@ -2,11 +2,11 @@
 //! rungs, the frozen teacher, and loading a teacher from a PyTorch-style safetensors file
 //! written by `tests/data/write_teacher.py` (numpy + safetensors, no torch).
 
-mod common;
+use crate::common;
 
 use advtrain::checkpoint;
 use advtrain::checkpoint::import;
-use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormSpec};
+use advtrain::nn::{ArchSpec, Ctx, Mode, Network};
 use advtrain::train::mixacm::*;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,16 +15,7 @@ use tch::{Device, Kind, Tensor};
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 
 fn arch(name: &str, depth: Option<i64>) -> ArchSpec {
-    ArchSpec {
-        name: name.into(),
-        num_classes: 10,
-        in_channels: 1,
-        depth,
-        width: None,
-        norm: NormSpec::default(),
-        predictors: vec![],
-        heads: 1,
-    }
+    common::arch_spec(name, 1, depth, None)
 }
 
 fn tensor(v: &[f64], shape: &[i64]) -> Tensor {

@@ -3,7 +3,7 @@
 //! attacks on a small confident CNN (ball, box, the stripes start, one shared window per
 //! iteration, margin never increasing, fooled points misclassified, reproducibility).
 
-mod common;
+use crate::common;
 
 use advtrain::attack::square::{l2_square_pattern, margin_loss};
 use advtrain::attack::{
@@ -11,15 +11,11 @@ use advtrain::attack::{
     ThreatNorm,
 };
 use advtrain::nn::{Ctx, Network};
-use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
-/// torch's generator is global to the process and the tests of this file run in parallel
-/// threads: every test holds this lock.
-static LOCK: Mutex<()> = Mutex::new(());
-
-fn lock() -> MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Every test holds the crate's torch RNG lock (tests/common: one generator per process).
+fn lock() -> std::sync::RwLockWriteGuard<'static, ()> {
+    common::rng_lock()
 }
 
 fn small_cnn() -> Network {

@@ -3,7 +3,7 @@
 //! layout, one writer per run directory and per AutoAttack state file, cleanup of leftovers,
 //! SIGTERM, and checkpoints that are refused (dtype, NaN, byte lengths).
 
-mod common;
+use crate::common;
 
 use advtrain::checkpoint::{self, CheckpointStore};
 use advtrain::fsio::DirLock;
@@ -14,22 +14,17 @@ use std::time::{Duration, Instant};
 
 /// A tiny data set and recipe in `dir`: returns the recipe path.
 fn setup(dir: &Path, epochs: usize) -> PathBuf {
-    common::write_tiny_mnist(&dir.join("data"), 160, 40);
-    let recipe = dir.join("tiny.toml");
-    std::fs::write(&recipe, common::tiny_recipe_toml(&dir.join("data"), epochs)).unwrap();
-    recipe
+    common::tiny_recipe_file(dir, "tiny.toml", 160, 40, epochs)
 }
 
 /// `advtrain --threads 1 train --recipe R --out OUT [--resume] ARGS` as a child process.
 fn spawn_train(recipe: &Path, out: &Path, resume: bool, delay_ms: Option<u64>) -> Child {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_advtrain"));
+    let mut c = common::advtrain_cmd();
     c.args(["--threads", "1", "train", "--recipe"])
         .arg(recipe)
         .arg("--out")
         .arg(out)
         .args(["--train-limit", "64"])
-        .env("RUST_LOG", "warn")
-        .env("OMP_NUM_THREADS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if resume {
@@ -657,7 +652,8 @@ fn fuzz_checkpoint_readers() {
             Ok(Ok(())) => oks += 1,
         }
     }
-    // The sidecar: mutated JSON with the model intact.
+    // The sidecar: mutated JSON with the model intact (each that parses builds a network).
+    let _rng = common::rng_shared();
     std::fs::write(dir.join("last.safetensors"), &bytes).unwrap();
     for case in 0..1500 {
         let (m, what) = mutate(&mut rng, &side_text, side_text.len());

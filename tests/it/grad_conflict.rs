@@ -2,7 +2,7 @@
 //! `conflict` on hand-made vectors, the term gradients against `backward()`, the KL term at
 //! x' == x, and the CLI contract. Tiny models, n <= 32.
 
-mod common;
+use crate::common;
 
 use advtrain::analysis::grad_conflict::{
     conflict, grad_conflict, layer_of, parse_terms, term_gradients, term_loss, ConflictConfig, Term,

@@ -4,7 +4,7 @@
 //! The settings are a value given to each [`Classifier`] (`with_compute`): no process-wide state,
 //! no lock between these tests.
 
-mod common;
+use crate::common;
 
 use advtrain::attack::{
     Apgd, ApgdConfig, Attack, Classifier, Fab, FabConfig, Fgsm, Pgd, PgdConfig, Square,
@@ -43,6 +43,7 @@ fn dual_bn_net() -> Network {
 
 #[test]
 fn folded_forward_equals_the_unfolded_one_on_every_route_and_soup() {
+    let _rng = common::rng_shared();
     let net = dual_bn_net();
     let x = Tensor::rand([6, 1, 28, 28], (Kind::Float, Device::Cpu));
     let routes: [Route; 4] = [
@@ -73,6 +74,7 @@ fn folded_forward_equals_the_unfolded_one_on_every_route_and_soup() {
 
 #[test]
 fn folding_declines_where_it_would_not_be_exact() {
+    let _rng = common::rng_shared();
     let net = dual_bn_net();
     let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, Device::Cpu));
     let m = net.model.as_ref();
@@ -116,6 +118,7 @@ fn reference_ce_grad(net: &Network, ctx: &Ctx, x: &Tensor, y: &Tensor) -> (Tenso
 
 #[test]
 fn micro_batched_folded_loss_grad_matches_whole_batch_autograd() {
+    let _rng = common::rng_shared();
     let c = Compute {
         attack_chunk: 7,
         ..Compute::default()
@@ -152,6 +155,7 @@ fn micro_batched_folded_loss_grad_matches_whole_batch_autograd() {
 
 #[test]
 fn micro_batches_split_the_rows_in_order() {
+    let _rng = common::rng_shared();
     let c = Compute {
         attack_chunk: 8,
         ..Compute::default()
@@ -250,6 +254,7 @@ fn attacks_leave_parameter_gradients_untouched() {
 
 #[test]
 fn bf16_autocast_runs_the_model_in_bf16_and_restores_the_state() {
+    let _rng = common::rng_shared();
     let w = Tensor::rand([4, 1, 3, 3], (Kind::Float, Device::Cpu));
     let x = Tensor::rand([2, 1, 8, 8], (Kind::Float, Device::Cpu));
     let conv = |x: &Tensor| x.conv2d(&w, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
