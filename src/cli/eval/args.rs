@@ -83,6 +83,11 @@ pub struct EvalArgs {
     /// Square: query budget per restart (default 5000).
     #[arg(long)]
     pub queries: Option<usize>,
+    /// Square: list the points still to fool (one host sync) every N iterations instead of
+    /// every one (for GPUs; 1 = the reference; L-inf results unchanged in eval mode, L2 draws
+    /// differ). Not used by AutoAttack's Square.
+    #[arg(long)]
+    pub square_check_every: Option<usize>,
     /// PGD step size (default 2.5 * eps / steps).
     #[arg(long, value_parser = parse_number)]
     pub step_size: Option<f64>,
@@ -167,6 +172,15 @@ impl EvalArgs {
             };
             anyhow::ensure!(v != Some(0), "{flag} must be >= 1, got 0{why}");
         }
+        anyhow::ensure!(
+            self.square_check_every.is_none() || self.attack == AttackName::Square,
+            "--square-check-every applies to --attack square only (got --attack {})",
+            self.attack
+        );
+        anyhow::ensure!(
+            self.square_check_every != Some(0),
+            "--square-check-every must be >= 1 (1 = every iteration, the reference), got 0"
+        );
         if let Some(e) = self.reestimate_eps {
             let allow = "pass --allow-large-eps";
             check_eps(
@@ -188,6 +202,7 @@ impl EvalArgs {
             step_size: self.step_size,
             restarts: Some(self.restarts),
             queries: self.queries,
+            square_check_every: self.square_check_every,
             target: self.target,
             seed: self.seed,
             ..AttackSettings::new(self.norm, eps)
