@@ -298,7 +298,12 @@ pub fn with_precision<T>(precision: Precision, device: Device, f: impl FnOnce() 
 /// cache holds it (a diagnostic for tests: two calls give the same storage exactly when `t` is
 /// cacheable; a first call fills the cache as a forward would).
 pub fn autocast_cast(t: &Tensor, device: Device) -> Tensor {
-    let p = unsafe { advtrain_autocast_cast(t.as_ptr() as *const std::ffi::c_void, autocast_device(device)) };
+    let p = unsafe {
+        advtrain_autocast_cast(
+            t.as_ptr() as *const std::ffi::c_void,
+            autocast_device(device),
+        )
+    };
     assert!(!p.is_null(), "autocast cast failed");
     unsafe { Tensor::from_ptr(p as *mut torch_sys::C_tensor) }
 }

@@ -50,7 +50,10 @@ fn the_cache_holds_trainable_leaf_weights_only_until_the_outermost_region_exits(
             compute::with_precision(Precision::Fp32, dev, || {
                 assert!(!compute::autocast_enabled(dev));
             });
-            assert!(compute::autocast_enabled(dev), "bf16 restored after the fp32 verdict");
+            assert!(
+                compute::autocast_enabled(dev),
+                "bf16 restored after the fp32 verdict"
+            );
             let b = autocast_cast(&w, dev);
             // Frozen weights (a TorchScript module's, a teacher's) and weights computed in the
             // forward (BN folded into the conv) are cast anew every time.
@@ -60,14 +63,23 @@ fn the_cache_holds_trainable_leaf_weights_only_until_the_outermost_region_exits(
             let kept = same_storage(&a, &b);
             (a, kept, fz, dv)
         });
-    assert!(kept_across_fp32, "the cast of a trainable leaf weight is cached in the region");
+    assert!(
+        kept_across_fp32,
+        "the cast of a trainable leaf weight is cached in the region"
+    );
     assert!(!frozen_cached, "a frozen weight's cast is not cached");
-    assert!(!derived_cached, "a non-leaf (folded) weight's cast is not cached");
+    assert!(
+        !derived_cached,
+        "a non-leaf (folded) weight's cast is not cached"
+    );
     assert!(!compute::autocast_enabled(dev), "autocast left on");
     // `first` is still alive, so a new cast cannot reuse its memory: a different storage means
     // the outermost exit dropped the cache.
     let again = compute::with_precision(Precision::Bf16, dev, || autocast_cast(&w, dev));
-    assert!(!same_storage(&first, &again), "the cache outlived its region");
+    assert!(
+        !same_storage(&first, &again),
+        "the cache outlived its region"
+    );
     // Two separate regions (the old per-forward switching) never share a cast.
     let a = compute::with_precision(Precision::Bf16, dev, || autocast_cast(&w, dev));
     assert!(!same_storage(&a, &again));
@@ -77,7 +89,9 @@ fn the_cache_holds_trainable_leaf_weights_only_until_the_outermost_region_exits(
 /// its own autocast region (`Classifier::loss_grad` called outside any region).
 fn pgd_one_region_per_forward(f: &Classifier, cfg: &PgdConfig, x: &Tensor, y: &Tensor) -> Tensor {
     let (eps, alpha) = (cfg.eps, cfg.step_size);
-    let mut x_adv = (x + x.rand_like() * (2.0 * eps) - eps).clamp(0.0, 1.0).detach();
+    let mut x_adv = (x + x.rand_like() * (2.0 * eps) - eps)
+        .clamp(0.0, 1.0)
+        .detach();
     let lo = (x - eps).clamp_min(0.0);
     let hi = (x + eps).clamp_max(1.0);
     for _ in 0..cfg.steps {

@@ -26,7 +26,9 @@ fn layer(kind: Kind) -> (VarStore, Norm) {
     tch::no_grad(|| {
         for (k, a) in norm.affine.iter().enumerate() {
             let k = k as f64;
-            a.weight.shallow_clone().copy_(&ramp(0.5 + k, 1.5 - 0.3 * k));
+            a.weight
+                .shallow_clone()
+                .copy_(&ramp(0.5 + k, 1.5 - 0.3 * k));
             a.bias.shallow_clone().copy_(&ramp(-0.2 * k, 0.4));
         }
         for (k, s) in norm.stats.iter().enumerate() {
@@ -48,7 +50,8 @@ fn run(kind: Kind, x: &Tensor, segs: &[Segment], mode: Mode) -> Vec<(String, Ten
     let (_vs, norm) = layer(kind);
     let x = x.to_kind(kind).detach().set_requires_grad(true);
     let y = norm.forward(&x, &Ctx::mixed(mode, segs));
-    let r = Tensor::linspace(-1.0, 2.0, y.numel() as i64, (kind, Device::Cpu)).view(y.size().as_slice());
+    let r = Tensor::linspace(-1.0, 2.0, y.numel() as i64, (kind, Device::Cpu))
+        .view(y.size().as_slice());
     let mut params = vec![x.shallow_clone()];
     for a in &norm.affine {
         params.push(a.weight.shallow_clone());
@@ -81,7 +84,9 @@ fn formula(x: &Tensor, sizes: &[i64], mode: Mode) -> Vec<(String, Tensor)> {
         let xs = x.narrow(0, start, n);
         start += n;
         let mu = xs.mean_dim(dims.as_slice(), true, Kind::Double);
-        let var = (&xs - &mu).square().mean_dim(dims.as_slice(), true, Kind::Double);
+        let var = (&xs - &mu)
+            .square()
+            .mean_dim(dims.as_slice(), true, Kind::Double);
         let a = &norm.affine[k];
         let y = (&xs - &mu) / (&var + 1e-5).sqrt() * a.weight.view(shape.as_slice())
             + a.bias.view(shape.as_slice());
@@ -127,14 +132,21 @@ fn assert_close(a: &[(String, Tensor)], b: &[(String, Tensor)], tol: f64, what: 
         let (x, y) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double));
         let err = (&x - &y).abs().max().double_value(&[]);
         let scale = 1.0 + y.abs().max().double_value(&[]);
-        assert!(err <= tol * scale, "{what}: {n} differs by {err} (scale {scale})");
+        assert!(
+            err <= tol * scale,
+            "{what}: {n} differs by {err} (scale {scale})"
+        );
     }
 }
 
 fn input(shape: &[i64]) -> Tensor {
     let n: i64 = shape.iter().product();
     // Deterministic, non-trivial values with different moments per segment.
-    (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.37).sin().view(shape) * 1.5 + 0.2
+    (Tensor::arange(n, (Kind::Double, Device::Cpu)) * 0.37)
+        .sin()
+        .view(shape)
+        * 1.5
+        + 0.2
 }
 
 #[test]
@@ -157,14 +169,29 @@ fn one_segment_per_set_equals_the_hand_written_path_and_the_formula() {
             let f = formula(&x, &[6, 5], mode);
             assert_close(&a, &f, 2e-5, &format!("native float32 vs formula, {what}"));
             let a64 = run(Kind::Double, &x, &native, mode);
-            assert_close(&a64, &f, 1e-10, &format!("native float64 vs formula, {what}"));
+            assert_close(
+                &a64,
+                &f,
+                1e-10,
+                &format!("native float64 vs formula, {what}"),
+            );
             // The hand-written path takes its moments in float32 (`batch_moments`) whatever the
             // input kind: float32 agreement only.
             let b64 = run(Kind::Double, &x, &hand, mode);
-            assert_close(&b64, &f, 2e-6, &format!("hand-written float64 vs formula, {what}"));
+            assert_close(
+                &b64,
+                &f,
+                2e-6,
+                &format!("hand-written float64 vs formula, {what}"),
+            );
         }
         // The check can fail: another split is another function.
-        let other = run(Kind::Double, &x, &[Segment::new(5, route(0)), Segment::new(6, route(1))], Mode::Train);
+        let other = run(
+            Kind::Double,
+            &x,
+            &[Segment::new(5, route(0)), Segment::new(6, route(1))],
+            Mode::Train,
+        );
         let f = formula(&x, &[6, 5], Mode::Train);
         let err = (&other[0].1 - &f[0].1).abs().max().double_value(&[]);
         assert!(err > 1e-3, "a 5/6 split gave the 6/5 output");
@@ -176,7 +203,12 @@ fn one_value_per_channel_keeps_the_hand_written_path() {
     // A one-row segment of a 2-D input has one value per channel: native batch_norm refuses it
     // in training; the layer must not panic and gives zero-variance rows `beta`.
     let x = input(&[4, C]);
-    let out = run(Kind::Float, &x, &[Segment::new(1, route(0)), Segment::new(3, route(1))], Mode::Train);
+    let out = run(
+        Kind::Float,
+        &x,
+        &[Segment::new(1, route(0)), Segment::new(3, route(1))],
+        Mode::Train,
+    );
     let (_vs, norm) = layer(Kind::Float);
     let y0 = out[0].1.get(0);
     let beta0 = &norm.affine[0].bias;

@@ -21,7 +21,9 @@ fn raw() -> RawImages {
         h,
         w,
         // 1..=255 so that the zero padding is told apart from every pixel.
-        pixels: (0..n * c * h * w).map(|_| rng.gen_range(1..=255u8)).collect(),
+        pixels: (0..n * c * h * w)
+            .map(|_| rng.gen_range(1..=255u8))
+            .collect(),
         labels: (0..n).map(|i| (i % 10) as u8).collect(),
         num_classes: 10,
     }
@@ -30,12 +32,7 @@ fn raw() -> RawImages {
 /// The reference: shuffle, then per batch per image `(dy, dx)`, then per image the flip; pixel
 /// `(r, q)` of the output is pixel `(dy + r - p, dx + q' - p)` of the image (0 outside), with
 /// `q' = w - 1 - q` when flipped. Returns per batch (pixels as f32 / 255, labels).
-fn reference(
-    raw: &RawImages,
-    batch: usize,
-    seed: u64,
-    aug: Augment,
-) -> Vec<(Vec<f32>, Vec<i64>)> {
+fn reference(raw: &RawImages, batch: usize, seed: u64, aug: Augment) -> Vec<(Vec<f32>, Vec<i64>)> {
     let (n, c, h, w) = (raw.n, raw.c, raw.h, raw.w);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..n).collect();
@@ -135,7 +132,10 @@ fn batches_equal_the_per_pixel_reference_bit_for_bit() {
                 assert_eq!(got.len(), expect.len());
                 for (b, (g, e)) in got.iter().zip(&expect).enumerate() {
                     assert_eq!(g.1, e.1, "labels, batch {b}, {aug:?}, seed {seed}");
-                    let same = g.0.iter().zip(&e.0).all(|(a, b)| a.to_bits() == b.to_bits());
+                    let same =
+                        g.0.iter()
+                            .zip(&e.0)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
                         same && g.0.len() == e.0.len(),
                         "pixels, batch {b}, {aug:?}, seed {seed}"

@@ -54,7 +54,14 @@ fn store() -> VarStore {
 /// A loss with non-trivial gradients for `a` and `b`, none for `unused`.
 fn backward(sgd: &mut Sgd, step: usize) {
     sgd.zero_grad();
-    let p = |n: &str| sgd.params.iter().find(|(m, _)| m == n).unwrap().1.shallow_clone();
+    let p = |n: &str| {
+        sgd.params
+            .iter()
+            .find(|(m, _)| m == n)
+            .unwrap()
+            .1
+            .shallow_clone()
+    };
     let x = (Tensor::arange(20, (Kind::Float, Device::Cpu)) * (0.3 + step as f64 * 0.1))
         .cos()
         .view([4, 5]);
@@ -91,8 +98,11 @@ fn foreach_step_equals_the_per_parameter_update_bit_for_bit() {
             backward(&mut b, step);
             a.step(lr);
             reference_step(&mut b, lr);
-            for (((n, p), (_, q)), (ba, bb)) in
-                a.params.iter().zip(&b.params).zip(a.buffers.iter().zip(&b.buffers))
+            for (((n, p), (_, q)), (ba, bb)) in a
+                .params
+                .iter()
+                .zip(&b.params)
+                .zip(a.buffers.iter().zip(&b.buffers))
             {
                 assert_eq!(bits(p), bits(q), "{what}, step {step}: parameter {n}");
                 assert_eq!(bits(ba), bits(bb), "{what}, step {step}: buffer of {n}");
@@ -106,6 +116,9 @@ fn foreach_step_equals_the_per_parameter_update_bit_for_bit() {
             !p.equal(&start.variables()[n])
         };
         assert!(moved("a") && moved("b"), "{what}: nothing moved");
-        assert!(!moved("unused"), "{what}: a parameter without gradient moved");
+        assert!(
+            !moved("unused"),
+            "{what}: a parameter without gradient moved"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! float rounding, while points are fooled between two checks; L2 (whose draws follow the list's size) stays a valid
 //! attack. The default is unchanged (tests/attack_square.rs).
 
-use advtrain::attack::{correct, per_sample_l2, Attack, Classifier, Square, SquareConfig, ThreatNorm};
+use advtrain::attack::{
+    correct, per_sample_l2, Attack, Classifier, Square, SquareConfig, ThreatNorm,
+};
 use advtrain::nn::{ArchSpec, Ctx, Network, NormSpec};
 use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
@@ -64,7 +66,12 @@ fn linf_checked_every_n_iterations_equals_every_iteration() {
             Square::new(cfg(ThreatNorm::Linf, eps, every)).run_once(&f, &x, &y)
         };
         let base = run(1);
-        let fooled = base.margin.le(0.0).to_kind(Kind::Int64).sum(Kind::Int64).int64_value(&[]);
+        let fooled = base
+            .margin
+            .le(0.0)
+            .to_kind(Kind::Int64)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
         assert!(fooled >= 2, "eps {eps}: {fooled} of 24 fooled");
         left_over.push(24 - fooled);
         // Points fooled at an iteration that is not a check iteration must exist for N = 7
@@ -72,7 +79,9 @@ fn linf_checked_every_n_iterations_equals_every_iteration() {
         let q = Vec::<f32>::try_from(&base.n_queries).unwrap();
         let m = Vec::<f32>::try_from(&base.margin).unwrap();
         assert!(
-            q.iter().zip(&m).any(|(&q, &m)| m <= 0.0 && (q as usize - 1) % 7 != 0),
+            q.iter()
+                .zip(&m)
+                .any(|(&q, &m)| m <= 0.0 && (q as usize - 1) % 7 != 0),
             "eps {eps}: no point fooled between two checks"
         );
         for every in [3usize, 50] {
@@ -83,8 +92,14 @@ fn linf_checked_every_n_iterations_equals_every_iteration() {
             // whose kernels may round differently (the forward is row-independent only to
             // float rounding): equal to 1e-5, the verdicts exactly.
             let dm = (&r.margin - &base.margin).abs().max().double_value(&[]);
-            assert!(dm <= 1e-5 * (1.0 + base.margin.abs().max().double_value(&[])), "margins, {what}: {dm}");
-            assert!(r.margin.le(0.0).equal(&base.margin.le(0.0)), "verdicts, {what}");
+            assert!(
+                dm <= 1e-5 * (1.0 + base.margin.abs().max().double_value(&[])),
+                "margins, {what}: {dm}"
+            );
+            assert!(
+                r.margin.le(0.0).equal(&base.margin.le(0.0)),
+                "verdicts, {what}"
+            );
             assert!(r.n_queries.equal(&base.n_queries), "query counts, {what}");
             assert!(
                 r.iterations >= base.iterations && r.iterations < base.iterations + every,
@@ -121,8 +136,17 @@ fn l2_checked_every_n_iterations_stays_in_the_ball_and_fools() {
     let fooled = r.margin.le(0.0);
     let wrong = tch::no_grad(|| correct(&f.logits(&r.x_adv), &y).logical_not());
     // A point counted fooled is misclassified at its returned example.
-    assert!(fooled.logical_and(&wrong.logical_not()).sum(Kind::Int64).int64_value(&[]) == 0);
-    assert!(fooled.sum(Kind::Int64).int64_value(&[]) >= 1, "eps 3, 200 queries fooled nothing");
+    assert!(
+        fooled
+            .logical_and(&wrong.logical_not())
+            .sum(Kind::Int64)
+            .int64_value(&[])
+            == 0
+    );
+    assert!(
+        fooled.sum(Kind::Int64).int64_value(&[]) >= 1,
+        "eps 3, 200 queries fooled nothing"
+    );
 }
 
 #[test]
@@ -130,7 +154,10 @@ fn check_every_is_validated_and_recorded_only_when_set() {
     let c = SquareConfig::new(ThreatNorm::Linf, 0.1);
     assert_eq!(c.check_every, 1);
     let a = Square::new(c.clone());
-    assert!(a.config().get("check_every").is_none(), "the default leaves the JSON as it was");
+    assert!(
+        a.config().get("check_every").is_none(),
+        "the default leaves the JSON as it was"
+    );
     let b = Square::new(SquareConfig {
         check_every: 4,
         ..c.clone()

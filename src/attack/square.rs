@@ -127,7 +127,9 @@ impl SquareConfig {
             return Err(format!("{field}.n_restarts must be >= 1"));
         }
         if self.check_every == 0 {
-            return Err(format!("{field}.check_every must be >= 1 (1 = every iteration)"));
+            return Err(format!(
+                "{field}.check_every must be >= 1 (1 = every iteration)"
+            ));
         }
         Ok(())
     }
@@ -281,7 +283,7 @@ impl Square {
             tch::no_grad(|| {
                 let x = x.detach();
                 match self.cfg.norm {
-                ThreatNorm::Linf => self.run_linf(f, &x, y),
+                    ThreatNorm::Linf => self.run_linf(f, &x, y),
                     ThreatNorm::L2 => self.run_l2(f, &x, y),
                 }
             })
