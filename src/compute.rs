@@ -267,7 +267,7 @@ impl Drop for Region {
 ///
 /// Regions nest, as PyTorch's `torch.autocast` contexts: autocast's cast cache lives until the
 /// outermost region closes, so one region around a whole attack (as every attack's `perturb`
-/// opens, [`crate::attack::Classifier::region`]) casts each cacheable weight once per attack,
+/// opens, `Classifier::region` in the attack layer) casts each cacheable weight once per attack,
 /// not once per forward; an fp32 verdict inside it switches autocast off and on without
 /// dropping the cache. libtorch caches only the casts of float32 leaf tensors that require grad
 /// (`cached_cast` in ATen's autocast_mode.cpp): the live parameters of our models (trainable in
