@@ -5,6 +5,8 @@
 //! `--no-as-needed` and embed the library directory as rpath, so the binary needs no
 //! `LD_LIBRARY_PATH` and uses CUDA when a GPU is present.
 //!
+//! `src/shim/optim.cpp` is SGD's update over all parameters with ATen's foreach ops.
+//!
 //! `src/shim/autocast.cpp` exposes CPU/CUDA autocast with a chosen dtype (tch 0.24 exposes only
 //! CUDA autocast without a dtype); it is compiled against the headers next to that library.
 //!
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-changed=src/shim/autocast.cpp");
+    println!("cargo:rerun-if-changed=src/shim/optim.cpp");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("DEP_TCH_LIBTORCH_LIB is not set: torch-sys must be a direct dependency");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
@@ -30,6 +33,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("src/shim/autocast.cpp")
+        .file("src/shim/optim.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

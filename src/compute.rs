@@ -27,7 +27,7 @@
 //! `attack::Classifier::with_compute`. There is no process-wide state.
 
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// Floating-point precision of a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -211,6 +211,8 @@ extern "C" {
     fn advtrain_deterministic_state() -> i32;
     fn advtrain_autocast_set(device: i32, enabled: i32, dtype: i32) -> i32;
     fn advtrain_autocast_enabled(device: i32) -> i32;
+    fn advtrain_autocast_clear_cache();
+    fn advtrain_autocast_cast(t: *const std::ffi::c_void, device: i32) -> *mut std::ffi::c_void;
     fn advtrain_grad_enabled() -> i32;
 }
 
@@ -232,18 +234,76 @@ pub fn autocast_enabled(device: Device) -> bool {
     unsafe { advtrain_autocast_enabled(autocast_device(device)) != 0 }
 }
 
+thread_local! {
+    /// Open [`with_precision`] regions on this thread (autocast state and cache are
+    /// thread-local in libtorch too).
+    static REGIONS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Restores the autocast state of a [`with_precision`] region on exit (also on unwinding) and
+/// clears the cast cache when the outermost region closes.
+struct Region {
+    device: i32,
+    restore: Option<bool>,
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Some(before) = self.restore {
+            unsafe { advtrain_autocast_set(self.device, before as i32, 0) };
+        }
+        let depth = REGIONS.with(|r| {
+            r.set(r.get() - 1);
+            r.get()
+        });
+        if depth == 0 {
+            unsafe { advtrain_autocast_clear_cache() };
+        }
+    }
+}
+
 /// Run `f` with autocast on `device` set for `precision` (on for bf16, off for fp32, so an fp32
 /// attack inside a bf16 training step runs in fp32); the previous state is restored afterwards.
+///
+/// Regions nest, as PyTorch's `torch.autocast` contexts: autocast's cast cache lives until the
+/// outermost region closes, so one region around a whole attack (as every attack's `perturb`
+/// opens, `Classifier::region` in the attack layer) casts each cacheable weight once per attack,
+/// not once per forward; an fp32 verdict inside it switches autocast off and on without
+/// dropping the cache. libtorch caches only the casts of float32 leaf tensors that require grad
+/// (`cached_cast` in ATen's autocast_mode.cpp): the live parameters of our models (trainable in
+/// training and in evaluation); not frozen parameters (TorchScript modules, a MixACM teacher),
+/// nor the BN-folded convolution weights, which are recomputed every forward
+/// ([`autocast_cast`] tells). A cached cast is the same bits as a fresh one, so results do not
+/// change; the weights must not change inside a region (no region spans an optimiser step).
 pub fn with_precision<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
     let d = autocast_device(device);
     let on = precision == Precision::Bf16;
     let before = unsafe { advtrain_autocast_enabled(d) != 0 };
-    if before == on {
-        return f();
+    REGIONS.with(|r| r.set(r.get() + 1));
+    let mut region = Region {
+        device: d,
+        restore: None,
+    };
+    if before != on {
+        let r = unsafe { advtrain_autocast_set(d, on as i32, 0) };
+        assert!(r >= 0, "setting {precision} autocast failed on {device:?}");
+        region.restore = Some(before);
     }
-    let r = unsafe { advtrain_autocast_set(d, on as i32, 0) };
-    assert!(r >= 0, "setting {precision} autocast failed on {device:?}");
     let out = f();
-    unsafe { advtrain_autocast_set(d, before as i32, 0) };
+    drop(region);
     out
+}
+
+/// The bfloat16 cast autocast makes of `t` on `device` inside a region: the cached one when the
+/// cache holds it (a diagnostic for tests: two calls give the same storage exactly when `t` is
+/// cacheable; a first call fills the cache as a forward would).
+pub fn autocast_cast(t: &Tensor, device: Device) -> Tensor {
+    let p = unsafe {
+        advtrain_autocast_cast(
+            t.as_ptr() as *const std::ffi::c_void,
+            autocast_device(device),
+        )
+    };
+    assert!(!p.is_null(), "autocast cast failed");
+    unsafe { Tensor::from_ptr(p as *mut torch_sys::C_tensor) }
 }

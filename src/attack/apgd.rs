@@ -351,6 +351,10 @@ impl Apgd {
     /// clean input and at every iterate of every run). Points not robust are misclassified at
     /// their returned example; robust points are returned unchanged.
     pub fn attack(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+        f.region(x.device(), || self.attack_in(f, x, y))
+    }
+
+    fn attack_in(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
         if let Some(s) = self.cfg.seed {
             tch::manual_seed(s as i64);
         }

@@ -540,6 +540,10 @@ impl Fab {
     /// correctly on the clean input) are misclassified at their returned example, at distance
     /// <= eps; every robust or clean-misclassified point is returned unchanged.
     pub fn attack(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+        f.region(x.device(), || self.attack_in(f, x, y))
+    }
+
+    fn attack_in(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
         let x = x.detach();
         let y = y.detach();
         let clean_logits = tch::no_grad(|| f.logits(&x));

@@ -20,10 +20,12 @@ impl Attack for Fgsm {
         serde_json::json!({"attack": "fgsm", "eps": self.eps, "norm": "linf", "loss": "ce"})
     }
     fn perturb(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
-        let (_, _, g) = f.loss_grad(x, |z, start, len| {
-            cross_entropy(z, &rows(y, start, len), tch::Reduction::None)
-        });
-        project(&(x + g.sign() * self.eps), x, self.eps, ThreatNorm::Linf).detach()
+        f.region(x.device(), || {
+            let (_, _, g) = f.loss_grad(x, |z, start, len| {
+                cross_entropy(z, &rows(y, start, len), tch::Reduction::None)
+            });
+            project(&(x + g.sign() * self.eps), x, self.eps, ThreatNorm::Linf).detach()
+        })
     }
 }
 

@@ -96,6 +96,16 @@ impl<'a> Classifier<'a> {
         }
     }
 
+    /// Run `f` (a whole attack on a batch on `device`) inside one autocast region of the attack
+    /// precision: its forwards reuse autocast's casts of the weights it can cache instead of
+    /// re-casting them every iteration, and fp32 verdicts ([`Classifier::predict`]) inside it
+    /// switch autocast off without dropping that cache ([`compute::with_precision`]). Ops
+    /// outside the model see autocast too; the attacks do their own arithmetic in float32 (no
+    /// matmul or convolution), where autocast changes nothing.
+    pub fn region<T>(&self, device: tch::Device, f: impl FnOnce() -> T) -> T {
+        compute::with_precision(self.precision, device, f)
+    }
+
     /// Logits (float32, [`crate::nn::models::Head`]) of one (micro-)batch, BN folded when
     /// possible, in `precision`.
     fn forward_in(&self, x: &Tensor, precision: Precision) -> Tensor {

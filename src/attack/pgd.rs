@@ -306,6 +306,13 @@ impl Attack for Pgd {
     /// Runs `restarts` times; a point keeps the first restart's example that fools the model,
     /// else the last one (per-point worst case).
     fn perturb(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
+        f.region(x.device(), || self.perturb_in(f, x, y))
+    }
+}
+
+impl Pgd {
+    /// [`Attack::perturb`] inside its autocast region.
+    fn perturb_in(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
         let x = x.detach();
         let reference = self.reference(f, &x, y);
         let mut best = self.run_once(f, &x, y, reference.as_ref());

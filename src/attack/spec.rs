@@ -29,6 +29,8 @@ pub struct AttackSettings {
     pub restarts: Option<usize>,
     /// Square: queries per restart.
     pub queries: Option<usize>,
+    /// Square: list the points still to fool every N iterations (default 1, the reference).
+    pub square_check_every: Option<usize>,
     /// Target class choice of `pgd-t`.
     pub target: Target,
     /// Seed of the attacks that reseed torch's generator at every batch (APGD, FAB).
@@ -45,6 +47,7 @@ impl AttackSettings {
             step_size: None,
             restarts: None,
             queries: None,
+            square_check_every: None,
             target: Target::default(),
             seed: 0,
         }

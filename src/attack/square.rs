@@ -32,9 +32,25 @@
 //! the caller seeds). On a GPU a seed still gives the same result, but not the reference's.
 //!
 //! Host synchronisation: one per iteration, the `nonzero` that lists the points still to fool
-//! (its size must be known on the host to gather them); an empty list ends the run, which is
-//! the reference's early stop. Plus one `nonzero` per restart in `perturb`, and, for L2, the
-//! copies of the few square patterns to the device, made before the loop.
+//! (its size must be known on the host to gather them, and the L2 draws are shaped by it); an
+//! empty list ends the run, which is the reference's early stop, so the termination check costs
+//! no sync of its own. Plus one `nonzero` per restart in `perturb`, and, for L2, the copies of
+//! the few square patterns to the device, made before the loop. Nothing else in the loop waits
+//! for the device (the window positions are CPU draws).
+//!
+//! `check_every = N > 1` (opt-in, for GPUs, where the per-iteration sync stalls the launch
+//! queue; `eval --square-check-every N`) lists the points still to fool only every N
+//! iterations. In between, the points of the last list are queried, and a point fooled since
+//! then is frozen: its best, its margin and its query count no longer change, as if it had left
+//! the list. The loop may run up to N - 1 iterations past the point where every point is
+//! fooled, and `iterations` counts them. L-inf: the draws do not depend on the list's size, so
+//! with row-independent forwards (eval mode) the run is that of `check_every = 1` up to the
+//! forward's rounding, which may depend on the batch size (the points still listed are
+//! computed in a larger batch): on the CPU the same examples, verdicts and query counts and
+//! margins within 1e-5 (tests/square_check_every.rs); and the generator has advanced further
+//! afterwards (AutoAttack reseeds before every attack and batch). L2: the per-point signs are drawn for the listed
+//! points, so the stream, hence the examples, differ from the reference's (still a Square
+//! attack with the same budget and schedule). The default, 1, is the reference.
 
 use super::pgd::cw_margin;
 use super::{correct, Attack, Classifier, ThreatNorm};
@@ -57,6 +73,14 @@ pub struct SquareConfig {
     pub p_init: f64,
     #[serde(default = "one")]
     pub n_restarts: usize,
+    /// List the points still to fool (one host sync) every this many iterations (1 = every
+    /// iteration, the reference; see the module doc). Left out of the JSON when 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub check_every: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 fn default_norm() -> ThreatNorm {
@@ -81,6 +105,7 @@ impl SquareConfig {
             n_queries: default_n_queries(),
             p_init: default_p_init(),
             n_restarts: 1,
+            check_every: 1,
         }
     }
 
@@ -100,6 +125,11 @@ impl SquareConfig {
         }
         if self.n_restarts == 0 {
             return Err(format!("{field}.n_restarts must be >= 1"));
+        }
+        if self.check_every == 0 {
+            return Err(format!(
+                "{field}.check_every must be >= 1 (1 = every iteration)"
+            ));
         }
         Ok(())
     }
@@ -249,12 +279,14 @@ impl Square {
         if let Err(e) = self.cfg.validate("square") {
             panic!("{e}");
         }
-        tch::no_grad(|| {
-            let x = x.detach();
-            match self.cfg.norm {
-                ThreatNorm::Linf => self.run_linf(f, &x, y),
-                ThreatNorm::L2 => self.run_l2(f, &x, y),
-            }
+        f.region(x.device(), || {
+            tch::no_grad(|| {
+                let x = x.detach();
+                match self.cfg.norm {
+                    ThreatNorm::Linf => self.run_linf(f, &x, y),
+                    ThreatNorm::L2 => self.run_l2(f, &x, y),
+                }
+            })
         })
     }
 
@@ -409,12 +441,17 @@ impl Square {
         let mut margin = init_margin.copy();
         let mut n_queries = Tensor::ones([n], (Kind::Float, dev));
         let mut iterations = 0;
+        let every = self.cfg.check_every.max(1);
+        let (mut idx, mut k) = (Tensor::zeros([0], (Kind::Int64, dev)), 0);
         for it in 0..self.cfg.n_queries {
-            // The one host synchronisation of the iteration: which points are left.
-            let idx = margin.gt(0.0).nonzero().squeeze_dim(1);
-            let k = idx.size()[0];
-            if k == 0 {
-                break;
+            let fresh = it % every == 0;
+            if fresh {
+                // The one host synchronisation: which points are left.
+                idx = margin.gt(0.0).nonzero().squeeze_dim(1);
+                k = idx.size()[0];
+                if k == 0 {
+                    break;
+                }
             }
             iterations += 1;
             let x_best_curr = x_best.index_select(0, &idx);
@@ -422,11 +459,20 @@ impl Square {
             let margin_curr = margin.index_select(0, &idx);
             let x_new = propose(it, &idx, &x_best_curr);
             let m = margin_loss(&f.logits(&x_new), &y_curr);
-            let better = m.lt_tensor(&margin_curr).logical_or(&m.le(0.0));
+            let mut better = m.lt_tensor(&margin_curr).logical_or(&m.le(0.0));
+            // Between checks: points fooled since the last list stay as they are.
+            let active = (!fresh).then(|| margin_curr.gt(0.0));
+            if let Some(a) = &active {
+                better = better.logical_and(a);
+            }
             let _ = margin.index_copy_(0, &idx, &m.where_self(&better, &margin_curr));
             let keep = better.view([k, 1, 1, 1]);
             let _ = x_best.index_copy_(0, &idx, &x_new.where_self(&keep, &x_best_curr));
-            let _ = n_queries.index_add_(0, &idx, &Tensor::ones([k], (Kind::Float, dev)));
+            let counted = match &active {
+                Some(a) => a.to_kind(Kind::Float),
+                None => Tensor::ones([k], (Kind::Float, dev)),
+            };
+            let _ = n_queries.index_add_(0, &idx, &counted);
         }
         SquareRun {
             x_adv: x_best,
@@ -461,6 +507,13 @@ impl Attack for Square {
     /// `n_restarts` times (each restart only on those not fooled yet); a fooled point gets the
     /// run's example, the others are returned unchanged.
     fn perturb(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
+        f.region(x.device(), || self.perturb_in(f, x, y))
+    }
+}
+
+impl Square {
+    /// [`Attack::perturb`] inside its autocast region.
+    fn perturb_in(&self, f: &Classifier, x: &Tensor, y: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let x = x.detach();
             let mut adv = x.copy();
@@ -497,6 +550,7 @@ impl super::spec::AttackConfig for SquareConfig {
         let cfg = SquareConfig {
             n_queries: s.queries.unwrap_or(base.n_queries),
             n_restarts: s.restarts.unwrap_or(base.n_restarts),
+            check_every: s.square_check_every.unwrap_or(base.check_every),
             ..base
         };
         cfg.validate("square")?;

@@ -1,4 +1,13 @@
-//! In-memory datasets (uint8 images on the host), deterministic shuffling and augmentation.
+//! In-memory datasets (uint8 images, on the host or resident on the training device),
+//! deterministic shuffling and augmentation.
+//!
+//! Batches are gathered where the images are: a host dataset is gathered and augmented on the
+//! host and copied to the batch device; a device-resident one ([`Dataset::to_device`], as
+//! training keeps its training set) is gathered and augmented on the device, so a step copies
+//! only the batch's order slice and its crop/flip draws (a few bytes per image) to the device.
+//! The draws come from the seeded host generator in the same order either way (per image its
+//! crop offsets, then per image its flip), and crop and flip are exact index operations, so
+//! both placements give the same bits (`tests/loader_device.rs`).
 
 use super::raw::RawImages;
 use anyhow::Result;
@@ -7,7 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-/// Images `[N,C,H,W]` as uint8 and labels `[N]` as int64, both on the host.
+/// Images `[N,C,H,W]` as uint8 and labels `[N]` as int64, both on the host unless moved to a
+/// device by [`Dataset::to_device`].
 pub struct Dataset {
     /// NCHW: uint8 pixels (0..=255), or float32 in [0, 1] (points files); see [`to_unit`].
     pub images: Tensor,
@@ -51,6 +61,21 @@ impl Dataset {
 
     pub fn len(&self) -> usize {
         self.labels.size()[0] as usize
+    }
+
+    /// The device the images are on.
+    pub fn device(&self) -> Device {
+        self.images.device()
+    }
+
+    /// The same images (their kind kept: uint8 is a quarter of float32) and labels on
+    /// `device`; on their own device the tensors are shared, not copied.
+    pub fn to_device(&self, device: Device) -> Dataset {
+        Dataset {
+            images: self.images.to_device(device),
+            labels: self.labels.to_device(device),
+            num_classes: self.num_classes,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,9 +137,12 @@ impl Dataset {
         if let Some(r) = rng.as_mut() {
             order.shuffle(r);
         }
+        // The whole pass's order, copied to the data's device once.
+        let order_t = Tensor::from_slice(&order).to_device(self.device());
         Batches {
             data: self,
             order,
+            order_t,
             pos: 0,
             batch_size: batch_size.max(1),
             rng,
@@ -128,6 +156,8 @@ impl Dataset {
 pub struct Batches<'a> {
     data: &'a Dataset,
     order: Vec<i64>,
+    /// `order` on the data's device.
+    order_t: Tensor,
     pos: usize,
     batch_size: usize,
     rng: Option<ChaCha8Rng>,
@@ -150,7 +180,9 @@ impl Iterator for Batches<'_> {
             return None;
         }
         let end = (self.pos + self.batch_size).min(self.order.len());
-        let idx = Tensor::from_slice(&self.order[self.pos..end]);
+        let idx = self
+            .order_t
+            .narrow(0, self.pos as i64, (end - self.pos) as i64);
         self.pos = end;
         let mut x = self.data.images.index_select(0, &idx);
         let y = self.data.labels.index_select(0, &idx);
@@ -171,27 +203,85 @@ pub fn to_unit(x: &Tensor) -> Tensor {
     }
 }
 
-/// Random crop of the original size from the zero-padded image, then a random horizontal flip.
+/// Random crop of the original size from the zero-padded image, then a random horizontal flip,
+/// computed on `x`'s device with the draws of [`AugmentDraws::draw`].
 pub fn apply_augment(x: &Tensor, aug: Augment, rng: &mut ChaCha8Rng) -> Tensor {
-    let (n, h, w) = (x.size()[0], x.size()[2], x.size()[3]);
-    let mut x = x.shallow_clone();
-    if aug.crop_padding > 0 {
-        let p = aug.crop_padding;
-        let padded = x.constant_pad_nd([p, p, p, p]);
-        let crops: Vec<Tensor> = (0..n)
-            .map(|i| {
-                let (dy, dx) = (rng.gen_range(0..=2 * p), rng.gen_range(0..=2 * p));
-                padded.get(i).narrow(1, dy, h).narrow(2, dx, w)
-            })
-            .collect();
-        x = Tensor::stack(&crops, 0);
+    AugmentDraws::draw(x.size()[0] as usize, aug, rng).apply(x)
+}
+
+/// One batch's augmentation draws from the host generator, in the loader's order: for each
+/// image its crop offsets `(dy, dx)` in `0..=2p` (when `crop_padding = p > 0`), then for each
+/// image its flip (probability 1/2, when `hflip`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AugmentDraws {
+    /// Crop padding `p` (0: no crop).
+    pub padding: i64,
+    /// `(dy, dx)` per image (empty without crop).
+    pub offsets: Vec<(i64, i64)>,
+    /// Flip per image (empty without flip).
+    pub flips: Vec<bool>,
+}
+
+impl AugmentDraws {
+    /// The draws for `n` images.
+    pub fn draw(n: usize, aug: Augment, rng: &mut ChaCha8Rng) -> AugmentDraws {
+        let p = aug.crop_padding.max(0);
+        let offsets = if p > 0 {
+            (0..n)
+                .map(|_| (rng.gen_range(0..=2 * p), rng.gen_range(0..=2 * p)))
+                .collect()
+        } else {
+            vec![]
+        };
+        let flips = if aug.hflip {
+            (0..n).map(|_| rng.gen_bool(0.5)).collect()
+        } else {
+            vec![]
+        };
+        AugmentDraws {
+            padding: p,
+            offsets,
+            flips,
+        }
     }
-    if aug.hflip {
-        let flips: Vec<bool> = (0..n).map(|_| rng.gen_bool(0.5)).collect();
-        let mask = Tensor::from_slice(&flips).view([n, 1, 1, 1]);
-        x = x.flip([3]).where_self(&mask, &x);
+
+    /// Apply to `x` `[n, c, h, w]` on its device: output pixel `(i, ch, r, q)` is pixel
+    /// `(dy_i + r, dx_i + q')` of image `i` zero-padded by `p`, with `q' = w - 1 - q` for a
+    /// flipped image and `q` otherwise (crop, then flip of the crop). One gather over the
+    /// padded batch: an exact copy of pixels, whatever the device and kind.
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let crop = !self.offsets.is_empty();
+        let flip = !self.flips.is_empty();
+        if !crop && !flip {
+            return x.shallow_clone();
+        }
+        let (n, c, h, w) = x.size4().expect("NCHW images");
+        let dev = x.device();
+        // Per image: dy, dx, flip (one small host-to-device copy).
+        let mut per = Vec::with_capacity(3 * n as usize);
+        for i in 0..n as usize {
+            let (dy, dx) = self.offsets.get(i).copied().unwrap_or((0, 0));
+            per.extend([dy, dx, self.flips.get(i).copied().unwrap_or(false) as i64]);
+        }
+        let per = Tensor::from_slice(&per).view([n, 3]).to_device(dev);
+        let (dy, dx, fl) = (per.select(1, 0), per.select(1, 1), per.select(1, 2));
+        let q = Tensor::arange(w, (Kind::Int64, dev)).view([1, w]);
+        // Column read for output column q: flipped = w - 1 - q.
+        let col = &q + fl.view([n, 1]) * (q.neg() * 2 + (w - 1));
+        if !crop {
+            let idx = col.view([n, 1, 1, w]).expand([n, c, h, w], false);
+            return x.gather(3, &idx, false);
+        }
+        let p = self.padding;
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        let padded = x.constant_pad_nd([p, p, p, p]).reshape([n, c, hp * wp]);
+        let rows = dy.view([n, 1]) + Tensor::arange(h, (Kind::Int64, dev)).view([1, h]);
+        let cols = dx.view([n, 1]) + col;
+        let lin = (rows.view([n, h, 1]) * wp + cols.view([n, 1, w])).view([n, 1, h * w]);
+        padded
+            .gather(2, &lin.expand([n, c, h * w], false), false)
+            .view([n, c, h, w])
     }
-    x
 }
 
 #[cfg(test)]

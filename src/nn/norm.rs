@@ -717,7 +717,6 @@ impl Norm {
     /// the global count N: `var * N / (N - 1)`), as PyTorch's SyncBatchNorm.
     fn batch_norm(&self, x: &Tensor, segs: &[Segment], ctx: &Ctx) -> Tensor {
         let cudnn = x.device().is_cuda();
-        let eps = self.spec.eps;
         let momentum = ctx.momentum.unwrap_or(self.spec.momentum);
         let key = |g: &Segment| (self.ns_index(g.route.ns), self.ap_index(g.route.ap));
         // Fast path: one segment, or all segments resolve to the same NS and AP sets and none
@@ -759,7 +758,52 @@ impl Norm {
                 .collect();
             return Tensor::cat(&parts, 0);
         }
-        // Batch statistics per source set, differentiable.
+        // Train modes where every statistics set is one segment of its own rows (no set split
+        // over segments, no Cross-BN row): each segment is one native batch_norm with its own
+        // batch statistics and its set's running update, the same function as the hand-written
+        // path below (to float rounding: the native kernels reduce in another order) in one
+        // kernel per segment instead of about ten. Not under sync_bn: its statistics are the
+        // workers' together (the hand-written path below).
+        if !sync && self.one_segment_per_set(segs, x) {
+            let parts: Vec<Tensor> = xs
+                .iter()
+                .zip(segs)
+                .map(|(xi, g)| {
+                    let wb = self.affine_params(g.route.ap, ctx.soup);
+                    self.fused(xi, &wb, self.ns_index(g.source), ctx.mode, momentum, cudnn)
+                })
+                .collect();
+            return Tensor::cat(&parts, 0);
+        }
+        self.hand_batch_norm(x, &xs, segs, ctx, momentum, sync)
+    }
+
+    /// Whether, in a train mode, every segment normalises with the batch statistics of its own
+    /// rows alone: its rows route to their own set (`route.ns == source`), no other segment
+    /// has that set, and it has more than one value per channel (native batch_norm refuses
+    /// one).
+    fn one_segment_per_set(&self, segs: &[Segment], x: &Tensor) -> bool {
+        let per_row = x.numel() as i64 / (x.size()[0].max(1) * self.channels.max(1));
+        let sets: Vec<usize> = segs.iter().map(|g| self.ns_index(g.source)).collect();
+        segs.iter()
+            .all(|g| self.ns_index(g.source) == self.ns_index(g.route.ns) && g.size * per_row > 1)
+            && (0..sets.len()).all(|i| !sets[i + 1..].contains(&sets[i]))
+    }
+
+    /// The train-mode BatchNorm of [`Norm::batch_norm`] written out: the moments of each
+    /// statistics set over all its rows (several segments, differentiable), then every segment
+    /// normalised with the moments of the set it routes to.
+    fn hand_batch_norm(
+        &self,
+        x: &Tensor,
+        xs: &[Tensor],
+        segs: &[Segment],
+        ctx: &Ctx,
+        momentum: f64,
+        sync: bool,
+    ) -> Tensor {
+        let eps = self.spec.eps;
+        // Batch statistics per source set, differentiable (under `sync`, of every worker's rows).
         let mut moments: Vec<Option<(Tensor, Tensor)>> =
             (0..self.stats.len().max(1)).map(|_| None).collect();
         for k in 0..moments.len() {

@@ -16,10 +16,25 @@ int advtrain_autocast_set(int device, int enabled, int dtype) {
     bool before = at::autocast::is_autocast_enabled(d);
     at::autocast::set_autocast_dtype(d, dtype == 1 ? at::kHalf : at::kBFloat16);
     at::autocast::set_autocast_enabled(d, enabled != 0);
-    if (!enabled) at::autocast::clear_cache();
     return before ? 1 : 0;
   } catch (...) {
     return -1;
+  }
+}
+
+// Drop autocast's cast cache (the lower-precision copies of fp32 leaf tensors that require
+// grad, kept while a region is open): Python's autocast does this when its outermost region
+// exits.
+void advtrain_autocast_clear_cache() { at::autocast::clear_cache(); }
+
+// Diagnostic: the bfloat16 cast autocast gives `t` on device 0 = CPU, 1 = CUDA (the cached
+// one when its cache holds it; a new cast fills the cache as a forward would). Returns a new
+// tensor handle for the caller to free, or null on an exception.
+at::Tensor* advtrain_autocast_cast(const at::Tensor* t, int device) {
+  try {
+    return new at::Tensor(at::autocast::cached_cast(at::kBFloat16, *t, device_type(device)));
+  } catch (...) {
+    return nullptr;
   }
 }
 

@@ -15,7 +15,7 @@ use super::swa::{self, SwaAverage};
 use crate::attack::{Attack, Classifier, Pgd};
 use crate::checkpoint::{self, CheckpointStore, Sidecar};
 use crate::compute::with_precision;
-use crate::data::Splits;
+use crate::data::{Dataset, Splits};
 use crate::device::{device_name, parse_device};
 use crate::eval::{clean_counts, robust_counts};
 use crate::fsio::{write_atomic, DirLock};
@@ -200,6 +200,9 @@ pub fn train_observed(
         objective.resume(&ckdir, start_epoch)?;
     }
     ddp.broadcast_state(&net, &sgd, &objective.parameters())?;
+    // The training set stays on the training device (uint8): batches are gathered, cropped and
+    // flipped there (src/data/loader.rs; the same bits as on the host). Shared on the CPU.
+    let train_set = data.train.to_device(device);
     let mut last = EpochMetrics::default();
     let mut overfitting = None;
     let overfit_csv = out.join("overfit_check.csv");
@@ -211,7 +214,7 @@ pub fn train_observed(
             recipe,
             &net,
             &mut sgd,
-            &data,
+            &train_set,
             epoch,
             device,
             prev_clean_acc,
@@ -497,7 +500,7 @@ fn train_epoch(
     recipe: &Recipe,
     net: &Network,
     sgd: &mut Sgd,
-    data: &Splits,
+    train_set: &Dataset,
     epoch: usize,
     device: Device,
     prev_clean_acc: Option<f64>,
@@ -507,7 +510,7 @@ fn train_epoch(
     let t = &recipe.train;
     tch::manual_seed(ddp.torch_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH)));
     let rng = ChaCha8Rng::seed_from_u64(derive_seed(recipe.seed, epoch as u64, STREAM_DATA));
-    let batches = data.train.batches(
+    let batches = train_set.batches(
         ddp.global_batch(recipe),
         Some(rng),
         recipe.data.augment(),

@@ -84,6 +84,7 @@ impl EvalArgs {
             };
             anyhow::ensure!(v != Some(0), "{flag} must be >= 1, got 0{why}");
         }
+        self.attack.check()?;
         if let Some(e) = tt.reestimate_eps {
             let (allow, large) = ("pass --allow-large-eps", self.attack.allow_large_eps);
             check_eps("--reestimate-eps", ThreatNorm::Linf, e, large, allow)

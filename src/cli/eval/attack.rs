@@ -31,6 +31,11 @@ pub struct AttackArgs {
     /// Square: query budget per restart (default 5000).
     #[arg(long)]
     pub queries: Option<usize>,
+    /// Square: list the points still to fool (one host sync) every N iterations instead of
+    /// every one (for GPUs; 1 = the reference; L-inf results unchanged in eval mode, L2 draws
+    /// differ). Not used by AutoAttack's Square.
+    #[arg(long)]
+    pub square_check_every: Option<usize>,
     /// PGD step size (default 2.5 * eps / steps).
     #[arg(long, value_parser = parse_number)]
     pub step_size: Option<f64>,
@@ -48,6 +53,20 @@ pub struct AttackArgs {
 }
 
 impl AttackArgs {
+    /// `--square-check-every`: Square only, at least 1.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.square_check_every.is_none() || self.attack == AttackName::Square,
+            "--square-check-every applies to --attack square only (got --attack {})",
+            self.attack
+        );
+        anyhow::ensure!(
+            self.square_check_every != Some(0),
+            "--square-check-every must be >= 1 (1 = every iteration, the reference), got 0"
+        );
+        Ok(())
+    }
+
     /// The attack settings at `eps` and `steps` (else the attack's default).
     pub fn settings(&self, eps: f64, steps: Option<usize>, seed: u64) -> AttackSettings {
         AttackSettings {
@@ -55,6 +74,7 @@ impl AttackArgs {
             step_size: self.step_size,
             restarts: Some(self.restarts),
             queries: self.queries,
+            square_check_every: self.square_check_every,
             target: self.target,
             seed,
             ..AttackSettings::new(self.norm, eps)
