@@ -119,7 +119,7 @@ impl Compute {
     /// One line for the start-of-run printout.
     pub fn describe(&self) -> String {
         format!(
-            "precision attack {} / train {}, fold_bn {}, attack_chunk {}, tf32 {}, deterministic {}",
+            "precision attack {} / train {}, fold_bn {}, attack_chunk {} (CPU only), tf32 {}, deterministic {}",
             self.precision_attack,
             self.precision_train,
             self.fold_bn,
@@ -155,6 +155,21 @@ pub fn bf16_warning(c: &Compute) -> Option<String> {
          CPU it runs emulated and slower than fp32 (CUDA devices are unaffected)"
             .to_string()
     })
+}
+
+/// Log [`bf16_warning`] once per process, the first time bf16 autocast runs on the CPU (so a
+/// bf16 command on a CUDA device never shows it).
+fn warn_bf16_on_cpu_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let bf16 = Compute {
+            precision_attack: Precision::Bf16,
+            ..Compute::default()
+        };
+        if let Some(w) = bf16_warning(&bf16) {
+            log::warn!("{w}");
+        }
+    });
 }
 
 /// libtorch's process-wide numerics switches as they are now.
@@ -278,6 +293,9 @@ impl Drop for Region {
 pub fn with_precision<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) -> T {
     let d = autocast_device(device);
     let on = precision == Precision::Bf16;
+    if on && device == Device::Cpu {
+        warn_bf16_on_cpu_once();
+    }
     let before = unsafe { advtrain_autocast_enabled(d) != 0 };
     REGIONS.with(|r| r.set(r.get() + 1));
     let mut region = Region {

@@ -29,7 +29,10 @@
 //! them on the CPU and copies them over). On the CPU the stream is therefore the reference's one:
 //! with the same seed, the same model and one thread the run makes the same choices as
 //! AutoAttack's `SquareAttack(seed=...)` (whose `perturb` calls `torch.manual_seed(seed)`; here
-//! the caller seeds). On a GPU a seed still gives the same result, but not the reference's.
+//! the caller seeds). On a GPU the stream is not the reference's, and a seed repeats a run only
+//! with deterministic algorithms (`[compute] deterministic`, `--deterministic`): otherwise cuDNN
+//! may pick other convolution algorithms from run to run, whose rounding can change a margin's
+//! sign and so which points stay in the list (not measured on a GPU).
 //!
 //! Host synchronisation: one per iteration, the `nonzero` that lists the points still to fool
 //! (its size must be known on the host to gather them, and the L2 draws are shaped by it); an

@@ -12,8 +12,9 @@ pub use crate::bench::flops;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Parts to time, comma-separated: at (PGD-k AT step), pgd20 (PGD-20 evaluation),
-    /// autoattack (AutoAttack-standard).
+    /// Parts to time, comma-separated: at (PGD-k AT step on one batch already on the device:
+    /// no data loading; `scripts/gpu-check` times a training epoch with the loader), pgd20
+    /// (PGD-20 evaluation), autoattack (AutoAttack-standard).
     #[arg(long, default_value = "at,pgd20,autoattack")]
     pub parts: String,
     /// Comma-separated architectures, freshly initialised, on random points

@@ -71,11 +71,9 @@ pub fn main() -> anyhow::Result<()> {
     // The compute settings of this command, passed on as a value (for `train` they become
     // recipe overrides instead, saved with the run).
     let compute = cli.compute.apply(crate::compute::Compute::default());
-    // `train` warns itself, from its recipe's settings and its device.
+    // `train` applies its recipe's settings itself. bf16 on a CPU without native bf16 is
+    // warned about where autocast first runs on the CPU (`compute::with_precision`).
     if !matches!(cli.command, Command::Train(_)) {
-        if let Some(w) = crate::compute::bf16_warning(&compute) {
-            log::warn!("{w}");
-        }
         crate::compute::apply_process_settings(&compute)?;
     }
     // Only `train` runs data-parallel; N copies of another command would write the same files.

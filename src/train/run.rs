@@ -136,9 +136,6 @@ pub fn train_observed(
     }
     crate::interrupt::install();
 
-    if let (Some(w), Device::Cpu) = (crate::compute::bf16_warning(&recipe.compute), device) {
-        log::warn!("{w}");
-    }
     tch::manual_seed(derive_seed(recipe.seed, 0, STREAM_INIT) as i64);
     let net = Network::new(&recipe.model, device)?;
     if recipe.channels_last {

@@ -389,10 +389,19 @@ fn compute_settings_are_validated_printed_and_recorded() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o)
-            .contains("compute: precision attack bf16 / train fp32, fold_bn true, attack_chunk 16"),
+            .contains("compute: precision attack bf16 / train fp32, fold_bn true, attack_chunk 16 (CPU only)"),
         "{}",
         stderr(&o)
     );
+    // bf16 autocast on this CPU warns (once) exactly when the CPU has no native bf16 (read here
+    // from /proc/cpuinfo on its own).
+    let native = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"));
+    let warnings = stderr(&o).matches("has no native bf16").count();
+    assert_eq!(warnings, usize::from(!native), "{}", stderr(&o));
     let saved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
     assert!(
         saved.contains("precision_attack = \"bf16\"") && saved.contains("attack_chunk = 16"),
