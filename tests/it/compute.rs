@@ -388,8 +388,9 @@ fn compute_settings_are_validated_printed_and_recorded() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o)
-            .contains("compute: precision attack bf16 / train fp32, fold_bn true, attack_chunk 16 (CPU only)"),
+        stderr(&o).contains(
+            "compute: precision attack bf16 / train fp32, fold_bn true, attack_chunk 16 (CPU only)"
+        ),
         "{}",
         stderr(&o)
     );
@@ -399,7 +400,10 @@ fn compute_settings_are_validated_printed_and_recorded() {
         .unwrap_or_default()
         .lines()
         .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"));
+        .any(|l| {
+            l.split_whitespace()
+                .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+        });
     let warnings = stderr(&o).matches("has no native bf16").count();
     assert_eq!(warnings, usize::from(!native), "{}", stderr(&o));
     let saved = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
