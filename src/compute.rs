@@ -147,14 +147,12 @@ pub fn cpu_has_native_bf16() -> bool {
         .unwrap_or(false)
 }
 
-/// A warning when `c` asks for bf16 on a CPU without native bf16 (`None` otherwise).
-pub fn bf16_warning(c: &Compute) -> Option<String> {
-    let bf16 = c.precision_attack == Precision::Bf16 || c.precision_train == Precision::Bf16;
-    (bf16 && !cpu_has_native_bf16()).then(|| {
+/// Why bf16 on this CPU is a poor choice, when it is (`None` on a CPU with native bf16).
+pub fn bf16_warning() -> Option<&'static str> {
+    (!cpu_has_native_bf16()).then_some(
         "bf16 requested but this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag): on the \
-         CPU it runs emulated and slower than fp32 (CUDA devices are unaffected)"
-            .to_string()
-    })
+         CPU it runs emulated and slower than fp32 (CUDA devices are unaffected)",
+    )
 }
 
 /// Log [`bf16_warning`] once per process, the first time bf16 autocast runs on the CPU (so a
@@ -162,11 +160,7 @@ pub fn bf16_warning(c: &Compute) -> Option<String> {
 fn warn_bf16_on_cpu_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let bf16 = Compute {
-            precision_attack: Precision::Bf16,
-            ..Compute::default()
-        };
-        if let Some(w) = bf16_warning(&bf16) {
+        if let Some(w) = bf16_warning() {
             log::warn!("{w}");
         }
     });

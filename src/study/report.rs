@@ -122,6 +122,24 @@ pub struct GridTable {
     pub lines: Vec<GridLine>,
 }
 
+impl GridTable {
+    /// Its figure's file stem: `grid-<evaluation>-<key>` (`model.depth` -> `model_depth`).
+    fn stem(&self) -> String {
+        let key: String = self
+            .axis
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("grid-{}-{key}", self.evaluation)
+    }
+}
+
 /// One line of a [`GridTable`]: `(x, clean, robust)` per grid value it has.
 #[derive(Debug, Clone, Serialize)]
 pub struct GridLine {
@@ -893,7 +911,7 @@ impl StudyReport {
                 y_range: Some((0.0, 100.0)),
             };
             out.push((
-                format!("grid-{}-{}", g.evaluation, sanitise_stem(&g.axis)),
+                g.stem(),
                 format!("{} over {}: mean over seeds", g.evaluation, g.axis),
                 plot.to_png((900, 520))?,
             ));
@@ -972,8 +990,7 @@ impl StudyReport {
             }
             for g in self.grids.iter().filter(|g| g.evaluation == t.name) {
                 blocks.push(Block::Table(Self::grid_table(g)));
-                let stem = format!("grid-{}-{}", g.evaluation, sanitise_stem(&g.axis));
-                if let Some((png, caption)) = fig(&stem) {
+                if let Some((png, caption)) = fig(&g.stem()) {
                     blocks.push(Block::Image { png, caption });
                 }
             }
@@ -1049,8 +1066,7 @@ impl StudyReport {
                     g.axis,
                     md_table(&Self::grid_table(g))
                 ));
-                let stem = format!("grid-{}-{}", g.evaluation, sanitise_stem(&g.axis));
-                if let Some((stem, caption)) = fig(&stem) {
+                if let Some((stem, caption)) = fig(&g.stem()) {
                     s.push_str(&format!("\n![{caption}](report-figures/{stem}.png)\n"));
                 }
             }
@@ -1182,17 +1198,4 @@ pub fn write_report(dir: &Path, extra: &[[String; 2]]) -> Result<Vec<PathBuf>> {
         written.push(p);
     }
     Ok(written)
-}
-
-/// A grid key as part of a file name (`model.depth` -> `model_depth`).
-fn sanitise_stem(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
