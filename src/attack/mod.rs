@@ -6,6 +6,7 @@ pub mod apgd;
 pub mod fab;
 pub mod fgsm;
 pub mod pgd;
+pub mod settings;
 pub mod spec;
 pub mod square;
 
@@ -13,7 +14,8 @@ pub use apgd::{checkpoints, dlr_loss, dlr_targeted_loss, Apgd, ApgdConfig, ApgdL
 pub use fab::{Fab, FabConfig};
 pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
-pub use spec::{AttackConfig, AttackName, AttackSettings, AttackSpec};
+pub use settings::{AttackConfig, AttackSettings, Target};
+pub use spec::{AttackName, AttackSpec};
 pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};
 
 use crate::checkpoint::torchscript::ScriptModel;

@@ -2,7 +2,7 @@
 //! `--help` keeps its order) and their conversion into the attack settings; `parse_number`
 //! reads budgets given as fractions.
 
-use crate::attack::pgd::Target;
+use crate::attack::Target;
 use crate::attack::{AttackName, AttackSettings, ThreatNorm};
 use crate::choice::choice;
 use crate::eval::autoattack::Preset;
