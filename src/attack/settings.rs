@@ -1,4 +1,4 @@
-//! What every registered attack is made from, below the registry ([`super::spec`]) and the
+//! What every registered attack is made from, below the registry (`spec.rs`) and the
 //! attacks: the shared settings ([`AttackSettings`], the `eval` flags or any caller's), the
 //! trait of an attack's configuration type ([`AttackConfig`]) and PGD-T's target choice
 //! ([`Target`], one of the settings). The attack files use only this; the registry names them.
@@ -6,7 +6,7 @@
 use super::{Attack, ThreatNorm};
 use serde::{Deserialize, Serialize};
 
-/// How [`PgdLoss::TargetedCe`](super::pgd::PgdLoss::TargetedCe) picks the target class of each
+/// How PGD's targeted loss (`PgdLoss::TargetedCe`, `pgd-t`) picks the target class of each
 /// point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -74,8 +74,11 @@ pub trait AttackConfig: Sized {
     }
     /// The configuration of the attack `variant` at `s`, with `steps` iterations (`s.steps` or
     /// [`Self::default_steps`]); the error says why not.
-    fn from_settings(variant: Self::Variant, s: &AttackSettings, steps: usize)
-        -> Result<Self, String>;
+    fn from_settings(
+        variant: Self::Variant,
+        s: &AttackSettings,
+        steps: usize,
+    ) -> Result<Self, String>;
     /// The attack.
     fn build(&self) -> Box<dyn Attack>;
 }

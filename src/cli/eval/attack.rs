@@ -1,4 +1,4 @@
-//! The attack flags of `advtrain eval` (flattened into [`super::EvalArgs`] in place, so
+//! The attack flags of `advtrain eval` (flattened into `EvalArgs` (args.rs) in place, so
 //! `--help` keeps its order) and their conversion into the attack settings; `parse_number`
 //! reads budgets given as fractions.
 
