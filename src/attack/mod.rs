@@ -1,6 +1,11 @@
 //! Attacks. Every attack sees the model only as a fixed function `x -> logits` (a
 //! [`Classifier`]), built from one model, one route and one mode, so it cannot switch
 //! normalisation branches.
+//!
+//! The files, lowest first: this one (the `Classifier`, the [`Attack`] trait, projections and
+//! the shared parameter checks), [`settings`] (what every attack is made from), one file per
+//! attack ([`fgsm`], [`pgd`], [`apgd`], [`fab`], [`square`]), and the registry [`spec`], the only
+//! file that names them all.
 
 pub mod apgd;
 pub mod fab;
