@@ -188,6 +188,7 @@ fn ident_at(text: &str, i: usize) -> Option<(String, usize)> {
     Some((text[i..e].to_string(), e))
 }
 
+/// The first byte from `i` on that is neither white space nor a comma (group separators).
 fn skip_space(text: &str, mut i: usize) -> usize {
     let b = text.as_bytes();
     while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b',') {
