@@ -1,12 +1,13 @@
 //! advtrain: adversarial training and robustness evaluation on tch (libtorch).
 //!
-//! The library is layered (docs/ARCHITECTURE.md; lowest first): [`fsio`], [`interrupt`],
-//! [`device`], [`compute`], [`data`] (readers, splits, batches), [`nn`] (route-aware norm layer,
-//! models), [`checkpoint`] (files, atomic sets, foreign state dicts), [`attack`] (attacks on a
-//! fixed route and mode), [`eval`] (clean and robust accuracy, AutoAttack), [`train`] (recipes,
-//! objectives, optimiser, the resumable run loop), [`bench`] (throughput against the PyTorch
-//! twin as a plan and a report), [`report`] (figures), [`analysis`], [`study`], and the thin
-//! [`cli`].
+//! The library is layered (docs/ARCHITECTURE.md; lowest first): [`choice`], [`fsio`],
+//! [`interrupt`], [`compute`], [`device`], [`dist`] (torch.distributed), [`data`] (readers,
+//! splits, batches), [`nn`] (route-aware norm layer, models), [`checkpoint`] (files, atomic
+//! sets, foreign state dicts), [`attack`] (attacks on a fixed route and mode), [`eval`] (clean
+//! and robust accuracy, AutoAttack), [`train`] (recipes, objectives, optimiser, the resumable
+//! run loop), [`bench`] (throughput against the PyTorch twin as a plan and a report),
+//! [`report`] (figures), [`analysis`], [`study`], and the thin [`cli`]. Inside each module the
+//! files are layered too (`tests/it/layers.rs`).
 //!
 //! Train a tiny model and evaluate it with two attacks through the library alone:
 //!

@@ -24,6 +24,7 @@
 //! The iteration loop makes no host synchronisation: counters, masks and step sizes are device
 //! tensors and the checkpoint schedule is fixed on the host before the loop.
 
+use super::settings::{AttackConfig, AttackSettings};
 use super::{correct, cross_entropy, noise_kind, rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -464,24 +465,21 @@ impl Attack for Apgd {
     }
 }
 
-/// `apgd-ce`, `apgd-dlr`, `apgd-t`: AutoAttack's standard settings ([`ApgdConfig::ce`], ...)
-/// with the iterations, restarts and seed given.
-impl super::spec::AttackConfig for ApgdConfig {
+/// `apgd-ce`, `apgd-dlr`, `apgd-t`: AutoAttack's standard settings ([`ApgdConfig::ce`], ...,
+/// the registry's variant) with the iterations, restarts and seed given.
+impl AttackConfig for ApgdConfig {
+    type Variant = fn(ThreatNorm, f64) -> ApgdConfig;
+
     fn default_steps() -> usize {
         default_n_iter()
     }
 
     fn from_settings(
-        name: super::spec::AttackName,
-        s: &super::spec::AttackSettings,
+        standard: Self::Variant,
+        s: &AttackSettings,
         steps: usize,
     ) -> Result<Self, String> {
-        use super::spec::AttackName as N;
-        let base = match name {
-            N::ApgdDlr => ApgdConfig::dlr(s.norm, s.eps),
-            N::ApgdT => ApgdConfig::targeted(s.norm, s.eps),
-            _ => ApgdConfig::ce(s.norm, s.eps),
-        };
+        let base = standard(s.norm, s.eps);
         Ok(ApgdConfig {
             n_iter: steps,
             n_restarts: s.restarts.unwrap_or(base.n_restarts),

@@ -41,6 +41,7 @@
 //! a batch and our examples to /tmp/fab_check; then
 //! `python bench/reference/fab_check.py --dir /tmp/fab_check --autoattack <auto-attack checkout>`.
 
+use super::settings::{AttackConfig, AttackSettings};
 use super::{noise_kind, rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -615,22 +616,21 @@ impl Attack for Fab {
     }
 }
 
-/// `fab`, `fab-t`: [`FabConfig::untargeted`] / [`FabConfig::targeted`] with the iterations,
-/// restarts and seed given.
-impl super::spec::AttackConfig for FabConfig {
+/// `fab`, `fab-t`: [`FabConfig::untargeted`] / [`FabConfig::targeted`] (the registry's
+/// variant) with the iterations, restarts and seed given.
+impl AttackConfig for FabConfig {
+    type Variant = fn(ThreatNorm, f64) -> FabConfig;
+
     fn default_steps() -> usize {
         default_n_iter()
     }
 
     fn from_settings(
-        name: super::spec::AttackName,
-        s: &super::spec::AttackSettings,
+        standard: Self::Variant,
+        s: &AttackSettings,
         steps: usize,
     ) -> Result<Self, String> {
-        let base = match name {
-            super::spec::AttackName::Fab => FabConfig::untargeted(s.norm, s.eps),
-            _ => FabConfig::targeted(s.norm, s.eps),
-        };
+        let base = standard(s.norm, s.eps);
         Ok(FabConfig {
             n_iter: steps,
             n_restarts: s.restarts.unwrap_or(base.n_restarts),

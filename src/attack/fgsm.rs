@@ -1,6 +1,6 @@
 //! FGSM (Goodfellow et al.): x' = clip(x + eps * sign(grad_x CE(f(x), y))), L-inf.
 
-use super::spec::{AttackConfig, AttackName, AttackSettings};
+use super::settings::{AttackConfig, AttackSettings};
 use super::{cross_entropy, project, rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -30,7 +30,9 @@ impl Attack for Fgsm {
 }
 
 impl AttackConfig for Fgsm {
-    fn from_settings(_: AttackName, s: &AttackSettings, _steps: usize) -> Result<Self, String> {
+    type Variant = ();
+
+    fn from_settings((): (), s: &AttackSettings, _steps: usize) -> Result<Self, String> {
         if s.norm != ThreatNorm::Linf {
             return Err("fgsm is an L-inf attack; use --norm linf".into());
         }

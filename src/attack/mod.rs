@@ -1,11 +1,17 @@
 //! Attacks. Every attack sees the model only as a fixed function `x -> logits` (a
 //! [`Classifier`]), built from one model, one route and one mode, so it cannot switch
 //! normalisation branches.
+//!
+//! The files, lowest first: this one (the `Classifier`, the [`Attack`] trait, projections and
+//! the shared parameter checks), [`settings`] (what every attack is made from), one file per
+//! attack ([`fgsm`], [`pgd`], [`apgd`], [`fab`], [`square`]), and the registry [`spec`], the only
+//! file that names them all.
 
 pub mod apgd;
 pub mod fab;
 pub mod fgsm;
 pub mod pgd;
+pub mod settings;
 pub mod spec;
 pub mod square;
 
@@ -13,7 +19,8 @@ pub use apgd::{checkpoints, dlr_loss, dlr_targeted_loss, Apgd, ApgdConfig, ApgdL
 pub use fab::{Fab, FabConfig};
 pub use fgsm::Fgsm;
 pub use pgd::{Pgd, PgdConfig};
-pub use spec::{AttackConfig, AttackName, AttackSettings, AttackSpec};
+pub use settings::{AttackConfig, AttackSettings, Target};
+pub use spec::{AttackName, AttackSpec};
 pub use square::{p_selection, square_size, Square, SquareConfig, SquareRun};
 
 use crate::checkpoint::torchscript::ScriptModel;

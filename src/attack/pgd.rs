@@ -3,6 +3,8 @@
 //! L-inf step: x <- Proj(x + alpha * sign(g)); L2 step: x <- Proj(x + alpha * g / ||g||_2);
 //! Proj = projection onto B_eps(x0) followed by clamping to [0,1].
 
+pub use super::settings::Target;
+use super::settings::{AttackConfig, AttackSettings};
 use super::{correct, cross_entropy, per_sample_l2, project, rows, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -34,21 +36,6 @@ pub enum PgdLoss {
     /// clean distribution fixed (no gradient) at the start of the attack.
     Kl,
 }
-
-/// How [`PgdLoss::TargetedCe`] picks the target class of each point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Target {
-    /// Uniform over the classes other than the label (drawn from torch's generator).
-    #[default]
-    Random,
-    /// The class with the smallest clean logit other than the label.
-    LeastLikely,
-    /// The class with the largest clean logit other than the label (the runner-up).
-    RunnerUp,
-}
-
-crate::choice::value_enum_text!(Target => "target choice");
 
 /// PGD hyperparameters (defaults: Madry's CIFAR-10 L-inf setting, PGD-10, step eps/4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,21 +315,16 @@ impl Pgd {
     }
 }
 
-/// `eval`'s PGD family (`pgd`, `pgd-t`, `pgd-kl`, `cw`): [`PgdConfig::new`] with step
-/// `2.5 * eps / steps` unless given, the loss (and TRADES' normal start for the KL) of the name.
-impl super::spec::AttackConfig for PgdConfig {
+/// `eval`'s PGD family (`pgd`, `pgd-t`, `pgd-kl`, `cw`, told apart by their loss and start in
+/// the registry): [`PgdConfig::new`] with step `2.5 * eps / steps` unless given.
+impl AttackConfig for PgdConfig {
+    type Variant = (PgdLoss, Init);
+
     fn from_settings(
-        name: super::spec::AttackName,
-        s: &super::spec::AttackSettings,
+        (loss, init): (PgdLoss, Init),
+        s: &AttackSettings,
         steps: usize,
     ) -> Result<Self, String> {
-        use super::spec::AttackName as N;
-        let (loss, init) = match name {
-            N::PgdT => (PgdLoss::TargetedCe, Init::Uniform),
-            N::PgdKl => (PgdLoss::Kl, Init::Normal),
-            N::Cw => (PgdLoss::Cw, Init::Uniform),
-            _ => (PgdLoss::Ce, Init::Uniform),
-        };
         let step_size = s.step_size.unwrap_or(2.5 * s.eps / steps as f64);
         let base = PgdConfig::new(s.norm, s.eps, step_size, steps);
         Ok(PgdConfig {

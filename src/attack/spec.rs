@@ -7,67 +7,21 @@
 //! `Vec<AttackSpec>`). Both are generated from the one list at the end of this file.
 //!
 //! Adding an attack: write `src/attack/<name>.rs` with its config type (serde, defaults in its
-//! constructor) implementing [`AttackConfig`] and the attack implementing [`super::Attack`];
-//! declare the module in `attack/mod.rs`; add one line `Name(Config),` (with its doc comment,
-//! the `--help` text) to the list. The CLI name is the kebab-case of the variant name.
+//! constructor) implementing [`AttackConfig`] (from [`super::settings`]) and the attack
+//! implementing [`super::Attack`]; declare the module in `attack/mod.rs`; add one line
+//! `Name(Config = variant),` (with its doc comment, the `--help` text; `variant` is the
+//! config's [`AttackConfig::Variant`], `()` for a type registered once) to the list. The CLI
+//! name is the kebab-case of the variant name. The attack files never name this registry.
 
-use super::{check_attack_params, Attack, AttackParams, ParamNames, ThreatNorm};
-use super::{ApgdConfig, FabConfig, Fgsm, PgdConfig, SquareConfig};
-use crate::attack::pgd::Target;
+pub use super::settings::{AttackConfig, AttackSettings};
+
+use super::apgd::ApgdConfig;
+use super::fab::FabConfig;
+use super::fgsm::Fgsm;
+use super::pgd::{Init, PgdConfig, PgdLoss};
+use super::square::SquareConfig;
+use super::{check_attack_params, Attack, AttackParams, ParamNames};
 use serde::{Deserialize, Serialize};
-
-/// The settings an attack is made from (the `eval` flags, or any caller's): the threat model
-/// and overrides of the knobs attacks share. `None` leaves the attack's default.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct AttackSettings {
-    pub norm: ThreatNorm,
-    pub eps: f64,
-    /// Iterations: PGD steps, APGD / FAB iterations ([`AttackConfig::default_steps`]).
-    pub steps: Option<usize>,
-    /// PGD step size (default `2.5 * eps / steps`).
-    pub step_size: Option<f64>,
-    pub restarts: Option<usize>,
-    /// Square: queries per restart.
-    pub queries: Option<usize>,
-    /// Square: list the points still to fool every N iterations (default 1, the reference).
-    pub square_check_every: Option<usize>,
-    /// Target class choice of `pgd-t`.
-    pub target: Target,
-    /// Seed of the attacks that reseed torch's generator at every batch (APGD, FAB).
-    pub seed: u64,
-}
-
-impl AttackSettings {
-    /// `norm` and `eps`, every other setting the attack's default, seed 0.
-    pub fn new(norm: ThreatNorm, eps: f64) -> Self {
-        AttackSettings {
-            norm,
-            eps,
-            steps: None,
-            step_size: None,
-            restarts: None,
-            queries: None,
-            square_check_every: None,
-            target: Target::default(),
-            seed: 0,
-        }
-    }
-}
-
-/// What the configuration type of a registered attack provides.
-pub trait AttackConfig: Sized {
-    /// Iterations when the settings give none. Attacks without iterations keep PGD's 20: the
-    /// value is still checked (`--steps 0` is refused for every attack) and reported as a
-    /// curve point's `steps`.
-    fn default_steps() -> usize {
-        20
-    }
-    /// The configuration of the attack `name` (one registered with this type) at `s`, with
-    /// `steps` iterations (`s.steps` or [`Self::default_steps`]); the error says why not.
-    fn from_settings(name: AttackName, s: &AttackSettings, steps: usize) -> Result<Self, String>;
-    /// The attack.
-    fn build(&self) -> Box<dyn Attack>;
-}
 
 impl AttackSpec {
     /// The attack's short name, e.g. `pgd-20` (an eval JSON's `attack`).
@@ -122,7 +76,7 @@ crate::choice::value_enum_text!(AttackName => "attack");
 
 /// The registry list: `AttackSpec` and `AttackName` (+ `autoattack`) with their dispatch.
 macro_rules! registry {
-    ($($(#[$doc:meta])* $variant:ident($config:ty),)*) => {
+    ($($(#[$doc:meta])* $variant:ident($config:ty = $which:expr),)*) => {
         /// One attack with its whole configuration ([`AttackSpec::build`] makes it). The
         /// variant names the attack; its configuration is what runs.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,7 +124,7 @@ macro_rules! registry {
             fn spec_of(self, s: &AttackSettings, steps: usize) -> Result<AttackSpec, String> {
                 match self {
                     $(AttackName::$variant => {
-                        <$config as AttackConfig>::from_settings(self, s, steps)
+                        <$config as AttackConfig>::from_settings($which, s, steps)
                             .map(AttackSpec::$variant)
                     })*
                     AttackName::Autoattack => unreachable!("autoattack has no default steps"),
@@ -182,25 +136,25 @@ macro_rules! registry {
 
 registry! {
     /// FGSM: one L-inf step of size eps along the sign of the CE gradient.
-    Fgsm(Fgsm),
+    Fgsm(Fgsm = ()),
     /// PGD on cross-entropy (default 20 steps of 2.5 * eps / steps, uniform start).
-    Pgd(PgdConfig),
+    Pgd(PgdConfig = (PgdLoss::Ce, Init::Uniform)),
     /// Targeted PGD (CE towards the class chosen by --target).
-    PgdT(PgdConfig),
+    PgdT(PgdConfig = (PgdLoss::TargetedCe, Init::Uniform)),
     /// PGD on TRADES' KL to the clean prediction, from x + 0.001 N(0, I).
-    PgdKl(PgdConfig),
+    PgdKl(PgdConfig = (PgdLoss::Kl, Init::Normal)),
     /// PGD on the Carlini-Wagner margin.
-    Cw(PgdConfig),
+    Cw(PgdConfig = (PgdLoss::Cw, Init::Uniform)),
     /// APGD on cross-entropy (Croce & Hein; default 100 iterations).
-    ApgdCe(ApgdConfig),
+    ApgdCe(ApgdConfig = ApgdConfig::ce),
     /// APGD on the DLR loss.
-    ApgdDlr(ApgdConfig),
+    ApgdDlr(ApgdConfig = ApgdConfig::dlr),
     /// APGD on the targeted DLR loss, 9 target classes.
-    ApgdT(ApgdConfig),
+    ApgdT(ApgdConfig = ApgdConfig::targeted),
     /// FAB, untargeted (minimum-norm; counted fooled within eps; default 100 iterations).
-    Fab(FabConfig),
+    Fab(FabConfig = FabConfig::untargeted),
     /// FAB-T, 9 target classes.
-    FabT(FabConfig),
+    FabT(FabConfig = FabConfig::targeted),
     /// Square Attack (score-based; --queries, default 5000).
-    Square(SquareConfig),
+    Square(SquareConfig = ()),
 }

@@ -56,6 +56,7 @@
 //! attack with the same budget and schedule). The default, 1, is the reference.
 
 use super::pgd::cw_margin;
+use super::settings::{AttackConfig, AttackSettings};
 use super::{correct, Attack, Classifier, ThreatNorm};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -543,12 +544,10 @@ impl Square {
 }
 
 /// `square`: [`SquareConfig::new`] with the queries and restarts given.
-impl super::spec::AttackConfig for SquareConfig {
-    fn from_settings(
-        _: super::spec::AttackName,
-        s: &super::spec::AttackSettings,
-        _steps: usize,
-    ) -> Result<Self, String> {
+impl AttackConfig for SquareConfig {
+    type Variant = ();
+
+    fn from_settings((): (), s: &AttackSettings, _steps: usize) -> Result<Self, String> {
         let base = SquareConfig::new(s.norm, s.eps);
         let cfg = SquareConfig {
             n_queries: s.queries.unwrap_or(base.n_queries),

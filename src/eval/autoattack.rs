@@ -14,6 +14,7 @@
 
 use super::checks::{perturbation_flag, square_beats_white_box, Flag};
 use super::plan::Batching;
+pub use super::plan::Preset;
 use crate::attack::{
     correct, per_sample_l2, ApgdConfig, Attack, AttackName, AttackSpec, Classifier, FabConfig,
     SquareConfig, ThreatNorm,
@@ -26,41 +27,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
-/// The AutoAttack presets (`eval --preset`): named cascades, as data ([`preset`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Preset {
-    /// The reference protocol: APGD-CE -> APGD-T -> FAB-T -> Square.
-    #[default]
-    Standard,
-    /// APGD-CE + APGD-T only: NOT standard AutoAttack (an upper bound; flagged).
-    Fast,
-}
-
-crate::choice::value_enum_text!(Preset => "AutoAttack preset");
-
+/// The attacks of a preset (here, beside [`preset`], its cascade).
 impl Preset {
-    /// The preset's name (`standard`, `fast`).
-    pub fn name(self) -> String {
-        self.to_string()
-    }
-
-    /// Whether this is the reference protocol (numbers comparable to published AutoAttack ones).
-    pub fn standard(self) -> bool {
-        self == Preset::Standard
-    }
-
-    /// What the preset is, for printing and result files.
-    pub fn description(self) -> &'static str {
-        match self {
-            Preset::Standard => "the reference AutoAttack protocol (version='standard')",
-            Preset::Fast => {
-                "NOT standard AutoAttack: APGD-CE + APGD-T only, an upper bound on the \
-                 standard robust accuracy; do not report it as AutoAttack"
-            }
-        }
-    }
-
     /// The names of the preset's attacks, in cascade order.
     pub fn attacks(self) -> Vec<AttackName> {
         preset(self, ThreatNorm::Linf, 0.0, 0, 10)

@@ -4,6 +4,10 @@
 //! [`evaluate`] (or [`evaluate_curve`]); the [`EvalReport`] is what `advtrain eval` prints and
 //! writes as JSON. [`source`] resolves a model and its points as the `eval` flags name them. The
 //! counting functions below are the building blocks.
+//!
+//! The files, lowest first: [`checks`] and [`controls`], [`plan`] (what is asked), [`autoattack`]
+//! (the cascade), [`report`] (what comes back), [`run`] (`evaluate`), then [`source`],
+//! [`merge`] and [`card`] on top.
 
 pub mod autoattack;
 pub mod card;

@@ -1,9 +1,8 @@
 //! What an evaluation is asked to do, typed: [`EvalPlan`] (one attack or an AutoAttack
 //! cascade at one budget) and [`CurvePlan`] (robust accuracy over a list of budgets or step
-//! counts). `advtrain eval` parses its flags into these; [`super::evaluate`] and
-//! [`super::evaluate_curve`] run them.
+//! counts). `advtrain eval` parses its flags into these; `eval::evaluate` and
+//! `eval::evaluate_curve` (run.rs, above this file) run them.
 
-use super::autoattack::Preset;
 use super::controls::Reestimate;
 use crate::attack::{check_eps, AttackName, AttackSettings, AttackSpec, ParamNames, ThreatNorm};
 use crate::compute::Compute;
@@ -253,7 +252,44 @@ pub struct EvalSetup {
     pub compute: Compute,
 }
 
-/// An AutoAttack cascade ([`super::autoattack::AutoAttack`]).
+/// The AutoAttack presets (`eval --preset`): named cascades, as data (their
+/// attacks: `autoattack::preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// The reference protocol: APGD-CE -> APGD-T -> FAB-T -> Square.
+    #[default]
+    Standard,
+    /// APGD-CE + APGD-T only: NOT standard AutoAttack (an upper bound; flagged).
+    Fast,
+}
+
+crate::choice::value_enum_text!(Preset => "AutoAttack preset");
+
+impl Preset {
+    /// The preset's name (`standard`, `fast`).
+    pub fn name(self) -> String {
+        self.to_string()
+    }
+
+    /// Whether this is the reference protocol (numbers comparable to published AutoAttack ones).
+    pub fn standard(self) -> bool {
+        self == Preset::Standard
+    }
+
+    /// What the preset is, for printing and result files.
+    pub fn description(self) -> &'static str {
+        match self {
+            Preset::Standard => "the reference AutoAttack protocol (version='standard')",
+            Preset::Fast => {
+                "NOT standard AutoAttack: APGD-CE + APGD-T only, an upper bound on the \
+                 standard robust accuracy; do not report it as AutoAttack"
+            }
+        }
+    }
+}
+
+/// An AutoAttack cascade (run by `autoattack::AutoAttack`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AutoAttackPlan {
     pub preset: Preset,

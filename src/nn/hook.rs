@@ -2,53 +2,12 @@
 //! features. A hook is a stage output (`Forward::stages[i]`, given as an integer) or the output
 //! of a named norm layer (given as its parameter prefix, e.g. `"layer4.0.bn1"`).
 
+/// The hook itself is data of the architecture ([`super::models::ArchSpec::predictors`]),
+/// defined beside it.
+pub use super::models::Hook;
 use super::models::{Forward, Model};
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
-use std::fmt;
 use tch::Tensor;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Hook {
-    /// Output of stage `i` (after its activation).
-    Stage(usize),
-    /// Output of the norm layer with this name (before the activation that follows it).
-    Norm(String),
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Hook::Stage(i) => write!(f, "stage {i}"),
-            Hook::Norm(n) => write!(f, "norm layer {n}"),
-        }
-    }
-}
-
-/// `2` is stage 2, anything else the norm layer of that name (surrounding spaces ignored).
-impl std::str::FromStr for Hook {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Hook, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("empty hook: give a stage index or a norm-layer name".into());
-        }
-        Ok(s.parse::<usize>()
-            .map(Hook::Stage)
-            .unwrap_or_else(|_| Hook::Norm(s.to_string())))
-    }
-}
-
-impl Hook {
-    /// A variable-name component for this hook (`2`, `layer4_0_bn1`).
-    pub fn key(&self) -> String {
-        match self {
-            Hook::Stage(i) => i.to_string(),
-            Hook::Norm(n) => n.replace('.', "_"),
-        }
-    }
-}
 
 /// Error unless every hook exists in `model` (`stages` = its number of stage outputs); `field`
 /// names the recipe field the hooks came from.

@@ -1,4 +1,8 @@
 //! Neural-network building blocks: the route-aware norm layer and the model registry.
+//!
+//! The files, lowest first: [`norm`] (the `Norm` layer), [`fold`] (BN folding), [`models`] (the
+//! `Model` trait, `ArchSpec` with its `Hook`s, the registry), [`hook`] (reading hooked
+//! features), [`predictor`] and [`network`] (model + variables).
 
 pub mod fold;
 pub mod hook;

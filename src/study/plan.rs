@@ -1,8 +1,7 @@
 //! `study plan`: the exact commands of a study, as a shell script (one command per line), a
 //! Slurm array script (one array task per run) or JSON (the resolved study).
 
-use super::run::command_line;
-use super::spec::Study;
+use super::spec::{Step, Study};
 use std::path::Path;
 
 /// Output formats of `study plan`.
@@ -33,6 +32,17 @@ pub fn shell_join(argv: &[String]) -> String {
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The whole command line of a step.
+pub fn command_line(exe: &Path, threads: usize, step: &Step) -> Vec<String> {
+    let mut v = vec![
+        exe.display().to_string(),
+        "--threads".into(),
+        threads.to_string(),
+    ];
+    v.extend(step.args.iter().cloned());
+    v
 }
 
 /// The commands of one run, one line each, in order (its logs' folder made first).

@@ -9,12 +9,14 @@
 //! reported at the end with its log; the other runs go on. The output folder is locked
 //! ([`DirLock`]) for the whole study.
 
+pub use super::plan::command_line;
+use super::plan::shell_join;
 use super::spec::{Run, Step, StepKind, Study, STUDY_JSON};
 use crate::fsio::{write_atomic, DirLock};
 use crate::train::Recipe;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -335,17 +337,6 @@ fn describe(s: std::process::ExitStatus) -> String {
     }
 }
 
-/// The whole command line of a step.
-pub fn command_line(exe: &Path, threads: usize, step: &Step) -> Vec<String> {
-    let mut v = vec![
-        exe.display().to_string(),
-        "--threads".into(),
-        threads.to_string(),
-    ];
-    v.extend(step.args.iter().cloned());
-    v
-}
-
 /// Run one step as a subprocess, its output appended to its log.
 fn exec(step: &Step, settings: &RunSettings) -> Result<std::process::ExitStatus> {
     if let Some(dir) = step.log.parent() {
@@ -365,7 +356,7 @@ fn exec(step: &Step, settings: &RunSettings) -> Result<std::process::ExitStatus>
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        super::plan::shell_join(&argv)
+        shell_join(&argv)
     )?;
     let err = log.try_clone()?;
     Command::new(&argv[0])

@@ -1,8 +1,8 @@
-//! The attack flags of `advtrain eval` (flattened into [`super::EvalArgs`] in place, so
+//! The attack flags of `advtrain eval` (flattened into `EvalArgs` (args.rs) in place, so
 //! `--help` keeps its order) and their conversion into the attack settings; `parse_number`
 //! reads budgets given as fractions.
 
-use crate::attack::pgd::Target;
+use crate::attack::Target;
 use crate::attack::{AttackName, AttackSettings, ThreatNorm};
 use crate::choice::choice;
 use crate::eval::autoattack::Preset;

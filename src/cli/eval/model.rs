@@ -1,4 +1,4 @@
-//! Two flag groups of `advtrain eval` (flattened into [`super::EvalArgs`] in place, so
+//! Two flag groups of `advtrain eval` (flattened into `EvalArgs` (args.rs) in place, so
 //! `--help` keeps its order): the evaluated model and the test-time controls, each with its
 //! one-to-one conversion into the library's request or plan part.
 

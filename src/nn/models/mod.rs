@@ -74,10 +74,55 @@ pub struct ArchSpec {
     pub norm: NormSpec,
     /// Feature hooks (stage indices or norm-layer names) with an ARAT predictor head (empty = none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub predictors: Vec<crate::nn::Hook>,
+    pub predictors: Vec<Hook>,
     /// Classifier heads: 1, or one per domain ("Dual-Linear"; selected by `route.ap`).
     #[serde(default = "one_head", skip_serializing_if = "is_one")]
     pub heads: usize,
+}
+
+/// A feature hook (`nn::hook`): where ARAT's invariance term (and the gradient-conflict
+/// analysis) read features, a stage output (`Forward::stages[i]`, given as an integer) or the
+/// output of a named norm layer (given as its parameter prefix, e.g. `"layer4.0.bn1"`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Hook {
+    /// Output of stage `i` (after its activation).
+    Stage(usize),
+    /// Output of the norm layer with this name (before the activation that follows it).
+    Norm(String),
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hook::Stage(i) => write!(f, "stage {i}"),
+            Hook::Norm(n) => write!(f, "norm layer {n}"),
+        }
+    }
+}
+
+/// `2` is stage 2, anything else the norm layer of that name (surrounding spaces ignored).
+impl std::str::FromStr for Hook {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Hook, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty hook: give a stage index or a norm-layer name".into());
+        }
+        Ok(s.parse::<usize>()
+            .map(Hook::Stage)
+            .unwrap_or_else(|_| Hook::Norm(s.to_string())))
+    }
+}
+
+impl Hook {
+    /// A variable-name component for this hook (`2`, `layer4_0_bn1`).
+    pub fn key(&self) -> String {
+        match self {
+            Hook::Stage(i) => i.to_string(),
+            Hook::Norm(n) => n.replace('.', "_"),
+        }
+    }
 }
 
 fn one_head() -> usize {

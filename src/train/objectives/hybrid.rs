@@ -9,7 +9,7 @@
 //! adversarially with `paired` (2B rows, Zhang et al.). A term with no rows is dropped (the other
 //! then has weight 1). `passes` chooses one forward over `[x'; x]` split by sizes (joint) or one
 //! forward per domain (separate); routes pick the statistics and affine sets (Dual BN, Dual-AP,
-//! Cross-BN, ...). Also the batch composition of AdvProp ([`super::advprop`]) and the routes and
+//! Cross-BN, ...). Also the batch composition of AdvProp (`advprop.rs`) and the routes and
 //! passes of TRADES, MART and ARAT.
 
 use super::{adversarial, hits, SetupCx, StepCx, StepOutput, TrainObjective};

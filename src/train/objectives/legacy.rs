@@ -3,7 +3,7 @@
 //! carried all of them: `attack`, `route`, `hybrid`, `trades_beta`, `mart_lambda`, `arat`,
 //! `mixacm`, `track_clean_accuracy`. The layout itself is unchanged (an objective's keys sit
 //! beside `objective`), so a key an objective uses is read as before; a key of this list it does
-//! not use is type-checked as before and dropped while reading ([`super::keys`]). Such a key
+//! not use is type-checked as before and dropped while reading (`keys.rs`). Such a key
 //! never had an effect for that objective, so the recipe resolves to the same settings.
 //! [`ignored`] names the dropped keys whose value differs from what the earlier code wrote by
 //! default (a warning at `train`), and refuses `[train.mixacm]` with another objective, as the

@@ -4,7 +4,7 @@
 //! a batch, its validation route, its default passes, what it sets up when a run starts (extra
 //! parameters: MixACM's teacher and projections; checks against the built model: ARAT's hooks),
 //! and what it saves into every checkpoint set and resumes from it (MixACM's projections).
-//! The run loop ([`crate::train::run`]) sees an objective only through that trait (via
+//! The run loop (`train::run`, run.rs) sees an objective only through that trait (via
 //! [`Objective::start`] and [`Active`]); wrappers that apply to any objective (AWP, SWA, the
 //! overfitting check) stay recipe-level options of [`crate::train::recipe::TrainSpec`].
 //!
