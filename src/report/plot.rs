@@ -587,7 +587,7 @@ impl BarPlot {
         let flip = widest(root, &self.categories, TICK) as f64 > 0.8 * w as f64 / n;
         let (x, y) = if flip {
             cats.label = named(&self.categories, true);
-            cats.size = (0.7 * h as f64 / n - 2.0).clamp(8.0, TICK);
+            cats.size = ((h as f64 - 150.0) / n - 2.0).clamp(8.0, TICK);
             (
                 Axis {
                     desc: &self.y_label,

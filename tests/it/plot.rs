@@ -687,7 +687,7 @@ fn gallery_of_every_kind() {
         ],
         categories: layers,
     }
-    .write(&dir.join("grad_conflict.png"))
+    .write_sized(&dir.join("grad_conflict.png"), (1000, 160 + 18 * n as u32))
     .unwrap();
     // A small grouped bar plot with three series.
     BarPlot {
