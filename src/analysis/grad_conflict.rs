@@ -617,7 +617,10 @@ impl Report {
             self.adv_route,
             self.provenance.architecture
         );
-        self.result().plot(title).write(path)
+        // 18 pixels a layer at least: many layers make horizontal bars, one row per layer.
+        let plot = self.result().plot(title);
+        let height = (160 + 18 * plot.categories.len() as u32).max(640);
+        plot.write_sized(path, (1000, height))
     }
 }
 

@@ -1,19 +1,19 @@
-//! Line plots, grouped bar plots and heatmaps drawn by plotters, as PNG or SVG.
+//! Line plots, grouped bar plots and heatmaps drawn by plotters, written as PNG.
 //!
-//! Each figure is a plain struct; `write(path)` picks the format by the extension (`.png` or
-//! `.svg`), `write_sized(path, (w, h))` sets the size (default [`DEFAULT_SIZE`]), `to_png` /
-//! `to_svg` render in memory, and [`grid_png`] puts several figures on one image (plotters'
-//! `split_evenly`). Data is checked first: empty or mismatched data is an error naming the figure
-//! (and the file), never a panic. Non-finite values are skipped: a line breaks at them (and at
-//! points outside a fixed `y_range`), a bar is left out, a cell is grey `n/a`.
+//! Each figure is a plain struct; `write(path)` writes a PNG at [`DEFAULT_SIZE`], `write_sized`
+//! at another size, `to_png` renders in memory, [`grid_png`] puts several figures on one image
+//! (plotters' `split_evenly`) and [`draw_grid`] draws them on any plotters backend. Data is checked
+//! first: empty or mismatched data is an error naming the figure (and the file), never a panic.
+//! Non-finite values are skipped: a line breaks at them (and at points outside a fixed
+//! `y_range`), a bar is left out, a cell is grey `n/a`.
 //!
-//! The layout is plotters': the title over the figure (`titled`, shrunk to fit), `ChartBuilder`
-//! label areas, `configure_mesh` for axes, ticks (on integers when every x is one, as epochs and
-//! layer indices are), grid and axis descriptions, `configure_series_labels` for the legend in a
-//! strip of its own beside the plot (so it never covers data), `PathElement` error bars, viridis
-//! (`ViridisRGB`) with a colour scale chart for heatmaps. Text is DejaVu Sans embedded from
-//! `assets/fonts/` (rasterised by `ab_glyph`), so output does not depend on the machine's fonts;
-//! PNGs are 8-bit RGB (the `png` crate); SVGs keep text as text.
+//! The layout is plotters': `ChartBuilder::caption` for the title (its font shrunk to fit), label
+//! areas sized to the tick labels, `configure_mesh` for axes, ticks (on integers when every x is
+//! one, as epochs and layer indices are) and grid, `configure_series_labels` for the legend, placed
+//! in the chart's right margin beside the plot (so it never covers data), plotters' markers. Bars
+//! whose category names do not fit side by side turn horizontal, the names as y tick labels.
+//! Heatmaps are viridis with a colour scale beside the cells. Text is DejaVu Sans embedded from
+//! `assets/fonts/` (rasterised by `ab_glyph`), so output does not depend on the machine's fonts.
 //!
 //! ```no_run
 //! use advtrain::report::{LinePlot, Series};
@@ -33,13 +33,13 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use plotters::coord::{types::RangedCoordf64, Shift};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::{register_font, FontStyle, FontTransform};
+use plotters::style::{register_font, FontStyle};
 
-/// Size in pixels (width, height) used by `write`; SVG output uses it as its viewport.
+/// Size in pixels (width, height) used by `write`.
 pub const DEFAULT_SIZE: (u32, u32) = (1000, 640);
 /// The family every text asks for; the embedded font is registered under it.
 const FAMILY: &str = "sans-serif";
@@ -169,11 +169,11 @@ pub enum Figure<'a> {
 
 /// `figs` on one PNG of `size` pixels, in a grid of `cols` columns (as many rows as needed),
 /// each in an equal cell: e.g. a run's stacked training curves, the two BN-swap heatmaps.
-pub fn grid_png(figs: &[Figure], cols: usize, size: (u32, u32)) -> Result<Vec<u8>> {
-    check(figs, cols, size)?;
-    let (w, h) = size;
+pub fn grid_png(figs: &[Figure], cols: usize, (w, h): (u32, u32)) -> Result<Vec<u8>> {
+    let ok = (240..=10_000).contains(&w) && (180..=10_000).contains(&h);
+    ensure!(ok, "size {w}x{h} is outside 240x180 ..= 10000x10000 pixels");
     let mut rgb = vec![255u8; w as usize * h as usize * 3];
-    draw_grid(figs, cols, BitMapBackend::with_buffer(&mut rgb, size))?;
+    draw_grid(figs, cols, BitMapBackend::with_buffer(&mut rgb, (w, h)))?;
     let mut out = Vec::new();
     let mut enc = png::Encoder::new(&mut out, w, h);
     enc.set_color(png::ColorType::Rgb);
@@ -184,75 +184,30 @@ pub fn grid_png(figs: &[Figure], cols: usize, size: (u32, u32)) -> Result<Vec<u8
     Ok(out)
 }
 
-/// As [`grid_png`], an SVG document.
-pub fn grid_svg(figs: &[Figure], cols: usize, size: (u32, u32)) -> Result<String> {
-    check(figs, cols, size)?;
-    let mut svg = String::new();
-    draw_grid(figs, cols, SVGBackend::with_string(&mut svg, size))?;
-    Ok(svg)
-}
-
-/// Writes `figs` to `path`: [`grid_png`] for `.png`, [`grid_svg`] for `.svg` (any case).
+/// Writes [`grid_png`] to `path`, which must end in `.png` (any case).
 pub fn write_grid(figs: &[Figure], cols: usize, path: &Path, size: (u32, u32)) -> Result<()> {
-    let ext = path
+    let png = path
         .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    let bytes = match ext.as_deref() {
-        Some("png") => grid_png(figs, cols, size),
-        Some("svg") => grid_svg(figs, cols, size).map(String::into_bytes),
-        _ => bail!(
-            "cannot write a plot to {}: unsupported file extension (expected .png or .svg)",
-            path.display()
-        ),
-    };
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
     let fail = || format!("cannot write {}", path.display());
-    std::fs::write(path, bytes.with_context(fail)?).with_context(fail)
+    ensure!(
+        png,
+        "{}: unsupported file extension (expected .png)",
+        fail()
+    );
+    std::fs::write(path, grid_png(figs, cols, size).with_context(fail)?).with_context(fail)
 }
 
-macro_rules! figure_methods {
-    ($($t:ident),*) => {$(
-        impl $t {
-            /// Writes the figure at [`DEFAULT_SIZE`] to `path`: PNG for `.png`, SVG for `.svg`.
-            /// Errors (naming the file) for another extension, invalid data or an unwritable path.
-            pub fn write(&self, path: &Path) -> Result<()> {
-                write_grid(&[Figure::$t(self)], 1, path, DEFAULT_SIZE)
-            }
-            /// As [`write`](Self::write), at `size = (width, height)` pixels.
-            pub fn write_sized(&self, path: &Path, size: (u32, u32)) -> Result<()> {
-                write_grid(&[Figure::$t(self)], 1, path, size)
-            }
-            /// The figure as the bytes of a PNG file of `size` pixels.
-            pub fn to_png(&self, size: (u32, u32)) -> Result<Vec<u8>> {
-                grid_png(&[Figure::$t(self)], 1, size)
-            }
-            /// The figure as an SVG document of `size` pixels.
-            pub fn to_svg(&self, size: (u32, u32)) -> Result<String> {
-                grid_svg(&[Figure::$t(self)], 1, size)
-            }
-        }
-    )*};
-}
-figure_methods!(LinePlot, BarPlot, Heatmap);
-
-type Area<DB> = DrawingArea<DB, Shift>;
-type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
-
-/// plotters' errors are generic over the backend and not always `'static`: into anyhow as text.
-fn pe<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> Result<T> {
-    r.map_err(|e| anyhow!("drawing failed: {e}"))
-}
-
-fn check(figs: &[Figure], cols: usize, (w, h): (u32, u32)) -> Result<()> {
+/// Checks `figs` and draws them with `backend` (any plotters backend, e.g. its `SVGBackend`)
+/// in a grid of `cols` columns.
+pub fn draw_grid<DB: DrawingBackend>(figs: &[Figure], cols: usize, backend: DB) -> Result<()> {
     static FONT_OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = FONT_OK.get_or_init(|| register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     ensure!(
         *ok,
-        "the embedded font (assets/fonts/DejaVuSans.ttf) is not a valid font"
+        "the embedded font (assets/fonts/DejaVuSans.ttf) is not valid"
     );
     ensure!(!figs.is_empty() && cols > 0, "no figure to draw");
-    let ok = (240..=10_000).contains(&w) && (180..=10_000).contains(&h);
-    ensure!(ok, "size {w}x{h} is outside 240x180 ..= 10000x10000 pixels");
     for f in figs {
         let (kind, title, valid) = match f {
             Figure::LinePlot(p) => ("line plot", &p.title, p.validate()),
@@ -264,10 +219,6 @@ fn check(figs: &[Figure], cols: usize, (w, h): (u32, u32)) -> Result<()> {
             t => format!("cannot plot {kind} '{t}'"),
         })?;
     }
-    Ok(())
-}
-
-fn draw_grid<DB: DrawingBackend>(figs: &[Figure], cols: usize, backend: DB) -> Result<()> {
     let root = backend.into_drawing_area();
     pe(root.fill(&WHITE))?;
     let cells = root.split_evenly((figs.len().div_ceil(cols), cols));
@@ -279,6 +230,36 @@ fn draw_grid<DB: DrawingBackend>(figs: &[Figure], cols: usize, backend: DB) -> R
         }
     }
     pe(root.present())
+}
+
+macro_rules! figure_methods {
+    ($($t:ident),*) => {$(
+        impl $t {
+            /// Writes the figure as a PNG of [`DEFAULT_SIZE`] to `path` (`.png`); errors name
+            /// the file for another extension, invalid data or an unwritable path.
+            pub fn write(&self, path: &Path) -> Result<()> {
+                write_grid(&[Figure::$t(self)], 1, path, DEFAULT_SIZE)
+            }
+            /// As [`write`](Self::write), at `size = (width, height)` pixels.
+            pub fn write_sized(&self, path: &Path, size: (u32, u32)) -> Result<()> {
+                write_grid(&[Figure::$t(self)], 1, path, size)
+            }
+            /// The figure as the bytes of a PNG file of `size` pixels.
+            pub fn to_png(&self, size: (u32, u32)) -> Result<Vec<u8>> {
+                grid_png(&[Figure::$t(self)], 1, size)
+            }
+        }
+    )*};
+}
+figure_methods!(LinePlot, BarPlot, Heatmap);
+
+type Area<DB> = DrawingArea<DB, Shift>;
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Label<'a> = Box<dyn Fn(&f64) -> String + 'a>;
+
+/// plotters' errors are generic over the backend and not always `'static`: into anyhow as text.
+fn pe<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|e| anyhow!("drawing failed: {e}"))
 }
 
 fn finite2(p: (f64, f64)) -> bool {
@@ -308,59 +289,52 @@ fn padded(values: impl IntoIterator<Item = f64>, pad: f64) -> (f64, f64) {
     }
 }
 
-/// One axis of a chart: its range, how many ticks plotters may put on it (at most), their
-/// label and the axis description.
+/// Tick labels of `range` cut in at most `n` ticks, with the decimals their step needs
+/// (scientific for extreme magnitudes).
+fn numeric<'a>(range: (f64, f64), n: usize) -> Label<'a> {
+    let ticks = RangedCoordf64::from(range.0..range.1).key_points(n);
+    let step = ticks.get(1).zip(ticks.first()).map_or(1.0, |(b, a)| b - a);
+    let sci = range.0.abs().max(range.1.abs()) >= 1e6 || step < 1e-4;
+    let dec = (-step.log10().floor()).clamp(0.0, 8.0) as usize;
+    Box::new(move |v| match (sci, v.abs() < 1e-9 * step) {
+        (_, true) if sci => "0".into(),
+        (true, _) => format!("{v:.1e}"),
+        (false, zero) => format!("{:.dec$}", if zero { 0.0 } else { *v }),
+    })
+}
+
+/// `names` at `0, 1, ..` (row 0 at the top when `reverse`).
+fn named(names: &[String], reverse: bool) -> Label<'_> {
+    let last = names.len() as f64 - 1.0;
+    Box::new(move |v| {
+        let i = if reverse { last - v } else { *v };
+        let whole = (i - i.round()).abs() < 1e-6 && i > -0.5;
+        let name = whole.then(|| names.get(i.round() as usize)).flatten();
+        name.cloned().unwrap_or_default()
+    })
+}
+
+/// One axis of a chart: range, at most `n` ticks with `label`s in a font of `size`, the axis
+/// description and whether grid lines mark its ticks.
 struct Axis<'a> {
     range: (f64, f64),
     n: usize,
-    label: Box<dyn Fn(&f64) -> String + 'a>,
+    label: Label<'a>,
+    size: f64,
     desc: &'a str,
+    grid: bool,
 }
 
 impl<'a> Axis<'a> {
-    /// At most `n` ticks (when `int`, no more than the integers in `range`, so that plotters'
-    /// steps of 1, 2, 5 x 10^k stay integers), printed with the decimals their step needs
-    /// (scientific for extreme magnitudes).
-    fn numeric(range: (f64, f64), n: usize, int: bool, desc: &'a str) -> Self {
-        let ints = (range.1.floor() - range.0.ceil() + 1.0).max(1.0) as usize;
-        let n = if int { n.min(ints) } else { n };
-        let ticks = RangedCoordf64::from(range.0..range.1).key_points(n);
-        let step = match ticks.as_slice() {
-            [a, b, ..] => b - a,
-            _ => 1.0,
-        };
-        let sci = range.0.abs().max(range.1.abs()) >= 1e6 || step < 1e-4;
-        let dec = (-step.log10().floor()).clamp(0.0, 8.0) as usize;
-        let label = Box::new(move |v: &f64| match (sci, v.abs() < 1e-9 * step) {
-            (true, true) => "0".into(),
-            (true, false) => format!("{v:.1e}"),
-            (false, zero) => format!("{:.dec$}", if zero { 0.0 } else { *v }),
-        });
+    fn new(range: (f64, f64), n: usize, label: Label<'a>, desc: &'a str, grid: bool) -> Self {
+        let size = TICK;
         Axis {
             range,
             n,
             label,
+            size,
             desc,
-        }
-    }
-
-    /// `names` at `0, 1, ..` (row 0 at the top when `reverse`), at most `n` of them labelled.
-    fn named(names: &'a [String], n: usize, reverse: bool, desc: &'a str) -> Self {
-        let len = names.len() as f64;
-        let at = move |v: &f64| {
-            let i = if reverse { len - 1.0 - v } else { *v };
-            let whole = (i - i.round()).abs() < 1e-6 && i >= -0.1;
-            whole
-                .then(|| names.get(i.round() as usize).cloned())
-                .flatten()
-                .unwrap_or_default()
-        };
-        let label = Box::new(at);
-        Axis {
-            range: (-0.5, len - 0.5),
-            n: n.min(names.len()),
-            label,
-            desc,
+            grid,
         }
     }
 
@@ -387,72 +361,46 @@ fn colour(i: usize) -> RGBColor {
     RGBColor((c >> 16) as u8, (c >> 8) as u8, c as u8)
 }
 
-/// Marker of series `i`: circle, square, triangle, diamond (a filled polygon) around pixel `at`.
-fn marker(i: usize, at: (i32, i32)) -> Polygon<(i32, i32)> {
-    let (corners, turn, r) = [
-        (10, 0.0, 5.0),
-        (4, 0.125, 5.7),
-        (3, 0.0, 6.5),
-        (4, 0.0, 6.5),
-    ][i % 4];
-    let corner = |k: usize| {
-        let a = std::f64::consts::TAU * (k as f64 / corners as f64 + turn);
-        (
-            at.0 + (r * a.sin()).round() as i32,
-            at.1 - (r * a.cos()).round() as i32,
-        )
-    };
-    Polygon::new(
-        (0..corners).map(corner).collect::<Vec<_>>(),
-        colour(i).filled(),
-    )
-}
-
-/// The title over the whole width (shrunk to fit), and a strip `strip` pixels wide split off the
-/// right (none for 0): the areas for the chart and for what goes beside it.
-fn frame<DB: DrawingBackend>(
-    root: &Area<DB>,
-    title: &str,
-    strip: u32,
-) -> Result<(Area<DB>, Area<DB>)> {
-    let mut area = root.margin(MARGIN / 2, 0, 0, 0);
-    if !title.is_empty() {
-        let fit = (root.dim_in_pixel().0 - 2 * MARGIN) as f64
-            / widest(root, &[title], TITLE).max(1) as f64;
-        area = pe(area.titled(title, font(TITLE * fit.min(1.0))))?;
+/// plotters' marker of series `i` at pixel `at`: circle, square, triangle, cross.
+fn marker<DB: DrawingBackend>(i: usize, at: (i32, i32)) -> DynElement<'static, DB, (i32, i32)> {
+    let s = colour(i).filled();
+    match i % 4 {
+        0 => Circle::new(at, 5, s).into_dyn(),
+        1 => Rectangle::new([(at.0 - 4, at.1 - 4), (at.0 + 4, at.1 + 4)], s).into_dyn(),
+        2 => TriangleMarker::new(at, 6, s).into_dyn(),
+        _ => Cross::new(at, 5, colour(i).stroke_width(2)).into_dyn(),
     }
-    Ok(area.split_horizontally(area.dim_in_pixel().0 - strip))
 }
 
-/// The chart on `area` with label areas fitted to the tick labels (`x_height`: the x tick
-/// labels' height) and the axis descriptions.
+/// The chart on `root`: the title on top (shrunk to fit), `right` pixels free beside the plot,
+/// label areas fitted to the tick labels and the axis descriptions, plotters' mesh drawn.
 fn chart<'a, DB: DrawingBackend>(
-    area: &'a Area<DB>,
+    root: &'a Area<DB>,
+    title: &str,
+    right: u32,
     x: &Axis,
     y: &Axis,
-    x_height: u32,
 ) -> Result<Chart<'a, DB>> {
-    let desc = |d: &str| if d.is_empty() { 0 } else { DESC as u32 + 12 };
-    let mut builder = ChartBuilder::on(area);
-    builder
-        .margin(MARGIN)
-        .x_label_area_size(x_height + 14 + desc(x.desc))
-        .y_label_area_size(widest(area, &y.ticks(), TICK) + 14 + desc(y.desc));
-    pe(builder.build_cartesian_2d(x.range.0..x.range.1, y.range.0..y.range.1))
-}
-
-/// plotters' mesh: axes, ticks, labels (x labels in `x_font`), descriptions; a light grid at the
-/// x and y ticks as `grid` says.
-fn mesh<DB: DrawingBackend>(
-    chart: &mut Chart<DB>,
-    x: &Axis,
-    y: &Axis,
-    x_font: TextStyle,
-    grid: (bool, bool),
-) -> Result<()> {
+    let desc = |a: &Axis| {
+        if a.desc.is_empty() {
+            0
+        } else {
+            DESC as u32 + 12
+        }
+    };
+    let mut b = ChartBuilder::on(root);
+    b.margin(MARGIN).margin_right(MARGIN + right);
+    if !title.is_empty() {
+        let room = root.dim_in_pixel().0.saturating_sub(2 * MARGIN + right);
+        let fit = room as f64 / widest(root, &[title], TITLE).max(1) as f64;
+        b.caption(title, font(TITLE * fit.min(1.0)));
+    }
+    b.x_label_area_size(x.size as u32 + 14 + desc(x))
+        .y_label_area_size(widest(root, &y.ticks(), y.size) + 14 + desc(y));
+    let mut chart = pe(b.build_cartesian_2d(x.range.0..x.range.1, y.range.0..y.range.1))?;
     let mut mesh = chart.configure_mesh();
-    mesh.label_style(font(TICK))
-        .x_label_style(x_font)
+    mesh.x_label_style(font(x.size))
+        .y_label_style(font(y.size))
         .axis_desc_style(font(DESC))
         .x_desc(x.desc)
         .y_desc(y.desc)
@@ -462,27 +410,22 @@ fn mesh<DB: DrawingBackend>(
         .y_label_formatter(&y.label)
         .bold_line_style(RGBColor(215, 215, 215))
         .light_line_style(TRANSPARENT);
-    if !grid.0 {
+    if !x.grid {
         mesh.disable_x_mesh();
     }
-    if !grid.1 {
+    if !y.grid {
         mesh.disable_y_mesh();
     }
-    pe(mesh.draw())
+    pe(mesh.draw())?;
+    Ok(chart)
 }
 
-/// Width of a legend strip for these series names: none for fewer than two, at most 40%.
-fn legend_width<DB: DrawingBackend>(root: &Area<DB>, names: &[&str]) -> u32 {
-    match names.len() {
-        0 | 1 => 0,
-        _ => (widest(root, names, 16.0) + 70).min(root.dim_in_pixel().0 * 2 / 5),
-    }
-}
-
-/// The legend in `strip`: plotters' series labels (upper left, framed) on a chart holding only
-/// them; `sample(i, at)` draws series `i`'s sample.
+/// The legend of `names` in `strip`, beside the plot (so it covers no data), its top at `top`
+/// pixels: plotters' series labels (framed) of empty series on a chart of their own;
+/// `sample(i, at)` draws series `i`'s sample.
 fn legend<'a, DB: DrawingBackend + 'a, E: IntoDynElement<'a, DB, (i32, i32)>>(
     strip: &'a Area<DB>,
+    top: u32,
     names: &[&str],
     sample: impl Fn(usize, (i32, i32)) -> E + Copy + 'a,
 ) -> Result<()> {
@@ -490,7 +433,7 @@ fn legend<'a, DB: DrawingBackend + 'a, E: IntoDynElement<'a, DB, (i32, i32)>>(
         return Ok(());
     }
     let mut chart = pe(ChartBuilder::on(strip)
-        .margin_top(MARGIN)
+        .margin_top(top)
         .build_cartesian_2d(0.0..1.0, 0.0..1.0))?;
     for (i, name) in names.iter().enumerate() {
         let none = std::iter::empty::<EmptyElement<(f64, f64), DB>>();
@@ -502,28 +445,40 @@ fn legend<'a, DB: DrawingBackend + 'a, E: IntoDynElement<'a, DB, (i32, i32)>>(
     labels
         .position(SeriesLabelPosition::UpperLeft)
         .margin(8)
-        .legend_area_size(34);
-    labels
+        .legend_area_size(34)
         .label_font(font(16.0))
         .background_style(WHITE)
         .border_style(RGBColor(160, 160, 160));
     pe(labels.draw())
 }
 
+/// `root` split into the chart's area and a strip on the right for the legend of `names`
+/// (none for fewer than two; at most 40% of the width).
+fn with_legend<DB: DrawingBackend>(root: &Area<DB>, names: &[&str]) -> (Area<DB>, Area<DB>) {
+    let w = root.dim_in_pixel().0;
+    let strip = match names.len() {
+        0 | 1 => 0,
+        _ => (widest(root, names, 16.0) + 70).min(w * 2 / 5),
+    };
+    root.split_horizontally(w - strip)
+}
+
+/// Pixels from the top of `root` to the top of the chart's plot.
+fn plot_top<DB: DrawingBackend>(root: &Area<DB>, chart: &Chart<DB>) -> u32 {
+    (chart.plotting_area().get_base_pixel().1 - root.get_base_pixel().1).max(0) as u32
+}
+
 impl LinePlot {
     fn validate(&self) -> Result<()> {
         ensure!(!self.series.is_empty(), "no series to plot");
         check_range("y_range", self.y_range)?;
+        let n = self.series.len();
         let finite = self
             .series
             .iter()
             .flat_map(|s| &s.points)
             .any(|&p| finite2(p));
-        ensure!(
-            finite,
-            "no finite points to plot in {} series",
-            self.series.len()
-        );
+        ensure!(finite, "no finite points to plot in {n} series");
         Ok(())
     }
 
@@ -534,29 +489,34 @@ impl LinePlot {
                 .flat_map(|s| &s.points)
                 .filter(|p| finite2(**p))
         };
-        let int = pts().all(|p| p.0.fract() == 0.0);
-        let x = Axis::numeric(padded(pts().map(|p| p.0), 0.04), 10, int, &self.x_label);
+        let xr = padded(pts().map(|p| p.0), 0.04);
         let yr = self
             .y_range
             .unwrap_or_else(|| padded(pts().map(|p| p.1), 0.06));
-        let y = Axis::numeric(yr, 8, false, &self.y_label);
+        // At most one tick per integer on an integer axis: plotters' 1, 2, 5 x 10^k steps stay
+        // integers.
+        let ints = (xr.1.floor() - xr.0.ceil() + 1.0).max(1.0) as usize;
+        let xn = if pts().all(|p| p.0.fract() == 0.0) {
+            ints.min(10)
+        } else {
+            10
+        };
+        let x = Axis::new(xr, xn, numeric(xr, xn), &self.x_label, true);
+        let y = Axis::new(yr, 8, numeric(yr, 8), &self.y_label, true);
         let names: Vec<&str> = self.series.iter().map(|s| s.name.as_str()).collect();
-        let (area, strip) = frame(root, &self.title, legend_width(root, &names))?;
-        let mut chart = chart(&area, &x, &y, TICK as u32)?;
-        mesh(&mut chart, &x, &y, font(TICK), (true, true))?;
+        let (area, strip) = with_legend(root, &names);
+        let mut chart = chart(&area, &self.title, 0, &x, &y)?;
         // A line breaks at non-finite points and at points outside a fixed y range.
-        let shown = |p: &(f64, f64)| finite2(*p) && p.1 >= yr.0 && p.1 <= yr.1;
+        let shown = |p: &&(f64, f64)| finite2(**p) && p.1 >= yr.0 && p.1 <= yr.1;
         for (i, s) in self.series.iter().enumerate() {
-            for run in s.points.split(|p| !shown(p)) {
-                pe(chart.draw_series(LineSeries::new(
-                    run.iter().copied(),
-                    colour(i).stroke_width(2),
-                )))?;
+            for run in s.points.split(|p| !shown(&p)) {
+                let line = LineSeries::new(run.iter().copied(), colour(i).stroke_width(2));
+                pe(chart.draw_series(line))?;
             }
-            let marks = s.points.iter().filter(|p| shown(p));
+            let marks = s.points.iter().filter(shown);
             pe(chart.draw_series(marks.map(|&p| EmptyElement::at(p) + marker(i, (0, 0)))))?;
         }
-        legend(&strip, &names, |i, at| {
+        legend(&strip, plot_top(root, &chart), &names, |i, at| {
             let line = PathElement::new(vec![(0, 0), (24, 0)], colour(i).stroke_width(2));
             EmptyElement::at(at) + line + marker(i, (12, 0))
         })
@@ -603,86 +563,74 @@ impl BarPlot {
             .collect();
         // From 0 (or a bit below the lowest end) to a bit above the highest (or 0).
         let (lo, hi) = padded(ends.iter().copied().chain([0.0]), 0.05);
-        let (min, max) = (
-            ends.iter().copied().fold(0.0, f64::min),
-            ends.iter().copied().fold(0.0, f64::max),
+        let below = ends.iter().any(|&v| v < 0.0);
+        let vr = (
+            if below { lo } else { 0.0 },
+            if ends.iter().any(|&v| v > 0.0) {
+                hi
+            } else {
+                0.0
+            },
         );
-        let yr = (
-            if min < 0.0 { lo } else { 0.0 },
-            if max > 0.0 { hi } else { 0.0 },
+        let vr = if vr.0 < vr.1 { vr } else { (0.0, 1.0) };
+        let values = Axis::new(vr, 8, numeric(vr, 8), &self.y_label, true);
+        let mut cats = Axis::new(
+            (-0.5, n - 0.5),
+            n as usize,
+            named(&self.categories, false),
+            &self.x_label,
+            false,
         );
-        let yr = if yr.0 < yr.1 { yr } else { (0.0, 1.0) };
-        let y = Axis::numeric(yr, 8, false, &self.y_label);
+        // Category names side by side when they fit their slots, else horizontal bars: the
+        // names on the y axis (first on top), in a font that fits their rows.
+        let (w, h) = root.dim_in_pixel();
+        let flip = widest(root, &self.categories, TICK) as f64 > 0.8 * w as f64 / n;
+        let (x, y) = if flip {
+            cats.label = named(&self.categories, true);
+            cats.size = ((h as f64 - 150.0) / n - 2.0).clamp(8.0, TICK);
+            (
+                Axis {
+                    desc: &self.y_label,
+                    ..values
+                },
+                Axis {
+                    desc: &self.x_label,
+                    ..cats
+                },
+            )
+        } else {
+            (cats, values)
+        };
+        let at = |c: f64, v: f64| if flip { (v, n - 1.0 - c) } else { (c, v) };
         let names: Vec<&str> = self.series.iter().map(|s| s.name.as_str()).collect();
-        let (area, strip) = frame(root, &self.title, legend_width(root, &names))?;
-        // Category names side by side if they fit their slots, else vertical in a font that
-        // fits the slot (down to 9 px, then every k-th name), at most 35% of the height.
-        let slot = area.dim_in_pixel().0 as f64 * 0.85 / n;
-        let wide = widest(root, &self.categories, TICK) as f64;
-        let vertical = wide > 0.92 * slot;
-        let size = if vertical {
-            (slot - 2.0).clamp(9.0, TICK)
-        } else {
-            TICK
-        };
-        let every = ((size + 2.0) / slot).ceil() as usize;
-        let x_height = if vertical {
-            (wide * size / TICK) as u32
-        } else {
-            TICK as u32
-        };
-        let shown = if vertical {
-            0
-        } else {
-            self.categories.len().div_ceil(every)
-        };
-        let x = Axis::named(&self.categories, shown, false, &self.x_label);
-        let mut chart = chart(
-            &area,
-            &x,
-            &y,
-            x_height.min(area.dim_in_pixel().1 * 35 / 100),
-        )?;
-        mesh(&mut chart, &x, &y, font(size), (false, true))?;
-        if vertical {
-            // plotters' mesh centres a rotated label on its tick (over the plot): drawn here,
-            // hanging from the axis.
-            let style = font(size)
-                .transform(FontTransform::Rotate270)
-                .pos(Pos::new(HPos::Right, VPos::Center));
-            let base = root.get_base_pixel();
-            for (i, name) in self.categories.iter().enumerate().step_by(every) {
-                let (px, py) = chart.backend_coord(&(i as f64, y.range.0));
-                let (px, py) = (px - base.0, py - base.1);
-                pe(root.draw(&PathElement::new(vec![(px, py), (px, py + 5)], BLACK)))?;
-                pe(root.draw_text(name, &style, (px, py + 8)))?;
-            }
-        }
-        let w = 0.8 / k;
+        let (area, strip) = with_legend(root, &names);
+        let mut chart = chart(&area, &self.title, 0, &x, &y)?;
+        let bw = 0.8 / k;
         for (j, s) in self.series.iter().enumerate() {
-            let left = |i: usize| i as f64 - 0.4 + w * j as f64;
+            let left = |i: usize| i as f64 - 0.4 + bw * j as f64;
             let bars = s.values.iter().enumerate().filter(|(_, v)| v.is_finite());
             pe(chart.draw_series(bars.clone().map(|(i, &v)| {
-                Rectangle::new([(left(i), 0.0), (left(i) + w, v)], colour(j).filled())
+                Rectangle::new([at(left(i), 0.0), at(left(i) + bw, v)], colour(j).filled())
             })))?;
-            // Error bars: a vertical line through the bar's middle with caps.
+            // Error bars: a line through the bar's middle with caps.
             let with_err = bars.filter(|&(i, _)| err(s, i) > 0.0 && err(s, i).is_finite());
             pe(chart.draw_series(with_err.flat_map(|(i, &v)| {
-                let (x, e, cap) = (left(i) + w / 2.0, err(s, i), w / 4.0);
-                let line = |a: (f64, f64), b: (f64, f64)| {
-                    PathElement::new(vec![a, b], BLACK.stroke_width(2))
-                };
+                let (c, e, cap) = (left(i) + bw / 2.0, err(s, i), bw / 4.0);
+                let line = |a, b| PathElement::new(vec![a, b], BLACK.stroke_width(2));
                 [
-                    line((x, v - e), (x, v + e)),
-                    line((x - cap, v - e), (x + cap, v - e)),
-                    line((x - cap, v + e), (x + cap, v + e)),
+                    line(at(c, v - e), at(c, v + e)),
+                    line(at(c - cap, v - e), at(c + cap, v - e)),
+                    line(at(c - cap, v + e), at(c + cap, v + e)),
                 ]
             })))?;
         }
-        if y.range.0 < 0.0 {
-            pe(chart.draw_series([PathElement::new(vec![(-0.5, 0.0), (n - 0.5, 0.0)], BLACK)]))?;
+        if below {
+            pe(chart.draw_series([PathElement::new(
+                vec![at(-0.5, 0.0), at(n - 0.5, 0.0)],
+                BLACK,
+            )]))?;
         }
-        legend(&strip, &names, |j, (x, y)| {
+        legend(&strip, plot_top(root, &chart), &names, |j, (x, y)| {
             Rectangle::new([(x + 2, y - 6), (x + 22, y + 6)], colour(j).filled())
         })
     }
@@ -715,79 +663,92 @@ impl Heatmap {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &Area<DB>) -> Result<()> {
-        let (nr, nc) = (self.rows.len(), self.cols.len());
-        let (vmin, vmax) = self
-            .value_range
-            .unwrap_or_else(|| padded(self.values.iter().flatten().copied(), 0.0));
-        // The colour scale's ticks, in the cells' format with the decimals the ticks need.
-        let mut scale = Axis::numeric((vmin, vmax), 6, false, "");
-        if let ValueFormat::Percent(_) = self.value_format {
-            let pct = Axis::numeric((100.0 * vmin, 100.0 * vmax), 6, false, "");
-            let f = pct.label;
-            scale.label = Box::new(move |v: &f64| format!("{}%", f(&(100.0 * v))));
-        }
-        let scale_w = widest(root, &scale.ticks(), TICK) + 14;
-        let (area, strip) = frame(root, &self.title, scale_w + 24 + MARGIN)?;
-        let x = Axis::named(&self.cols, nc, false, &self.col_label);
-        let y = Axis::named(&self.rows, nr, true, &self.row_label);
-        let mut chart = chart(&area, &x, &y, TICK as u32)?;
+        let (nr, nc) = (self.rows.len() as f64, self.cols.len() as f64);
+        let all = || self.values.iter().flatten().copied();
+        let (lo, hi) = self.value_range.unwrap_or_else(|| padded(all(), 0.0));
+        // The colour scale's ticks: in the cells' format, with the decimals the ticks need.
+        let k = if let ValueFormat::Percent(_) = self.value_format {
+            100.0
+        } else {
+            1.0
+        };
+        let scale = numeric((k * lo, k * hi), 6);
+        let pct = if k == 1.0 { "" } else { "%" };
+        let scale = Axis::new(
+            (lo, hi),
+            6,
+            Box::new(move |v| format!("{}{pct}", scale(&(k * v)))),
+            "",
+            false,
+        );
+        let right = widest(root, &scale.ticks(), TICK) + 60;
+        let x = Axis::new(
+            (-0.5, nc - 0.5),
+            nc as usize,
+            named(&self.cols, false),
+            &self.col_label,
+            false,
+        );
+        let y = Axis::new(
+            (-0.5, nr - 0.5),
+            nr as usize,
+            named(&self.rows, true),
+            &self.row_label,
+            false,
+        );
+        let mut chart = chart(root, &self.title, right, &x, &y)?;
         let (pw, ph) = chart.plotting_area().dim_in_pixel();
-        let longest = self
-            .values
-            .iter()
-            .flatten()
-            .map(|&v| self.value_format.format(v).len())
-            .max();
-        let per_char = 0.85 * pw as f64 / nc as f64 / (0.62 * longest.unwrap_or(1) as f64);
-        let value_size = 24f64
-            .min(0.38 * ph as f64 / nr as f64)
-            .min(per_char)
-            .floor();
-        for (r, row) in self.values.iter().enumerate() {
-            for (c, &v) in row.iter().enumerate() {
-                let (x, y) = (c as f64, (nr - r - 1) as f64);
-                let fill = match v.is_finite() {
-                    true => ViridisRGB::get_color_normalized(v, vmin, vmax),
-                    false => RGBColor(200, 200, 200),
-                };
-                let cell = [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)];
-                pe(chart.draw_series([
-                    Rectangle::new(cell, fill.filled()),
-                    Rectangle::new(cell, WHITE.stroke_width(2)),
-                ]))?;
-                let lum = 0.2126 * fill.0 as f64 + 0.7152 * fill.1 as f64 + 0.0722 * fill.2 as f64;
-                let ink = if lum > 140.0 { BLACK } else { WHITE };
-                let style = font(value_size)
-                    .color(&ink)
-                    .pos(Pos::new(HPos::Center, VPos::Center));
-                if value_size >= 7.0 {
-                    pe(chart.draw_series([Text::new(self.value_format.format(v), (x, y), style)]))?;
-                }
+        let longest = all()
+            .map(|v| self.value_format.format(v).len())
+            .max()
+            .unwrap_or(1);
+        let per_char = 0.85 * pw as f64 / nc / (0.62 * longest as f64);
+        let size = 24f64.min(0.38 * ph as f64 / nr).min(per_char).floor();
+        let cells = self.values.iter().enumerate().flat_map(|(r, row)| {
+            row.iter()
+                .enumerate()
+                .map(move |(c, &v)| (c as f64, nr - 1.0 - r as f64, v))
+        });
+        for (x, y, v) in cells {
+            let fill = match v.is_finite() {
+                true => ViridisRGB::get_color_normalized(v, lo, hi),
+                false => RGBColor(200, 200, 200),
+            };
+            let cell = [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)];
+            let (a, b) = (
+                Rectangle::new(cell, fill.filled()),
+                Rectangle::new(cell, WHITE.stroke_width(2)),
+            );
+            pe(chart.draw_series([a, b]))?;
+            let lum = 0.2126 * fill.0 as f64 + 0.7152 * fill.1 as f64 + 0.0722 * fill.2 as f64;
+            let ink = if lum > 140.0 { BLACK } else { WHITE };
+            let style = font(size)
+                .color(&ink)
+                .pos(Pos::new(HPos::Center, VPos::Center));
+            if size >= 7.0 {
+                pe(chart.draw_series([Text::new(self.value_format.format(v), (x, y), style)]))?;
             }
         }
-        mesh(&mut chart, &x, &y, font(TICK), (false, false))?;
-        // The colour scale: a chart of its own, as tall as the cells, ticks on the right.
-        let mut builder = ChartBuilder::on(&strip);
-        builder
-            .margin(MARGIN)
-            .margin_left(2)
-            .x_label_area_size(TICK as u32 + 14 + DESC as u32 + 12);
-        builder.right_y_label_area_size(scale_w);
-        let mut cb = pe(builder.build_cartesian_2d(0.0..1.0, vmin..vmax))?;
-        let mut m = cb.configure_mesh();
-        m.disable_mesh()
-            .disable_x_axis()
-            .label_style(font(TICK))
-            .y_labels(scale.n)
-            .y_label_formatter(&scale.label);
-        pe(m.draw())?;
-        let band = |b: usize| vmin + (vmax - vmin) * b as f64 / 96.0;
-        pe(cb.draw_series((0..96).map(|b| {
-            let fill =
-                ViridisRGB::get_color_normalized(band(b) + (vmax - vmin) / 192.0, vmin, vmax);
-            Rectangle::new([(0.0, band(b)), (1.0, band(b + 1))], fill.filled())
-        })))?;
-        pe(cb.draw_series([Rectangle::new([(0.0, vmin), (1.0, vmax)], BLACK)]))?;
+        // The colour scale right of the cells, as tall as they are: a band per pixel row.
+        let (base, pw, ph) = (root.get_base_pixel(), pw as i32, ph as i32);
+        let (px, py) = chart.plotting_area().get_base_pixel();
+        let (x0, x1, top) = (px - base.0 + pw + 16, px - base.0 + pw + 40, py - base.1);
+        let at = |v: f64| top + ((hi - v) / (hi - lo) * ph as f64).round() as i32;
+        for b in 0..ph {
+            let v = hi - (hi - lo) * (b as f64 + 0.5) / ph as f64;
+            let band = ViridisRGB::get_color_normalized(v, lo, hi).filled();
+            pe(root.draw(&Rectangle::new([(x0, top + b), (x1, top + b + 1)], band)))?;
+        }
+        pe(root.draw(&Rectangle::new([(x0, top), (x1, top + ph)], BLACK)))?;
+        let ticks = RangedCoordf64::from(lo..hi).key_points(scale.n);
+        for (t, text) in ticks.iter().zip(scale.ticks()) {
+            pe(root.draw(&PathElement::new(
+                vec![(x1, at(*t)), (x1 + 5, at(*t))],
+                BLACK,
+            )))?;
+            let style = font(TICK).pos(Pos::new(HPos::Left, VPos::Center));
+            pe(root.draw_text(&text, &style, (x1 + 8, at(*t))))?;
+        }
         Ok(())
     }
 }
@@ -800,14 +761,14 @@ mod tests {
     fn ranges_ticks_and_formats() {
         assert_eq!(padded([1.0, 1.0], 0.05), (0.9, 1.1));
         assert_eq!(padded([0.0, f64::NAN], 0.05), (-1.0, 1.0));
-        let ticks = |r, int| Axis::numeric(r, 10, int, "").ticks();
-        assert_eq!(ticks((0.9, 3.1), true), ["1", "2", "3"]);
+        let ticks = |r, n| Axis::new(r, n, numeric(r, n), "", false).ticks();
+        assert_eq!(ticks((0.9, 3.1), 3), ["1", "2", "3"]);
         assert_eq!(
-            ticks((0.0, 1.0), false),
+            ticks((0.0, 1.0), 10),
             ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
         );
-        assert_eq!(ticks((0.0, 1e-5), false)[..2], ["0", "2.0e-6"]);
-        let t = ticks((-0.3, 0.3), false);
+        assert_eq!(ticks((0.0, 1e-5), 10)[..2], ["0", "2.0e-6"]);
+        let t = ticks((-0.3, 0.3), 10);
         assert!(
             t.contains(&"0.0".into()) && !t.contains(&"-0.0".into()),
             "{t:?}"

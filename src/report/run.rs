@@ -91,31 +91,19 @@ pub fn read_json(path: &Path) -> Result<Value> {
 
 /// Files in `dir` with extension `ext`, sorted (none when `dir` does not exist).
 pub fn files_with(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    files(dir, ext, false)
+    files(dir, &format!("*.{ext}"))
 }
 
-/// [`files_with`], and with `deep` those of its subfolders (in order) after them.
-fn files(dir: &Path, ext: &str, deep: bool) -> Vec<PathBuf> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    let mut out: Vec<PathBuf> = entries
-        .iter()
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == ext))
-        .cloned()
-        .collect();
-    if deep {
-        out.extend(
-            entries
-                .iter()
-                .filter(|p| p.is_dir())
-                .flat_map(|d| files(d, ext, true)),
-        );
-    }
+/// The files matching the glob `pattern` under `dir`, each folder's files (sorted) before its
+/// subfolders' (in order).
+fn files(dir: &Path, pattern: &str) -> Vec<PathBuf> {
+    let pattern = format!(
+        "{}/{pattern}",
+        glob::Pattern::escape(&dir.to_string_lossy())
+    );
+    let found = glob::glob(&pattern).into_iter().flatten().flatten();
+    let mut out: Vec<PathBuf> = found.filter(|p| p.is_file()).collect();
+    out.sort_by_key(|p| (p.parent().map(Path::to_path_buf), p.clone()));
     out
 }
 
@@ -274,7 +262,7 @@ pub fn analysis_figures(dir: &Path) -> Result<Vec<(Vec<u8>, String)>> {
             p.strip_prefix(dir).unwrap_or(&p).display().to_string(),
         ))
     };
-    files(&dir.join("analysis"), "png", true)
+    files(&dir.join("analysis"), "**/*.png")
         .into_iter()
         .map(read)
         .collect()
