@@ -3,6 +3,7 @@
 //! normalisation branches.
 
 pub mod apgd;
+pub mod draw;
 pub mod fab;
 pub mod fgsm;
 pub mod pgd;
