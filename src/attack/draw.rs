@@ -11,10 +11,10 @@
 //! element-wise fill of a global-batch-sized tensor per draw (`W` times the local one): next to
 //! the attack's forward and backward passes, negligible.
 //!
-//! A draw of another row count `k` (the unpaired attacked subset of a hybrid batch, which is not
-//! a contiguous slice of the single process's subset, so no draw can match it) takes block `r`
-//! of `W c` drawn rows, `c = max(k, ceil(m / W))`: distinct rows for every worker, and the
-//! generators stay alike when all workers draw the same `k`.
+//! A draw of another row count `k` (the attacked subset of a hybrid batch with `paired = false`:
+//! each worker's first rows, not a slice of the single process's subset, so no draw can match
+//! it) takes block `r` of `W c` drawn rows, `c = max(k, ceil(m / W))`: distinct rows for every
+//! worker, and the generators stay alike (the same draw size on every worker).
 //!
 //! Without a scope (one process, evaluation, validation, the overfitting check) every draw is
 //! the plain `x.rand_like()` / `x.randn_like()` / `Tensor::rand`, bit for bit.
