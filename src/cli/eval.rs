@@ -36,24 +36,27 @@ fn setup(a: &EvalArgs, compute: Compute) -> Result<(EvalSetup, LoadedModel)> {
     request.open(&a.data_request(), a.rest(compute), &load_advtrain)
 }
 
-pub fn run(a: EvalArgs, compute: Compute) -> Result<()> {
+pub fn run(mut a: EvalArgs, compute: Compute) -> Result<()> {
+    // Launched as several workers without --shard: worker r evaluates shard r/N, rank 0 merges.
+    let timeout = std::time::Duration::from_secs(a.merge_timeout);
+    let workers = match a.shard {
+        None => workers::Workers::from_env(timeout)?,
+        Some(_) => None,
+    };
     if a.attack.curve.is_some() || a.attack.curve_steps.is_some() {
+        anyhow::ensure!(
+            workers.is_none(),
+            "curves are not sharded: run --curve once, without the launch variables"
+        );
         return run_curve(a, compute);
     }
+    a.shard = workers.as_ref().map(|w| w.shard()).or(a.shard);
     a.check()?;
-    let (eps, run) = (a.attack.eps, a.model.run.as_ref());
+    let eps = a.attack.eps;
     let mut attack = attack(&a, eps, a.attack.steps, &ParamNames::flags())?;
     let name = attack.name();
-    let shard = a
-        .shard
-        .map(|s| format!(".shard-{}-of-{}", s.index, s.count))
-        .unwrap_or_default();
-    let in_run = |r: &PathBuf| r.join("eval").join(format!("{name}-eps{eps}{shard}.json"));
-    let json = a.json.clone().or_else(|| run.map(in_run));
-    anyhow::ensure!(
-        a.shard.is_none() || json.is_some(),
-        "--shard needs --json FILE (each shard writes its own report for advtrain merge)"
-    );
+    let (json, run, w) = (a.json.as_deref(), a.model.run.as_deref(), workers.as_ref());
+    let (merged, json) = workers::report_files(json, run, &format!("{name}-eps{eps}"), a.shard, w)?;
     if let EvalAttack::AutoAttack(p) = &mut attack {
         let state = json.as_ref().map(|j| j.with_extension("state.json"));
         (p.state, p.max_batches) = (a.state.clone().or(state), a.max_batches);
@@ -68,8 +71,17 @@ pub fn run(a: EvalArgs, compute: Compute) -> Result<()> {
         threat,
         attack,
     };
-    let report = evaluate_model(&plan, checkpoint, &mut Console)?;
+    let mut report = evaluate_model(&plan, checkpoint, &mut Console)?;
     print!("{report}");
+    let mut json = json;
+    if let (Some(w), Some(m)) = (&workers, &merged) {
+        write_json(json.as_ref().expect("a shard file"), &report)?;
+        let Some(all) = w.meet_and_merge(m)? else {
+            return Ok(());
+        };
+        (report, json) = (all, Some(m.clone()));
+        print!("merged {} shards:\n{report}", w.env.world_size);
+    }
     if let Some(card) = &a.model_card {
         let c = crate::eval::card::ModelCard::new(&plan, &report);
         write_json(card, &c)?;

@@ -76,11 +76,12 @@ pub fn main() -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Train(_)) {
         crate::compute::apply_process_settings(&compute)?;
     }
-    // Only `train` runs data-parallel; N copies of another command would write the same files.
-    // A sharded `eval --shard` is the exception: each rank evaluates and writes its own shard.
-    let sharded_eval = matches!(&cli.command, Command::Eval(a) if a.shard.is_some());
-    if !matches!(cli.command, Command::Train(_)) && !sharded_eval {
-        crate::dist::refuse_launch("only `advtrain train` runs as data-parallel workers")?;
+    // Only `train` and `eval` run as several workers (eval: one shard each, rank 0 merges);
+    // N copies of another command would write the same files.
+    if !matches!(cli.command, Command::Train(_) | Command::Eval(_)) {
+        crate::dist::refuse_launch(
+            "only `advtrain train` and `advtrain eval` run as several workers",
+        )?;
     }
     match cli.command {
         Command::Train(mut a) => {

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod report;
 pub mod run;
 pub mod source;
+pub mod workers;
 
 pub use plan::{
     AutoAttackPlan, Batching, CurveAxis, CurvePlan, CurvePointPlan, DataSelection, DataSource,

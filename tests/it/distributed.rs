@@ -1724,3 +1724,90 @@ fn a_killed_worker_stops_sync_bn_training() {
         killed.elapsed()
     );
 }
+
+/// The README's multi-node and Slurm launch forms, on one machine: two torchrun agents
+/// (`--nnodes 2 --node-rank 0|1`, one worker each, static rendezvous at 127.0.0.1 as on two
+/// nodes) and the Slurm line's variable mapping (`RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS
+/// LOCAL_RANK=$SLURM_LOCALID`, run by bash as srun would) train the same 2-worker run as the
+/// plain env launch, bit for bit (same ranks, same world, same computation).
+#[test]
+fn multi_node_and_slurm_launches_train_the_env_launch_run() {
+    if is_worker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_tiny_mnist(&data, 140, 20);
+    let recipe = dir.path().join("r.toml");
+    let extra = "[distributed]\nbatch = \"global\"\ntimeout_s = 60";
+    std::fs::write(&recipe, ddp_recipe(&data, 50, 1, extra)).unwrap();
+    let exe = env!("CARGO_BIN_EXE_advtrain");
+
+    let env_run = dir.path().join("env");
+    for o in train2(&args(&recipe, &env_run, &[])) {
+        assert!(o.status.success(), "env launch:\n{}", text(&o));
+    }
+
+    // Two "nodes": one torchrun agent per node rank, the master on node 0.
+    let torchrun = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    let nodes_run = dir.path().join("nodes");
+    let port = free_port().to_string();
+    let agents: Vec<Child> = (0..2)
+        .map(|node| {
+            Command::new(&torchrun)
+                .args(["--nnodes", "2", "--node-rank", &node.to_string()])
+                .args(["--nproc-per-node", "1", "--master-addr", "127.0.0.1"])
+                .args(["--master-port", &port, "--no-python", exe])
+                .args(args(&recipe, &nodes_run, &[]))
+                .env("OMP_NUM_THREADS", "1")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for a in agents {
+        let o = wait_output(a, Duration::from_secs(240), "a torchrun agent");
+        assert!(o.status.success(), "torchrun --nnodes 2:\n{}", text(&o));
+    }
+
+    // Slurm: srun sets SLURM_*; the README's bash line maps them to torch's variables.
+    let slurm_run = dir.path().join("slurm");
+    let port = free_port().to_string();
+    let line = format!(
+        "RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID \
+         MASTER_ADDR=127.0.0.1 MASTER_PORT={port} exec \"$0\" \"$@\""
+    );
+    let tasks: Vec<Child> = (0..2)
+        .map(|task| {
+            Command::new("bash")
+                .args(["-c", &line, exe])
+                .args(args(&recipe, &slurm_run, &[]))
+                .env("SLURM_PROCID", task.to_string())
+                .env("SLURM_NTASKS", "2")
+                .env("SLURM_LOCALID", task.to_string())
+                .env("OMP_NUM_THREADS", "1")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for t in tasks {
+        let o = wait_output(t, Duration::from_secs(240), "a Slurm-style task");
+        assert!(o.status.success(), "Slurm-style launch:\n{}", text(&o));
+    }
+
+    let reference = weights(&env_run);
+    for (form, run) in [("torchrun --nnodes 2", &nodes_run), ("Slurm", &slurm_run)] {
+        let sidecar = std::fs::read_to_string(run.join("recipe.toml")).unwrap();
+        assert!(sidecar.contains("world_size = 2"), "{form}: {sidecar}");
+        assert_eq!(
+            max_diff(&reference, &weights(run)),
+            0.0,
+            "{form} vs env launch"
+        );
+    }
+}

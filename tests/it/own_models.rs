@@ -375,6 +375,78 @@ fn merge(files: &[&Path], out: &Path) -> std::process::Output {
     advtrain(&args)
 }
 
+/// `advtrain eval` launched as 2 workers (the variables torchrun or srun set, no --shard):
+/// worker r evaluates shard r/2 into `<json stem>.shard-r-of-2.json`, the workers meet and
+/// rank 0 writes the merged report at --json, equal to the unsharded evaluation with blocked
+/// batching; a worker whose peer never comes fails within --merge-timeout saying so.
+#[test]
+fn launched_eval_workers_shard_and_rank_0_writes_the_merged_report() {
+    let f = fixture();
+    let base = [
+        "--threads",
+        "1",
+        "--no-fold-bn",
+        "eval",
+        "--checkpoint",
+        s(&f.ckpt),
+        "--batch-size",
+        "15",
+        "--seed",
+        "3",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+        "--steps",
+        "5",
+        "--device",
+        "cpu",
+    ];
+    let whole = f.dir.join("launch-whole.json");
+    let o = advtrain(&[&base[..], &["--batching", "blocked", "--json", s(&whole)]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let worker = |rank: usize, json: &Path, more: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_advtrain"))
+            .args(base)
+            .args(["--json", s(json)])
+            .args(more)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("LOCAL_RANK", rank.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("OMP_NUM_THREADS", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = f.dir.join("launched.json");
+    let kids: Vec<_> = (0..2).map(|r| worker(r, &out, &[])).collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        assert!(o.status.success(), "a worker: {}", stderr(&o));
+    }
+    equal_but_times(&read_json(&out), &read_json(&whole));
+    for r in 0..2 {
+        let shard = read_json(&f.dir.join(format!("launched.shard-{r}-of-2.json")));
+        assert_eq!(shard["shard"]["index"], r);
+    }
+    // Rank 0 alone: its peer never arrives, so the meeting fails within the timeout.
+    let lone = f.dir.join("lone.json");
+    let o = worker(0, &lone, &["--merge-timeout", "3"])
+        .wait_with_output()
+        .unwrap();
+    assert!(!o.status.success(), "rank 0 merged without its peer");
+    assert!(stderr(&o).contains("could not meet"), "{}", stderr(&o));
+    assert!(!lone.exists(), "a merged report without every shard");
+}
+
 #[test]
 fn merged_shards_equal_the_unsharded_report() {
     let f = fixture();

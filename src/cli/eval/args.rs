@@ -26,6 +26,10 @@ pub struct EvalArgs {
     /// batching); `auto` = RANK/WORLD_SIZE. `advtrain merge` joins the shards' JSON files.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<Shard>,
+    /// Launched as several workers (torchrun, srun) without --shard, each evaluates shard
+    /// RANK/WORLD_SIZE and rank 0 merges them: how long (s) the workers wait for each other.
+    #[arg(long, default_value_t = 3600)]
+    pub merge_timeout: u64,
     /// Batching of the attacks: pooled (the reference's) or blocked (each block of
     /// --batch-size points on its own; what --shard uses).
     #[arg(long, default_value = "pooled", value_parser = choice::<Batching>())]
