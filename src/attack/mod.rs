@@ -8,6 +8,7 @@
 //! file that names them all.
 
 pub mod apgd;
+pub mod draw;
 pub mod fab;
 pub mod fgsm;
 pub mod pgd;

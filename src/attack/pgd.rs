@@ -5,7 +5,9 @@
 
 pub use super::settings::Target;
 use super::settings::{AttackConfig, AttackSettings};
-use super::{correct, cross_entropy, per_sample_l2, project, rows, Attack, Classifier, ThreatNorm};
+use super::{
+    correct, cross_entropy, draw, per_sample_l2, project, rows, Attack, Classifier, ThreatNorm,
+};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -139,14 +141,14 @@ impl Pgd {
         let eps = self.cfg.eps;
         match self.cfg.init {
             Init::Zero => x.copy(),
-            Init::Normal => (x + x.randn_like() * 0.001).clamp(0.0, 1.0),
+            Init::Normal => (x + draw::randn_like(x) * 0.001).clamp(0.0, 1.0),
             Init::Uniform => match self.cfg.norm {
-                ThreatNorm::Linf => (x + x.rand_like() * (2.0 * eps) - eps).clamp(0.0, 1.0),
+                ThreatNorm::Linf => (x + draw::rand_like(x) * (2.0 * eps) - eps).clamp(0.0, 1.0),
                 ThreatNorm::L2 => {
                     let d = (x.numel() / x.size()[0] as usize) as f64;
-                    let dir = x.randn_like();
+                    let dir = draw::randn_like(x);
                     let dir = &dir / (per_sample_l2(&dir) + 1e-12);
-                    let r = per_sample_l2(x).rand_like().pow_tensor_scalar(1.0 / d) * eps;
+                    let r = draw::rand_like(&per_sample_l2(x)).pow_tensor_scalar(1.0 / d) * eps;
                     project(&(x + dir * r), x, eps, ThreatNorm::L2)
                 }
             },
@@ -245,7 +247,7 @@ impl Pgd {
 /// A class drawn uniformly from the `n_classes - 1` classes other than `y`:
 /// `(y + 1 + floor(U * (n - 1))) mod n`.
 pub fn random_other_class(y: &Tensor, n_classes: i64) -> Tensor {
-    let shift = (Tensor::rand(y.size(), (Kind::Float, y.device())) * (n_classes - 1) as f64)
+    let shift = (draw::rand(&y.size(), (Kind::Float, y.device())) * (n_classes - 1) as f64)
         .floor()
         .to_kind(Kind::Int64)
         .clamp_max(n_classes - 2);

@@ -15,8 +15,14 @@
 //! - **Gradients.** Before every optimiser step each worker's gradient (model, predictors, the
 //!   objective's own parameters) is scaled by `m_r / m` and summed over the workers in flat
 //!   buckets: `sum_r (m_r/m) grad L_r = grad` of the global batch's mean loss. AWP's weight
-//!   perturbation uses the same averaged gradient. Attacks run locally, each worker with its own
-//!   torch seed (rank 0 keeps the single-process seed).
+//!   perturbation uses the same averaged gradient.
+//! - **Random draws.** Attacks run locally. Every worker seeds torch's generator for a training
+//!   epoch as the single process does, and each per-row draw of a step (PGD's uniform or normal
+//!   start, TRADES' `0.001 N(0, I)`, FGSM-RS's `U(-eps, eps)`, random targets, MixACM's mixup
+//!   partners) draws the whole global batch's rows and keeps the worker's own
+//!   ([`Ddp::draw_scope`], [`crate::attack::draw`]): worker r's draws are the single process's
+//!   rows `[a_r, b_r)`, and all generators stay in the single process's state. Validation and
+//!   the overfitting check draw per worker (independent seeds, rank 0 the single process's).
 //! - **BatchNorm.** Batch statistics per worker during training (DDP's default), or with
 //!   `distributed.sync_bn = true` synchronised over all workers in every training forward that
 //!   uses batch statistics (PyTorch's SyncBatchNorm: `dist::sync_bn_moments`, per statistics set,
@@ -265,7 +271,9 @@ impl Ddp {
     }
 
     /// Torch seed of this worker for a stream seeded `base` in one process: rank 0 keeps it,
-    /// rank r > 0 gets an independent one (its attacks' random starts differ).
+    /// rank r > 0 gets an independent one. Used for validation and the overfitting check
+    /// (sharded PGD whose random starts differ per worker); the training epoch seeds every
+    /// worker with `base` itself and takes its rows of each draw ([`Ddp::draw_scope`]).
     pub fn torch_seed(&self, base: u64) -> i64 {
         if self.rank == 0 {
             base as i64
@@ -287,6 +295,26 @@ impl Ddp {
         }
         let n = (b - a) as i64;
         Some((x.narrow(0, a as i64, n), y.narrow(0, a as i64, n), m))
+    }
+
+    /// While alive (one training step), per-row random draws (attack starts, random targets,
+    /// mixup partners) are this worker's rows of the draw one process makes for the whole
+    /// global batch `(x, y)` ([`crate::attack::draw`]; every worker's torch generator seeded like
+    /// the single process's at the epoch's start): random starts equal one process's number
+    /// for number, at the cost of drawing global-batch-sized noise (`W` times the local draw,
+    /// negligible next to the attack). None in one process (plain draws, bit for bit as before).
+    pub fn draw_scope(&self, x: &Tensor, y: &Tensor) -> Option<crate::attack::draw::RowsScope> {
+        self.pg.as_ref()?;
+        let m = y.size()[0] as usize;
+        let (a, b) = shard_range(m, self.rank, self.world_size);
+        Some(crate::attack::draw::rows_scope(
+            x,
+            y,
+            a as i64,
+            (b - a) as i64,
+            self.rank,
+            self.world_size,
+        ))
     }
 
     /// This worker's contiguous share of `d` (validation).

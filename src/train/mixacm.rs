@@ -366,6 +366,7 @@ pub struct Mixup {
     pub y_a: Tensor,
     pub y_b: Tensor,
     pub m: f64,
+    /// The partners' rows (data-parallel training: rows of the global batch, `attack::draw`).
     pub perm: Tensor,
 }
 
@@ -388,12 +389,12 @@ pub fn sample_beta(alpha: f64) -> f64 {
 /// permutation partner, both from torch's generators (seeded by `tch::manual_seed`).
 pub fn sample_mixup(x: &Tensor, y: &Tensor, alpha: f64) -> Mixup {
     let m = sample_beta(alpha);
-    let perm = Tensor::randperm(x.size()[0], (Kind::Int64, x.device()));
-    let xp = x.index_select(0, &perm);
+    // Data-parallel: the single process's partners in the global batch (attack::draw).
+    let (xp, y_b, perm) = crate::attack::draw::partners(x, y);
     Mixup {
         x: x * m + xp * (1.0 - m),
         y_a: y.shallow_clone(),
-        y_b: y.index_select(0, &perm),
+        y_b,
         m,
         perm,
     }

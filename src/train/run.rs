@@ -505,7 +505,9 @@ fn train_epoch(
     ddp: &Ddp,
 ) -> Result<EpochMetrics> {
     let t = &recipe.train;
-    tch::manual_seed(ddp.torch_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH)));
+    // Every worker the single process's seed: each step's per-row draws take the worker's rows
+    // of the global batch's draw (Ddp::draw_scope), so the generators never diverge.
+    tch::manual_seed(derive_seed(recipe.seed, epoch as u64, STREAM_TORCH) as i64);
     let rng = ChaCha8Rng::seed_from_u64(derive_seed(recipe.seed, epoch as u64, STREAM_DATA));
     let batches = train_set.batches(
         ddp.global_batch(recipe),
@@ -549,7 +551,9 @@ fn train_epoch(
             }
             .into());
         }
-        // This worker's rows of the global batch (all of it in one process).
+        // This worker's rows of the global batch (all of it in one process), and its rows of
+        // every random draw of this step (none in one process).
+        let _draws = ddp.draw_scope(&x, &y);
         let Some((x, y, global)) = ddp.shard(x, y) else {
             pb.inc(1);
             continue;

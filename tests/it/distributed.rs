@@ -1254,10 +1254,10 @@ struct Case {
 /// weight and running statistic agrees to float32 reduction order (1e-5 allowed; seen: hybrid
 /// 1.2e-7, ARAT 2.5e-6). ARAT runs with lambda = 1: its invariance term amplifies float32
 /// differences steeply (at lambda = 30 one process on 1 vs 2 threads already differs by 4e-3
-/// after these 3 steps), so lambda = 30 cannot be compared at a meaningful tolerance. A Dual-BN run without sync_bn is far off (the check bites). (TRADES and
-/// FGSM-RS need their random starts: each worker draws its own, so they match one process in
-/// distribution only; TRADES from `init = "zero"` starts at the KL's minimum, where the
-/// gradient is rounding noise and its sign arbitrary.)
+/// after these 3 steps), so lambda = 30 cannot be compared at a meaningful tolerance. A Dual-BN
+/// run without sync_bn is far off (the check bites). (Objectives with random starts, TRADES,
+/// FGSM-RS, PGD-AT from a uniform start: `random_starts_two_workers_equal_one_process`; MixACM:
+/// `mixacm_two_workers_equal_one_process`.)
 #[test]
 fn more_objectives_two_workers_equal_one_process() {
     if is_worker() {
@@ -1395,4 +1395,332 @@ fn more_objectives_two_workers_equal_one_process() {
             assert!(far > 1e-4, "without sync_bn: {far}");
         }
     }
+}
+
+/// 2 workers x 32 = 1 process x 64 with random draws inside the step (160 training images, one
+/// epoch: 3 steps, the last split 16 + 16; GroupNorm): TRADES (KL attack from
+/// `x + 0.001 N(0, I)`, 2 steps), FGSM-RS (`U(-eps, eps)` start) and PGD-AT from a uniform start
+/// (2 steps). Every worker draws the global batch's noise with the single process's generator
+/// state and keeps its rows (`attack::draw`), so the starts are the single process's number for
+/// number and what is left is float32 reduction order, amplified by the sign steps: measured
+/// max |dw| TRADES 2.9e-5, PGD-AT 3.0e-5 (allowed 1.5e-4), FGSM-RS 9e-8 (allowed 1e-5), where
+/// the same single process on 2 OpenMP threads instead of 1 differs from itself by 5.3e-5,
+/// 3.0e-5 and 9e-8. Per-worker draws (before this change) were off by 6.4e-4, 7.8e-4 and
+/// 7.2e-4, and PGD-AT from `init = "zero"` is 2e-3 away (> 1e-3 required): the draws matter at
+/// these tolerances.
+#[test]
+fn random_starts_two_workers_equal_one_process() {
+    if is_worker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_tiny_mnist(&data, 200, 20);
+    let zero = "init = \"zero\"";
+    let cases: [(&str, &str, &str, f64); 3] = [
+        (
+            "trades",
+            "trades",
+            "init = \"normal\"\nloss = \"kl\"",
+            1.5e-4,
+        ),
+        ("fgsm-rs", "fgsm-rs", "init = \"uniform\"", 1e-5),
+        ("pgd-uniform", "pgd-at", "init = \"uniform\"", 1.5e-4),
+    ];
+    let mut ones = Vec::new();
+    for (name, objective, init, tol) in cases {
+        let write = |batch: usize| {
+            let p = dir.path().join(format!("{name}{batch}.toml"));
+            let mut r = objective_recipe(&data, objective, batch, 1, "").replace(zero, init);
+            if objective == "fgsm-rs" {
+                r = r.replace("step_size = 0.05", "step_size = 0.125");
+            }
+            std::fs::write(&p, r).unwrap();
+            p
+        };
+        let one = dir.path().join(format!("{name}-one"));
+        let o = single(&args(&write(64), &one, &[]));
+        assert!(o.status.success(), "{name}: {}", common::stderr(&o));
+        let two = dir.path().join(format!("{name}-two"));
+        for o in train2(&args(&write(32), &two, &[])) {
+            assert!(o.status.success(), "{name}: {}", text(&o));
+        }
+        let d = max_diff(&weights(&one), &weights(&two));
+        eprintln!("{name}: max |dw| 2 x 32 vs 1 x 64 {d:e}");
+        assert!(
+            d <= tol,
+            "{name}: 2 workers x 32 vs 1 x 64: max |dw| = {d} (allowed {tol})"
+        );
+        let (a, b) = (metrics_row(&one), metrics_row(&two));
+        assert!(
+            (field(&a, "train_loss") - field(&b, "train_loss")).abs() < 1e-5,
+            "{name}: {a:?} {b:?}"
+        );
+        ones.push(one);
+    }
+    let p = dir.path().join("zero64.toml");
+    std::fs::write(&p, objective_recipe(&data, "pgd-at", 64, 1, "")).unwrap();
+    let plain = dir.path().join("zero-one");
+    let o = single(&args(&p, &plain, &[]));
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let far = max_diff(&weights(&ones[2]), &weights(&plain));
+    eprintln!("pgd-at uniform vs zero start (1 x 64): {far:e}");
+    assert!(far > 1e-3, "the uniform start should matter: {far}");
+}
+
+/// MixACM (mixup, KD, ACM; a small-cnn student with GroupNorm distilled from a resnet10
+/// teacher, so two of the three pairs train 1x1 projections): 2 workers x 32 = 1 process x 64
+/// after one epoch (160 images, 3 steps). The Beta draw is one scalar (the same on every
+/// worker), and each worker's mixup partners are its rows of the single process's permutation
+/// of the global batch (partners may live on the other worker: `attack::draw::partners`); the
+/// projections' gradients are averaged with the model's; the teacher is frozen (eval mode, no
+/// gradient). Student and projections agree to float32 reduction order (1e-5 allowed).
+#[test]
+fn mixacm_two_workers_equal_one_process() {
+    if is_worker() {
+        return;
+    }
+    use advtrain::checkpoint;
+    use advtrain::nn::Network;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_tiny_mnist(&data, 200, 20);
+    let tfile = dir.path().join("teacher.safetensors");
+    {
+        let _g = common::rng_lock();
+        tch::manual_seed(5);
+        let teacher =
+            Network::new(&common::arch_spec("resnet", 1, Some(10), None), Device::Cpu).unwrap();
+        let side = checkpoint::Sidecar {
+            format: "advtrain-checkpoint-v1".into(),
+            advtrain_version: "test".into(),
+            architecture: teacher.arch.clone(),
+            recipe: serde_json::Value::Null,
+            recipe_version: 1,
+            epoch: 1,
+            metrics: serde_json::Value::Null,
+            sha256: String::new(),
+            optimizer_sha256: None,
+            best_metric: None,
+        };
+        checkpoint::save(&tfile, &teacher.named_tensors(), None, side).unwrap();
+    }
+    let extra = format!(
+        "[train.mixacm]\nteacher = \"{}\"\npairs = [[0, 1], [1, 2], [2, 3]]\nbeta_acm = 2.0\n",
+        tfile.display()
+    );
+    let write = |batch: usize| {
+        let p = dir.path().join(format!("mixacm{batch}.toml"));
+        std::fs::write(&p, objective_recipe(&data, "mixacm", batch, 1, &extra)).unwrap();
+        p
+    };
+    let one = dir.path().join("one");
+    let o = single(&args(&write(64), &one, &[]));
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let two = dir.path().join("two");
+    for o in train2(&args(&write(32), &two, &[])) {
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let load = |run: &std::path::Path, file: &str| {
+        let mut v =
+            Tensor::read_safetensors(run.join(format!("checkpoints/{file}.safetensors"))).unwrap();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let d = max_diff(&load(&one, "last"), &load(&two, "last"));
+    let p1 = load(&one, "projections");
+    assert!(
+        p1.len() >= 2,
+        "{:?}",
+        p1.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    let dp = max_diff(&p1, &load(&two, "projections"));
+    eprintln!("mixacm: max |dw| 2 x 32 vs 1 x 64 {d:e} (projections {dp:e})");
+    assert!(d <= 1e-5, "mixacm student: max |dw| = {d}");
+    assert!(dp <= 1e-5, "mixacm projections: max |dw| = {dp}");
+    let (a, b) = (metrics_row(&one), metrics_row(&two));
+    assert!(
+        (field(&a, "train_loss") - field(&b, "train_loss")).abs() < 1e-5,
+        "{a:?} {b:?}"
+    );
+}
+
+#[test]
+#[ignore = "worker process of a_killed_worker_fails_sync_bn_within_the_timeout"]
+fn worker_sync_bn_dies() {
+    if !is_worker() {
+        return;
+    }
+    let pg = group(8);
+    let t = Tensor::ones([10], (Kind::Float, Device::Cpu));
+    pg.allreduce_sum(&t).unwrap();
+    if pg.rank == 1 {
+        // Killed by the parent after this line.
+        println!("rank 1 ready");
+        std::thread::sleep(Duration::from_secs(60));
+    }
+    // Rank 0: a training forward and backward through synchronised BN while its peer dies.
+    let x = Tensor::rand([6, 3, 4, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let start = Instant::now();
+    let _scope = pg.sync_bn_scope();
+    let (mean, var, n) = advtrain::dist::sync_bn_moments(&x).expect("scope active");
+    // The failed forward fell back to this worker's own statistics.
+    assert_eq!(n, 6.0 * 16.0);
+    let (m2, v2, _) = advtrain::dist::sync_bn_moments(&x).expect("scope active");
+    let second = start.elapsed();
+    (mean.sum(Kind::Float) + var.sum(Kind::Float) + m2.sum(Kind::Float) + v2.sum(Kind::Float))
+        .backward();
+    assert!(x.grad().defined());
+    let e = pg.take_sync_error().unwrap_err();
+    println!(
+        "rank 0 error after {:.1} s (second layer done at {:.1} s): {e:#}",
+        start.elapsed().as_secs_f64(),
+        second.as_secs_f64()
+    );
+    // Only the first failure is reported, once.
+    pg.take_sync_error().unwrap();
+    std::process::exit(3);
+}
+
+/// A worker SIGKILLed inside synchronised BatchNorm: the peer's sync-BN collective fails (or
+/// times out after 8 s), the forward falls back to local statistics, every later sync-BN call
+/// of the step returns at once (no second wait), and `take_sync_error` (checked before the
+/// gradient all-reduce of every step) names the failure: the worker exits well inside 40 s.
+#[test]
+fn a_killed_worker_fails_sync_bn_within_the_timeout() {
+    if is_worker() {
+        return;
+    }
+    let port = free_port();
+    let r0 = spawn_worker("worker_sync_bn_dies", 0, 2, port, &[]);
+    let mut r1 = spawn_worker("worker_sync_bn_dies", 1, 2, port, &[]);
+    let mut out = r1.stdout.take().unwrap();
+    let mut seen = String::new();
+    use std::io::Read;
+    let mut buf = [0u8; 256];
+    let start = Instant::now();
+    while !seen.contains("rank 1 ready") && start.elapsed() < Duration::from_secs(60) {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        seen += &String::from_utf8_lossy(&buf[..n]);
+    }
+    assert!(
+        seen.contains("rank 1 ready"),
+        "rank 1 never got ready: {seen}"
+    );
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    let killed_at = Instant::now();
+    let o = wait_output(
+        r0,
+        Duration::from_secs(40),
+        "rank 0 in sync BN after its peer died",
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "rank 0:\n{t}");
+    assert!(
+        t.contains("distributed sync BatchNorm failed on rank 0 of 2")
+            && t.contains("sync BatchNorm statistics all-reduce"),
+        "no clear error:\n{t}"
+    );
+    assert!(killed_at.elapsed() < Duration::from_secs(40));
+}
+
+/// `advtrain train` with `distributed.sync_bn = true` (BatchNorm, the attack in `train-frozen`
+/// mode, so most collectives of a step are sync-BN ones): rank 1 SIGKILLed in the middle of
+/// training (its first epoch still running) makes rank 0 exit non-zero with the distributed
+/// error naming itself (a sync-BN collective, or the gradient or stop-signal all-reduce,
+/// whichever was in flight), well inside the 20 s timeout plus start-up.
+#[test]
+fn a_killed_worker_stops_sync_bn_training() {
+    if is_worker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    common::write_tiny_mnist(&data, 840, 20);
+    let recipe = dir.path().join("r.toml");
+    let r = bn_recipe(
+        &data,
+        "pgd-at",
+        4,
+        "attack_bn_mode = \"train-frozen\"",
+        "[distributed]\nsync_bn = true\ntimeout_s = 20",
+    )
+    .replace("epochs = 1", "epochs = 3");
+    std::fs::write(&recipe, r).unwrap();
+    let run = dir.path().join("run");
+    let port = free_port();
+    let log0 = dir.path().join("rank0.log");
+    let a = args(&recipe, &run, &[]);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_advtrain"));
+    c.args(&a)
+        .env("RUST_LOG", "info")
+        .env("OMP_NUM_THREADS", "1")
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_RANK", "0")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::from(std::fs::File::create(&log0).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log0)
+                .unwrap(),
+        ));
+    let r0 = c.spawn().unwrap();
+    let mut r1 = spawn_train(&a, 1, 2, port);
+    let start = Instant::now();
+    let started = || {
+        std::fs::read_to_string(&log0)
+            .map(|t| t.contains("BatchNorm: synchronised batch statistics"))
+            .unwrap_or(false)
+    };
+    while !started() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        started(),
+        "rank 0 never started:\n{:?}",
+        std::fs::read_to_string(&log0)
+    );
+    // Some steps into epoch 1 (3 epochs of 105 steps, each dozens of collectives).
+    std::thread::sleep(Duration::from_millis(1500));
+    let rows = std::fs::read_to_string(run.join("metrics.csv"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    r1.kill().unwrap();
+    let _ = r1.wait();
+    let killed = Instant::now();
+    let o = wait_output(
+        r0,
+        Duration::from_secs(90),
+        "rank 0 after rank 1 was killed",
+    );
+    let t = format!("{}{}", text(&o), std::fs::read_to_string(&log0).unwrap());
+    assert!(
+        !o.status.success(),
+        "rank 0 finished without its peer:\n{t}"
+    );
+    assert!(rows < 4, "training finished before the kill:\n{t}");
+    assert!(
+        t.contains("distributed") && t.contains("failed on rank 0 of 2"),
+        "no clear error:\n{t}"
+    );
+    let line = t
+        .lines()
+        .find(|l| l.contains("failed on rank 0 of 2"))
+        .unwrap_or("");
+    eprintln!(
+        "rank 0 ({:.1} s after the kill): {line}",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        killed.elapsed()
+    );
 }

@@ -31,7 +31,7 @@ pub struct FgsmRs {
 /// `delta += alpha * sign(grad)` (alpha = 1.25 eps in the paper), `delta` clipped to
 /// `[-eps, eps]` and `x + delta` to [0, 1].
 pub fn fgsm_rs_example(f: &Classifier, x: &Tensor, y: &Tensor, eps: f64, alpha: f64) -> Tensor {
-    let delta = (x.rand_like() * 2.0 - 1.0) * eps;
+    let delta = (crate::attack::draw::rand_like(x) * 2.0 - 1.0) * eps;
     let start = (x + &delta)
         .clamp(0.0, 1.0)
         .detach()
