@@ -1,5 +1,18 @@
 //! Training: recipes, the objectives (one file each under [`objectives`]), the optimiser and
 //! schedules, checkpoints and the resumable run loop.
+//!
+//! The files, lowest first (a file uses only files above it in this list; `tests/it/layers.rs`
+//! checks that they form no circle):
+//! - `metrics.rs`, `awp.rs`, `mixacm.rs` (MixACM's loss terms, projections and teacher
+//!   loading), `step.rs` (`StepOutput`, what an objective's step returns), `optim.rs` (SGD
+//!   and the restore of a checkpoint with optimiser state), `settings.rs` (what an objective
+//!   reads of the recipe besides its own settings): they use no other file of `train`;
+//! - `teacher.rs`: MixACM's run state (teacher, projections and their optimiser);
+//! - `objectives/`: the objective trait, the `Objective` enum and one file per objective;
+//! - `recipe.rs`: the recipe, which holds the objective (`train.objective`) and makes its
+//!   `Settings`; the learning-rate schedules (`TrainSpec::learning_rate`);
+//! - `saved.rs` (the typed recipe of a sidecar), `swa.rs`, `ddp.rs`;
+//! - `run.rs`: the run loop.
 
 pub mod awp;
 pub mod ddp;
@@ -10,17 +23,18 @@ pub mod optim;
 pub mod recipe;
 pub mod run;
 pub mod saved;
+pub mod settings;
 pub mod step;
 pub mod swa;
 pub mod teacher;
 
 /// The checkpoint module under its earlier path (it moved below `nn`).
 pub use crate::checkpoint;
+pub use optim::restore;
 pub use recipe::{Objective, Recipe};
 /// [`train`] under the name of the library API (`advtrain::train::run(&recipe, &options)`).
 pub use run::train as run;
 pub use run::{train, train_observed, RunOptions};
-pub use saved::restore;
 
 /// Derive an independent 64-bit seed for (seed, epoch, stream) by SplitMix64 mixing, so every
 /// epoch's randomness is a pure function of the recipe seed (what makes resuming exact).

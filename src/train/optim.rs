@@ -1,9 +1,14 @@
-//! SGD with momentum (PyTorch semantics, dampening 0) and learning-rate schedules.
+//! SGD with momentum (PyTorch semantics, dampening 0), and its restore from a checkpoint.
+//! (The learning-rate schedule is `TrainSpec::learning_rate` in `recipe.rs`: this file sits
+//! below the objectives, whose own parameters it steps, and so below the recipe.)
 //!
 //! g = grad + wd * w;  b = mu * b + g;  step = nesterov ? g + mu * b : b;  w -= lr * step.
 //! Momentum buffers start at zero, which equals PyTorch's first-step `b = g` when dampening is 0.
 
-use super::recipe::{Schedule, TrainSpec};
+use crate::checkpoint::{self, read_sidecar, read_tensors, verify, Sidecar};
+use anyhow::Result;
+use std::collections::HashMap;
+use std::path::Path;
 use tch::Tensor;
 
 extern "C" {
@@ -117,53 +122,27 @@ impl Sgd {
     }
 }
 
-/// Learning rate at fractional epoch `t` (epoch index + fraction of the epoch done).
-pub fn learning_rate(spec: &TrainSpec, t: f64) -> f64 {
-    let base = match spec.schedule {
-        Schedule::Constant => spec.lr,
-        Schedule::Piecewise => {
-            let passed = spec.milestones.iter().filter(|&&m| t >= m as f64).count();
-            spec.lr * spec.lr_gamma.powi(passed as i32)
-        }
-        Schedule::Cosine => {
-            spec.lr * 0.5 * (1.0 + (std::f64::consts::PI * t / spec.epochs as f64).cos())
-        }
-    };
-    if spec.warmup_epochs > 0 && t < spec.warmup_epochs as f64 {
-        base * t / spec.warmup_epochs as f64
-    } else {
-        base
-    }
+/// Load a checkpoint written with optimiser state (`save(.., Some(state), ..)`) into `vars`
+/// and `sgd`, both files verified against the sidecar's sha256; returns the sidecar (resume).
+pub fn restore(file: &Path, vars: &HashMap<String, Tensor>, sgd: &mut Sgd) -> Result<Sidecar> {
+    let side = read_sidecar(file)?;
+    let (mpath, opath, _) = checkpoint::paths(file);
+    verify(&mpath, &side.sha256)?;
+    checkpoint::load_into(vars, &read_tensors(&mpath)?, &mpath)?;
+    let osha = side
+        .optimizer_sha256
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{}: sidecar has no optimizer state", file.display()))?;
+    verify(&opath, osha)?;
+    let state: Vec<(String, Tensor)> = read_tensors(&opath)?.into_iter().collect();
+    sgd.load_state(&state, &opath.display().to_string())?;
+    Ok(side)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::objectives::{standard::Standard, Objective};
     use tch::{nn::VarStore, Device, Kind};
-
-    fn spec(schedule: Schedule) -> TrainSpec {
-        TrainSpec {
-            objective: Objective::Standard(Standard {
-                attack: None,
-                route: Default::default(),
-            }),
-            epochs: 10,
-            batch_size: 1,
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            nesterov: false,
-            schedule,
-            milestones: vec![5, 8],
-            lr_gamma: 0.1,
-            warmup_epochs: 0,
-            attack_bn_mode: crate::nn::Mode::Eval,
-            overfit_check: None,
-            swa: None,
-            awp: None,
-        }
-    }
 
     /// Two steps by hand with PyTorch's rule (dampening 0):
     /// w0 = 1, wd = 0.1, mu = 0.9, lr = 0.5, loss = 3 w (grad 3).
@@ -202,23 +181,5 @@ mod tests {
         (&p * 3.0).sum(Kind::Float).backward();
         sgd.step(0.5);
         assert!((p.double_value(&[0]) - (1.0 - 0.5 * (3.1 + 0.9 * 3.1))).abs() < 1e-5);
-    }
-
-    #[test]
-    fn schedules() {
-        let s = spec(Schedule::Piecewise);
-        assert_eq!(learning_rate(&s, 0.0), 0.1);
-        assert!((learning_rate(&s, 4.99) - 0.1).abs() < 1e-12);
-        assert!((learning_rate(&s, 5.0) - 0.01).abs() < 1e-12);
-        assert!((learning_rate(&s, 8.5) - 0.001).abs() < 1e-12);
-        let c = spec(Schedule::Cosine);
-        assert!((learning_rate(&c, 5.0) - 0.05).abs() < 1e-12);
-        assert!(learning_rate(&c, 10.0).abs() < 1e-12);
-        let w = TrainSpec {
-            warmup_epochs: 2,
-            ..spec(Schedule::Constant)
-        };
-        assert!((learning_rate(&w, 1.0) - 0.05).abs() < 1e-12);
-        assert!((learning_rate(&w, 3.0) - 0.1).abs() < 1e-12);
     }
 }

@@ -42,6 +42,7 @@ pub struct Recipe {
 
 pub use super::objectives::arat::AratSpec;
 pub use super::objectives::{HybridSpec, Objective, Passes};
+use super::settings::Settings;
 
 /// AWP (Wu et al. 2020): per weight tensor with more than one dimension, `v_l = gamma *
 /// ||w_l|| / ||d_l|| * d_l` with `d` the gradient of the objective's loss at the current weights
@@ -164,22 +165,26 @@ pub struct TrainSpec {
 
 impl TrainSpec {
     /// The `[train]` keys of every objective (besides `objective` and the objective's own).
-    pub const COMMON_KEYS: &'static [&'static str] = &[
-        "epochs",
-        "batch_size",
-        "lr",
-        "momentum",
-        "weight_decay",
-        "nesterov",
-        "schedule",
-        "milestones",
-        "lr_gamma",
-        "warmup_epochs",
-        "attack_bn_mode",
-        "awp",
-        "overfit_check",
-        "swa",
-    ];
+    pub const COMMON_KEYS: &'static [&'static str] = super::objectives::COMMON_KEYS;
+
+    /// Learning rate at fractional epoch `t` (epoch index + fraction of the epoch done).
+    pub fn learning_rate(&self, t: f64) -> f64 {
+        let base = match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Piecewise => {
+                let passed = self.milestones.iter().filter(|&&m| t >= m as f64).count();
+                self.lr * self.lr_gamma.powi(passed as i32)
+            }
+            Schedule::Cosine => {
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t / self.epochs as f64).cos())
+            }
+        };
+        if self.warmup_epochs > 0 && t < self.warmup_epochs as f64 {
+            base * t / self.warmup_epochs as f64
+        } else {
+            base
+        }
+    }
 
     /// `[train.attack]` (see [`Objective::attack`]).
     pub fn attack(&self) -> Option<&PgdConfig> {
@@ -362,7 +367,7 @@ impl Recipe {
             a.validate("train.attack", self.allow_large_eps)
                 .map_err(anyhow::Error::msg)?;
         }
-        t.objective.validate(self)?;
+        t.objective.validate(&self.settings())?;
         if let Some(w) = &t.swa {
             anyhow::ensure!(
                 w.start_epoch < t.epochs,
@@ -494,6 +499,24 @@ impl Recipe {
             .collect()
     }
 
+    /// What an objective reads of the recipe besides its own settings.
+    pub fn settings(&self) -> Settings<'_> {
+        let t = &self.train;
+        Settings {
+            seed: self.seed,
+            compute: &self.compute,
+            model: &self.model,
+            attack_bn_mode: t.attack_bn_mode,
+            momentum: t.momentum,
+            weight_decay: t.weight_decay,
+            nesterov: t.nesterov,
+            awp: t.awp.is_some(),
+            validation_batch_size: self.validation.batch_size,
+            validation_pgd_limit: self.validation.pgd_limit,
+            validation_attack: self.validation_attack(),
+        }
+    }
+
     /// The validation attack: explicit, or PGD-10 with step eps/4 at the training eps.
     pub fn validation_attack(&self) -> Option<PgdConfig> {
         self.validation.attack.clone().or_else(|| {
@@ -512,6 +535,12 @@ impl Recipe {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("recipe serialises")
+    }
+}
+
+impl<'a> From<&'a Recipe> for Settings<'a> {
+    fn from(r: &'a Recipe) -> Settings<'a> {
+        r.settings()
     }
 }
 
@@ -561,4 +590,51 @@ fn error_place(t: &str, pos: usize) -> Option<String> {
         Some(tb) if !line.starts_with('[') => format!("{tb} {line}"),
         _ => line.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::objectives::standard::Standard;
+
+    fn spec(schedule: Schedule) -> TrainSpec {
+        TrainSpec {
+            objective: Objective::Standard(Standard {
+                attack: None,
+                route: Default::default(),
+            }),
+            epochs: 10,
+            batch_size: 1,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+            schedule,
+            milestones: vec![5, 8],
+            lr_gamma: 0.1,
+            warmup_epochs: 0,
+            attack_bn_mode: crate::nn::Mode::Eval,
+            overfit_check: None,
+            swa: None,
+            awp: None,
+        }
+    }
+
+    #[test]
+    fn schedules() {
+        let s = spec(Schedule::Piecewise);
+        assert_eq!(s.learning_rate(0.0), 0.1);
+        assert!((s.learning_rate(4.99) - 0.1).abs() < 1e-12);
+        assert!((s.learning_rate(5.0) - 0.01).abs() < 1e-12);
+        assert!((s.learning_rate(8.5) - 0.001).abs() < 1e-12);
+        let c = spec(Schedule::Cosine);
+        assert!((c.learning_rate(5.0) - 0.05).abs() < 1e-12);
+        assert!(c.learning_rate(10.0).abs() < 1e-12);
+        let w = TrainSpec {
+            warmup_epochs: 2,
+            ..spec(Schedule::Constant)
+        };
+        assert!((w.learning_rate(1.0) - 0.05).abs() < 1e-12);
+        assert!((w.learning_rate(3.0) - 0.1).abs() < 1e-12);
+    }
 }

@@ -9,7 +9,7 @@ use super::ddp::{self, Ddp};
 use super::derive_seed;
 use super::metrics::{self, EpochMetrics};
 use super::objectives::{Active, SetupCx, StepCx};
-use super::optim::{learning_rate, Sgd};
+use super::optim::Sgd;
 use super::recipe::Recipe;
 use super::swa::{self, SwaAverage};
 use crate::attack::{Attack, Classifier, Pgd};
@@ -187,7 +187,7 @@ pub fn train_observed(
     // The objective's extra parameters and checks against the built model (MixACM: teacher and
     // projections, restored on resume; ARAT: its hooks).
     let mut objective = t.objective.start(&SetupCx {
-        recipe,
+        settings: recipe.settings(),
         net: &net,
         data: &data,
         device,
@@ -279,7 +279,9 @@ pub fn train_observed(
                 sidecar(&m),
             )?;
         }
-        objective.save(&sdir, recipe, epoch + 1)?;
+        objective.save(&sdir, &|format| {
+            Sidecar::for_run(format, recipe, epoch + 1, serde_json::Value::Null, None)
+        })?;
         checkpoint::save(
             &sdir.join("last.safetensors"),
             &model_tensors,
@@ -523,7 +525,7 @@ fn train_epoch(
     };
     let model = net.model.as_ref();
     let cx = StepCx {
-        recipe,
+        settings: recipe.settings(),
         model,
         predictors: &net.predictors,
         prev_clean_acc,
@@ -563,7 +565,7 @@ fn train_epoch(
         } else {
             x
         };
-        lr = learning_rate(t, epoch as f64 + i as f64 / n_batches as f64);
+        lr = t.learning_rate(epoch as f64 + i as f64 / n_batches as f64);
         let bs = y.size()[0];
         let x_adv = objective.generate(&cx, &x, &y);
         let perturbation = match &t.awp {

@@ -1,14 +1,12 @@
 //! What training keeps in checkpoints beyond the file format ([`crate::checkpoint`]): the
 //! sidecar of a run-written file, the typed (versioned) recipe read back from a sidecar, a
-//! checkpoint loaded with its recipe ([`LoadedRun`]), and the restore of model + optimiser
-//! state for `--resume`.
+//! checkpoint loaded with its recipe ([`LoadedRun`]). (The restore of model + optimiser state
+//! for `--resume` is [`crate::train::optim::restore`].)
 
 use super::Recipe;
-use crate::checkpoint::{self, read_sidecar, read_tensors, verify, LoadedCheckpoint, Sidecar};
+use crate::checkpoint::{self, LoadedCheckpoint, Sidecar};
 use anyhow::{Context, Result};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
 
 /// The recipe format this code writes into sidecars ([`Sidecar::recipe_version`]).
 pub const RECIPE_VERSION: u32 = 1;
@@ -81,25 +79,4 @@ impl Sidecar {
             best_metric,
         }
     }
-}
-
-/// Load a checkpoint written with optimiser state (`save(.., Some(state), ..)`) into `vars`
-/// and `sgd`, both files verified against the sidecar's sha256; returns the sidecar (resume).
-pub fn restore(
-    file: &Path,
-    vars: &HashMap<String, Tensor>,
-    sgd: &mut crate::train::optim::Sgd,
-) -> Result<Sidecar> {
-    let side = read_sidecar(file)?;
-    let (mpath, opath, _) = checkpoint::paths(file);
-    verify(&mpath, &side.sha256)?;
-    checkpoint::load_into(vars, &read_tensors(&mpath)?, &mpath)?;
-    let osha = side
-        .optimizer_sha256
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("{}: sidecar has no optimizer state", file.display()))?;
-    verify(&opath, osha)?;
-    let state: Vec<(String, Tensor)> = read_tensors(&opath)?.into_iter().collect();
-    sgd.load_state(&state, &opath.display().to_string())?;
-    Ok(side)
 }

@@ -1,11 +1,13 @@
 //! MixACM's teacher in a run: loading it, measuring it once (`teacher.json`: file, sha256,
 //! architecture, clean and PGD validation accuracy), and the student-side projections with
 //! their own optimiser state (`checkpoints/projections.*`, saved each epoch, resumed exactly).
+//! The run state of the MixACM objective (`objectives/mixacm.rs`), below the objectives: it
+//! sees the recipe as [`Settings`].
 
 use super::derive_seed;
 use super::mixacm::{load_teacher, MixAcmSpec, Projections};
-use super::optim::Sgd;
-use super::recipe::Recipe;
+use super::optim::{restore, Sgd};
+use super::settings::Settings;
 use crate::attack::{Classifier, Pgd};
 use crate::checkpoint::{self, Sidecar};
 use crate::data::Splits;
@@ -45,14 +47,13 @@ impl Teacher {
     /// Load the teacher of `spec`, build the projections against `student`, and write (or, on
     /// resume, check against) `<out>/teacher.json`.
     pub fn setup(
-        recipe: &Recipe,
+        settings: &Settings,
         spec: &MixAcmSpec,
         student: &Network,
         data: &Splits,
         device: Device,
         out: &Path,
     ) -> Result<Teacher> {
-        let t = &recipe.train;
         let net = load_teacher(spec, device)?;
         let file = spec
             .teacher
@@ -62,7 +63,12 @@ impl Teacher {
         let size = data.train.images.size();
         let hw = [size[size.len() - 2], size[size.len() - 1]];
         let projections = Projections::new(spec, student, &net, hw)?;
-        let proj_sgd = Sgd::new(&projections.vs, t.momentum, t.weight_decay, t.nesterov);
+        let proj_sgd = Sgd::new(
+            &projections.vs,
+            settings.momentum,
+            settings.weight_decay,
+            settings.nesterov,
+        );
         let json = out.join("teacher.json");
         let record = if json.exists() {
             let r: TeacherRecord = serde_json::from_str(
@@ -80,7 +86,7 @@ impl Teacher {
             );
             r
         } else {
-            let r = measure(recipe, &net, &file, sha256, spec, data, device);
+            let r = measure(settings, &net, &file, sha256, spec, data, device);
             crate::fsio::write_atomic(&json, serde_json::to_string_pretty(&r)?.as_bytes())
                 .with_context(|| format!("cannot write {}", json.display()))?;
             r
@@ -115,18 +121,13 @@ impl Teacher {
         v
     }
 
-    /// Save the projections and their optimiser state after `epoch` (when there are any).
-    pub fn save(&self, ckdir: &Path, recipe: &Recipe, epoch: usize) -> Result<()> {
+    /// Save the projections and their optimiser state into the checkpoint set `ckdir` (when
+    /// there are any), with the sidecar `sidecar(format)` of the run's files after this epoch.
+    pub fn save(&self, ckdir: &Path, sidecar: &dyn Fn(&str) -> Sidecar) -> Result<()> {
         if !self.has_projections() {
             return Ok(());
         }
-        let side = Sidecar::for_run(
-            "advtrain-mixacm-projections-v1",
-            recipe,
-            epoch,
-            serde_json::Value::Null,
-            None,
-        );
+        let side = sidecar("advtrain-mixacm-projections-v1");
         checkpoint::save(
             &ckdir.join("projections.safetensors"),
             &self.named_projections(),
@@ -141,7 +142,7 @@ impl Teacher {
             return Ok(());
         }
         let file = ckdir.join("projections.safetensors");
-        let side = super::restore(&file, &self.projections.vs.variables(), &mut self.proj_sgd)?;
+        let side = restore(&file, &self.projections.vs.variables(), &mut self.proj_sgd)?;
         anyhow::ensure!(
             side.epoch == epoch,
             "{}: the projections are from epoch {} but the run resumes after epoch {epoch}",
@@ -155,7 +156,7 @@ impl Teacher {
 /// Clean accuracy of the teacher on the validation split and PGD accuracy on its first
 /// `validation.pgd_limit` images (the recipe's validation attack), eval mode.
 fn measure(
-    recipe: &Recipe,
+    settings: &Settings,
     net: &Network,
     file: &Path,
     sha256: String,
@@ -164,15 +165,15 @@ fn measure(
     device: Device,
 ) -> TeacherRecord {
     let f = Classifier::new(net.model.as_ref(), Ctx::new(Route::default(), Mode::Eval))
-        .with_compute(&recipe.compute);
-    let bs = recipe.validation.batch_size;
+        .with_compute(settings.compute);
+    let bs = settings.validation_batch_size;
     let val = &data.val;
     let clean = (!val.is_empty()).then(|| clean_counts(&f, val, bs, device).clean_accuracy());
-    let cfg = recipe.validation_attack();
-    let n = recipe.validation.pgd_limit.min(val.len());
+    let cfg = settings.validation_attack.clone();
+    let n = settings.validation_pgd_limit.min(val.len());
     let pgd = match (&cfg, n > 0) {
         (Some(c), true) => {
-            tch::manual_seed(derive_seed(recipe.seed, 0, STREAM_TEACHER) as i64);
+            tch::manual_seed(derive_seed(settings.seed, 0, STREAM_TEACHER) as i64);
             let subset = val.take(n);
             Some(robust_counts(&f, &Pgd::new(c.clone()), &subset, bs, device).robust_accuracy())
         }

@@ -2,7 +2,7 @@
 //! in [`LAYERS`], so no circle between modules can form and no lower layer imports a higher
 //! one. The check reads every `crate::<module>` path in `src/`. Inside every module, its files
 //! (child modules) form no circle either: the uses between them, through re-exports, are a
-//! graph without cycles (a few named exceptions aside, [`ALLOWED_CIRCLE_EDGES`]).
+//! graph without cycles.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -415,32 +415,9 @@ fn find_circle(
         .find_map(|n| visit(n, graph, &mut vec![], &mut done))
 }
 
-/// Uses between files that close a circle, allowed for now, each with why: (module, from, to,
-/// reason). Each must still exist (the test says when one can go).
-const ALLOWED_CIRCLE_EDGES: &[(&str, &str, &str, &str)] = &[
-    (
-        "train",
-        "objectives",
-        "recipe",
-        "TrainObjective::validate/setup take the whole Recipe, which holds the objective specs",
-    ),
-    (
-        "train",
-        "objectives",
-        "step",
-        "the objectives share step.rs's forward-pair helpers; step.rs re-exports their loss pieces",
-    ),
-    (
-        "train",
-        "objectives",
-        "teacher",
-        "MixACM's objective holds its Teacher, loaded with the recipe's checkpoint code",
-    ),
-];
-
 #[test]
 fn the_files_of_every_module_form_no_circle() {
-    let mut graphs = file_graphs(&module_texts());
+    let graphs = file_graphs(&module_texts());
     // The scan sees the files and their uses (an empty graph would pass vacuously).
     for (module, from, to) in [
         ("attack", "spec", "pgd"),
@@ -450,6 +427,9 @@ fn the_files_of_every_module_form_no_circle() {
         ("cli/eval", "args", "attack"),
         ("nn", "hook", "models"),
         ("train", "run", "objectives"),
+        ("train", "recipe", "objectives"),
+        ("train", "objectives", "teacher"),
+        ("train", "objectives", "step"),
         ("train/objectives", "mart", "trades"),
     ] {
         let key: ModPath = module.split('/').map(String::from).collect();
@@ -457,16 +437,6 @@ fn the_files_of_every_module_form_no_circle() {
         assert!(
             uses.is_some_and(|u| u.contains(to)),
             "src/{module}: expected {from} to use {to}, got {uses:?}"
-        );
-    }
-    for (module, from, to, why) in ALLOWED_CIRCLE_EDGES {
-        let removed = graphs
-            .get_mut(&vec![module.to_string()])
-            .and_then(|g| g.get_mut(*from))
-            .is_some_and(|u| u.remove(*to));
-        assert!(
-            removed,
-            "src/{module}: {from} no longer uses {to}: drop the exception ({why})"
         );
     }
     let circles: Vec<String> = graphs

@@ -9,7 +9,7 @@ use common::advtrain;
 use advtrain::attack::{cross_entropy, Attack, Classifier, Pgd};
 use advtrain::eval::controls::{export_branch, reestimate, Reestimate, StatsSource};
 use advtrain::nn::{ArchSpec, Ctx, Mode, Network, NormKind, NormSpec, Route, Segment, ADV, CLEAN};
-use advtrain::train::objectives::{Objective, StepCx, TrainObjective};
+use advtrain::train::objectives::{hybrid, Objective, StepCx, TrainObjective};
 use advtrain::train::recipe::{Passes, Recipe};
 use advtrain::train::step;
 use tch::{Device, Kind, Reduction, Tensor};
@@ -268,8 +268,8 @@ fn check_hybrid(r: &Recipe, joint_equals_separate: bool) {
     };
     // Reference on b.
     let n = 8;
-    let na = step::adv_rows(h, advprop, n);
-    let nc = step::clean_rows(h, advprop, n);
+    let na = hybrid::adv_rows(h, advprop, n);
+    let nc = hybrid::clean_rows(h, advprop, n);
     tch::manual_seed(99);
     let f = Classifier::new(
         b.model.as_ref(),
@@ -331,8 +331,8 @@ fn hybrid_single_bn_cat_with_clean_fraction() {
     );
     assert_eq!(
         (
-            step::adv_rows(r.train.objective.hybrid().unwrap(), false, 8),
-            step::clean_rows(r.train.objective.hybrid().unwrap(), false, 8)
+            hybrid::adv_rows(r.train.objective.hybrid().unwrap(), false, 8),
+            hybrid::clean_rows(r.train.objective.hybrid().unwrap(), false, 8)
         ),
         (6, 2)
     );

@@ -5,9 +5,8 @@ use crate::common;
 
 use advtrain::attack::{cross_entropy, Attack, Classifier, Pgd};
 use advtrain::nn::{Ctx, Mode, Network};
-use advtrain::train::objectives::{arat, Objective, StepCx, TrainObjective};
+use advtrain::train::objectives::{arat, fgsm_rs, mart, trades, Objective, StepCx, TrainObjective};
 use advtrain::train::recipe::Recipe;
-use advtrain::train::step;
 use std::process::Command;
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -17,7 +16,7 @@ fn kl_rows_matches_a_hand_computed_case() {
     // KL = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.1308120...
     let p = Tensor::from_slice(&[0.0f32, 3f32.ln(), 0.0, 0.0]).view([2, 2]);
     let q = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 0.0]).view([2, 2]);
-    let kl = step::kl_rows(&p, &q);
+    let kl = trades::kl_rows(&p, &q);
     let want = 0.25 * 0.5f64.ln() + 0.75 * 1.5f64.ln();
     assert!((kl.double_value(&[0]) - want).abs() < 1e-6);
     assert!(kl.double_value(&[1]).abs() < 1e-7);
@@ -55,7 +54,7 @@ fn mart_loss_matches_a_float64_hand_computation() {
             .view([2, 3])
             .to_kind(Kind::Float)
     };
-    let got = step::mart_loss(&t(la), &t(lc), &Tensor::from_slice(&y), lambda).double_value(&[]);
+    let got = mart::mart_loss(&t(la), &t(lc), &Tensor::from_slice(&y), lambda).double_value(&[]);
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
 }
 
@@ -176,7 +175,7 @@ fn fgsm_rs_example_is_one_clipped_signed_step_from_a_uniform_start() {
     let y = Tensor::arange(6, (Kind::Int64, Device::Cpu));
     let (eps, alpha) = (0.1, 0.125);
     tch::manual_seed(77);
-    let got = step::fgsm_rs_example(&f, &x, &y, eps, alpha);
+    let got = fgsm_rs::fgsm_rs_example(&f, &x, &y, eps, alpha);
     // Reference: the same uniform draw, the gradient at the start, the clipped step.
     tch::manual_seed(77);
     let start = (&x + (x.rand_like() * 2.0 - 1.0) * eps)
@@ -428,17 +427,17 @@ steps = 1
 fn negative_cosine_matches_hand_values() {
     let t = |v: &[f32]| Tensor::from_slice(v).view([1, 2]);
     assert!(
-        (step::negative_cosine(&t(&[1.0, 0.0]), &t(&[0.0, 1.0])).double_value(&[]) - 1.0).abs()
+        (arat::negative_cosine(&t(&[1.0, 0.0]), &t(&[0.0, 1.0])).double_value(&[]) - 1.0).abs()
             < 1e-6
     );
     assert!(
-        step::negative_cosine(&t(&[1.0, 1.0]), &t(&[2.0, 2.0]))
+        arat::negative_cosine(&t(&[1.0, 1.0]), &t(&[2.0, 2.0]))
             .double_value(&[])
             .abs()
             < 1e-6
     );
     assert!(
-        (step::negative_cosine(&t(&[1.0, 0.0]), &t(&[-3.0, 0.0])).double_value(&[]) - 2.0).abs()
+        (arat::negative_cosine(&t(&[1.0, 0.0]), &t(&[-3.0, 0.0])).double_value(&[]) - 2.0).abs()
             < 1e-6
     );
 }

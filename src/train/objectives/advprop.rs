@@ -43,7 +43,7 @@ impl TrainObjective for Advprop {
     fn validation_route(&self) -> Route {
         self.hybrid.clean_route
     }
-    fn validate(&self, _recipe: &crate::train::recipe::Recipe) -> Result<()> {
+    fn validate(&self, _settings: &crate::train::settings::Settings) -> Result<()> {
         self.hybrid.validate()
     }
     fn setup(&self, _cx: &SetupCx) -> Result<()> {

@@ -10,14 +10,13 @@
 //! `w_c = 1 - w_a` with `auto_balance`, else `w_c = [train.hybrid] clean_weight`; ablation
 //! switches `stop_gradient`, `predictor`, `symmetric`. Routes and passes from `[train.hybrid]`.
 
-use super::hybrid::{HybridSpec, Passes};
+use super::hybrid::{forward_pair_hooked, HybridSpec, Passes};
 use super::trades::generate_adv;
 use super::{adversarial, hits, SetupCx, StepCx, StepOutput, TrainObjective};
 use crate::attack::{cross_entropy, PgdConfig};
 use crate::nn::predictor::Predictor;
 use crate::nn::{Hook, Mode, Route};
-use crate::train::recipe::Recipe;
-use crate::train::step::forward_pair_hooked;
+use crate::train::settings::Settings;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -192,7 +191,7 @@ impl TrainObjective for Arat {
     fn validation_route(&self) -> Route {
         self.hybrid.adv_route
     }
-    fn validate(&self, recipe: &Recipe) -> Result<()> {
+    fn validate(&self, settings: &Settings) -> Result<()> {
         let a = &self.arat;
         anyhow::ensure!(
             !a.hooks.is_empty(),
@@ -205,11 +204,11 @@ impl TrainObjective for Arat {
         );
         if a.predictor || a.symmetric {
             anyhow::ensure!(
-                recipe.model.predictors == a.hooks,
+                settings.model.predictors == a.hooks,
                 "train.arat.hooks = {:?} needs model.predictors = {:?} (one predictor per hook), got {:?}",
                 a.hooks,
                 a.hooks,
-                recipe.model.predictors
+                settings.model.predictors
             );
         }
         self.hybrid.validate()

@@ -59,7 +59,7 @@ impl TrainObjective for FgsmRs {
     fn validation_route(&self) -> Route {
         self.route
     }
-    fn validate(&self, _recipe: &crate::train::recipe::Recipe) -> Result<()> {
+    fn validate(&self, _settings: &crate::train::settings::Settings) -> Result<()> {
         anyhow::ensure!(
             self.attack.norm == ThreatNorm::Linf,
             "train.attack.norm must be \"linf\" for objective fgsm-rs"

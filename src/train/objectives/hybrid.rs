@@ -10,12 +10,14 @@
 //! then has weight 1). `passes` chooses one forward over `[x'; x]` split by sizes (joint) or one
 //! forward per domain (separate); routes pick the statistics and affine sets (Dual BN, Dual-AP,
 //! Cross-BN, ...). Also the batch composition of AdvProp (`advprop.rs`) and the routes and
-//! passes of TRADES, MART and ARAT.
+//! passes of TRADES, MART and ARAT, with their clean/adversarial forward pair
+//! ([`forward_pair_hooked`]).
 
 use super::{adversarial, hits, SetupCx, StepCx, StepOutput, TrainObjective};
 use crate::attack::{cross_entropy, Attack, Pgd, PgdConfig};
-use crate::nn::{Ctx, Mode, Route, ADV, CLEAN};
-use crate::train::step::forward_pair;
+use crate::nn::hook::hooked;
+use crate::nn::models::Forward;
+use crate::nn::{Ctx, Hook, Mode, Model, Route, Segment, ADV, CLEAN};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -155,6 +157,96 @@ pub fn adv_rows(h: &HybridSpec, paired: bool, n: i64) -> i64 {
     }
 }
 
+/// The logits of [`forward_pair_stages`].
+pub fn forward_pair(
+    model: &dyn Model,
+    h: &HybridSpec,
+    xa: &Tensor,
+    xc: &Tensor,
+    mode: Mode,
+) -> (Tensor, Tensor) {
+    let (fa, fc) = forward_pair_stages(model, h, xa, xc, mode);
+    (fa.logits, fc.logits)
+}
+
+/// Logits and stage outputs (in `mode`, normally train) of adversarial rows `xa` (through
+/// `h.adv_route`) and clean rows `xc` (through `h.clean_route`): one forward over `[xa; xc]` split
+/// by explicit sizes (joint) or one forward each (separate). An empty part gives empty [0, 1]
+/// logits and no stages.
+pub fn forward_pair_stages(
+    model: &dyn Model,
+    h: &HybridSpec,
+    xa: &Tensor,
+    xc: &Tensor,
+    mode: Mode,
+) -> (Forward, Forward) {
+    let (fa, fc, _, _) = forward_pair_hooked(model, h, xa, xc, mode, &[]);
+    (fa, fc)
+}
+
+/// [`forward_pair_stages`] plus, per hook, the adversarial rows' and the clean rows' features.
+pub fn forward_pair_hooked(
+    model: &dyn Model,
+    h: &HybridSpec,
+    xa: &Tensor,
+    xc: &Tensor,
+    mode: Mode,
+    hooks: &[Hook],
+) -> (Forward, Forward, Vec<Tensor>, Vec<Tensor>) {
+    let (na, nc) = (xa.size()[0], xc.size()[0]);
+    let rows = |f: &Forward, start: i64, len: i64| Forward {
+        logits: f.logits.narrow(0, start, len),
+        stages: f.stages.iter().map(|s| s.narrow(0, start, len)).collect(),
+    };
+    let narrow = |v: &[Tensor], start: i64, len: i64| -> Vec<Tensor> {
+        v.iter().map(|t| t.narrow(0, start, len)).collect()
+    };
+    match h.passes() {
+        Passes::Joint => {
+            let segs = [
+                Segment {
+                    size: na,
+                    source: ADV,
+                    route: h.adv_route,
+                },
+                Segment {
+                    size: nc,
+                    source: CLEAN,
+                    route: h.clean_route,
+                },
+            ];
+            let input = Tensor::cat(&[xa, xc], 0);
+            let (f, feats) = hooked(model, hooks, || {
+                model.forward_stages(&input, &Ctx::mixed(mode, &segs))
+            });
+            (
+                rows(&f, 0, na),
+                rows(&f, na, nc),
+                narrow(&feats, 0, na),
+                narrow(&feats, na, nc),
+            )
+        }
+        Passes::Separate => {
+            let pass = |xs: &Tensor, r: Route| {
+                if xs.size()[0] > 0 {
+                    hooked(model, hooks, || {
+                        model.forward_stages(xs, &Ctx::new(r, mode))
+                    })
+                } else {
+                    let f = Forward {
+                        logits: Tensor::zeros([0, 1], (Kind::Float, xs.device())),
+                        stages: vec![],
+                    };
+                    (f, vec![])
+                }
+            };
+            let (fa, ha) = pass(xa, h.adv_route);
+            let (fc, hc) = pass(xc, h.clean_route);
+            (fa, fc, ha, hc)
+        }
+    }
+}
+
 /// The adversarial inputs of a hybrid (or, `paired`, AdvProp) batch: PGD through
 /// `h.adv_route` on the first `adv_rows` images only.
 pub(super) fn generate_rows(
@@ -252,7 +344,7 @@ impl TrainObjective for Hybrid {
     fn validation_route(&self) -> Route {
         self.hybrid.adv_route
     }
-    fn validate(&self, _recipe: &crate::train::recipe::Recipe) -> Result<()> {
+    fn validate(&self, _settings: &crate::train::settings::Settings) -> Result<()> {
         self.hybrid.validate()
     }
     fn setup(&self, _cx: &SetupCx) -> Result<()> {

@@ -164,7 +164,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for FieldsMap<A> {
                  every objective {}",
                 self.objective,
                 list(self.fields),
-                list(crate::train::recipe::TrainSpec::COMMON_KEYS)
+                list(super::COMMON_KEYS)
             )));
         }
     }

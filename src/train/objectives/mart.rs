@@ -8,12 +8,11 @@
 //! `[train.hybrid] adv_route`; routes and passes from `[train.hybrid]` (default separate, as the
 //! reference).
 
-use super::hybrid::{HybridSpec, Passes};
+use super::hybrid::{forward_pair, HybridSpec, Passes};
 use super::trades::{generate_adv, six};
 use super::{adversarial, hits, SetupCx, StepCx, StepOutput, TrainObjective};
 use crate::attack::{cross_entropy, PgdConfig};
 use crate::nn::{Mode, Route};
-use crate::train::step::forward_pair;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -65,7 +64,7 @@ impl TrainObjective for Mart {
     fn validation_route(&self) -> Route {
         self.hybrid.adv_route
     }
-    fn validate(&self, _recipe: &crate::train::recipe::Recipe) -> Result<()> {
+    fn validate(&self, _settings: &crate::train::settings::Settings) -> Result<()> {
         let l = self.mart_lambda;
         anyhow::ensure!(
             l >= 0.0 && l.is_finite(),

@@ -13,9 +13,10 @@
 
 use super::{hits, SetupCx, StepCx, StepOutput, TrainObjective};
 use crate::attack::PgdConfig;
+use crate::checkpoint::Sidecar;
 use crate::nn::{Mode, Route};
 use crate::train::mixacm::{mixacm_loss, MixAcmSpec};
-use crate::train::recipe::Recipe;
+use crate::train::settings::Settings;
 use crate::train::teacher::Teacher;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -53,17 +54,24 @@ impl TrainObjective for MixAcm {
     fn validation_route(&self) -> Route {
         self.route
     }
-    fn validate(&self, recipe: &Recipe) -> Result<()> {
+    fn validate(&self, settings: &Settings) -> Result<()> {
         self.mixacm.validate()?;
         anyhow::ensure!(
-            recipe.train.awp.is_none(),
+            !settings.awp,
             "train.awp does not combine with objective mixacm (it has no training attack)"
         );
         Ok(())
     }
     /// Load the teacher, build the projections and write (or check) `teacher.json`.
     fn setup(&self, cx: &SetupCx) -> Result<Teacher> {
-        Teacher::setup(cx.recipe, &self.mixacm, cx.net, cx.data, cx.device, cx.out)
+        Teacher::setup(
+            &cx.settings,
+            &self.mixacm,
+            cx.net,
+            cx.data,
+            cx.device,
+            cx.out,
+        )
     }
     fn generate(&self, _cx: &StepCx, _x: &Tensor, _y: &Tensor) -> Option<Tensor> {
         None
@@ -108,8 +116,8 @@ impl TrainObjective for MixAcm {
     fn step(&self, teacher: &mut Teacher, lr: f64) {
         teacher.proj_sgd.step(lr);
     }
-    fn save(&self, teacher: &Teacher, dir: &Path, recipe: &Recipe, epoch: usize) -> Result<()> {
-        teacher.save(dir, recipe, epoch)
+    fn save(&self, teacher: &Teacher, dir: &Path, sidecar: &dyn Fn(&str) -> Sidecar) -> Result<()> {
+        teacher.save(dir, sidecar)
     }
     fn resume(&self, teacher: &mut Teacher, dir: &Path, epoch: usize) -> Result<()> {
         teacher.resume(dir, epoch)

@@ -6,14 +6,17 @@
 //! and what it saves into every checkpoint set and resumes from it (MixACM's projections).
 //! The run loop (`train::run`, run.rs) sees an objective only through that trait (via
 //! [`Objective::start`] and [`Active`]); wrappers that apply to any objective (AWP, SWA, the
-//! overfitting check) stay recipe-level options of [`crate::train::recipe::TrainSpec`].
+//! overfitting check) stay recipe-level options of `TrainSpec` (`recipe.rs`, above this
+//! module: the recipe holds the objective, and an objective sees the rest of the recipe as
+//! [`Settings`]).
 //!
 //! # Adding an objective
 //!
 //! 1. Write `src/train/objectives/<name>.rs`: a settings struct (`Serialize`, `Deserialize`,
 //!    `#[serde(deny_unknown_fields)]`; its fields are its `[train]` keys, e.g. `attack:
 //!    PgdConfig` for one that attacks, so a recipe without it is refused by name) and `impl
-//!    TrainObjective` for it. Open the file with a doc comment that states the loss formula and
+//!    TrainObjective` for it (the rest of the recipe it sees as [`Settings`]: this module is
+//!    below `recipe.rs`). Open the file with a doc comment that states the loss formula and
 //!    cites its source.
 //! 2. Add `pub mod <name>;` and one line `Variant(<name>::Struct) = "<name>",` to the
 //!    `objectives!` list below. Everything else (the enum, its serde form, dispatch, the run
@@ -41,21 +44,22 @@ pub use crate::train::step::StepOutput;
 pub use hybrid::{HybridSpec, Passes};
 
 use crate::attack::{Classifier, PgdConfig};
+use crate::checkpoint::Sidecar;
 use crate::data::Splits;
 use crate::nn::predictor::Predictor;
 use crate::nn::{Ctx, Mode, Model, Network, Route, ADV, CLEAN};
 use crate::train::metrics::EpochMetrics;
-use crate::train::recipe::Recipe;
+use crate::train::settings::Settings;
 use anyhow::Result;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::path::Path;
 use tch::{Device, Tensor};
 
 /// What one batch's attack and loss see besides the batch and the objective's own settings.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct StepCx<'a> {
-    /// The resolved recipe (`train.attack_bn_mode`, `compute`).
-    pub recipe: &'a Recipe,
+    /// The resolved recipe's settings (`train.attack_bn_mode`, `compute`).
+    pub settings: Settings<'a>,
     pub model: &'a dyn Model,
     /// The network's ARAT predictor heads (`model.predictors`).
     pub predictors: &'a [Predictor],
@@ -64,10 +68,11 @@ pub struct StepCx<'a> {
 }
 
 impl<'a> StepCx<'a> {
-    /// A context without predictors or a previous epoch.
-    pub fn new(recipe: &'a Recipe, model: &'a dyn Model) -> StepCx<'a> {
+    /// A context without predictors or a previous epoch, for the settings of a recipe
+    /// (`&Recipe` converts).
+    pub fn new(settings: impl Into<Settings<'a>>, model: &'a dyn Model) -> StepCx<'a> {
         StepCx {
-            recipe,
+            settings: settings.into(),
             model,
             predictors: &[],
             prev_clean_acc: None,
@@ -85,17 +90,15 @@ impl<'a> StepCx<'a> {
     /// The model as the training attack sees it: through `route` in `train.attack_bn_mode`, with
     /// the recipe's compute settings.
     pub fn attacked(&self, route: Route) -> Classifier<'a> {
-        Classifier::new(
-            self.model,
-            Ctx::new(route, self.recipe.train.attack_bn_mode),
-        )
-        .with_compute(&self.recipe.compute)
+        Classifier::new(self.model, Ctx::new(route, self.settings.attack_bn_mode))
+            .with_compute(self.settings.compute)
     }
 }
 
 /// What an objective's setup sees when a run starts (after the model is built or restored).
 pub struct SetupCx<'a> {
-    pub recipe: &'a Recipe,
+    /// The resolved recipe's settings.
+    pub settings: Settings<'a>,
     pub net: &'a Network,
     pub data: &'a Splits,
     pub device: Device,
@@ -139,8 +142,9 @@ pub trait TrainObjective {
     /// `validation.route` is not set.
     fn validation_route(&self) -> Route;
 
-    /// Value checks the types do not express, naming the field.
-    fn validate(&self, _recipe: &Recipe) -> Result<()> {
+    /// Value checks the types do not express, naming the field (also against the rest of the
+    /// recipe, `settings`).
+    fn validate(&self, _settings: &Settings) -> Result<()> {
         Ok(())
     }
 
@@ -182,13 +186,13 @@ pub trait TrainObjective {
     /// After each backward pass, with the model's step at learning rate `lr`.
     fn step(&self, _state: &mut Self::State, _lr: f64) {}
 
-    /// Write the objective's files into the checkpoint set being staged in `dir` after `epoch`.
+    /// Write the objective's files into the checkpoint set being staged in `dir`, each with
+    /// the sidecar `sidecar(format)` (a file of the run after this epoch, in that format).
     fn save(
         &self,
         _state: &Self::State,
         _dir: &Path,
-        _recipe: &Recipe,
-        _epoch: usize,
+        _sidecar: &dyn Fn(&str) -> Sidecar,
     ) -> Result<()> {
         Ok(())
     }
@@ -214,7 +218,7 @@ pub trait Active {
     fn zero_grad(&mut self);
     fn parameters(&self) -> Vec<Tensor>;
     fn step(&mut self, lr: f64);
-    fn save(&self, dir: &Path, recipe: &Recipe, epoch: usize) -> Result<()>;
+    fn save(&self, dir: &Path, sidecar: &dyn Fn(&str) -> Sidecar) -> Result<()>;
     fn resume(&mut self, dir: &Path, epoch: usize) -> Result<()>;
 }
 
@@ -246,8 +250,8 @@ impl<O: TrainObjective> Active for Running<'_, O> {
     fn step(&mut self, lr: f64) {
         self.spec.step(&mut self.state, lr)
     }
-    fn save(&self, dir: &Path, recipe: &Recipe, epoch: usize) -> Result<()> {
-        self.spec.save(&self.state, dir, recipe, epoch)
+    fn save(&self, dir: &Path, sidecar: &dyn Fn(&str) -> Sidecar) -> Result<()> {
+        self.spec.save(&self.state, dir, sidecar)
     }
     fn resume(&mut self, dir: &Path, epoch: usize) -> Result<()> {
         self.spec.resume(&mut self.state, dir, epoch)
@@ -314,8 +318,8 @@ macro_rules! objectives {
                 match self { $(Objective::$variant(o) => o.validation_route(),)* }
             }
             /// See [`TrainObjective::validate`].
-            pub fn validate(&self, recipe: &Recipe) -> Result<()> {
-                match self { $(Objective::$variant(o) => o.validate(recipe),)* }
+            pub fn validate(&self, settings: &Settings) -> Result<()> {
+                match self { $(Objective::$variant(o) => o.validate(settings),)* }
             }
             /// See [`TrainObjective::score`].
             pub fn score(&self, m: &EpochMetrics) -> Option<f64> {
@@ -378,6 +382,25 @@ impl Objective {
 
 /// Clean-input accuracy hits of `logits` against `y` (no gradient).
 pub(crate) use crate::train::step::hits;
+
+/// The `[train]` keys of every objective (besides `objective` and the objective's own): the
+/// fields of `TrainSpec` beside its objective (`TrainSpec::COMMON_KEYS`).
+pub const COMMON_KEYS: &[&str] = &[
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "nesterov",
+    "schedule",
+    "milestones",
+    "lr_gamma",
+    "warmup_epochs",
+    "attack_bn_mode",
+    "awp",
+    "overfit_check",
+    "swa",
+];
 
 /// `x_adv` or an error: the adversarial inputs an attacking objective's loss needs.
 pub(crate) fn adversarial<'t>(x_adv: Option<&'t Tensor>, name: &str) -> Result<&'t Tensor> {

@@ -10,12 +10,11 @@
 //! through BN_clean and the KL compares the branches; joint passes with one statistics set are
 //! the mixed-batch variant. Passes default to separate (the reference calls the model twice).
 
-use super::hybrid::{HybridSpec, Passes};
+use super::hybrid::{forward_pair, HybridSpec, Passes};
 use super::{adversarial, hits, SetupCx, StepCx, StepOutput, TrainObjective};
 use crate::attack::pgd::PgdLoss;
 use crate::attack::{cross_entropy, Attack, Pgd, PgdConfig};
 use crate::nn::{Mode, Route};
-use crate::train::step::forward_pair;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
@@ -72,7 +71,7 @@ impl TrainObjective for Trades {
     fn validation_route(&self) -> Route {
         self.hybrid.adv_route
     }
-    fn validate(&self, _recipe: &crate::train::recipe::Recipe) -> Result<()> {
+    fn validate(&self, _settings: &crate::train::settings::Settings) -> Result<()> {
         let b = self.trades_beta;
         anyhow::ensure!(
             b >= 0.0 && b.is_finite(),
