@@ -7,7 +7,7 @@
 //!
 //! The files, lowest first: [`checks`] and [`controls`], [`plan`] (what is asked), [`autoattack`]
 //! (the cascade), [`report`] (what comes back), [`run`] (`evaluate`), then [`source`],
-//! [`merge`] and [`card`] on top.
+//! [`merge`], [`workers`] (a launched evaluation's shards and their merge) and [`card`] on top.
 
 pub mod autoattack;
 pub mod card;
