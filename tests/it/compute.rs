@@ -116,14 +116,41 @@ fn reference_ce_grad(net: &Network, ctx: &Ctx, x: &Tensor, y: &Tensor) -> (Tenso
     (z.detach(), g)
 }
 
+/// The micro-batched (chunks of 7 rows), folded-BN loss gradient equals whole-batch autograd
+/// on 50 random batches: every element within 1e-5 of the largest gradient entry, except where a
+/// kink intervenes: a ReLU or max-pool unit whose inputs tie within float rounding takes the
+/// other branch in one of the two computations, which moves that unit's gradient inside its
+/// receptive field (seen: 6-25 elements of one image, in ~5% of batches). So a batch may have
+/// elements off in at most one image and at most 49 of them (a 7x7 field), and at least 80% of
+/// the batches must match everywhere: a systematic error (a wrong chunk, a wrong fold) moves
+/// every image's gradient and fails both.
 #[test]
 fn micro_batched_folded_loss_grad_matches_whole_batch_autograd() {
-    let _rng = common::rng_shared();
+    // Exclusive: the model and the points are fixed by their seeds.
+    let _rng = common::rng_lock();
+    let net = dual_bn_net();
+    let mut exact = 0;
+    for seed in 0..50 {
+        tch::manual_seed(100 + seed);
+        let (bad, bad_rows) = micro_batched_case(&net);
+        assert!(
+            bad_rows <= 1 && bad <= 49,
+            "seed {seed}: {bad} gradient elements in {bad_rows} images differ by more than 1e-5 \
+             of the largest (more than one kink)"
+        );
+        exact += (bad == 0) as usize;
+    }
+    assert!(exact >= 40, "only {exact} of 50 batches match everywhere");
+}
+
+/// One random batch: the micro-batched, folded loss gradient, logits and losses against the
+/// whole-batch autograd reference; returns (elements of the gradient off by more than 1e-5 of
+/// max |g_ref|, images holding them).
+fn micro_batched_case(net: &Network) -> (i64, i64) {
     let c = Compute {
         attack_chunk: 7,
         ..Compute::default()
     };
-    let net = dual_bn_net();
     let x = Tensor::rand([20, 1, 28, 28], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(10, [20], (Kind::Int64, Device::Cpu));
     let ctx = Ctx::new("adv".parse().unwrap(), Mode::Eval);
@@ -139,7 +166,13 @@ fn micro_batched_folded_loss_grad_matches_whole_batch_autograd() {
     assert_eq!(g.size(), x.size());
     assert_eq!(loss.size(), vec![20]);
     let gs = g_ref.abs().max().double_value(&[]);
-    assert!(max_abs(&g, &g_ref) <= 1e-5 * gs, "gradients differ");
+    let off = (&g - &g_ref).abs().gt(1e-5 * gs);
+    let bad = off.sum(Kind::Int64).int64_value(&[]);
+    let bad_rows = off
+        .flatten(1, -1)
+        .any_dim(1, false)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
     assert!(max_abs(&z, &z_ref) <= 1e-4, "logits differ");
     let ce_ref = z_ref.log_softmax(-1, Kind::Float).g_nll_loss::<Tensor>(
         &y,
@@ -151,6 +184,7 @@ fn micro_batched_folded_loss_grad_matches_whole_batch_autograd() {
     // Without autograd, logits are micro-batched too.
     let z2 = tch::no_grad(|| f.logits(&x));
     assert!(max_abs(&z2, &z_ref) <= 1e-4);
+    (bad, bad_rows)
 }
 
 #[test]

@@ -297,28 +297,33 @@ fn launch_errors_are_clear() {
     .unwrap();
     assert_eq!((ok.rank, ok.local_rank, ok.agent_store), (1, 1, true));
 
-    // Commands other than train refuse to run as one of several workers.
-    let o = Command::new(env!("CARGO_BIN_EXE_advtrain"))
-        .args([
-            "eval",
-            "--run",
-            "/nonexistent",
-            "--attack",
-            "pgd",
-            "--eps",
-            "0.1",
-        ])
-        .env("RANK", "0")
-        .env("WORLD_SIZE", "2")
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", "29500")
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && e.contains("only `advtrain train` runs as data-parallel workers"),
-        "{e}"
-    );
+    // Commands other than train and eval refuse to run as one of several workers; eval goes
+    // on to its own checks (each worker evaluates a shard).
+    let launched = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_advtrain"))
+            .args(args)
+            .env("RANK", "0")
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", "29500")
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let refusal = "only `advtrain train` and `advtrain eval` run as several workers";
+    let e = launched(&["report", "/nonexistent"]);
+    assert!(e.contains(refusal), "{e}");
+    let e = launched(&[
+        "eval",
+        "--run",
+        "/nonexistent",
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.1",
+    ]);
+    assert!(!e.contains(refusal) && e.contains("/nonexistent"), "{e}");
 
     // Settings the recipe refuses, naming the field.
     use advtrain::dist::{BatchSemantics, DistSpec};
