@@ -1,8 +1,7 @@
 //! `advtrain merge shard-*.json --json all.json`: the reports of a sharded evaluation joined
 //! into the report of the unsharded one ([`crate::eval::merge`]).
 
-use crate::eval::EvalReport;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -36,18 +35,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
          silently)",
         a.json.display()
     );
-    let mut shards = vec![];
-    for p in &a.shards {
-        let text = std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read the shard file {}", p.display()))?;
-        let r: EvalReport = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is not an eval JSON report (written by advtrain eval --shard)",
-                p.display()
-            )
-        })?;
-        shards.push((p.clone(), r));
-    }
+    let shards = crate::eval::merge::read_shards(&a.shards)?;
     let merged = crate::eval::merge::merge(shards)?;
     print!("{merged}");
     super::write_json(&a.json, &merged)

@@ -9,8 +9,27 @@ use super::autoattack::{cascade_flags, AttackRecord, Preset};
 use super::checks::{gradient_flags, GradientStats};
 use super::plan::Shard;
 use super::report::EvalReport;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
+
+/// The shards' reports read from their JSON files (written by `eval --shard` or by launched
+/// workers), each with its path: what [`merge`] takes.
+pub fn read_shards(paths: &[PathBuf]) -> Result<Vec<(PathBuf, EvalReport)>> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the shard file {}", p.display()))?;
+            let r: EvalReport = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not an eval JSON report (written by advtrain eval --shard)",
+                    p.display()
+                )
+            })?;
+            Ok((p.clone(), r))
+        })
+        .collect()
+}
 
 /// Flag codes raised while loading the model (the same in every shard: computed on the first
 /// points of the whole selection).

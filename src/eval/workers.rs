@@ -12,7 +12,7 @@
 //! error is in its log). A rerun of the same command continues every shard from its
 //! AutoAttack state file and skips none: the merge needs all of them.
 
-use super::merge::merge;
+use super::merge::{merge, read_shards};
 use super::plan::Shard;
 use super::report::EvalReport;
 use crate::dist::{Backend, LaunchEnv, ProcessGroup};
@@ -63,15 +63,10 @@ impl Workers {
         if self.env.rank != 0 {
             return Ok(None);
         }
-        let mut shards = vec![];
-        for r in 0..self.env.world_size {
-            let p = self.shard_file(merged, r);
-            let text = std::fs::read_to_string(&p)
-                .with_context(|| format!("cannot read the shard of rank {r}: {}", p.display()))?;
-            let report: EvalReport = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not an eval JSON report", p.display()))?;
-            shards.push((p, report));
-        }
+        let files: Vec<PathBuf> = (0..self.env.world_size)
+            .map(|r| self.shard_file(merged, r))
+            .collect();
+        let shards = read_shards(&files)?;
         merge(shards).map(Some)
     }
 }

@@ -180,20 +180,11 @@ fn worker_dies() {
     std::process::exit(3);
 }
 
-#[test]
-fn a_killed_worker_fails_the_other_within_the_timeout() {
-    if is_worker() {
-        return;
-    }
-    let port = free_port();
-    let r0 = spawn_worker("worker_dies", 0, 2, port, &[]);
-    let mut r1 = spawn_worker("worker_dies", 1, 2, port, &[]);
-    // Wait for rank 1 to pass the first collective, then SIGKILL it.
-    let mut out = r1.stdout.take().unwrap();
-    let mut seen = String::new();
+/// Wait (up to 60 s) until worker `r` prints "rank 1 ready", SIGKILL it; when it died.
+fn kill_when_ready(r: &mut Child) -> Instant {
     use std::io::Read;
-    let mut buf = [0u8; 256];
-    let start = Instant::now();
+    let mut out = r.stdout.take().unwrap();
+    let (mut seen, mut buf, start) = (String::new(), [0u8; 256], Instant::now());
     while !seen.contains("rank 1 ready") && start.elapsed() < Duration::from_secs(60) {
         let n = out.read(&mut buf).unwrap();
         if n == 0 {
@@ -205,9 +196,21 @@ fn a_killed_worker_fails_the_other_within_the_timeout() {
         seen.contains("rank 1 ready"),
         "rank 1 never got ready: {seen}"
     );
-    r1.kill().unwrap();
-    let _ = r1.wait();
-    let killed_at = Instant::now();
+    r.kill().unwrap();
+    let _ = r.wait();
+    Instant::now()
+}
+
+#[test]
+fn a_killed_worker_fails_the_other_within_the_timeout() {
+    if is_worker() {
+        return;
+    }
+    let port = free_port();
+    let r0 = spawn_worker("worker_dies", 0, 2, port, &[]);
+    let mut r1 = spawn_worker("worker_dies", 1, 2, port, &[]);
+    // Wait for rank 1 to pass the first collective, then SIGKILL it.
+    let killed_at = kill_when_ready(&mut r1);
     // The barrier fails (peer gone) or times out after 8 s: well inside 40 s either way.
     let o = wait_output(
         r0,
@@ -1599,25 +1602,7 @@ fn a_killed_worker_fails_sync_bn_within_the_timeout() {
     let port = free_port();
     let r0 = spawn_worker("worker_sync_bn_dies", 0, 2, port, &[]);
     let mut r1 = spawn_worker("worker_sync_bn_dies", 1, 2, port, &[]);
-    let mut out = r1.stdout.take().unwrap();
-    let mut seen = String::new();
-    use std::io::Read;
-    let mut buf = [0u8; 256];
-    let start = Instant::now();
-    while !seen.contains("rank 1 ready") && start.elapsed() < Duration::from_secs(60) {
-        let n = out.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        seen += &String::from_utf8_lossy(&buf[..n]);
-    }
-    assert!(
-        seen.contains("rank 1 ready"),
-        "rank 1 never got ready: {seen}"
-    );
-    r1.kill().unwrap();
-    let _ = r1.wait();
-    let killed_at = Instant::now();
+    let killed_at = kill_when_ready(&mut r1);
     let o = wait_output(
         r0,
         Duration::from_secs(40),
