@@ -7,7 +7,7 @@
 //! of those commands is available and an unknown key or a bad value is an error naming the file,
 //! the table and the key.
 
-use crate::nn::norm::domain_name;
+use crate::nn::norm::{domain_name, Domain};
 use crate::nn::Route;
 use crate::train::Recipe;
 use anyhow::{bail, Context, Result};
@@ -70,6 +70,9 @@ pub enum Routes {
     /// Every distinct route the recipe's objective trains and validates, after merging the
     /// domains the model shares (a single-BN model has one: `clean`).
     AllBranches,
+    /// The one route the recipe validates on (its robust branch: a hybrid model's adversarial
+    /// route, a single-BN model's only one, `clean`), written as [`all_branches`] writes it.
+    RobustBranch,
     /// These routes (`clean`, `adv`, `ns=clean,ap=adv`).
     List(Vec<String>),
 }
@@ -188,15 +191,7 @@ pub fn route_tag(r: Route) -> String {
 /// two routes being the same when they differ only in a set the model shares (a single-BN model
 /// has one route, `clean`); each kept as first named (Dual-AP's `adv` stays `adv`), clean first.
 pub fn all_branches(recipe: &Recipe) -> Vec<Route> {
-    let m = &recipe.model;
-    let ns_sets = m.norm.ns_domains;
-    let ap_sets = m.norm.ap_domains.max(m.heads);
-    let key = |r: Route| {
-        (
-            if ns_sets <= 1 { 0 } else { r.ns },
-            if ap_sets <= 1 { 0 } else { r.ap },
-        )
-    };
+    let key = branch_key(recipe);
     let mut out: Vec<Route> = vec![];
     let named = recipe.train.objective.routes().into_iter().map(|(_, r)| r);
     for r in named.chain([recipe.validation_route()]) {
@@ -212,6 +207,26 @@ pub fn all_branches(recipe: &Recipe) -> Vec<Route> {
     }
     out.sort_by_key(|r| (*r != Route::domain(0)) as u8);
     out
+}
+
+/// The branch of [`all_branches`] that is the recipe's validation route (its robust branch).
+pub fn robust_branch(recipe: &Recipe) -> Route {
+    let (key, v) = (branch_key(recipe), recipe.validation_route());
+    let found = all_branches(recipe).into_iter().find(|r| key(*r) == key(v));
+    found.expect("all_branches holds the validation route")
+}
+
+/// `(ns, ap)` of a route with the indices the model does not distinguish (one statistics or
+/// affine set) set to 0: routes with equal keys are the same branch.
+fn branch_key(recipe: &Recipe) -> impl Fn(Route) -> (Domain, Domain) {
+    let m = &recipe.model;
+    let (ns_sets, ap_sets) = (m.norm.ns_domains, m.norm.ap_domains.max(m.heads));
+    move |r: Route| {
+        (
+            if ns_sets <= 1 { 0 } else { r.ns },
+            if ap_sets <= 1 { 0 } else { r.ap },
+        )
+    }
 }
 
 /// `*` wildcard match of a whole name.
@@ -391,6 +406,7 @@ fn parse_routes(t: &toml::Table, where_: &str) -> Result<(Routes, Vec<String>)> 
     let routes = match t.get("routes") {
         None => Routes::Fixed,
         Some(toml::Value::String(s)) if s == "all-branches" => Routes::AllBranches,
+        Some(toml::Value::String(s)) if s == "robust-branch" => Routes::RobustBranch,
         Some(toml::Value::Array(a)) => {
             let mut v = vec![];
             for r in a {
@@ -405,7 +421,7 @@ fn parse_routes(t: &toml::Table, where_: &str) -> Result<(Routes, Vec<String>)> 
             Routes::List(v)
         }
         Some(v) => {
-            bail!("{where_}: key `routes`: expected \"all-branches\" or a list of routes, got {v}")
+            bail!("{where_}: key `routes`: expected \"all-branches\", \"robust-branch\" or a list of routes, got {v}")
         }
     };
     anyhow::ensure!(
@@ -863,16 +879,19 @@ fn steps(
         }
         let routes: Vec<Option<String>> = match &job.routes {
             Routes::Fixed => vec![None],
-            Routes::AllBranches => all_branches(recipe)
-                .into_iter()
-                .map(|r| {
-                    Some(if r.ns == r.ap {
-                        domain_name(r.ns)
-                    } else {
-                        r.to_string()
-                    })
+            Routes::AllBranches | Routes::RobustBranch => match job.routes {
+                Routes::RobustBranch => vec![robust_branch(recipe)],
+                _ => all_branches(recipe),
+            }
+            .into_iter()
+            .map(|r| {
+                Some(if r.ns == r.ap {
+                    domain_name(r.ns)
+                } else {
+                    r.to_string()
                 })
-                .collect(),
+            })
+            .collect(),
             Routes::List(v) => v.iter().cloned().map(Some).collect(),
         };
         for route in routes {

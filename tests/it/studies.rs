@@ -642,13 +642,29 @@ fn bad_input_gives_errors_naming_file_and_key() {
 /// output route tags and the cell patterns.
 #[test]
 fn all_branches_follow_the_model_domains() {
-    use advtrain::study::spec::{all_branches, route_tag, wildcard};
-    let routes = |name: &str| -> Vec<String> {
-        let r =
-            advtrain::train::Recipe::load(Path::new(&format!("recipes/fmnist/{name}.toml")), &[])
-                .unwrap();
-        all_branches(&r).into_iter().map(route_tag).collect()
+    use advtrain::study::spec::{all_branches, robust_branch, route_tag, wildcard};
+    let recipe = |name: &str| {
+        advtrain::train::Recipe::load(Path::new(&format!("recipes/fmnist/{name}.toml")), &[])
+            .unwrap()
     };
+    let routes = |name: &str| -> Vec<String> {
+        all_branches(&recipe(name))
+            .into_iter()
+            .map(route_tag)
+            .collect()
+    };
+    // `routes = "robust-branch"`: the branch each recipe validates on, tagged as above.
+    for (name, want) in [
+        ("pgd-at", "clean"),
+        ("e7-single-cat", "clean"),
+        ("e7-dual-bn", "adv"),
+        ("e7-dual-ap", "adv"),
+        ("e7-cross-bn", "ns-clean-ap-adv"),
+        ("arat", "adv"),
+        ("e12-inv", "clean"),
+    ] {
+        assert_eq!(route_tag(robust_branch(&recipe(name))), want, "{name}");
+    }
     assert_eq!(routes("pgd-at"), ["clean"]);
     assert_eq!(
         routes("e7-single-cat"),
