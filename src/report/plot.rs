@@ -1,19 +1,13 @@
 //! Line plots, grouped bar plots and heatmaps drawn by plotters, written as PNG.
 //!
-//! Each figure is a plain struct; `write(path)` writes a PNG at [`DEFAULT_SIZE`], `write_sized`
-//! at another size, `to_png` renders in memory, [`grid_png`] puts several figures on one image
-//! (plotters' `split_evenly`) and [`draw_grid`] draws them on any plotters backend. Data is checked
-//! first: empty or mismatched data is an error naming the figure (and the file), never a panic.
-//! Non-finite values are skipped: a line breaks at them (and at points outside a fixed
-//! `y_range`), a bar is left out, a cell is grey `n/a`.
-//!
-//! The layout is plotters': `ChartBuilder::caption` for the title (its font shrunk to fit), label
-//! areas sized to the tick labels, `configure_mesh` for axes, ticks (on integers when every x is
-//! one, as epochs and layer indices are) and grid, `configure_series_labels` for the legend, placed
-//! in the chart's right margin beside the plot (so it never covers data), plotters' markers. Bars
-//! whose category names do not fit side by side turn horizontal, the names as y tick labels.
-//! Heatmaps are viridis with a colour scale beside the cells. Text is DejaVu Sans embedded from
-//! `assets/fonts/` (rasterised by `ab_glyph`), so output does not depend on the machine's fonts.
+//! Each figure is a plain struct; `write(path)` writes a PNG at [`DEFAULT_SIZE`], `to_png`
+//! renders in memory, [`grid_png`] puts several on one image (plotters' `split_evenly`). Data is
+//! checked first: empty or mismatched data is an error naming the figure, never a panic;
+//! non-finite values are skipped (a line breaks, a bar is left out, a cell is grey `n/a`). The
+//! layout is plotters' own (caption, label areas, mesh, series labels in a strip beside the
+//! plot, markers); bars whose names do not fit turn horizontal; heatmap cells are viridis with
+//! their values printed. Text is DejaVu Sans embedded from `assets/fonts/`, so output does not
+//! depend on the machine's fonts.
 //!
 //! ```no_run
 //! use advtrain::report::{LinePlot, Series};
@@ -118,7 +112,7 @@ pub struct BarPlot {
     pub series: Vec<BarSeries>,
 }
 
-/// How a [`Heatmap`] prints values in its cells and on its colour scale.
+/// How a [`Heatmap`] prints the values in its cells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueFormat {
     /// Fixed-point with this many decimals: `Fixed(2)` (the default) prints 0.8734 as `0.87`.
@@ -144,7 +138,7 @@ impl ValueFormat {
     }
 }
 
-/// A matrix as coloured cells with their values printed, row 0 on top, and a colour scale:
+/// A matrix as coloured cells with their values printed, row 0 on top, coloured
 /// viridis from the low end of `value_range` (or of the data) to its high end.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Heatmap {
@@ -372,12 +366,11 @@ fn marker<DB: DrawingBackend>(i: usize, at: (i32, i32)) -> DynElement<'static, D
     }
 }
 
-/// The chart on `root`: the title on top (shrunk to fit), `right` pixels free beside the plot,
-/// label areas fitted to the tick labels and the axis descriptions, plotters' mesh drawn.
+/// The chart on `root`: the title on top (shrunk to fit), label areas fitted to the tick labels
+/// and the axis descriptions, plotters' mesh drawn.
 fn chart<'a, DB: DrawingBackend>(
     root: &'a Area<DB>,
     title: &str,
-    right: u32,
     x: &Axis,
     y: &Axis,
 ) -> Result<Chart<'a, DB>> {
@@ -389,9 +382,9 @@ fn chart<'a, DB: DrawingBackend>(
         }
     };
     let mut b = ChartBuilder::on(root);
-    b.margin(MARGIN).margin_right(MARGIN + right);
+    b.margin(MARGIN);
     if !title.is_empty() {
-        let room = root.dim_in_pixel().0.saturating_sub(2 * MARGIN + right);
+        let room = root.dim_in_pixel().0.saturating_sub(2 * MARGIN);
         let fit = room as f64 / widest(root, &[title], TITLE).max(1) as f64;
         b.caption(title, font(TITLE * fit.min(1.0)));
     }
@@ -505,7 +498,7 @@ impl LinePlot {
         let y = Axis::new(yr, 8, numeric(yr, 8), &self.y_label, true);
         let names: Vec<&str> = self.series.iter().map(|s| s.name.as_str()).collect();
         let (area, strip) = with_legend(root, &names);
-        let mut chart = chart(&area, &self.title, 0, &x, &y)?;
+        let mut chart = chart(&area, &self.title, &x, &y)?;
         // A line breaks at non-finite points and at points outside a fixed y range.
         let shown = |p: &&(f64, f64)| finite2(**p) && p.1 >= yr.0 && p.1 <= yr.1;
         for (i, s) in self.series.iter().enumerate() {
@@ -604,7 +597,7 @@ impl BarPlot {
         let at = |c: f64, v: f64| if flip { (v, n - 1.0 - c) } else { (c, v) };
         let names: Vec<&str> = self.series.iter().map(|s| s.name.as_str()).collect();
         let (area, strip) = with_legend(root, &names);
-        let mut chart = chart(&area, &self.title, 0, &x, &y)?;
+        let mut chart = chart(&area, &self.title, &x, &y)?;
         let bw = 0.8 / k;
         for (j, s) in self.series.iter().enumerate() {
             let left = |i: usize| i as f64 - 0.4 + bw * j as f64;
@@ -666,22 +659,6 @@ impl Heatmap {
         let (nr, nc) = (self.rows.len() as f64, self.cols.len() as f64);
         let all = || self.values.iter().flatten().copied();
         let (lo, hi) = self.value_range.unwrap_or_else(|| padded(all(), 0.0));
-        // The colour scale's ticks: in the cells' format, with the decimals the ticks need.
-        let k = if let ValueFormat::Percent(_) = self.value_format {
-            100.0
-        } else {
-            1.0
-        };
-        let scale = numeric((k * lo, k * hi), 6);
-        let pct = if k == 1.0 { "" } else { "%" };
-        let scale = Axis::new(
-            (lo, hi),
-            6,
-            Box::new(move |v| format!("{}{pct}", scale(&(k * v)))),
-            "",
-            false,
-        );
-        let right = widest(root, &scale.ticks(), TICK) + 60;
         let x = Axis::new(
             (-0.5, nc - 0.5),
             nc as usize,
@@ -696,7 +673,7 @@ impl Heatmap {
             &self.row_label,
             false,
         );
-        let mut chart = chart(root, &self.title, right, &x, &y)?;
+        let mut chart = chart(root, &self.title, &x, &y)?;
         let (pw, ph) = chart.plotting_area().dim_in_pixel();
         let longest = all()
             .map(|v| self.value_format.format(v).len())
@@ -728,26 +705,6 @@ impl Heatmap {
             if size >= 7.0 {
                 pe(chart.draw_series([Text::new(self.value_format.format(v), (x, y), style)]))?;
             }
-        }
-        // The colour scale right of the cells, as tall as they are: a band per pixel row.
-        let (base, pw, ph) = (root.get_base_pixel(), pw as i32, ph as i32);
-        let (px, py) = chart.plotting_area().get_base_pixel();
-        let (x0, x1, top) = (px - base.0 + pw + 16, px - base.0 + pw + 40, py - base.1);
-        let at = |v: f64| top + ((hi - v) / (hi - lo) * ph as f64).round() as i32;
-        for b in 0..ph {
-            let v = hi - (hi - lo) * (b as f64 + 0.5) / ph as f64;
-            let band = ViridisRGB::get_color_normalized(v, lo, hi).filled();
-            pe(root.draw(&Rectangle::new([(x0, top + b), (x1, top + b + 1)], band)))?;
-        }
-        pe(root.draw(&Rectangle::new([(x0, top), (x1, top + ph)], BLACK)))?;
-        let ticks = RangedCoordf64::from(lo..hi).key_points(scale.n);
-        for (t, text) in ticks.iter().zip(scale.ticks()) {
-            pe(root.draw(&PathElement::new(
-                vec![(x1, at(*t)), (x1 + 5, at(*t))],
-                BLACK,
-            )))?;
-            let style = font(TICK).pos(Pos::new(HPos::Left, VPos::Center));
-            pe(root.draw_text(&text, &style, (x1 + 8, at(*t))))?;
         }
         Ok(())
     }

@@ -325,7 +325,6 @@ fn heatmap_prints_cell_values() {
         "n/a",
         "clean-AP",
         "mixed",
-        "100%",
     ] {
         assert!(svg.contains(needle), "SVG lacks {needle:?}");
     }

@@ -444,6 +444,36 @@ fn study_plan_runs_as_printed() {
         "{stdout}"
     );
 
+    // scripts/results: saved without weights, restored on a "new machine" (runs/ removed), the
+    // study finds the run done; an unfinished run is not saved.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/results");
+    let sh = |args: &[&str]| {
+        let o = Command::new(&script)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        text
+    };
+    assert!(sh(&["save", "runs/tiny", "saved"]).contains("saved 1 finished runs"));
+    let saved = dir.join("saved/single-seed3");
+    assert!(saved.join("eval/pgd-clean.json").is_file() && saved.join("metrics.csv").is_file());
+    assert!(!saved.join("checkpoints").exists() && !saved.join("report.html").exists());
+    std::fs::remove_dir_all(dir.join("runs")).unwrap();
+    assert!(sh(&["restore", "saved"]).contains("restored 1 runs"));
+    let o = run_ok(&["study", "run", "p.toml", "--resume"], dir);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("1 already done"), "{stdout}");
+    std::fs::remove_file(run.join("eval/fgsm-frozen.json")).unwrap();
+    assert!(sh(&["save", "runs/tiny", "saved2"]).contains("saved 0 finished runs"));
+    assert!(!dir.join("saved2/single-seed3").exists());
+
     let o = run_ok(
         &["study", "plan", "p.toml", "--bin", exe, "--format", "slurm"],
         dir,
