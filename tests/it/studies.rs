@@ -461,10 +461,21 @@ fn study_plan_runs_as_printed() {
         );
         text
     };
+    // (a shell plan writes no logs: one stands in for `study run`'s)
+    let logs = dir.join("runs/tiny/logs/single-seed3");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("train.log"), "log").unwrap();
     assert!(sh(&["save", "runs/tiny", "saved"]).contains("saved 1 finished runs"));
     let saved = dir.join("saved/single-seed3");
     assert!(saved.join("eval/pgd-clean.json").is_file() && saved.join("metrics.csv").is_file());
-    assert!(!saved.join("checkpoints").exists() && !saved.join("report.html").exists());
+    for gone in ["checkpoints", ".checkpoints", "report.html", "curves.png"] {
+        assert!(!saved.join(gone).exists(), "{gone} was saved");
+    }
+    assert!(
+        run.join(".checkpoints").is_dir(),
+        "the store moved: update scripts/results"
+    );
+    assert!(dir.join("saved/logs/single-seed3/train.log").is_file());
     std::fs::remove_dir_all(dir.join("runs")).unwrap();
     assert!(sh(&["restore", "saved"]).contains("restored 1 runs"));
     let o = run_ok(&["study", "run", "p.toml", "--resume"], dir);
