@@ -245,6 +245,8 @@ pub struct StudyReport {
     /// Evaluations along numeric grid keys.
     pub grids: Vec<GridTable>,
     pub differences: Vec<Difference>,
+    /// Compared pairs left out because a side has no results yet.
+    pub pending_differences: Vec<String>,
     #[serde(skip)]
     run_dirs: Vec<(String, u64, PathBuf)>,
 }
@@ -583,7 +585,7 @@ impl StudyReport {
             .map(|s| s.report.compare.clone())
             .unwrap_or_default();
         pairs.extend(extra.iter().cloned());
-        let mut differences = vec![];
+        let (mut differences, mut pending) = (vec![], vec![]);
         for [a, b] in &pairs {
             let (ca, ra) = parse_side(a);
             let (cb, rb) = parse_side(b);
@@ -636,10 +638,21 @@ impl StudyReport {
                     });
                 }
             }
-            anyhow::ensure!(
-                any || evaluations.is_empty(),
-                "[report] compare {a} - {b}: no evaluation has both (with matching routes)"
-            );
+            // A cell without any result yet (a study still running, or saved in part) only
+            // postpones the pair; two cells with results that never meet are an error.
+            let has_rows = |c: &str| {
+                evaluations
+                    .iter()
+                    .any(|t| t.rows.iter().any(|r| r.cell == c))
+            };
+            if !any && has_rows(&ca) && has_rows(&cb) {
+                anyhow::bail!(
+                    "[report] compare {a} - {b}: no evaluation has both (with matching routes)"
+                );
+            }
+            if !any {
+                pending.push(format!("{a} - {b}"));
+            }
         }
 
         // Training: the last epoch of each run.
@@ -696,6 +709,7 @@ impl StudyReport {
             curves,
             grids,
             differences,
+            pending_differences: pending,
             run_dirs,
         })
     }
@@ -1005,6 +1019,9 @@ impl StudyReport {
             blocks.push(Block::Heading(2, "Paired differences".into()));
             blocks.push(Block::Table(self.diff_table()));
         }
+        if let Some(p) = self.pending_text() {
+            blocks.push(Block::Paragraph(p));
+        }
         blocks.push(Block::Heading(2, "Training".into()));
         blocks.push(Block::Table(self.training_table()));
         let training: Vec<(Vec<u8>, String)> = figs
@@ -1085,6 +1102,9 @@ impl StudyReport {
                 md_table(&self.diff_table())
             ));
         }
+        if let Some(p) = self.pending_text() {
+            s.push_str(&format!("\n{p}\n"));
+        }
         s.push_str(&format!(
             "\n## Training\n\n{}",
             md_table(&self.training_table())
@@ -1093,6 +1113,17 @@ impl StudyReport {
             s.push_str(&format!("\n![{caption}](report-figures/{stem}.png)\n"));
         }
         s
+    }
+
+    /// The compared pairs that wait for results, as a sentence (none when none wait).
+    fn pending_text(&self) -> Option<String> {
+        let p = &self.pending_differences;
+        (!p.is_empty()).then(|| {
+            format!(
+                "Not compared yet (a side has no results): {}.",
+                p.join("; ")
+            )
+        })
     }
 
     /// One CSV row per table row (evaluations, then differences).

@@ -555,6 +555,26 @@ fn aggregates_match_a_hand_computation() {
     assert!((dr.mean - 0.08).abs() < 1e-12);
     assert!((dr.sd.unwrap() - 0.028284271247462).abs() < 1e-12);
 
+    // A cell without results yet postpones its pair; cells with results that never meet in
+    // one table (here a's route is adv, not clean) are an error.
+    std::fs::create_dir_all(dir.join("c-seed0")).unwrap();
+    std::fs::write(dir.join("c-seed0/recipe.toml"), "name = \"x\"\n").unwrap();
+    let rep = StudyReport::build(&dir, &[["a".into(), "c".into()]]).unwrap();
+    assert!(rep.differences.is_empty());
+    assert_eq!(rep.pending_differences, ["a - c"]);
+    let err = StudyReport::build(&dir, &[["a@clean".into(), "b".into()]]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no evaluation has both"),
+        "{err:#}"
+    );
+    advtrain::study::report::write_report(&dir, &[["a".into(), "c".into()]]).unwrap();
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("Not compared yet (a side has no results): a - c."),
+        "{md}"
+    );
+    std::fs::remove_dir_all(dir.join("c-seed0")).unwrap();
+
     advtrain::study::report::write_report(&dir, &[]).unwrap();
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(
