@@ -476,13 +476,31 @@ fn study_plan_runs_as_printed() {
         "the store moved: update scripts/results"
     );
     assert!(dir.join("saved/logs/single-seed3/train.log").is_file());
+    // With --weights the evaluated checkpoint travels too: a table added to the study after
+    // the restore evaluates the same model.
+    let best = std::fs::read(run.join("checkpoints/best.safetensors")).unwrap();
+    let text = sh(&["save", "runs/tiny", "saved-w", "--weights", "single-*"]);
+    assert!(text.contains("weights of 1 kept"), "{text}");
     std::fs::remove_dir_all(dir.join("runs")).unwrap();
     assert!(sh(&["restore", "saved"]).contains("restored 1 runs"));
     let o = run_ok(&["study", "run", "p.toml", "--resume"], dir);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("1 already done"), "{stdout}");
+    std::fs::remove_dir_all(dir.join("runs")).unwrap();
+    assert!(sh(&["restore", "saved-w"]).contains("restored 1 runs"));
+    assert_eq!(
+        std::fs::read(run.join("checkpoints/best.safetensors")).unwrap(),
+        best
+    );
+    let more = format!("{study}\n[eval.fgsm-later]\nattack = \"fgsm\"\neps = 0.05\ntest-limit = 40\ndevice = \"cpu\"\n");
+    std::fs::write(dir.join("p.toml"), more).unwrap();
+    let o = run_ok(&["study", "run", "p.toml", "--resume"], dir);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("1 completed now"), "{stdout}");
+    assert!(run.join("eval/fgsm-later.json").is_file());
     std::fs::remove_file(run.join("eval/fgsm-frozen.json")).unwrap();
     assert!(sh(&["save", "runs/tiny", "saved2"]).contains("saved 0 finished runs"));
+    std::fs::write(dir.join("p.toml"), &study).unwrap();
     assert!(!dir.join("saved2/single-seed3").exists());
 
     let o = run_ok(
