@@ -877,21 +877,18 @@ fn steps(
         if !job.run_seeds.is_empty() && !job.run_seeds.contains(&run.seed) {
             continue;
         }
+        // A model's branches as route strings (`clean`, `adv`, `ns=clean,ap=adv`).
+        let named = |rs: Vec<Route>| -> Vec<Option<String>> {
+            let name = |r: Route| match r.ns == r.ap {
+                true => domain_name(r.ns),
+                false => r.to_string(),
+            };
+            rs.into_iter().map(|r| Some(name(r))).collect()
+        };
         let routes: Vec<Option<String>> = match &job.routes {
             Routes::Fixed => vec![None],
-            Routes::AllBranches | Routes::RobustBranch => match job.routes {
-                Routes::RobustBranch => vec![robust_branch(recipe)],
-                _ => all_branches(recipe),
-            }
-            .into_iter()
-            .map(|r| {
-                Some(if r.ns == r.ap {
-                    domain_name(r.ns)
-                } else {
-                    r.to_string()
-                })
-            })
-            .collect(),
+            Routes::AllBranches => named(all_branches(recipe)),
+            Routes::RobustBranch => named(vec![robust_branch(recipe)]),
             Routes::List(v) => v.iter().cloned().map(Some).collect(),
         };
         for route in routes {
