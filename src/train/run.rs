@@ -192,6 +192,7 @@ pub fn train_observed(
         data: &data,
         device,
         out,
+        writer,
     })?;
     if start_epoch > 0 {
         objective.resume(&ckdir, start_epoch)?;

@@ -45,7 +45,7 @@ const STREAM_TEACHER: u64 = 5;
 
 impl Teacher {
     /// Load the teacher of `spec`, build the projections against `student`, and write (or, on
-    /// resume, check against) `<out>/teacher.json`.
+    /// resume, check against) `<out>/teacher.json`; only the run's `writer` writes it.
     pub fn setup(
         settings: &Settings,
         spec: &MixAcmSpec,
@@ -53,6 +53,7 @@ impl Teacher {
         data: &Splits,
         device: Device,
         out: &Path,
+        writer: bool,
     ) -> Result<Teacher> {
         let net = load_teacher(spec, device)?;
         let file = spec
@@ -87,8 +88,10 @@ impl Teacher {
             r
         } else {
             let r = measure(settings, &net, &file, sha256, spec, data, device);
-            crate::fsio::write_atomic(&json, serde_json::to_string_pretty(&r)?.as_bytes())
-                .with_context(|| format!("cannot write {}", json.display()))?;
+            if writer {
+                crate::fsio::write_atomic(&json, serde_json::to_string_pretty(&r)?.as_bytes())
+                    .with_context(|| format!("cannot write {}", json.display()))?;
+            }
             r
         };
         let f = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.2}%", 100.0 * x));

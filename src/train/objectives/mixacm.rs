@@ -71,6 +71,7 @@ impl TrainObjective for MixAcm {
             cx.data,
             cx.device,
             cx.out,
+            cx.writer,
         )
     }
     fn generate(&self, _cx: &StepCx, _x: &Tensor, _y: &Tensor) -> Option<Tensor> {

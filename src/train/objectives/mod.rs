@@ -104,6 +104,9 @@ pub struct SetupCx<'a> {
     pub device: Device,
     /// The run directory.
     pub out: &'a Path,
+    /// Whether this process writes the run directory (rank 0 of data-parallel workers; the
+    /// others read what it wrote: two writers never share a file).
+    pub writer: bool,
 }
 
 /// One training objective: its settings (`self`) and what the run loop asks of it.
