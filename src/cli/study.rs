@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Output folder (default: the study file's `out`, else runs/<study name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run only the runs whose name matches this glob (repeatable; e.g. '*-seed0' runs every
+    /// cell's seed 0 first); the others are left for a later `study run --resume`.
+    #[arg(long, value_name = "GLOB")]
+    pub only: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +126,7 @@ fn run_study(a: RunArgs) -> Result<()> {
             jobs: a.jobs,
             threads_per_job: threads,
             resume: a.resume,
+            only: a.only,
         },
     )?;
     println!("{}", outcome.summary(&study.study));

@@ -32,6 +32,9 @@ pub struct RunSettings {
     pub threads_per_job: usize,
     /// Continue a study whose folder already holds it.
     pub resume: bool,
+    /// Run only the runs whose name (`<cell>-seed<k>`) matches one of these globs (all when
+    /// empty); the others are left as they are, for a later `study run`.
+    pub only: Vec<String>,
 }
 
 /// A step that failed.
@@ -50,6 +53,8 @@ pub struct Outcome {
     /// Runs whose every step was already done.
     pub skipped: usize,
     pub completed: usize,
+    /// Runs not done that `--only` left for later.
+    pub left: usize,
     pub failures: Vec<Failure>,
     /// Stopped by SIGINT/SIGTERM before every run was done.
     pub interrupted: bool,
@@ -59,11 +64,16 @@ impl Outcome {
     /// The summary `study run` prints: the counts of study `name`, then one line per failure.
     pub fn summary(&self, name: &str) -> String {
         let mut s = format!(
-            "study {name}: {} runs: {} already done, {} completed now, {} failed{}",
+            "study {name}: {} runs: {} already done, {} completed now, {} failed{}{}",
             self.runs,
             self.skipped,
             self.completed,
             self.failures.len(),
+            if self.left > 0 {
+                format!(", {} left for later (not matched by --only)", self.left)
+            } else {
+                String::new()
+            },
             if self.interrupted {
                 " (interrupted)"
             } else {
@@ -81,6 +91,36 @@ impl Outcome {
         }
         s
     }
+}
+
+/// The runs `only` selects (all when empty): every glob must match a run of the study, so a
+/// mistyped pattern is an error that lists the run names, not a study that runs nothing.
+pub fn select_runs<'a>(study: &'a Study, only: &[String]) -> Result<Vec<&'a Run>> {
+    if only.is_empty() {
+        return Ok(study.runs.iter().collect());
+    }
+    let patterns = only
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p)
+                .with_context(|| format!("--only {p}: not a glob pattern of run names"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (text, p) in only.iter().zip(&patterns) {
+        if !study.runs.iter().any(|r| p.matches(&r.id())) {
+            let names: Vec<String> = study.runs.iter().map(|r| r.id()).collect();
+            bail!(
+                "--only {text}: matches no run of study `{}` (its runs: {})",
+                study.study,
+                names.join(", ")
+            );
+        }
+    }
+    Ok(study
+        .runs
+        .iter()
+        .filter(|r| patterns.iter().any(|p| p.matches(&r.id())))
+        .collect())
 }
 
 /// Name of the study's lock file in its output folder.
@@ -152,6 +192,7 @@ pub fn run_study(study: &Study, settings: &RunSettings) -> Result<Outcome> {
         settings.threads_per_job >= 1,
         "--threads-per-job must be >= 1"
     );
+    let selected = select_runs(study, &settings.only)?;
     let out = &study.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let _lock = DirLock::acquire(
@@ -197,24 +238,28 @@ pub fn run_study(study: &Study, settings: &RunSettings) -> Result<Outcome> {
     record(study)?;
     crate::interrupt::install();
 
-    let pending: Vec<&Run> = study
-        .runs
-        .iter()
-        .filter(|r| !r.steps.iter().all(|s| step_done(r, s)))
-        .collect();
+    let is_done = |r: &Run| r.steps.iter().all(|s| step_done(r, s));
+    let not_done = study.runs.iter().filter(|r| !is_done(r)).count();
+    let pending: Vec<&Run> = selected.into_iter().filter(|r| !is_done(r)).collect();
     let mut outcome = Outcome {
         runs: study.runs.len(),
-        skipped: study.runs.len() - pending.len(),
+        skipped: study.runs.len() - not_done,
+        left: not_done - pending.len(),
         ..Default::default()
     };
     eprintln!(
-        "study {}: {} runs ({} cells x {} seeds), {} already done, {} to run on {} lane(s) x {} thread(s); output {}",
+        "study {}: {} runs ({} cells x {} seeds), {} already done, {} to run{} on {} lane(s) x {} thread(s); output {}",
         study.study,
         study.runs.len(),
         study.cells.len(),
         study.seeds.len(),
         outcome.skipped,
         pending.len(),
+        if outcome.left > 0 {
+            format!(" ({} left for later: --only)", outcome.left)
+        } else {
+            String::new()
+        },
         settings.jobs,
         settings.threads_per_job,
         out.display()

@@ -955,3 +955,122 @@ routes = "all-branches"
     assert_eq!(plan["grid"].as_array().unwrap().len(), 4);
     assert!(plan["grid"][0]["point"][0][1].is_string());
 }
+
+/// `study run --only GLOB` runs the matching runs and leaves the others untouched for a later
+/// `--resume`, which then runs only those; a glob that matches no run is refused (listing the
+/// study's runs) before anything is created.
+#[test]
+fn only_runs_the_matching_runs_and_leaves_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    // Training and one cheap table: the selection is what is tested, not the steps.
+    let study = STUDY
+        .split("[eval.fgsm-frozen]")
+        .next()
+        .unwrap()
+        .to_string()
+        + "\n[report]\ncompare = [[\"dual@adv\", \"single\"]]\n";
+    std::fs::write(dir.join("s.toml"), &study).unwrap();
+    let out = dir.join("runs/tiny");
+
+    let err = run_err(
+        &[
+            "study",
+            "run",
+            "s.toml",
+            "--only",
+            "*-seed7",
+            "--threads-per-job",
+            "1",
+        ],
+        dir,
+    );
+    for part in [
+        "--only *-seed7",
+        "matches no run",
+        "single-seed0",
+        "dual-seed1",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert!(!out.exists(), "a refused --only created {}", out.display());
+    let err = run_err(&["study", "run", "s.toml", "--only", "[seed0"], dir);
+    assert!(
+        err.contains("--only [seed0") && err.contains("glob"),
+        "{err}"
+    );
+
+    let o = run_ok(
+        &[
+            "study",
+            "run",
+            "s.toml",
+            "--only",
+            "*-seed0",
+            "--threads-per-job",
+            "1",
+        ],
+        dir,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("2 completed now") && stdout.contains("2 left for later"),
+        "{stdout}"
+    );
+    for (run, done) in [
+        ("single-seed0", true),
+        ("dual-seed0", true),
+        ("single-seed1", false),
+        ("dual-seed1", false),
+    ] {
+        assert_eq!(
+            out.join(run).join("summary.json").exists(),
+            done,
+            "{run}: summary.json"
+        );
+        assert_eq!(
+            out.join(run).join("eval/pgd-clean.json").exists(),
+            done,
+            "{run}"
+        );
+        if !done {
+            assert!(!out.join(run).exists(), "{run} was started");
+        }
+    }
+    let before = std::fs::metadata(out.join("single-seed0/summary.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    // Two patterns: the union; what is done stays done.
+    let o = run_ok(
+        &[
+            "study",
+            "run",
+            "s.toml",
+            "--resume",
+            "--only",
+            "single-*",
+            "--only",
+            "dual-seed1",
+            "--threads-per-job",
+            "1",
+        ],
+        dir,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("2 already done")
+            && stdout.contains("2 completed now")
+            && !stdout.contains("left for later"),
+        "{stdout}"
+    );
+    for run in ["single-seed1", "dual-seed1"] {
+        assert!(out.join(run).join("eval/pgd-clean.json").exists(), "{run}");
+    }
+    let after = std::fs::metadata(out.join("single-seed0/summary.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after, "a done run was run again");
+}
