@@ -26,6 +26,21 @@ fn run_ok(args: &[&str], cwd: &Path) -> Output {
     o
 }
 
+/// Run a shell command line (a command of `study plan`) in `cwd`; it must succeed.
+fn run_ok_sh(line: &str, cwd: &Path) {
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(line)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{line} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 fn run_err(args: &[&str], cwd: &Path) -> String {
     let o = bin().args(args).current_dir(cwd).output().unwrap();
     assert!(!o.status.success(), "advtrain {args:?} should have failed");
@@ -502,6 +517,60 @@ fn study_plan_runs_as_printed() {
     assert!(sh(&["save", "runs/tiny", "saved2"]).contains("saved 0 finished runs"));
     std::fs::write(dir.join("p.toml"), &study).unwrap();
     assert!(!dir.join("saved2/single-seed3").exists());
+
+    // AutoAttack added later on the saved weights and cut off (the end of a session): the saved
+    // run stays as it was plus the attack's resumable state; restored, the study continues it.
+    run_ok(&["study", "run", "p.toml", "--resume"], dir);
+    let text = sh(&["save", "runs/tiny", "saved-aa", "--weights", "single-*"]);
+    assert!(text.contains("saved 1 finished runs"), "{text}");
+    let with_aa = format!(
+        "{study}\n[eval.aa]\nattack = \"autoattack\"\npreset = \"fast\"\neps = 0.1\ntest-limit = 20\nbatch_size = 5\ndevice = \"cpu\"\n"
+    );
+    std::fs::write(dir.join("p.toml"), &with_aa).unwrap();
+    let o = run_ok(&["study", "plan", "p.toml", "--bin", exe], dir);
+    let aa_line = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("--attack autoattack"))
+        .expect("the aa command")
+        .to_string();
+    run_ok_sh(&format!("{aa_line} --max-batches 1"), dir);
+    let (aa_json, aa_state) = (run.join("eval/aa.json"), run.join("eval/aa.state.json"));
+    assert!(aa_state.is_file(), "no state file after --max-batches 1");
+    // A kill leaves the state file and no report.
+    std::fs::remove_file(&aa_json).unwrap();
+    let o = run_ok(&["study", "plan", "p.toml", "--format", "json"], dir);
+    std::fs::write(dir.join("runs/tiny/study.json"), &o.stdout).unwrap();
+    let text = sh(&["save", "runs/tiny", "saved-aa"]);
+    assert!(
+        text.contains("saved 0 finished runs") && text.contains("1 unfinished evaluation states"),
+        "{text}"
+    );
+    let saved = dir.join("saved-aa/single-seed3");
+    assert_eq!(
+        std::fs::read(saved.join("eval/aa.state.json")).unwrap(),
+        std::fs::read(&aa_state).unwrap()
+    );
+    assert!(
+        saved.join("checkpoints/best.safetensors").is_file()
+            && !saved.join("eval/aa.json").exists()
+    );
+    std::fs::remove_dir_all(dir.join("runs")).unwrap();
+    assert!(sh(&["restore", "saved-aa"]).contains("restored 1 runs"));
+    assert!(aa_state.is_file(), "the state file was not restored");
+    let o = run_ok(&["study", "run", "p.toml", "--resume"], dir);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 completed now"));
+    let report = read_json(&aa_json);
+    assert_eq!(report["complete"], true, "{report}");
+    let logs: String = std::fs::read_dir(dir.join("runs/tiny/logs/single-seed3"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("continuing"),
+        "the restored AutoAttack started over:\n{logs}"
+    );
+    std::fs::write(dir.join("p.toml"), &study).unwrap();
 
     let o = run_ok(
         &["study", "plan", "p.toml", "--bin", exe, "--format", "slurm"],
