@@ -58,6 +58,9 @@ pub struct PlanArgs {
     /// The binary named in the commands (default: this one, as it was invoked).
     #[arg(long)]
     pub bin: Option<PathBuf>,
+    /// Only the runs whose name matches this glob (repeatable), as `study run --only`.
+    #[arg(long, value_name = "GLOB")]
+    pub only: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -88,8 +91,15 @@ pub fn run(a: StudyArgs) -> Result<()> {
     match a.command {
         StudyCommand::Run(a) => run_study(a),
         StudyCommand::Plan(a) => {
-            let study = load(&a.file, a.out.as_deref())?;
+            let mut study = load(&a.file, a.out.as_deref())?;
             anyhow::ensure!(a.threads_per_job >= 1, "--threads-per-job must be >= 1");
+            if !a.only.is_empty() {
+                let keep: Vec<_> = study::select_runs(&study, &a.only)?
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                study.runs = keep;
+            }
             let exe = a.bin.unwrap_or_else(this_binary);
             print!(
                 "{}",

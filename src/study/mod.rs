@@ -12,5 +12,5 @@ pub mod run;
 pub mod spec;
 
 pub use plan::{render, PlanFormat};
-pub use run::{run_study, Outcome, RunSettings};
+pub use run::{run_study, select_runs, Outcome, RunSettings};
 pub use spec::{Study, STUDY_JSON};

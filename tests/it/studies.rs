@@ -1064,6 +1064,15 @@ fn only_runs_the_matching_runs_and_leaves_the_rest() {
         assert!(err.contains(part), "{part}: {err}");
     }
     assert!(!out.exists(), "a refused --only created {}", out.display());
+    // The plan of the same selection: the matching runs only.
+    let o = run_ok(&["study", "plan", "s.toml", "--only", "*-seed0"], dir);
+    let plan = String::from_utf8_lossy(&o.stdout).into_owned();
+    let names: Vec<&str> = plan
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.ends_with("seed0") || l.ends_with("seed1"))
+        .collect();
+    assert_eq!(names, ["single-seed0", "dual-seed0"], "{plan}");
     let err = run_err(&["study", "run", "s.toml", "--only", "[seed0"], dir);
     assert!(
         err.contains("--only [seed0") && err.contains("glob"),
