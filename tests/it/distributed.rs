@@ -1459,9 +1459,11 @@ fn random_starts_two_workers_equal_one_process() {
             d <= tol,
             "{name}: 2 workers x 32 vs 1 x 64: max |dw| = {d} (allowed {tol})"
         );
+        // The logged loss to float32 reduction order too (seen 1.2e-5 for TRADES on a 2.33 loss
+        // on AVX-512 Intel kernels; per-worker draws move it by ~1e-3).
         let (a, b) = (metrics_row(&one), metrics_row(&two));
         assert!(
-            (field(&a, "train_loss") - field(&b, "train_loss")).abs() < 1e-5,
+            (field(&a, "train_loss") - field(&b, "train_loss")).abs() < 5e-5,
             "{name}: {a:?} {b:?}"
         );
         ones.push(one);

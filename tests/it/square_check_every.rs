@@ -1,7 +1,8 @@
 //! Square's opt-in `check_every = N` (the points still to fool listed every N iterations, one
 //! host sync per N instead of per iteration): L-inf gives the examples, verdicts and query
 //! counts of the default (the reference's per-iteration list) in eval mode, and its margins to
-//! float rounding, while points are fooled between two checks; L2 (whose draws follow the list's size) stays a valid
+//! float rounding, for all but at most four points whose path a near-tie decision under other
+//! batch rounding may change, while points are fooled between two checks; L2 (whose draws follow the list's size) stays a valid
 //! attack. The default is unchanged (tests/attack_square.rs).
 
 use crate::common;
@@ -13,6 +14,17 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 static RNG: Mutex<()> = Mutex::new(());
+
+/// Points (of 24) whose attack path may differ through a near-tie decision (see the test;
+/// seen 0 on AMD EPYC, 0-3 on AVX-512 Intel, at eps 0.05 with check_every 50).
+const MAX_DIFFERING: usize = 4;
+
+/// Per point (row): whether the two batches of examples are equal to the bit.
+fn same_rows(a: &Tensor, b: &Tensor) -> Vec<bool> {
+    (0..a.size()[0])
+        .map(|i| a.get(i).equal(&b.get(i)))
+        .collect()
+}
 
 /// small-cnn with calibrated BN statistics and a scaled head (confident predictions).
 fn confident_small_cnn() -> Network {
@@ -89,20 +101,37 @@ fn linf_checked_every_n_iterations_equals_every_iteration() {
         for every in [3usize, 50] {
             let r = run(every);
             let what = format!("eps {eps}, check_every {every}");
-            assert!(r.x_adv.equal(&base.x_adv), "examples, {what}");
-            // The margins of the points still listed come from forwards of a larger batch,
-            // whose kernels may round differently (the forward is row-independent only to
-            // float rounding): equal to 1e-5, the verdicts exactly.
-            let dm = (&r.margin - &base.margin).abs().max().double_value(&[]);
+            // A point's accept/reject decisions compare margins from forwards of batches of
+            // another size, whose kernels may round differently (seen on AVX-512 Intel: the
+            // forward is row-independent only to float rounding), so a decision at a near-tie
+            // may flip and that point's path differs. At most MAX_DIFFERING of 24 points may
+            // follow another path; every other point has the same example, verdict and query
+            // count, and its margin to 1e-5. A wrong check schedule changes many points.
+            let same = same_rows(&r.x_adv, &base.x_adv);
+            let differing = same.iter().filter(|s| !**s).count();
+            eprintln!("{what}: {differing} of 24 points on another path");
+            assert!(
+                differing <= MAX_DIFFERING,
+                "examples, {what}: {differing} points differ"
+            );
+            let keep = Tensor::from_slice(&same);
+            let pick = |t: &Tensor| t.masked_select(&keep);
+            let dm = (pick(&r.margin) - pick(&base.margin))
+                .abs()
+                .max()
+                .double_value(&[]);
             assert!(
                 dm <= 1e-5 * (1.0 + base.margin.abs().max().double_value(&[])),
                 "margins, {what}: {dm}"
             );
             assert!(
-                r.margin.le(0.0).equal(&base.margin.le(0.0)),
+                pick(&r.margin.le(0.0)).equal(&pick(&base.margin.le(0.0))),
                 "verdicts, {what}"
             );
-            assert!(r.n_queries.equal(&base.n_queries), "query counts, {what}");
+            assert!(
+                pick(&r.n_queries).equal(&pick(&base.n_queries)),
+                "query counts, {what}"
+            );
             assert!(
                 r.iterations >= base.iterations && r.iterations < base.iterations + every,
                 "{what}: {} iterations vs {}",
@@ -119,7 +148,11 @@ fn linf_checked_every_n_iterations_equals_every_iteration() {
             })
             .perturb(&f, &x, &y)
         };
-        assert!(p(5).equal(&p(1)), "perturb, eps {eps}");
+        let differing = same_rows(&p(5), &p(1)).iter().filter(|s| !**s).count();
+        assert!(
+            differing <= MAX_DIFFERING,
+            "perturb, eps {eps}: {differing} points differ"
+        );
     }
     assert!(left_over[0] == 0 && left_over[1] > 0, "{left_over:?}");
 }
