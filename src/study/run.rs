@@ -238,13 +238,21 @@ pub fn run_study(study: &Study, settings: &RunSettings) -> Result<Outcome> {
     record(study)?;
     crate::interrupt::install();
 
-    let is_done = |r: &Run| r.steps.iter().all(|s| step_done(r, s));
-    let not_done = study.runs.iter().filter(|r| !is_done(r)).count();
-    let pending: Vec<&Run> = selected.into_iter().filter(|r| !is_done(r)).collect();
+    // Each run's steps are checked once (a train step reads its recipe.toml).
+    let not_done: Vec<&Run> = study
+        .runs
+        .iter()
+        .filter(|r| !r.steps.iter().all(|s| step_done(r, s)))
+        .collect();
+    let pending: Vec<&Run> = not_done
+        .iter()
+        .copied()
+        .filter(|r| selected.iter().any(|s| std::ptr::eq(*s, *r)))
+        .collect();
     let mut outcome = Outcome {
         runs: study.runs.len(),
-        skipped: study.runs.len() - not_done,
-        left: not_done - pending.len(),
+        skipped: study.runs.len() - not_done.len(),
+        left: not_done.len() - pending.len(),
         ..Default::default()
     };
     eprintln!(
