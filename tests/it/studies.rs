@@ -1152,3 +1152,42 @@ fn only_runs_the_matching_runs_and_leaves_the_rest() {
         .unwrap();
     assert_eq!(before, after, "a done run was run again");
 }
+
+/// Every study file shipped in `studies/` (the studies behind docs/RESULTS.md) still plans from
+/// the repository root: its recipes exist and resolve with the study's overrides, its evaluation
+/// keys are flags of `advtrain eval`, and the plan holds cells x seeds runs, each running in its
+/// own folder under the study's `out` and training first. A recipe or flag renamed without its
+/// study files fails here instead of at the start of a long run.
+#[test]
+fn every_shipped_study_file_plans() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(root.join("studies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "studies/ holds {files:?}");
+    for file in &files {
+        let rel = file.strip_prefix(root).unwrap().to_str().unwrap();
+        let o = run_ok(&["study", "plan", rel, "--format", "json"], root);
+        let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let (cells, seeds) = (
+            plan["cells"].as_array().unwrap(),
+            plan["seeds"].as_array().unwrap(),
+        );
+        let runs = plan["runs"].as_array().unwrap();
+        assert!(!runs.is_empty(), "{rel}: no runs");
+        assert_eq!(runs.len(), cells.len() * seeds.len(), "{rel}");
+        let out = plan["out"].as_str().unwrap();
+        let mut dirs = std::collections::BTreeSet::new();
+        for r in runs {
+            let dir = r["dir"].as_str().unwrap();
+            assert!(dir.starts_with(out), "{rel}: {dir} outside {out}");
+            assert!(dirs.insert(dir.to_string()), "{rel}: two runs share {dir}");
+            let recipe = root.join(r["recipe_file"].as_str().unwrap());
+            assert!(recipe.is_file(), "{rel}: {} missing", recipe.display());
+            assert_eq!(r["steps"][0]["kind"], "train", "{rel}: {dir}");
+        }
+    }
+}
